@@ -1,0 +1,3 @@
+//! Storage backends. Shared mode lives in [`shared`].
+
+pub mod shared;

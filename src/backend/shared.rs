@@ -1,0 +1,1134 @@
+//! Shared mode: a namespace of files in `/dev/shm` that any process on the
+//! host can attach to. The byte layout is in [`crate::layout`], the chunk
+//! protocol in [`crate::chunk`], the system calls in [`crate::os`]; this
+//! module ties them together: creation, attach, chunk files, the warm pool,
+//! the append target, reclamation and namespace removal.
+
+use crate::chunk::{ChunkRegion, Reserve, Verdict};
+use crate::clock;
+use crate::config::Config;
+use crate::error::{BlobError, Result};
+use crate::handle::OverflowHandle;
+use crate::layout::*;
+use crate::lifecycle::Maintain;
+use crate::namespace;
+use crate::os::{self, Mapping};
+use crate::sync::{AtomicU32, Ordering};
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Default size of a chunk file: 32 MiB.
+pub const DEFAULT_CHUNK_SIZE: usize = 32 << 20;
+
+/// Chunks kept warm (mapped, faulted, ready) for reuse.
+const WARM_POOL: u32 = 2;
+
+/// How often each process's worker drops mappings of retired chunks.
+const WORKER_TICK: Duration = Duration::from_millis(100);
+
+/// Rollovers one append may go through before giving up (only reachable if
+/// another process keeps corrupting the control block).
+const MAX_ROLLOVERS: u32 = 10_000;
+
+/// A store in POSIX shared memory, created by one process and attached by
+/// any number of others.
+///
+/// Dropping the creator removes the namespace's files (attached processes
+/// keep their existing mappings; their new appends fail with
+/// [`BlobError::Closed`]). Dropping an attacher only unmaps.
+pub struct SharedBackend {
+    inner: Arc<Inner>,
+    worker: Option<JoinHandle<()>>,
+}
+
+/// One mapped chunk file.
+pub(crate) struct ChunkMap {
+    id: u32,
+    region: ChunkRegion,
+    // Keeps the memory of `region` mapped; must outlive it (field order).
+    _map: Mapping,
+}
+
+struct Inner {
+    ns: String,
+    dir: PathBuf,
+    ctrl_path: PathBuf,
+    // Holds the creator lock in the creator; closing it releases the lock.
+    _ctrl_file: File,
+    ctrl_map: Mapping,
+    creator: bool,
+    // Copies of the immutable control fields, read once: a process that
+    // scribbles on the control block later cannot move our bounds.
+    chunk_size: u32,
+    max_chunks: u32,
+    pool_capacity: u32,
+    key: u64,
+    ttl_ms: u64,
+    decay_ms: u64,
+    prefetch_at: u32,
+    chunks: RwLock<HashMap<u32, Arc<ChunkMap>>>,
+    signal: Mutex<Signal>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Signal {
+    prefetch: bool,
+    stop: bool,
+}
+
+impl SharedBackend {
+    /// Creates namespace `ns` with chunks of `chunk_size` bytes and no chunk
+    /// limit. See [`create_with_limit`](Self::create_with_limit).
+    pub fn create(ns: &str, chunk_size: usize, config: &Config) -> Result<Self> {
+        Self::create_with_limit(ns, chunk_size, None, config)
+    }
+
+    /// Creates namespace `ns`: `{ns}_ctrl` and a first chunk in `/dev/shm`.
+    ///
+    /// Fails with [`BlobError::AlreadyExists`] if a live creator holds the
+    /// namespace; a namespace whose creator died is removed and taken over.
+    /// `max_chunks` caps the chunk files of the namespace for every process.
+    pub fn create_with_limit(
+        ns: &str,
+        chunk_size: usize,
+        max_chunks: Option<usize>,
+        config: &Config,
+    ) -> Result<Self> {
+        namespace::validate(ns)?;
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) || chunk_size % ENTRY_ALIGN != 0
+        {
+            return Err(BlobError::InvalidConfig {
+                reason: format!(
+                    "chunk size {chunk_size} must be a multiple of {ENTRY_ALIGN} between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}"
+                ),
+            });
+        }
+        let max_chunks = match max_chunks {
+            None => 0,
+            Some(n) if n >= 1 && n <= REGISTRY_SLOTS => n as u32,
+            Some(n) => {
+                return Err(BlobError::InvalidConfig {
+                    reason: format!("max_chunks {n} must be between 1 and {REGISTRY_SLOTS}"),
+                })
+            }
+        };
+        let dir = os::shm_dir();
+        let (file, map) = create_ctrl(&dir, ns, chunk_size as u32, max_chunks, config)?;
+        let inner = Inner::new(ns, dir, file, map, true, config)?;
+        let backend = Self::start(inner);
+        // The first chunk, so the first append takes no system call.
+        backend.inner.rollover(NO_CHUNK as u64)?;
+        Ok(backend)
+    }
+
+    /// Attaches to an existing namespace created by another process (or
+    /// this one). Checks the magic, version and size of the control block
+    /// before mapping it.
+    pub fn attach(ns: &str, config: &Config) -> Result<Self> {
+        namespace::validate(ns)?;
+        let dir = os::shm_dir();
+        let path = dir.join(ctrl_file_name(ns));
+        let file = match os::open_rw(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(BlobError::NotFound {
+                    namespace: ns.to_owned(),
+                })
+            }
+            Err(e) => return Err(BlobError::os("open", path, e)),
+        };
+        let map = map_ctrl(&file, &path)?;
+        let inner = Inner::new(ns, dir, file, map, false, config)?;
+        if inner.ctrl().closed.load(Ordering::Acquire) != 0 {
+            return Err(BlobError::Closed {
+                namespace: ns.to_owned(),
+            });
+        }
+        Ok(Self::start(inner))
+    }
+
+    fn start(inner: Inner) -> Self {
+        let inner = Arc::new(inner);
+        let worker_inner = Arc::clone(&inner);
+        let worker = std::thread::Builder::new()
+            .name(format!("sfb-worker-{}", inner.ns))
+            .spawn(move || worker_inner.worker_loop())
+            .ok();
+        Self { inner, worker }
+    }
+
+    /// Appends `data` and returns its handle. Blobs larger than a chunk get
+    /// a dedicated chunk of their own size.
+    pub fn append(&self, data: &[u8]) -> Result<OverflowHandle> {
+        self.inner.append(data)
+    }
+
+    /// A copy of the blob, or `None` if the handle is stale, reclaimed,
+    /// forged or out of bounds.
+    pub fn resolve(&self, handle: &OverflowHandle) -> Option<Vec<u8>> {
+        self.inner.resolve(handle)
+    }
+
+    /// Marks the blob consumed. `true` the first time only; `false` for a
+    /// repeat, a stale or a forged handle.
+    pub fn acknowledge(&self, handle: &OverflowHandle) -> bool {
+        self.inner.acknowledge(handle)
+    }
+
+    /// One reclamation pass over every chunk of the namespace (any attached
+    /// process may run it); returns the number of chunks reclaimed.
+    pub fn cleanup_chunks(&self) -> usize {
+        self.inner.cleanup_chunks()
+    }
+
+    /// Chunk files currently in existence in the namespace (all processes).
+    pub fn chunk_count(&self) -> usize {
+        self.inner.ctrl().live_chunks.load(Ordering::Relaxed) as usize
+    }
+
+    /// Bytes of a standard chunk available to entries (chunk size minus the
+    /// chunk header). Each entry also takes a 16-byte header and padding to 8.
+    pub fn data_capacity(&self) -> usize {
+        self.inner.chunk_size as usize - CHUNK_HEADER_SIZE
+    }
+
+    /// Size of a standard chunk file.
+    pub fn chunk_size(&self) -> usize {
+        self.inner.chunk_size as usize
+    }
+
+    /// The chunk limit shared by every process (`None` = unlimited).
+    pub fn max_chunks(&self) -> Option<usize> {
+        (self.inner.max_chunks != 0).then_some(self.inner.max_chunks as usize)
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        &self.inner.ns
+    }
+
+    /// Whether this process created the namespace (and removes it on drop).
+    pub fn is_creator(&self) -> bool {
+        self.inner.creator
+    }
+
+    /// Chunk files this process currently has mapped (retired chunks are
+    /// dropped within one worker tick, 100 ms).
+    pub fn mapped_chunks(&self) -> usize {
+        self.inner.read_chunks().len()
+    }
+
+    /// Warm chunks waiting in the pool.
+    pub fn pooled_chunks(&self) -> usize {
+        self.inner.pool_len() as usize
+    }
+
+    /// What the lifecycle thread maintains for this backend (it holds it
+    /// weakly, so it never keeps the store alive).
+    pub fn maintenance_target(&self) -> Weak<dyn Maintain> {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        weak
+    }
+
+    /// Removes namespace `ns` left behind by a creator that died (crash
+    /// recovery at startup). Returns the number of files removed; a namespace
+    /// that does not exist is not an error. Refuses with
+    /// [`BlobError::InUse`] while the creator is alive.
+    pub fn cleanup_namespace(ns: &str) -> Result<usize> {
+        remove_namespace(&os::shm_dir(), ns, false)
+    }
+
+    /// Like [`cleanup_namespace`](Self::cleanup_namespace) but removes the
+    /// files even while the creator is alive. Its processes keep their
+    /// mappings and see [`BlobError::Closed`] on their next chunk creation.
+    pub fn cleanup_namespace_forced(ns: &str) -> Result<usize> {
+        remove_namespace(&os::shm_dir(), ns, true)
+    }
+
+    /// Whether the creator of `ns` is alive (it holds the lock on the control
+    /// file), with the pid it recorded.
+    pub fn creator_status(ns: &str) -> Result<(bool, u32)> {
+        namespace::validate(ns)?;
+        let path = os::shm_dir().join(ctrl_file_name(ns));
+        let file = match os::open_rw(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(BlobError::NotFound {
+                    namespace: ns.to_owned(),
+                })
+            }
+            Err(e) => return Err(BlobError::os("open", path, e)),
+        };
+        let alive = os::creator_lock_held(&file)
+            .map_err(|e| BlobError::os("fcntl(F_OFD_GETLK)", &path, e))?;
+        Ok((alive, recorded_pid(&file, &path)))
+    }
+}
+
+impl Drop for SharedBackend {
+    fn drop(&mut self) {
+        {
+            let mut s = self.inner.lock_signal();
+            s.stop = true;
+        }
+        self.inner.wake.notify_all();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+        if self.inner.creator {
+            // Close first so attached processes stop creating chunk files.
+            self.inner.ctrl().closed.store(1, Ordering::Release);
+            let _ = remove_files(&self.inner.dir, &self.inner.ns, true);
+        }
+    }
+}
+
+impl std::fmt::Debug for SharedBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedBackend")
+            .field("namespace", &self.inner.ns)
+            .field("creator", &self.inner.creator)
+            .field("chunk_size", &self.inner.chunk_size)
+            .field("max_chunks", &self.inner.max_chunks)
+            .finish()
+    }
+}
+
+impl Maintain for Inner {
+    fn maintain(&self) -> usize {
+        self.cleanup_chunks()
+    }
+}
+
+impl Inner {
+    fn new(
+        ns: &str,
+        dir: PathBuf,
+        file: File,
+        map: Mapping,
+        creator: bool,
+        config: &Config,
+    ) -> Result<Self> {
+        let ctrl_path = dir.join(ctrl_file_name(ns));
+        // SAFETY: map_ctrl checked the mapping holds CTRL_SIZE bytes; it is
+        // page-aligned and CtrlHeader is only atomics.
+        let ctrl = unsafe { &*(map.base().as_ptr() as *const CtrlHeader) };
+        let chunk_size = ctrl.chunk_size.load(Ordering::Relaxed);
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&(chunk_size as usize))
+            || chunk_size as usize % ENTRY_ALIGN != 0
+        {
+            return Err(BlobError::Corrupt {
+                file: ctrl_path,
+                detail: format!("chunk size {chunk_size} is out of range"),
+            });
+        }
+        let max_chunks = ctrl
+            .max_chunks
+            .load(Ordering::Relaxed)
+            .min(REGISTRY_SLOTS as u32);
+        let pool_capacity = ctrl
+            .pool_capacity
+            .load(Ordering::Relaxed)
+            .min(POOL_SLOTS as u32);
+        let data = (chunk_size as usize - CHUNK_HEADER_SIZE) as f64;
+        let prefetch_at = CHUNK_HEADER_SIZE as u32 + (data * config.prefetch_ratio()) as u32;
+        Ok(Self {
+            ns: ns.to_owned(),
+            ctrl_path,
+            dir,
+            _ctrl_file: file,
+            creator,
+            chunk_size,
+            max_chunks,
+            pool_capacity,
+            key: ctrl.tag_key.load(Ordering::Relaxed),
+            ttl_ms: ctrl.ttl_ms.load(Ordering::Relaxed),
+            decay_ms: ctrl.decay_ms.load(Ordering::Relaxed),
+            prefetch_at,
+            ctrl_map: map,
+            chunks: RwLock::new(HashMap::new()),
+            signal: Mutex::new(Signal::default()),
+            wake: Condvar::new(),
+        })
+    }
+
+    fn ctrl(&self) -> &CtrlHeader {
+        // SAFETY: the mapping holds CTRL_SIZE bytes for the life of self (see new).
+        unsafe { &*(self.ctrl_map.base().as_ptr() as *const CtrlHeader) }
+    }
+
+    fn registry(&self) -> &[AtomicU32] {
+        // SAFETY: the registry is REGISTRY_SLOTS u32 words right after the
+        // 256-byte header, inside the CTRL_SIZE mapping, 4-aligned.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.ctrl_map.base().as_ptr().add(CTRL_HEADER_SIZE) as *const AtomicU32,
+                REGISTRY_SLOTS,
+            )
+        }
+    }
+
+    fn lock_signal(&self) -> std::sync::MutexGuard<'_, Signal> {
+        self.signal.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read_chunks(&self) -> std::sync::RwLockReadGuard<'_, HashMap<u32, Arc<ChunkMap>>> {
+        self.chunks.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_chunks(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<u32, Arc<ChunkMap>>> {
+        self.chunks.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn chunk_path(&self, id: u32) -> PathBuf {
+        self.dir.join(chunk_file_name(&self.ns, id))
+    }
+
+    fn closed_error(&self) -> BlobError {
+        BlobError::Closed {
+            namespace: self.ns.clone(),
+        }
+    }
+
+    /// The mapping of chunk `id`, from the cache or by opening its file.
+    fn chunk(&self, id: u32) -> Result<Arc<ChunkMap>> {
+        if let Some(c) = self.read_chunks().get(&id) {
+            return Ok(Arc::clone(c));
+        }
+        let path = self.chunk_path(id);
+        if id >= self.ctrl().next_chunk_id.load(Ordering::Acquire) {
+            return Err(BlobError::os(
+                "open",
+                path,
+                std::io::Error::from_raw_os_error(libc::ENOENT),
+            ));
+        }
+        let file = os::open_rw(&path).map_err(|e| BlobError::os("open", &path, e))?;
+        let len = os::file_len(&file, &path)?;
+        if len < CHUNK_HEADER_SIZE as u64 || len > MAX_CHUNK_SIZE as u64 {
+            return Err(BlobError::Corrupt {
+                file: path,
+                detail: format!("chunk file is {len} bytes"),
+            });
+        }
+        let chunk = map_chunk(&file, len as usize, &path, id)?;
+        let region = chunk.region;
+        if let Err(detail) = region.check_header(id) {
+            return Err(BlobError::Corrupt { file: path, detail });
+        }
+        let mut cache = self.write_chunks();
+        Ok(Arc::clone(
+            cache.entry(id).or_insert_with(|| Arc::new(chunk)),
+        ))
+    }
+
+    /// Creates, sizes, maps, formats and registers a new chunk file. It
+    /// starts FREE and sealed, owned by the caller.
+    fn create_chunk(&self, size: usize, flags: u32, populate: bool) -> Result<Arc<ChunkMap>> {
+        let ctrl = self.ctrl();
+        if ctrl.closed.load(Ordering::Acquire) != 0 {
+            return Err(self.closed_error());
+        }
+        // Count the file against max_chunks before it exists.
+        let limit = if self.max_chunks == 0 {
+            REGISTRY_SLOTS as u32
+        } else {
+            self.max_chunks
+        };
+        let mut live = ctrl.live_chunks.load(Ordering::Relaxed);
+        loop {
+            if live >= limit {
+                return Err(if self.max_chunks == 0 {
+                    BlobError::RegistryFull {
+                        namespace: self.ns.clone(),
+                        slots: REGISTRY_SLOTS,
+                    }
+                } else {
+                    BlobError::StoreFull {
+                        namespace: self.ns.clone(),
+                        max_chunks: self.max_chunks,
+                    }
+                });
+            }
+            match ctrl.live_chunks.compare_exchange_weak(
+                live,
+                live + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(v) => live = v,
+            }
+        }
+        let result = self.create_chunk_file(size, flags, populate);
+        if result.is_err() {
+            ctrl.live_chunks.fetch_sub(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn create_chunk_file(&self, size: usize, flags: u32, populate: bool) -> Result<Arc<ChunkMap>> {
+        let ctrl = self.ctrl();
+        let id = ctrl.next_chunk_id.fetch_add(1, Ordering::AcqRel);
+        if id >= NO_CHUNK - 1 {
+            return Err(BlobError::Corrupt {
+                file: self.ctrl_path.clone(),
+                detail: "chunk id space exhausted".into(),
+            });
+        }
+        let path = self.chunk_path(id);
+        let file = os::create_exclusive(&path)?;
+        let undo = |e: BlobError| {
+            let _ = os::unlink(&path);
+            e
+        };
+        os::reserve_space(&file, size as u64, &path).map_err(undo)?;
+        let chunk = map_chunk(&file, size, &path, id).map_err(undo)?;
+        if populate {
+            chunk._map.populate_write();
+        }
+        let generation = ctrl
+            .generation
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1);
+        chunk.region.format(id, generation, flags);
+        self.register(id).map_err(undo)?;
+        if ctrl.closed.load(Ordering::Acquire) != 0 {
+            self.unregister(id);
+            return Err(undo(self.closed_error()));
+        }
+        let chunk = Arc::new(chunk);
+        self.write_chunks().insert(id, Arc::clone(&chunk));
+        Ok(chunk)
+    }
+
+    fn register(&self, id: u32) -> Result<()> {
+        for slot in self.registry() {
+            // Release: pairs with the Acquire load in `cleanup_chunks`, so a
+            // process that finds the id finds a formatted chunk file.
+            if slot.load(Ordering::Relaxed) == 0
+                && slot
+                    .compare_exchange(0, id + 1, Ordering::Release, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return Ok(());
+            }
+        }
+        Err(BlobError::RegistryFull {
+            namespace: self.ns.clone(),
+            slots: REGISTRY_SLOTS,
+        })
+    }
+
+    fn unregister(&self, id: u32) {
+        for slot in self.registry() {
+            if slot.load(Ordering::Relaxed) == id + 1
+                && slot
+                    .compare_exchange(id + 1, 0, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return;
+            }
+        }
+    }
+
+    fn pool_slots(&self) -> &[AtomicU32] {
+        &self.ctrl().pool[..self.pool_capacity as usize]
+    }
+
+    fn pool_len(&self) -> u32 {
+        self.pool_slots()
+            .iter()
+            .filter(|s| s.load(Ordering::Relaxed) != 0)
+            .count() as u32
+    }
+
+    fn pool_push(&self, id: u32) -> bool {
+        self.pool_slots().iter().any(|s| {
+            // Release: pairs with the Acquire in `pool_pop`: the popper sees
+            // the chunk's FREE header.
+            s.load(Ordering::Relaxed) == 0
+                && s.compare_exchange(0, id + 1, Ordering::Release, Ordering::Relaxed)
+                    .is_ok()
+        })
+    }
+
+    fn pool_pop(&self) -> Option<u32> {
+        for s in self.pool_slots() {
+            let v = s.load(Ordering::Relaxed);
+            // Acquire: pairs with the Release in `pool_push`.
+            if v != 0
+                && s.compare_exchange(v, 0, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return Some(v - 1);
+            }
+        }
+        None
+    }
+
+    /// Replaces the append target `seen` (sealed, or none yet) with a warm
+    /// chunk from the pool or a new one. Lock-free: every appender that finds
+    /// the target sealed may try; one CAS on `active` wins and the losers
+    /// give their chunk back.
+    fn rollover(&self, seen: u64) -> Result<()> {
+        let ctrl = self.ctrl();
+        // Acquire: pairs with the AcqRel CAS below in another appender.
+        if ctrl.active.load(Ordering::Acquire) != seen {
+            return Ok(());
+        }
+        let chunk = loop {
+            match self.pool_pop() {
+                Some(id) => match self.chunk(id) {
+                    Ok(c) if c.region.state().0 == STATE_FREE && !c.region.is_dedicated() => {
+                        break c
+                    }
+                    // Not a usable pooled chunk (another process scribbled):
+                    // drop it from the pool; cleanup retires it.
+                    _ => continue,
+                },
+                None => break self.create_chunk(self.chunk_size as usize, 0, false)?,
+            }
+        };
+        let (_, generation) = chunk.region.state();
+        chunk.region.activate(generation);
+        let word = ((generation as u64) << 32) | chunk.id as u64;
+        if ctrl
+            .active
+            .compare_exchange(seen, word, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            // Another appender won. Give the chunk back if nobody reserved
+            // in it through a stale view of `active`; otherwise seal it and
+            // let cleanup reclaim it like any other chunk.
+            if chunk.region.try_deactivate(generation) {
+                if !self.pool_push(chunk.id) && chunk.region.retire_free(generation) {
+                    self.remove_chunk_file(chunk.id);
+                }
+            } else {
+                chunk.region.seal(clock::now_ms());
+            }
+        }
+        Ok(())
+    }
+
+    fn append(&self, data: &[u8]) -> Result<OverflowHandle> {
+        if data.is_empty() {
+            return Err(BlobError::EmptyBlob);
+        }
+        let max_blob = MAX_CHUNK_SIZE - CHUNK_HEADER_SIZE - ENTRY_HEADER_SIZE;
+        let footprint = match entry_footprint(data.len()) {
+            Some(f) if data.len() <= max_blob => f,
+            _ => {
+                return Err(BlobError::BlobTooLarge {
+                    size: data.len(),
+                    max: max_blob,
+                })
+            }
+        };
+        if footprint > self.chunk_size as usize - CHUNK_HEADER_SIZE {
+            return self.append_dedicated(data, footprint);
+        }
+        let ctrl = self.ctrl();
+        let mut rollovers = 0;
+        loop {
+            // Acquire: pairs with the AcqRel CAS in `rollover`.
+            let active = ctrl.active.load(Ordering::Acquire);
+            let id = id_of(active);
+            let chunk = if id == NO_CHUNK {
+                None
+            } else {
+                self.chunk(id).ok()
+            };
+            let ts = clock::now_ns();
+            let now_ms = (ts / 1_000_000).max(1);
+            let reserved = match &chunk {
+                Some(c) => c.region.reserve(footprint as u32, now_ms),
+                None => Reserve::Sealed,
+            };
+            match (chunk, reserved) {
+                (
+                    Some(c),
+                    Reserve::Reserved {
+                        offset,
+                        end,
+                        generation,
+                    },
+                ) => {
+                    let tag = entry_tag(self.key, id, generation, offset, data.len() as u32, ts);
+                    // SAFETY: `offset` was reserved just now for `data.len()` bytes.
+                    unsafe { c.region.commit(offset, data, tag, now_ms) };
+                    if offset < self.prefetch_at && end >= self.prefetch_at {
+                        self.request_prefetch();
+                    }
+                    // A writer stalled past the TTL may find its chunk
+                    // reclaimed under it: its entry is then unreachable, so
+                    // write it again rather than return a dead handle.
+                    if c.region.state() == (STATE_IN_USE, generation) {
+                        return Ok(OverflowHandle {
+                            page_id: id,
+                            offset,
+                            size: data.len() as u32,
+                            generation,
+                            timestamp: ts,
+                        });
+                    }
+                }
+                _ => {
+                    rollovers += 1;
+                    if rollovers > MAX_ROLLOVERS {
+                        return Err(BlobError::Corrupt {
+                            file: self.ctrl_path.clone(),
+                            detail: "no usable append chunk after 10000 attempts".into(),
+                        });
+                    }
+                    self.rollover(active)?;
+                }
+            }
+        }
+    }
+
+    /// A blob too large for a standard chunk gets a chunk of its own size,
+    /// sealed at once and retired (never pooled) when reclaimed.
+    fn append_dedicated(&self, data: &[u8], footprint: usize) -> Result<OverflowHandle> {
+        let size = CHUNK_HEADER_SIZE + footprint;
+        let chunk = self.create_chunk(size, FLAG_DEDICATED, false)?;
+        let (_, generation) = chunk.region.state();
+        chunk.region.activate(generation);
+        let ts = clock::now_ns();
+        let now_ms = (ts / 1_000_000).max(1);
+        let Reserve::Reserved { offset, .. } = chunk.region.reserve(footprint as u32, now_ms)
+        else {
+            return Err(BlobError::Corrupt {
+                file: self.chunk_path(chunk.id),
+                detail: "a fresh dedicated chunk refused its reservation".into(),
+            });
+        };
+        let tag = entry_tag(
+            self.key,
+            chunk.id,
+            generation,
+            offset,
+            data.len() as u32,
+            ts,
+        );
+        // SAFETY: `offset` was reserved just now for `data.len()` bytes.
+        unsafe { chunk.region.commit(offset, data, tag, now_ms) };
+        chunk.region.seal(now_ms);
+        Ok(OverflowHandle {
+            page_id: chunk.id,
+            offset,
+            size: data.len() as u32,
+            generation,
+            timestamp: ts,
+        })
+    }
+
+    fn tag_of(&self, h: &OverflowHandle) -> u64 {
+        entry_tag(
+            self.key,
+            h.page_id,
+            h.generation,
+            h.offset,
+            h.size,
+            h.timestamp,
+        )
+    }
+
+    fn resolve(&self, h: &OverflowHandle) -> Option<Vec<u8>> {
+        let chunk = self.chunk(h.page_id).ok()?;
+        let region = chunk.region;
+        let _pin = region.pin();
+        let at = region.locate(h.generation, h.offset, h.size, self.tag_of(h))?;
+        let len = h.size as usize;
+        let mut out = Vec::with_capacity(len);
+        // SAFETY: `locate` checked [at, at + len) lies inside the mapping and
+        // holds a committed entry; the pin keeps it from being recycled while
+        // we copy; `out` has capacity for `len` bytes, all written before set_len.
+        unsafe {
+            std::ptr::copy_nonoverlapping(region.payload_ptr(at), out.as_mut_ptr(), len);
+            out.set_len(len);
+        }
+        Some(out)
+    }
+
+    fn acknowledge(&self, h: &OverflowHandle) -> bool {
+        let Ok(chunk) = self.chunk(h.page_id) else {
+            return false;
+        };
+        chunk
+            .region
+            .acknowledge(h.generation, h.offset, h.size, self.tag_of(h))
+    }
+
+    fn cleanup_chunks(&self) -> usize {
+        let ctrl = self.ctrl();
+        let now = clock::now_ms();
+        let mut reclaimed = 0;
+        for slot in self.registry() {
+            // Acquire: pairs with the Release CAS in `register`.
+            let v = slot.load(Ordering::Acquire);
+            if v == 0 {
+                continue;
+            }
+            let id = v - 1;
+            let Ok(chunk) = self.chunk(id) else { continue };
+            let region = chunk.region;
+            match region.assess(now, self.ttl_ms, self.decay_ms) {
+                Verdict::Keep => {}
+                Verdict::Reclaim {
+                    generation,
+                    expired,
+                } => {
+                    if !region.claim(generation) {
+                        continue;
+                    }
+                    if expired {
+                        ctrl.expired.fetch_add(1, Ordering::Relaxed);
+                    }
+                    reclaimed += 1;
+                    if region.recyclable() && self.pool_len() < self.pool_capacity {
+                        let fresh = ctrl
+                            .generation
+                            .fetch_add(1, Ordering::Relaxed)
+                            .wrapping_add(1);
+                        region.recycle(fresh, now);
+                        if self.pool_push(id) {
+                            ctrl.recycled.fetch_add(1, Ordering::Relaxed);
+                        } else if region.retire_free(fresh) {
+                            self.remove_chunk_file(id);
+                        }
+                    } else {
+                        region.mark_retired();
+                        self.remove_chunk_file(id);
+                    }
+                }
+            }
+        }
+        self.shrink_pool(now);
+        self.evict_retired();
+        reclaimed
+    }
+
+    /// Scale-down: a pooled chunk idle for longer than the decay period is
+    /// unlinked, so an idle namespace gives its memory back.
+    fn shrink_pool(&self, now: u64) {
+        for s in self.pool_slots() {
+            let v = s.load(Ordering::Acquire);
+            if v == 0 {
+                continue;
+            }
+            let Ok(chunk) = self.chunk(v - 1) else {
+                continue;
+            };
+            let (state, generation) = chunk.region.state();
+            let freed = chunk.region.header().empty_since_ms.load(Ordering::Relaxed);
+            if state == STATE_FREE
+                && now.saturating_sub(freed) >= self.decay_ms
+                && s.compare_exchange(v, 0, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                if chunk.region.retire_free(generation) {
+                    self.remove_chunk_file(chunk.id);
+                } else if !self.pool_push(chunk.id) {
+                    chunk.region.seal(now);
+                }
+            }
+        }
+    }
+
+    /// Unlinks a retired chunk and forgets it; mappings elsewhere stay valid.
+    fn remove_chunk_file(&self, id: u32) {
+        let ctrl = self.ctrl();
+        let _ = os::unlink(&self.chunk_path(id));
+        self.unregister(id);
+        ctrl.live_chunks.fetch_sub(1, Ordering::Relaxed);
+        ctrl.retired.fetch_add(1, Ordering::Relaxed);
+        self.write_chunks().remove(&id);
+    }
+
+    /// Drops this process's mappings of chunks retired by any process.
+    fn evict_retired(&self) {
+        let stale: Vec<u32> = self
+            .read_chunks()
+            .iter()
+            .filter(|(_, c)| c.region.state().0 == STATE_RETIRED)
+            .map(|(id, _)| *id)
+            .collect();
+        if !stale.is_empty() {
+            let mut cache = self.write_chunks();
+            for id in stale {
+                cache.remove(&id);
+            }
+        }
+    }
+
+    fn request_prefetch(&self) {
+        if self.pool_len() > 0 {
+            return;
+        }
+        self.lock_signal().prefetch = true;
+        self.wake.notify_one();
+    }
+
+    /// Prepares a chunk off the append path: created, reserved, faulted in,
+    /// parked in the warm pool.
+    fn prefetch(&self) {
+        if self.pool_len() > 0 || self.ctrl().closed.load(Ordering::Acquire) != 0 {
+            return;
+        }
+        // Errors (limit reached, no space) are reported by the append that
+        // needs the chunk, not here.
+        if let Ok(chunk) = self.create_chunk(self.chunk_size as usize, 0, true) {
+            let (_, generation) = chunk.region.state();
+            if !self.pool_push(chunk.id) && chunk.region.retire_free(generation) {
+                self.remove_chunk_file(chunk.id);
+            }
+        }
+    }
+
+    /// Per-process worker: prefetches on request, drops retired mappings.
+    fn worker_loop(self: Arc<Self>) {
+        loop {
+            let prefetch = {
+                let mut s = self.lock_signal();
+                if !s.stop && !s.prefetch {
+                    s = self
+                        .wake
+                        .wait_timeout(s, WORKER_TICK)
+                        .map(|(g, _)| g)
+                        .unwrap_or_else(|e| e.into_inner().0);
+                }
+                if s.stop {
+                    return;
+                }
+                std::mem::take(&mut s.prefetch)
+            };
+            if prefetch {
+                self.prefetch();
+            }
+            self.evict_retired();
+        }
+    }
+}
+
+/// Maps a chunk file of `len` bytes (checked by the caller against fstat).
+fn map_chunk(file: &File, len: usize, path: &Path, id: u32) -> Result<ChunkMap> {
+    let map = Mapping::new(file, len, path)?;
+    // SAFETY: the mapping is page-aligned, `len` bytes long (between
+    // CHUNK_HEADER_SIZE and MAX_CHUNK_SIZE, checked by every caller), and
+    // lives in the same ChunkMap as the region, so it outlives every use.
+    let region = unsafe { ChunkRegion::new(map.base(), map.len()) };
+    Ok(ChunkMap {
+        id,
+        region,
+        _map: map,
+    })
+}
+
+/// Checks a control file's magic, version and size, then maps it.
+fn map_ctrl(file: &File, path: &Path) -> Result<Mapping> {
+    let mut head = [0u8; 16];
+    let n = os::read_prefix(file, &mut head, path)?;
+    if n < 16 {
+        return Err(BlobError::Corrupt {
+            file: path.to_owned(),
+            detail: format!("control file is truncated to {n} bytes"),
+        });
+    }
+    let magic = u64::from_le_bytes(head[0..8].try_into().unwrap_or_default());
+    let version = u32::from_le_bytes(head[8..12].try_into().unwrap_or_default());
+    if magic != CTRL_MAGIC {
+        return Err(BlobError::IncompatibleFormat {
+            file: path.to_owned(),
+            expected: FORMAT_VERSION,
+            detail: format!("magic is {magic:#018x}"),
+        });
+    }
+    if version != FORMAT_VERSION {
+        return Err(BlobError::IncompatibleFormat {
+            file: path.to_owned(),
+            expected: FORMAT_VERSION,
+            detail: format!("format version {version}"),
+        });
+    }
+    let len = os::file_len(file, path)?;
+    if len != CTRL_SIZE as u64 {
+        return Err(BlobError::Corrupt {
+            file: path.to_owned(),
+            detail: format!("control file is {len} bytes, expected {CTRL_SIZE}"),
+        });
+    }
+    Mapping::new(file, CTRL_SIZE, path)
+}
+
+/// The pid recorded in a control file (0 if unreadable).
+fn recorded_pid(file: &File, path: &Path) -> u32 {
+    let mut head = [0u8; 28];
+    match os::read_prefix(file, &mut head, path) {
+        Ok(28) => u32::from_le_bytes([head[24], head[25], head[26], head[27]]),
+        _ => 0,
+    }
+}
+
+/// Creates `{ns}_ctrl`, fully initialised and locked, or takes over a
+/// namespace whose creator is dead. The control block is written under a
+/// temporary name and linked into place, so nobody ever sees it half-made.
+fn create_ctrl(
+    dir: &Path,
+    ns: &str,
+    chunk_size: u32,
+    max_chunks: u32,
+    config: &Config,
+) -> Result<(File, Mapping)> {
+    let path = dir.join(ctrl_file_name(ns));
+    for _ in 0..8 {
+        match os::open_rw(&path) {
+            Ok(existing) => {
+                let alive = os::creator_lock_held(&existing)
+                    .map_err(|e| BlobError::os("fcntl(F_OFD_GETLK)", &path, e))?;
+                if alive {
+                    return Err(BlobError::AlreadyExists {
+                        namespace: ns.to_owned(),
+                        pid: recorded_pid(&existing, &path),
+                    });
+                }
+                drop(existing);
+                match remove_namespace(dir, ns, false) {
+                    Ok(_) => continue,
+                    Err(BlobError::InUse { pid, .. }) => {
+                        return Err(BlobError::AlreadyExists {
+                            namespace: ns.to_owned(),
+                            pid,
+                        })
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(BlobError::os("open", &path, e)),
+        }
+        let tmp = dir.join(init_file_name(ns, os::pid()));
+        let _ = os::unlink(&tmp);
+        let file = os::create_exclusive(&tmp)?;
+        let undo = |e: BlobError| {
+            let _ = os::unlink(&tmp);
+            e
+        };
+        if !os::try_lock_creator(&file)
+            .map_err(|e| undo(BlobError::os("fcntl(F_OFD_SETLK)", &tmp, e)))?
+        {
+            return Err(undo(BlobError::Corrupt {
+                file: tmp.clone(),
+                detail: "a fresh file is locked by someone else".into(),
+            }));
+        }
+        os::reserve_space(&file, CTRL_SIZE as u64, &tmp).map_err(undo)?;
+        let map = Mapping::new(&file, CTRL_SIZE, &tmp).map_err(undo)?;
+        init_ctrl(&map, chunk_size, max_chunks, config);
+        match os::link(&tmp, &path) {
+            Ok(()) => {
+                let _ = os::unlink(&tmp);
+                // We own the namespace now: chunk files of a dead incarnation
+                // (whose control block was already gone) are orphans.
+                remove_files(dir, ns, false)?;
+                return Ok((file, map));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                // Another creator won the race; look at it again.
+                let _ = os::unlink(&tmp);
+                continue;
+            }
+            Err(e) => return Err(undo(BlobError::os("link", &path, e))),
+        }
+    }
+    Err(BlobError::AlreadyExists {
+        namespace: ns.to_owned(),
+        pid: 0,
+    })
+}
+
+fn init_ctrl(map: &Mapping, chunk_size: u32, max_chunks: u32, config: &Config) {
+    // SAFETY: the mapping holds CTRL_SIZE zeroed bytes and is page-aligned;
+    // CtrlHeader is only atomics.
+    let c = unsafe { &*(map.base().as_ptr() as *const CtrlHeader) };
+    let pid = os::pid();
+    c.version.store(FORMAT_VERSION, Ordering::Relaxed);
+    c.ctrl_size.store(CTRL_SIZE as u32, Ordering::Relaxed);
+    c.chunk_size.store(chunk_size, Ordering::Relaxed);
+    c.max_chunks.store(max_chunks, Ordering::Relaxed);
+    c.creator_pid.store(pid, Ordering::Relaxed);
+    c.pool_capacity.store(WARM_POOL, Ordering::Relaxed);
+    c.creator_start
+        .store(os::process_start_ticks(pid).unwrap_or(0), Ordering::Relaxed);
+    c.tag_key.store(os::random_u64(), Ordering::Relaxed);
+    c.decay_ms.store(config.decay_timeout_ms, Ordering::Relaxed);
+    c.ttl_ms.store(config.default_ttl_ms, Ordering::Relaxed);
+    c.active.store(NO_CHUNK as u64, Ordering::Relaxed);
+    c.created_unix_ms.store(clock::unix_ms(), Ordering::Relaxed);
+    // Release: the magic goes last; pairs with readers that check it first.
+    c.magic.store(CTRL_MAGIC, Ordering::Release);
+}
+
+/// Removes every file of namespace `ns` (control block last-but-first: it is
+/// marked closed, unlinked, then the chunks go). Refuses while the creator
+/// lives unless `force`.
+fn remove_namespace(dir: &Path, ns: &str, force: bool) -> Result<usize> {
+    namespace::validate(ns)?;
+    let path = dir.join(ctrl_file_name(ns));
+    match os::open_rw(&path) {
+        Ok(file) => {
+            // Taking the lock both proves the creator dead and keeps a
+            // concurrent taker-over out while we remove.
+            let locked = os::try_lock_creator(&file)
+                .map_err(|e| BlobError::os("fcntl(F_OFD_SETLK)", &path, e))?;
+            if !locked && !force {
+                return Err(BlobError::InUse {
+                    namespace: ns.to_owned(),
+                    pid: recorded_pid(&file, &path),
+                });
+            }
+            if let Ok(map) = map_ctrl(&file, &path) {
+                // SAFETY: map_ctrl checked the size; CtrlHeader is only atomics.
+                let c = unsafe { &*(map.base().as_ptr() as *const CtrlHeader) };
+                c.closed.store(1, Ordering::Release);
+            }
+            remove_files(dir, ns, true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => remove_files(dir, ns, true),
+        Err(e) => Err(BlobError::os("open", &path, e)),
+    }
+}
+
+/// Unlinks every chunk file of `ns` found in `dir`, init files whose
+/// creator is gone, and (first, if `with_ctrl`) the control block. Returns
+/// how many files were removed.
+fn remove_files(dir: &Path, ns: &str, with_ctrl: bool) -> Result<usize> {
+    let mut removed = 0;
+    if with_ctrl && os::unlink(&dir.join(ctrl_file_name(ns)))? {
+        removed += 1;
+    }
+    for name in os::list_dir(dir)? {
+        let remove = match parse_file_name(&name) {
+            Some(FileKind::Chunk { ns: n, .. }) => n == ns,
+            Some(FileKind::Init { ns: n, .. }) if n == ns => {
+                // Being prepared by a live creator if its lock is held.
+                let p = dir.join(&name);
+                match os::open_rw(&p) {
+                    Ok(f) => !os::creator_lock_held(&f).unwrap_or(true),
+                    Err(_) => false,
+                }
+            }
+            _ => false,
+        };
+        if remove && os::unlink(&dir.join(&name))? {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,728 @@
+//! The chunk protocol — reserve, commit, pin, validate, acknowledge, assess,
+//! claim, recycle, retire — written once over a raw memory region and used by
+//! every mode (a shared-memory mapping or process-local memory).
+//!
+//! # The words and who changes them
+//!
+//! * `alloc` packs the next free offset, the number of writers in flight and
+//!   the sealed bit into one atomic word. A reservation is one CAS on it, so
+//!   "space reserved" and "writer in flight" appear together, and a reclaimer
+//!   that sees `writers == 0` on a sealed chunk knows no writer can appear
+//!   any more (invariant 2).
+//! * `state_gen` packs the chunk state and its generation. Only one
+//!   reclaimer wins the CAS `IN_USE -> RECLAIMING` for a generation.
+//! * `pins` counts readers. A reader increments `pins` and then loads
+//!   `state_gen`; a reclaimer CASes `state_gen` and then loads `pins`. Both
+//!   sides are `SeqCst`, so (store-buffering / Dekker) either the reader sees
+//!   the claim and backs off, or the reclaimer sees the pin and retires the
+//!   chunk (unlinks it) instead of recycling its memory in place. Bytes under
+//!   a pin therefore never change (invariant 4), and a pin leaked by a
+//!   crashed process only turns one recycling into an unlink, it never
+//!   blocks reclamation.
+//!
+//! Every offset read from the shared header is checked against the local
+//! length of the region before it is used (invariant 5).
+
+use crate::layout::*;
+use crate::sync::{AtomicU32, Ordering};
+use std::ptr::NonNull;
+
+/// Outcome of [`ChunkRegion::reserve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reserve {
+    /// Space `[offset, offset + footprint)` is ours; the chunk's generation
+    /// cannot change until we commit.
+    Reserved {
+        /// Entry offset.
+        offset: u32,
+        /// Offset of the end of the entry.
+        end: u32,
+        /// Generation of the chunk we reserved in.
+        generation: u32,
+    },
+    /// The chunk takes no more reservations: move to the next one.
+    Sealed,
+}
+
+/// What [`ChunkRegion::assess`] concluded about a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Still holds live data, or is not ours to judge (active, pooled).
+    Keep,
+    /// May be reclaimed; `expired` tells whether by TTL.
+    Reclaim {
+        /// Generation to claim.
+        generation: u32,
+        /// Reclaimed by TTL rather than by acknowledgement.
+        expired: bool,
+    },
+}
+
+/// A chunk: a header followed by entries, in memory that stays mapped for
+/// as long as this value exists.
+#[derive(Clone, Copy)]
+pub(crate) struct ChunkRegion {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a ChunkRegion is a pointer to memory that every thread may access:
+// all shared fields are atomics and payload bytes are only written by the one
+// writer that reserved them and read after the Release/Acquire pair on the
+// entry state; the owner of the memory keeps it mapped for the region's life.
+unsafe impl Send for ChunkRegion {}
+// SAFETY: see `Send`; no method hands out `&mut` to shared memory.
+unsafe impl Sync for ChunkRegion {}
+
+impl ChunkRegion {
+    /// Wraps a region.
+    ///
+    /// # Safety
+    /// `base` must be 8-aligned and valid for reads and writes of `len` bytes
+    /// for as long as the returned value (or a copy) is used, and may only be
+    /// accessed by others through this protocol. `len` must be at least
+    /// [`CHUNK_HEADER_SIZE`] and at most [`MAX_CHUNK_SIZE`].
+    pub(crate) unsafe fn new(base: NonNull<u8>, len: usize) -> Self {
+        debug_assert!(base.as_ptr() as usize % ENTRY_ALIGN == 0);
+        debug_assert!((CHUNK_HEADER_SIZE..=MAX_CHUNK_SIZE).contains(&len));
+        Self { base, len }
+    }
+
+    /// The header.
+    pub(crate) fn header(&self) -> &ChunkHeader {
+        // SAFETY: `new` guarantees at least CHUNK_HEADER_SIZE valid, aligned
+        // bytes; ChunkHeader is only atomics, valid for any bit pattern.
+        unsafe { &*(self.base.as_ptr() as *const ChunkHeader) }
+    }
+
+    /// The entry header at `offset`, which must be 8-aligned and leave room
+    /// for the header inside the region.
+    fn entry(&self, offset: usize) -> Option<&EntryHeader> {
+        if offset < CHUNK_HEADER_SIZE
+            || offset % ENTRY_ALIGN != 0
+            || offset.checked_add(ENTRY_HEADER_SIZE)? > self.len
+        {
+            return None;
+        }
+        // SAFETY: offset is aligned and in bounds (checked above); an
+        // EntryHeader is only atomics, valid for any bit pattern.
+        Some(unsafe { &*(self.base.as_ptr().add(offset) as *const EntryHeader) })
+    }
+
+    /// Pointer to `len` payload bytes at `offset` (already bounds-checked).
+    pub(crate) fn payload_ptr(&self, payload_offset: usize) -> *const u8 {
+        debug_assert!(payload_offset <= self.len);
+        // SAFETY: callers pass an offset produced by `locate`, which is in
+        // bounds of the region.
+        unsafe { self.base.as_ptr().add(payload_offset) }
+    }
+
+    /// Writes a fresh header into zeroed memory: the chunk starts FREE and
+    /// sealed, owned by whoever formatted it.
+    pub(crate) fn format(&self, id: u32, generation: u32, flags: u32) {
+        let h = self.header();
+        h.chunk_id.store(id, Ordering::Relaxed);
+        h.size.store(self.len as u32, Ordering::Relaxed);
+        h.flags.store(flags, Ordering::Relaxed);
+        h.alloc
+            .store(CHUNK_HEADER_SIZE as u64 | ALLOC_SEALED, Ordering::Relaxed);
+        h.state_gen
+            .store(state_gen(STATE_FREE, generation), Ordering::Relaxed);
+        // Release: pairs with the Acquire load of `magic` by `check_header`
+        // in any process that maps the chunk later.
+        h.magic.store(CHUNK_MAGIC, Ordering::Release);
+    }
+
+    /// Checks the header of a chunk mapped from a file named `id`.
+    pub(crate) fn check_header(&self, id: u32) -> Result<(), String> {
+        let h = self.header();
+        // Acquire: pairs with the Release store in `format`.
+        let magic = h.magic.load(Ordering::Acquire);
+        if magic != CHUNK_MAGIC {
+            return Err(format!("bad chunk magic {magic:#018x}"));
+        }
+        let hid = h.chunk_id.load(Ordering::Relaxed);
+        if hid != id {
+            return Err(format!("header says chunk {hid}, file name says {id}"));
+        }
+        let size = h.size.load(Ordering::Relaxed) as usize;
+        if size != self.len {
+            return Err(format!("header says {size} bytes, file has {}", self.len));
+        }
+        Ok(())
+    }
+
+    /// Generation and state of the chunk.
+    pub(crate) fn state(&self) -> (u32, u32) {
+        let w = self.header().state_gen.load(Ordering::Acquire);
+        (state_of(w), generation_of(w))
+    }
+
+    /// Whether the chunk holds one oversized blob.
+    pub(crate) fn is_dedicated(&self) -> bool {
+        self.header().flags.load(Ordering::Relaxed) & FLAG_DEDICATED != 0
+    }
+
+    /// Makes an exclusively owned FREE chunk the target of appends, in
+    /// generation `generation`.
+    pub(crate) fn activate(&self, generation: u32) {
+        let h = self.header();
+        h.entries.store(0, Ordering::Relaxed);
+        h.acks.store(0, Ordering::Relaxed);
+        h.first_write_ms.store(0, Ordering::Relaxed);
+        h.sealed_ms.store(0, Ordering::Relaxed);
+        h.empty_since_ms.store(0, Ordering::Relaxed);
+        h.state_gen
+            .store(state_gen(STATE_IN_USE, generation), Ordering::Release);
+        // Release: pairs with the Acquire CAS in `reserve`, so a writer that
+        // reserves sees the reset header and the new generation.
+        h.alloc.store(CHUNK_HEADER_SIZE as u64, Ordering::Release);
+    }
+
+    /// Reserves `footprint` bytes (from [`entry_footprint`]). Seals the chunk
+    /// when the entry does not fit, stamping the seal time with `now_ms`.
+    pub(crate) fn reserve(&self, footprint: u32, now_ms: u64) -> Reserve {
+        let h = self.header();
+        let mut cur = h.alloc.load(Ordering::Relaxed);
+        loop {
+            if alloc_sealed(cur) {
+                return Reserve::Sealed;
+            }
+            let used = alloc_used(cur) as usize;
+            let end = used + footprint as usize;
+            if used < CHUNK_HEADER_SIZE || used % ENTRY_ALIGN != 0 || end > self.len {
+                // Full (or a corrupt offset): seal so everyone moves on.
+                match h.alloc.compare_exchange_weak(
+                    cur,
+                    cur | ALLOC_SEALED,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => {
+                        self.stamp_sealed(now_ms);
+                        return Reserve::Sealed;
+                    }
+                    Err(actual) => {
+                        cur = actual;
+                        continue;
+                    }
+                }
+            }
+            if alloc_writers(cur) == ALLOC_WRITERS_MASK {
+                std::hint::spin_loop();
+                cur = h.alloc.load(Ordering::Relaxed);
+                continue;
+            }
+            let next = (cur & !0xFFFF_FFFF) + ALLOC_WRITER | end as u64;
+            // Acquire: pairs with the Release store of `alloc` in `activate`.
+            match h
+                .alloc
+                .compare_exchange_weak(cur, next, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    let (state, generation) = self.state();
+                    if state != STATE_IN_USE {
+                        // Only possible if another process scribbled on the
+                        // header: give the reservation back and move on.
+                        h.alloc.fetch_sub(ALLOC_WRITER, Ordering::Release);
+                        self.seal(now_ms);
+                        return Reserve::Sealed;
+                    }
+                    return Reserve::Reserved {
+                        offset: used as u32,
+                        end: end as u32,
+                        generation,
+                    };
+                }
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Writes the entry and publishes it.
+    ///
+    /// # Safety
+    /// `offset` must come from a [`Reserve::Reserved`] of this region for an
+    /// entry of `data.len()` bytes, not yet committed: the bytes there belong
+    /// to the caller alone until this returns.
+    pub(crate) unsafe fn commit(&self, offset: u32, data: &[u8], tag: u64, now_ms: u64) {
+        let h = self.header();
+        let offset = offset as usize;
+        let Some(e) = self.entry(offset) else {
+            // Unreachable for a valid reservation; keep the writer count right.
+            h.alloc.fetch_sub(ALLOC_WRITER, Ordering::Release);
+            return;
+        };
+        e.state.store(ENTRY_RESERVED, Ordering::Relaxed);
+        e.len.store(data.len() as u32, Ordering::Relaxed);
+        e.tag.store(tag, Ordering::Relaxed);
+        // SAFETY: the caller reserved [offset, offset + footprint) and
+        // footprint >= ENTRY_HEADER_SIZE + data.len(), inside the region;
+        // nobody reads these bytes before the Release store below.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.base.as_ptr().add(offset + ENTRY_HEADER_SIZE),
+                data.len(),
+            );
+        }
+        // Release: pairs with the Acquire load in `locate`: a reader that
+        // sees COMMITTED sees the payload.
+        e.state.store(ENTRY_COMMITTED, Ordering::Release);
+        h.entries.fetch_add(1, Ordering::Relaxed);
+        if h.first_write_ms.load(Ordering::Relaxed) == 0 {
+            let _ =
+                h.first_write_ms
+                    .compare_exchange(0, now_ms, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        // Release: pairs with the Acquire loads of `alloc` in `assess` and
+        // `recyclable`: a reclaimer that sees this writer gone sees its
+        // entry counted and its bytes written.
+        h.alloc.fetch_sub(ALLOC_WRITER, Ordering::Release);
+    }
+
+    /// Seals the chunk (no more reservations) and stamps the seal time.
+    pub(crate) fn seal(&self, now_ms: u64) {
+        self.header()
+            .alloc
+            .fetch_or(ALLOC_SEALED, Ordering::Relaxed);
+        self.stamp_sealed(now_ms);
+    }
+
+    fn stamp_sealed(&self, now_ms: u64) {
+        let _ = self.header().sealed_ms.compare_exchange(
+            0,
+            now_ms,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Takes an activated chunk that lost the race to become the append
+    /// target back to FREE, if no writer reserved in it meanwhile.
+    pub(crate) fn try_deactivate(&self, generation: u32) -> bool {
+        let h = self.header();
+        let fresh = CHUNK_HEADER_SIZE as u64;
+        if h.alloc
+            .compare_exchange(
+                fresh,
+                fresh | ALLOC_SEALED,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            return false;
+        }
+        h.state_gen
+            .store(state_gen(STATE_FREE, generation), Ordering::Release);
+        true
+    }
+
+    /// Registers a reader. Validate (with [`locate`](Self::locate)) after
+    /// pinning, never before.
+    pub(crate) fn pin(&self) -> PinGuard<'_> {
+        // SeqCst: the reader half of the Dekker pair with `claim` + `recyclable`.
+        self.header().pins.fetch_add(1, Ordering::SeqCst);
+        PinGuard {
+            pins: &self.header().pins,
+        }
+    }
+
+    /// Finds the payload of an entry named by a handle, or `None` if the
+    /// handle is stale, reclaimed, forged or out of bounds. Returns the
+    /// payload offset. Call with a pin held.
+    pub(crate) fn locate(
+        &self,
+        generation: u32,
+        offset: u32,
+        size: u32,
+        tag: u64,
+    ) -> Option<usize> {
+        // SeqCst: pairs with the SeqCst pin increment and the claim CAS.
+        let w = self.header().state_gen.load(Ordering::SeqCst);
+        if state_of(w) != STATE_IN_USE || generation_of(w) != generation {
+            return None;
+        }
+        let offset = offset as usize;
+        let footprint = entry_footprint(size as usize)?;
+        if offset.checked_add(footprint)? > self.len {
+            return None;
+        }
+        let e = self.entry(offset)?;
+        // Acquire: pairs with the Release store of COMMITTED in `commit`.
+        let st = e.state.load(Ordering::Acquire);
+        if st != ENTRY_COMMITTED && st != ENTRY_ACKED {
+            return None;
+        }
+        if e.len.load(Ordering::Relaxed) != size || e.tag.load(Ordering::Relaxed) != tag {
+            return None;
+        }
+        Some(offset + ENTRY_HEADER_SIZE)
+    }
+
+    /// Acknowledges an entry: `true` the first time for a live entry,
+    /// `false` for a repeat, a stale or a forged handle.
+    pub(crate) fn acknowledge(&self, generation: u32, offset: u32, size: u32, tag: u64) -> bool {
+        let _pin = self.pin();
+        if self.locate(generation, offset, size, tag).is_none() {
+            return false;
+        }
+        let Some(e) = self.entry(offset as usize) else {
+            return false;
+        };
+        if e.state
+            .compare_exchange(
+                ENTRY_COMMITTED,
+                ENTRY_ACKED,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            return false;
+        }
+        // Release: pairs with the Acquire load of `acks` in `assess`.
+        self.header().acks.fetch_add(1, Ordering::Release);
+        true
+    }
+
+    /// Decides whether this chunk may be reclaimed now.
+    ///
+    /// A chunk qualifies when it is IN_USE and sealed, and either every
+    /// entry is acknowledged with no writer in flight and the decay period
+    /// has passed since that was first seen, or `ttl_ms` has passed since it
+    /// was sealed (writers that never committed are presumed dead then).
+    pub(crate) fn assess(&self, now_ms: u64, ttl_ms: u64, decay_ms: u64) -> Verdict {
+        let h = self.header();
+        let (state, generation) = self.state();
+        if state != STATE_IN_USE {
+            return Verdict::Keep;
+        }
+        // Acquire: pairs with the Release fetch_sub in `commit`.
+        let alloc = h.alloc.load(Ordering::Acquire);
+        if !alloc_sealed(alloc) {
+            return Verdict::Keep;
+        }
+        let sealed = h.sealed_ms.load(Ordering::Relaxed);
+        if sealed == 0 {
+            // The sealer died before stamping: start the clock now.
+            self.stamp_sealed(now_ms);
+            return Verdict::Keep;
+        }
+        if now_ms.saturating_sub(sealed) >= ttl_ms {
+            return Verdict::Reclaim {
+                generation,
+                expired: true,
+            };
+        }
+        if alloc_writers(alloc) != 0 {
+            return Verdict::Keep;
+        }
+        let entries = h.entries.load(Ordering::Relaxed);
+        // Acquire: pairs with the Release increment in `acknowledge`.
+        let acks = h.acks.load(Ordering::Acquire);
+        if acks < entries {
+            return Verdict::Keep;
+        }
+        let since =
+            match h
+                .empty_since_ms
+                .compare_exchange(0, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => now_ms,
+                Err(t) => t,
+            };
+        if now_ms.saturating_sub(since) >= decay_ms {
+            Verdict::Reclaim {
+                generation,
+                expired: false,
+            }
+        } else {
+            Verdict::Keep
+        }
+    }
+
+    /// Claims the chunk for reclamation; only one caller wins per generation.
+    pub(crate) fn claim(&self, generation: u32) -> bool {
+        // SeqCst: the reclaimer half of the Dekker pair with `pin` + `locate`.
+        self.header()
+            .state_gen
+            .compare_exchange(
+                state_gen(STATE_IN_USE, generation),
+                state_gen(STATE_RECLAIMING, generation),
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
+    /// After a successful [`claim`](Self::claim): whether the memory may be
+    /// reused in place (no reader pinned, no writer in flight, standard
+    /// chunk). Otherwise the chunk must be retired.
+    pub(crate) fn recyclable(&self) -> bool {
+        let h = self.header();
+        // SeqCst: pairs with the SeqCst increment in `pin` (see module docs).
+        let pins = h.pins.load(Ordering::SeqCst);
+        // Acquire: pairs with the Release fetch_sub in `commit`.
+        let alloc = h.alloc.load(Ordering::Acquire);
+        pins == 0 && alloc_writers(alloc) == 0 && !self.is_dedicated()
+    }
+
+    /// Recycles a claimed chunk in place: new generation, empty, FREE and
+    /// sealed until activated again. Old handles no longer validate.
+    pub(crate) fn recycle(&self, new_generation: u32, now_ms: u64) {
+        let h = self.header();
+        h.alloc
+            .store(CHUNK_HEADER_SIZE as u64 | ALLOC_SEALED, Ordering::Relaxed);
+        h.entries.store(0, Ordering::Relaxed);
+        h.acks.store(0, Ordering::Relaxed);
+        h.first_write_ms.store(0, Ordering::Relaxed);
+        h.sealed_ms.store(0, Ordering::Relaxed);
+        h.empty_since_ms.store(now_ms, Ordering::Relaxed);
+        // Release: pairs with the Acquire load in `state` of whoever pops
+        // the chunk from the pool.
+        h.state_gen
+            .store(state_gen(STATE_FREE, new_generation), Ordering::Release);
+    }
+
+    /// Marks a claimed (or exclusively owned FREE) chunk RETIRED: no handle
+    /// validates any more; the memory stays valid for existing mappings.
+    pub(crate) fn mark_retired(&self) {
+        let h = self.header();
+        let generation = generation_of(h.state_gen.load(Ordering::Relaxed));
+        h.alloc.fetch_or(ALLOC_SEALED, Ordering::Relaxed);
+        h.state_gen
+            .store(state_gen(STATE_RETIRED, generation), Ordering::Release);
+    }
+
+    /// Retires a FREE chunk of generation `generation` (pooled and idle).
+    pub(crate) fn retire_free(&self, generation: u32) -> bool {
+        self.header()
+            .state_gen
+            .compare_exchange(
+                state_gen(STATE_FREE, generation),
+                state_gen(STATE_RETIRED, generation),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+}
+
+/// A pin held for the duration of a borrow.
+pub(crate) struct PinGuard<'a> {
+    pins: &'a AtomicU32,
+}
+
+impl Drop for PinGuard<'_> {
+    fn drop(&mut self) {
+        // Release: the reader's accesses happen before a reclaimer's reuse
+        // (the reclaimer's SeqCst load of `pins` acquires).
+        self.pins.fetch_sub(1, Ordering::Release);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// Process-local memory for a region: u64 words keep it 8-aligned.
+    struct Mem(Box<[std::cell::UnsafeCell<u64>]>);
+
+    impl Mem {
+        fn new(len: usize) -> Self {
+            Self(
+                (0..len / 8)
+                    .map(|_| std::cell::UnsafeCell::new(0))
+                    .collect(),
+            )
+        }
+        fn region(&self) -> ChunkRegion {
+            let base = NonNull::new(self.0.as_ptr() as *mut u8).unwrap();
+            // SAFETY: the boxed words are aligned, zeroed and outlive the
+            // region in every test; UnsafeCell permits shared mutation.
+            unsafe { ChunkRegion::new(base, self.0.len() * 8) }
+        }
+    }
+
+    fn append(r: &ChunkRegion, data: &[u8], now: u64) -> Option<(u32, u32, u64)> {
+        let fp = entry_footprint(data.len()).unwrap() as u32;
+        match r.reserve(fp, now) {
+            Reserve::Reserved {
+                offset, generation, ..
+            } => {
+                let tag = entry_tag(7, 0, generation, offset, data.len() as u32, now);
+                // SAFETY: offset was just reserved for this data.
+                unsafe { r.commit(offset, data, tag, now) };
+                Some((generation, offset, tag))
+            }
+            Reserve::Sealed => None,
+        }
+    }
+
+    fn read(r: &ChunkRegion, g: u32, off: u32, len: usize, tag: u64) -> Option<Vec<u8>> {
+        let _pin = r.pin();
+        let p = r.locate(g, off, len as u32, tag)?;
+        // SAFETY: locate checked bounds; the pin keeps the bytes stable.
+        Some(unsafe { std::slice::from_raw_parts(r.payload_ptr(p), len) }.to_vec())
+    }
+
+    #[test]
+    fn reserve_commit_locate_round_trip() {
+        let m = Mem::new(4096);
+        let r = m.region();
+        r.format(0, 1, 0);
+        assert_eq!(
+            append(&r, b"x", 5),
+            None,
+            "a formatted chunk is sealed until activated"
+        );
+        r.activate(1);
+        let (g, off, tag) = append(&r, b"hello", 5).unwrap();
+        assert_eq!(read(&r, g, off, 5, tag).as_deref(), Some(&b"hello"[..]));
+        assert_eq!(read(&r, g + 1, off, 5, tag), None, "wrong generation");
+        assert_eq!(read(&r, g, off, 4, tag), None, "wrong size");
+        assert_eq!(read(&r, g, off, 5, tag ^ 1), None, "wrong tag");
+        assert_eq!(read(&r, g, off + 8, 5, tag), None, "wrong offset");
+        assert_eq!(read(&r, g, u32::MAX - 3, 5, tag), None, "out of bounds");
+    }
+
+    #[test]
+    fn full_chunk_seals_and_stamps() {
+        let m = Mem::new(4096);
+        let r = m.region();
+        r.format(0, 1, 0);
+        r.activate(1);
+        let mut n = 0;
+        while append(&r, &[1u8; 100], 42).is_some() {
+            n += 1;
+        }
+        assert_eq!(n, (4096 - 128) / 120);
+        assert_eq!(r.header().sealed_ms.load(Ordering::Relaxed), 42);
+        assert_eq!(r.header().entries.load(Ordering::Relaxed), n);
+    }
+
+    #[test]
+    fn acknowledgement_is_idempotent_and_rejects_stale() {
+        let m = Mem::new(4096);
+        let r = m.region();
+        r.format(0, 1, 0);
+        r.activate(1);
+        let (g, off, tag) = append(&r, b"abc", 1).unwrap();
+        assert!(r.acknowledge(g, off, 3, tag));
+        assert!(!r.acknowledge(g, off, 3, tag), "second ack must not count");
+        assert!(!r.acknowledge(g + 1, off, 3, tag));
+        assert_eq!(r.header().acks.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            read(&r, g, off, 3, tag).as_deref(),
+            Some(&b"abc"[..]),
+            "acked data stays readable until reclaimed"
+        );
+    }
+
+    #[test]
+    fn no_reclamation_with_a_writer_in_flight() {
+        let m = Mem::new(4096);
+        let r = m.region();
+        r.format(0, 1, 0);
+        r.activate(1);
+        let fp = entry_footprint(8).unwrap() as u32;
+        let Reserve::Reserved {
+            offset, generation, ..
+        } = r.reserve(fp, 1)
+        else {
+            panic!()
+        };
+        r.seal(1);
+        // Everything committed is acknowledged (nothing is), decay 0: still kept.
+        assert_eq!(r.assess(10, 1_000, 0), Verdict::Keep);
+        let tag = entry_tag(7, 0, generation, offset, 8, 1);
+        // SAFETY: offset was reserved above for 8 bytes.
+        unsafe { r.commit(offset, &[9; 8], tag, 1) };
+        assert_eq!(
+            r.assess(10, 1_000, 0),
+            Verdict::Keep,
+            "one unacknowledged entry"
+        );
+        assert!(r.acknowledge(generation, offset, 8, tag));
+        assert_eq!(
+            r.assess(10, 1_000, 0),
+            Verdict::Reclaim {
+                generation,
+                expired: false
+            }
+        );
+    }
+
+    #[test]
+    fn ttl_reclaims_despite_a_dead_writer_but_never_recycles_under_it() {
+        let m = Mem::new(4096);
+        let r = m.region();
+        r.format(0, 1, 0);
+        r.activate(1);
+        let fp = entry_footprint(8).unwrap() as u32;
+        assert!(matches!(r.reserve(fp, 1), Reserve::Reserved { .. }));
+        r.seal(100);
+        assert_eq!(r.assess(150, 100, 0), Verdict::Keep);
+        assert_eq!(
+            r.assess(200, 100, 0),
+            Verdict::Reclaim {
+                generation: 1,
+                expired: true
+            }
+        );
+        assert!(r.claim(1));
+        assert!(!r.claim(1), "only one reclaimer wins");
+        assert!(
+            !r.recyclable(),
+            "a writer is still in flight: retire, do not reuse"
+        );
+    }
+
+    #[test]
+    fn a_pin_turns_recycling_into_retirement() {
+        let m = Mem::new(4096);
+        let r = m.region();
+        r.format(0, 1, 0);
+        r.activate(1);
+        let (g, off, tag) = append(&r, b"view", 1).unwrap();
+        r.seal(1);
+        assert!(r.acknowledge(g, off, 4, tag));
+        let pin = r.pin();
+        assert!(r.locate(g, off, 4, tag).is_some());
+        assert!(matches!(r.assess(5, 1_000, 0), Verdict::Reclaim { .. }));
+        assert!(r.claim(g));
+        assert!(!r.recyclable());
+        drop(pin);
+        assert!(r.recyclable());
+        r.recycle(g + 1, 9);
+        assert_eq!(read(&r, g, off, 4, tag), None, "stale after recycle");
+        assert_eq!(r.state(), (STATE_FREE, g + 1));
+    }
+
+    #[test]
+    fn deactivate_only_when_untouched() {
+        let m = Mem::new(4096);
+        let r = m.region();
+        r.format(0, 1, 0);
+        r.activate(1);
+        assert!(r.try_deactivate(1));
+        assert_eq!(r.state(), (STATE_FREE, 1));
+        r.activate(1);
+        append(&r, b"x", 1).unwrap();
+        assert!(!r.try_deactivate(1));
+    }
+
+    #[test]
+    fn corrupt_alloc_word_seals_instead_of_writing_out_of_bounds() {
+        let m = Mem::new(4096);
+        let r = m.region();
+        r.format(0, 1, 0);
+        r.activate(1);
+        r.header().alloc.store(4090, Ordering::Relaxed);
+        assert_eq!(r.reserve(24, 1), Reserve::Sealed);
+        r.header().alloc.store(3, Ordering::Relaxed);
+        assert_eq!(r.reserve(24, 1), Reserve::Sealed);
+    }
+}

@@ -1,0 +1,173 @@
+//! The crate's one error type: a variant per thing a caller handles differently.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Result alias of the crate.
+pub type Result<T, E = BlobError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong, with the context needed to act on it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlobError {
+    /// The namespace breaks the documented naming rules; nothing was touched.
+    #[error("invalid namespace \"{namespace}\": {reason}; use 1-64 ASCII letters, digits, '_', '-' or '.', not starting with '.' or '-'")]
+    InvalidNamespace {
+        /// The rejected name (escaped).
+        namespace: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {reason}")]
+    InvalidConfig {
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// No such namespace (no control file).
+    #[error("namespace \"{namespace}\" does not exist; create it first with PinnedBlobStore::new_shared")]
+    NotFound {
+        /// Namespace.
+        namespace: String,
+    },
+
+    /// Creation refused: a live creator holds the namespace.
+    #[error("namespace \"{namespace}\" already exists and its creator (pid {pid}) is alive; attach to it, or pick another name")]
+    AlreadyExists {
+        /// Namespace.
+        namespace: String,
+        /// Pid recorded by the live creator.
+        pid: u32,
+    },
+
+    /// Cleanup refused: the creator is alive.
+    #[error("namespace \"{namespace}\" is in use: its creator (pid {pid}) is alive; stop it first, or force the cleanup")]
+    InUse {
+        /// Namespace.
+        namespace: String,
+        /// Pid recorded by the live creator.
+        pid: u32,
+    },
+
+    /// `max_chunks` reached: wait for consumers to acknowledge, then retry.
+    #[error("namespace \"{namespace}\" is full: all {max_chunks} chunks are in use; acknowledge data (and let cleanup run) or raise max_chunks")]
+    StoreFull {
+        /// Namespace.
+        namespace: String,
+        /// The limit from the control block.
+        max_chunks: u32,
+    },
+
+    /// The shm file system is full (ENOSPC when reserving a chunk).
+    #[error("no space left in the shm directory for {}; free /dev/shm or lower the chunk size", file.display())]
+    NoSpace {
+        /// The file that could not be reserved.
+        file: PathBuf,
+    },
+
+    /// A file of the namespace has the right magic but inconsistent content.
+    #[error("corrupt store file {}: {detail}; remove the namespace with cleanup_namespace", file.display())]
+    Corrupt {
+        /// The file.
+        file: PathBuf,
+        /// What was wrong.
+        detail: String,
+    },
+
+    /// A file that is not of this format or not of this version.
+    #[error("{} is not a stable-fragmented-buffer v{expected} file ({detail}); it was left untouched", file.display())]
+    IncompatibleFormat {
+        /// The file.
+        file: PathBuf,
+        /// Expected format version.
+        expected: u32,
+        /// What was found instead.
+        detail: String,
+    },
+
+    /// A blob larger than the format can address (u32 sizes).
+    #[error("blob of {size} bytes is larger than the largest storable blob ({max} bytes)")]
+    BlobTooLarge {
+        /// Requested size.
+        size: usize,
+        /// Largest size accepted.
+        max: usize,
+    },
+
+    /// Empty blobs are not stored: a handle to nothing is a bug magnet.
+    #[error("empty blob: appending zero bytes is refused; skip the append instead")]
+    EmptyBlob,
+
+    /// The namespace is being removed (creator dropped it or cleanup ran).
+    #[error("namespace \"{namespace}\" has been closed; re-attach after its creator recreates it")]
+    Closed {
+        /// Namespace.
+        namespace: String,
+    },
+
+    /// The chunk registry of the control block is full.
+    #[error("namespace \"{namespace}\" has no free registry slot ({slots} chunk files exist); use larger chunks")]
+    RegistryFull {
+        /// Namespace.
+        namespace: String,
+        /// Registry size.
+        slots: usize,
+    },
+
+    /// A system call failed.
+    #[error("{op} failed on {}: {source}", file.display())]
+    Os {
+        /// The operation (`open`, `mmap`, `fallocate`...).
+        op: &'static str,
+        /// The file it was applied to.
+        file: PathBuf,
+        /// The OS error, with its errno.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl BlobError {
+    /// Wraps an OS error, mapping ENOSPC to [`BlobError::NoSpace`].
+    pub(crate) fn os(op: &'static str, file: impl Into<PathBuf>, source: io::Error) -> Self {
+        let file = file.into();
+        if source.raw_os_error() == Some(libc::ENOSPC) {
+            return BlobError::NoSpace { file };
+        }
+        BlobError::Os { op, file, source }
+    }
+
+    /// The errno of an OS failure, if this is one.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            BlobError::Os { source, .. } => source.raw_os_error(),
+            BlobError::NoSpace { .. } => Some(libc::ENOSPC),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enospc_is_no_space_and_errno_is_kept() {
+        let e = BlobError::os(
+            "fallocate",
+            "/dev/shm/x_data_1",
+            io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        assert!(matches!(e, BlobError::NoSpace { .. }));
+        let e = BlobError::os(
+            "open",
+            "/dev/shm/x_ctrl",
+            io::Error::from_raw_os_error(libc::EACCES),
+        );
+        assert_eq!(e.raw_os_error(), Some(libc::EACCES));
+        let msg = e.to_string();
+        assert!(msg.contains("open failed on /dev/shm/x_ctrl"), "{msg}");
+    }
+}

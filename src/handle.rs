@@ -1,0 +1,103 @@
+//! The 24-byte handle of a blob in shared mode.
+
+use crate::clock;
+
+/// Where a blob lives in a shared store: 24 plain bytes that can travel over
+/// any channel (ring buffer, pipe, socket) to any attached process.
+///
+/// A handle is not a pointer: resolving it validates it against the store
+/// (chunk generation, entry header, keyed tag), so a stale, reclaimed or
+/// forged handle resolves to nothing, never to other bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OverflowHandle {
+    /// Chunk id (the `N` of `{ns}_data_N`).
+    pub page_id: u32,
+    /// Offset of the entry header inside the chunk.
+    pub offset: u32,
+    /// Payload length in bytes.
+    pub size: u32,
+    /// Generation of the chunk when the blob was appended.
+    pub generation: u32,
+    /// Append time, nanoseconds on the host's coarse monotonic clock.
+    pub timestamp: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<OverflowHandle>() == 24);
+
+impl OverflowHandle {
+    /// The handle as 24 little-endian bytes.
+    pub fn as_bytes(&self) -> [u8; 24] {
+        let mut out = [0u8; 24];
+        out[0..4].copy_from_slice(&self.page_id.to_le_bytes());
+        out[4..8].copy_from_slice(&self.offset.to_le_bytes());
+        out[8..12].copy_from_slice(&self.size.to_le_bytes());
+        out[12..16].copy_from_slice(&self.generation.to_le_bytes());
+        out[16..24].copy_from_slice(&self.timestamp.to_le_bytes());
+        out
+    }
+
+    /// Reads a handle back from [`as_bytes`](Self::as_bytes) output. Any 24
+    /// bytes make a handle; whether it is valid is decided when resolving.
+    pub fn from_bytes(bytes: &[u8; 24]) -> Self {
+        let u32_at =
+            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&bytes[16..24]);
+        Self {
+            page_id: u32_at(0),
+            offset: u32_at(4),
+            size: u32_at(8),
+            generation: u32_at(12),
+            timestamp: u64::from_le_bytes(ts),
+        }
+    }
+
+    /// Milliseconds since the blob was appended.
+    pub fn age_ms(&self) -> u64 {
+        clock::now_ns().saturating_sub(self.timestamp) / 1_000_000
+    }
+
+    /// Whether the blob is older than `ttl_ms`. Its chunk may still hold it
+    /// (TTL runs from when the chunk was sealed), but a consumer should not
+    /// count on it.
+    pub fn is_expired(&self, ttl_ms: u64) -> bool {
+        self.age_ms() > ttl_ms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_round_trip() {
+        let h = OverflowHandle {
+            page_id: 1,
+            offset: 2,
+            size: 3,
+            generation: 4,
+            timestamp: 5,
+        };
+        assert_eq!(OverflowHandle::from_bytes(&h.as_bytes()), h);
+        assert_eq!(h.as_bytes()[16], 5);
+    }
+
+    #[test]
+    fn age_and_expiry() {
+        let now = OverflowHandle {
+            page_id: 0,
+            offset: 0,
+            size: 1,
+            generation: 0,
+            timestamp: clock::now_ns(),
+        };
+        assert!(!now.is_expired(10_000));
+        let old = OverflowHandle {
+            timestamp: 0,
+            ..now
+        };
+        assert!(old.age_ms() > 0);
+        assert!(old.is_expired(0));
+    }
+}

@@ -1,0 +1,52 @@
+//! Variable-size byte blobs in fixed-size chunks that never move — across
+//! processes on one host through POSIX shared memory.
+//!
+//! A producer appends bytes and gets a 24-byte [`OverflowHandle`]; it sends
+//! the handle over any channel; any attached process resolves it; consumers
+//! acknowledge; chunks are reclaimed after everything in them is
+//! acknowledged (plus a decay period), or after a TTL when a consumer
+//! crashed. Files of a crashed creator are removed by
+//! [`SharedBackend::cleanup_namespace`].
+//!
+//! ```
+//! use stable_fragmented_buffer::{Config, PinnedBlobStore};
+//!
+//! # let ns = format!("sfbdoc-{}", std::process::id());
+//! let producer = PinnedBlobStore::new_shared(Config::default(), &ns, 1 << 20)?;
+//! let handle = producer.append_shared(b"hello")?;
+//!
+//! // In another process (here the same one, for the example):
+//! let consumer = PinnedBlobStore::attach_shared(Config::default(), &ns)?;
+//! let bytes = consumer.resolve(&OverflowHandle::from_bytes(&handle.as_bytes()));
+//! assert_eq!(bytes.as_deref(), Some(&b"hello"[..]));
+//! assert!(consumer.acknowledge_shared(&handle));
+//! assert!(!consumer.acknowledge_shared(&handle)); // counted once
+//! # use stable_fragmented_buffer::OverflowHandle;
+//! # Ok::<(), stable_fragmented_buffer::BlobError>(())
+//! ```
+//!
+//! The byte layout is documented in [`layout`]; the design and its reasons
+//! in `docs/design.md`.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod backend;
+mod chunk;
+mod clock;
+mod config;
+mod error;
+mod handle;
+pub mod layout;
+mod lifecycle;
+pub mod namespace;
+mod os;
+mod store;
+mod sync;
+
+pub use backend::shared::SharedBackend;
+pub use config::Config;
+pub use error::{BlobError, Result};
+pub use handle::OverflowHandle;
+pub use lifecycle::{CleanupHandle, LifecycleManager, Maintain};
+pub use store::{BlobStoreLifecycleExt, PinnedBlobStore};

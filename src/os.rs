@@ -1,0 +1,280 @@
+//! Every system call of the crate, kept apart from the logic that uses them.
+//!
+//! Shared-memory objects are files in the shm directory (`/dev/shm`, where
+//! glibc's `shm_open` puts them too); opening them by path lets us pass
+//! `O_NOFOLLOW`, create a control block under a temporary name and `link` it
+//! into place atomically, and list a namespace's files.
+
+use crate::error::{BlobError, Result};
+use memmap2::{MmapOptions, MmapRaw};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+
+/// The directory that holds POSIX shared-memory objects.
+pub const SHM_DIR: &str = "/dev/shm";
+
+/// The shm directory as a path.
+pub fn shm_dir() -> PathBuf {
+    PathBuf::from(SHM_DIR)
+}
+
+/// Creates `path` exclusively (fails if it exists), mode 0600, never
+/// following a symlink.
+pub fn create_exclusive(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| BlobError::os("open(O_CREAT|O_EXCL)", path, e))
+}
+
+/// Opens an existing file for reading and writing, never following a symlink.
+pub fn open_rw(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Size of an open file (`fstat`).
+pub fn file_len(file: &File, path: &Path) -> Result<u64> {
+    file.metadata()
+        .map(|m| m.len())
+        .map_err(|e| BlobError::os("fstat", path, e))
+}
+
+/// Reads up to `buf.len()` bytes at offset 0; returns how many were read.
+pub fn read_prefix(file: &File, buf: &mut [u8], path: &Path) -> Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(BlobError::os("pread", path, e)),
+        }
+    }
+    Ok(done)
+}
+
+/// Gives a new file its size and reserves every page of it now, so that
+/// a full `/dev/shm` is an error here ([`BlobError::NoSpace`]) instead of a
+/// SIGBUS on first touch later.
+pub fn reserve_space(file: &File, len: u64, path: &Path) -> Result<()> {
+    loop {
+        // SAFETY: plain syscall on a valid fd owned by `file`.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            // A file system without fallocate: size it, pages come on demand.
+            Some(libc::EOPNOTSUPP) => {
+                return file
+                    .set_len(len)
+                    .map_err(|e| BlobError::os("ftruncate", path, e));
+            }
+            _ => return Err(BlobError::os("fallocate", path, err)),
+        }
+    }
+}
+
+/// A shared read-write mapping of a whole file; unmapped on drop.
+pub struct Mapping {
+    raw: MmapRaw,
+}
+
+impl Mapping {
+    /// Maps the first `len` bytes of `file` (the caller checked `fstat`).
+    pub fn new(file: &File, len: usize, path: &Path) -> Result<Self> {
+        let raw = MmapOptions::new()
+            .len(len)
+            .map_raw(file)
+            .map_err(|e| BlobError::os("mmap", path, e))?;
+        Ok(Self { raw })
+    }
+
+    /// Start of the mapping (page-aligned, never null).
+    pub fn base(&self) -> NonNull<u8> {
+        NonNull::new(self.raw.as_mut_ptr()).unwrap_or(NonNull::dangling())
+    }
+
+    /// Length of the mapping.
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// Faults every page in for writing now (`MADV_POPULATE_WRITE`), so the
+    /// first appends into a prepared chunk take no page fault. Best effort:
+    /// kernels before 5.14 do not know the advice.
+    pub fn populate_write(&self) {
+        // SAFETY: the range is exactly this live mapping; the advice only
+        // pre-faults pages and never changes their contents.
+        unsafe {
+            libc::madvise(
+                self.raw.as_mut_ptr() as *mut libc::c_void,
+                self.raw.len(),
+                libc::MADV_POPULATE_WRITE,
+            );
+        }
+    }
+}
+
+fn ofd_lock(file: &File, cmd: libc::c_int, kind: libc::c_short) -> io::Result<libc::flock> {
+    // SAFETY: an all-zero flock is a valid value of this plain C struct.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 0;
+    fl.l_len = 1;
+    loop {
+        // SAFETY: valid fd, valid flock pointer for the duration of the call.
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &mut fl) };
+        if rc == 0 {
+            return Ok(fl);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    }
+}
+
+/// Takes the creator lock: an open-file-description write lock on byte 0,
+/// released by the kernel when the file is closed or the process dies (so
+/// liveness never relies on a pid that could be reused). `Ok(false)` if
+/// another open file description holds it.
+pub fn try_lock_creator(file: &File) -> io::Result<bool> {
+    match ofd_lock(file, libc::F_OFD_SETLK, libc::F_WRLCK as libc::c_short) {
+        Ok(_) => Ok(true),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether some other open file description (in any process, this one
+/// included) holds the creator lock of `file`.
+pub fn creator_lock_held(file: &File) -> io::Result<bool> {
+    let fl = ofd_lock(file, libc::F_OFD_GETLK, libc::F_WRLCK as libc::c_short)?;
+    Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
+}
+
+/// Creates a hard link `to` naming the same file as `from`; fails with
+/// `EEXIST` if `to` exists (this is what makes creation exclusive).
+pub fn link(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::hard_link(from, to)
+}
+
+/// Removes a file; a file already gone is not an error.
+pub fn unlink(path: &Path) -> Result<bool> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(BlobError::os("unlink", path, e)),
+    }
+}
+
+/// Names of the entries of a directory (non-UTF-8 names are skipped: no
+/// file of ours has one).
+pub fn list_dir(dir: &Path) -> Result<Vec<String>> {
+    let rd = std::fs::read_dir(dir).map_err(|e| BlobError::os("readdir", dir, e))?;
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| BlobError::os("readdir", dir, e))?;
+        if let Ok(name) = entry.file_name().into_string() {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
+/// This process's id.
+pub fn pid() -> u32 {
+    std::process::id()
+}
+
+/// Start time of a process in clock ticks since boot (field 22 of
+/// `/proc/PID/stat`), so a recorded (pid, start) pair names one process even
+/// after the pid is reused.
+pub fn process_start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and ')': skip past the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// 64 random bits from the kernel (falls back to time and address entropy).
+pub fn random_u64() -> u64 {
+    let mut buf = [0u8; 8];
+    // SAFETY: buf is valid for 8 writable bytes.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr() as *mut libc::c_void, 8, 0) };
+    if n == 8 {
+        return u64::from_le_bytes(buf);
+    }
+    let local = 0u8;
+    crate::clock::now_ns() ^ (&local as *const u8 as u64).rotate_left(32) ^ pid() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        shm_dir().join(format!("sfbtest-os-{}-{name}", pid()))
+    }
+
+    #[test]
+    fn exclusive_create_is_0600_and_refuses_existing() {
+        use std::os::unix::fs::PermissionsExt;
+        let p = tmp("excl");
+        let f = create_exclusive(&p).unwrap();
+        assert_eq!(f.metadata().unwrap().permissions().mode() & 0o777, 0o600);
+        let again = create_exclusive(&p);
+        assert!(matches!(again, Err(BlobError::Os { .. })));
+        assert!(unlink(&p).unwrap());
+        assert!(!unlink(&p).unwrap());
+    }
+
+    #[test]
+    fn creator_lock_is_seen_from_another_description_and_released_on_close() {
+        let p = tmp("lock");
+        let owner = create_exclusive(&p).unwrap();
+        let other = open_rw(&p).unwrap();
+        assert!(!creator_lock_held(&other).unwrap());
+        assert!(try_lock_creator(&owner).unwrap());
+        assert!(creator_lock_held(&other).unwrap());
+        assert!(!try_lock_creator(&other).unwrap());
+        drop(owner);
+        assert!(!creator_lock_held(&other).unwrap());
+        unlink(&p).unwrap();
+    }
+
+    #[test]
+    fn reserve_and_map() {
+        let p = tmp("map");
+        let f = create_exclusive(&p).unwrap();
+        reserve_space(&f, 8192, &p).unwrap();
+        assert_eq!(file_len(&f, &p).unwrap(), 8192);
+        let m = Mapping::new(&f, 8192, &p).unwrap();
+        m.populate_write();
+        assert_eq!(m.len(), 8192);
+        assert_eq!(m.base().as_ptr() as usize % 4096, 0);
+        unlink(&p).unwrap();
+    }
+
+    #[test]
+    fn start_ticks_of_self() {
+        assert!(process_start_ticks(pid()).is_some());
+        assert_ne!(random_u64(), random_u64());
+    }
+}
