@@ -17,9 +17,17 @@ use std::ptr::NonNull;
 /// The directory that holds POSIX shared-memory objects.
 pub const SHM_DIR: &str = "/dev/shm";
 
-/// The shm directory as a path.
+/// Environment variable that moves the shm directory (every process of a
+/// namespace must agree on it): for containers with another tmpfs, and for
+/// tests on a deliberately small one.
+pub const SHM_DIR_ENV: &str = "SFB_SHM_DIR";
+
+/// The shm directory: `$SFB_SHM_DIR` if set and not empty, else `/dev/shm`.
 pub fn shm_dir() -> PathBuf {
-    PathBuf::from(SHM_DIR)
+    match std::env::var_os(SHM_DIR_ENV) {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(SHM_DIR),
+    }
 }
 
 /// Creates `path` exclusively (fails if it exists), mode 0600, never

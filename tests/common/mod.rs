@@ -1,0 +1,158 @@
+//! Helpers shared by the integration tests: a namespace per test that is
+//! removed (and checked removed) on drop, and peer processes made by
+//! re-executing the test binary.
+#![allow(dead_code)]
+
+use stable_fragmented_buffer::{OverflowHandle, SharedBackend};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Prefix of every namespace the test suite creates (CI checks none is left).
+pub const PREFIX: &str = "sfbt";
+
+/// A namespace unique to this test (pid + counter), removed on drop.
+pub struct Ns(pub String);
+
+impl Ns {
+    pub fn new(tag: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        Ns(format!("{PREFIX}-{}-{n}-{tag}", std::process::id()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Files of this namespace in the shm directory.
+    pub fn files(&self) -> Vec<String> {
+        files_of(&self.0)
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = SharedBackend::cleanup_namespace_forced(&self.0);
+        let left = self.files();
+        if !std::thread::panicking() {
+            assert!(left.is_empty(), "namespace {} left files: {left:?}", self.0);
+        }
+    }
+}
+
+pub fn shm_dir() -> std::path::PathBuf {
+    std::env::var_os("SFB_SHM_DIR")
+        .filter(|d| !d.is_empty())
+        .map(Into::into)
+        .unwrap_or_else(|| "/dev/shm".into())
+}
+
+pub fn files_of(ns: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(shm_dir())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&format!("{ns}_")))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Deterministic payload for (seed, len): the consumer can check every byte.
+pub fn payload(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+pub fn hex(h: &OverflowHandle) -> String {
+    h.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn unhex(s: &str) -> OverflowHandle {
+    let mut b = [0u8; 24];
+    for (i, byte) in b.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
+    }
+    OverflowHandle::from_bytes(&b)
+}
+
+/// Starts this test binary again, running only the test `entry`, with
+/// `SFB_PEER_ROLE=role` and extra environment. The peer talks on stdout in
+/// lines starting with "SFB " (libtest's own lines are skipped).
+pub fn spawn_peer(entry: &str, role: &str, env: &[(&str, String)]) -> Peer {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", entry, "--nocapture", "--test-threads=1"])
+        .env("SFB_PEER_ROLE", role)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    Peer { child, out }
+}
+
+pub struct Peer {
+    pub child: Child,
+    out: BufReader<ChildStdout>,
+}
+
+impl Peer {
+    /// Next protocol line (without the "SFB " prefix), or None at EOF.
+    pub fn line(&mut self) -> Option<String> {
+        let mut s = String::new();
+        loop {
+            s.clear();
+            if self.out.read_line(&mut s).ok()? == 0 {
+                return None;
+            }
+            if let Some(rest) = s.trim_end().strip_prefix("SFB ") {
+                return Some(rest.to_owned());
+            }
+        }
+    }
+
+    /// Waits for a line equal to `want`; panics with what came instead.
+    pub fn expect(&mut self, want: &str) {
+        let got = self.line();
+        assert_eq!(got.as_deref(), Some(want));
+    }
+
+    pub fn kill9(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+
+    pub fn wait_ok(mut self) {
+        let st = self.child.wait().unwrap();
+        assert!(st.success(), "peer failed: {st}");
+    }
+}
+
+/// The role this process plays if it was started by `spawn_peer`.
+pub fn peer_role() -> Option<String> {
+    std::env::var("SFB_PEER_ROLE").ok()
+}
+
+pub fn env(k: &str) -> String {
+    std::env::var(k).unwrap_or_else(|_| panic!("peer needs {k}"))
+}
+
+/// Writes a protocol line for the parent.
+pub fn say(msg: impl AsRef<str>) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    writeln!(o, "SFB {}", msg.as_ref()).unwrap();
+    o.flush().unwrap();
+}

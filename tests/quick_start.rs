@@ -1,0 +1,72 @@
+//! The original description's Quick Start, unchanged: creator and attacher
+//! parts, `use` lines included (the attacher here runs in the same process;
+//! `multiprocess.rs` runs it in another one).
+
+mod common;
+
+fn process(data: &[u8]) {
+    assert_eq!(data, b"hello world");
+}
+
+#[test]
+fn quick_start_compiles_and_runs_unchanged() -> Result<(), Box<dyn std::error::Error>> {
+    // "Call this at application startup" (Crash Recovery section).
+    {
+        use stable_fragmented_buffer::SharedBackend;
+
+        // Unlinks all /dev/shm files for this namespace (safe if they don't exist)
+        SharedBackend::cleanup_namespace("myapp").unwrap();
+    }
+
+    // ---- Quick Start, creator part, verbatim ----
+    use stable_fragmented_buffer::{PinnedBlobStore, Config, BlobStoreLifecycleExt};
+    use stable_fragmented_buffer::backend::shared::DEFAULT_CHUNK_SIZE;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    // Creator process
+    let store = Arc::new(PinnedBlobStore::new_shared(
+        Config::default(),
+        "myapp",            // namespace -> /dev/shm/myapp_ctrl, /dev/shm/myapp_data_0, ...
+        DEFAULT_CHUNK_SIZE, // 32 MB per chunk
+    )?);
+
+    // Start background cleanup (recycles acked + TTL-expired chunks)
+    store.start_cleanup(Duration::from_millis(100));
+
+    // Write data — returns a 24-byte handle (not a pointer)
+    let handle = store.append_shared(b"hello world")?;
+
+    // Read data — returns an owned copy safe from concurrent cleanup
+    let data = store.resolve(&handle).unwrap();
+    assert_eq!(data, b"hello world");
+
+    // Mark as consumed — enables cleanup
+    store.acknowledge_shared(&handle);
+    // ---- end of creator part ----
+
+    assert!(std::path::Path::new("/dev/shm/myapp_ctrl").exists());
+    assert!(std::path::Path::new("/dev/shm/myapp_data_0").exists());
+    let creator = Arc::clone(&store);
+
+    {
+        // ---- Quick Start, attacher part, verbatim ----
+        // Attacher process (any number of processes can attach)
+        let store = PinnedBlobStore::attach_shared(Config::default(), "myapp")?;
+
+        // Resolve the same handle (received via ring buffer, pipe, etc.)
+        if let Some(data) = store.resolve(&handle) {
+            process(&data);
+            store.acknowledge_shared(&handle);
+        }
+        // ---- end of attacher part ----
+
+        assert_eq!(store.resolve(&handle).as_deref(), Some(&b"hello world"[..]));
+        assert!(!store.acknowledge_shared(&handle), "already acknowledged by the creator");
+    }
+
+    drop(store);
+    drop(creator);
+    assert!(common::files_of("myapp").is_empty(), "the creator removes its files on drop");
+    Ok(())
+}
