@@ -118,9 +118,11 @@ impl ChunkRegion {
     }
 
     /// Writes a fresh header into zeroed memory: the chunk starts FREE and
-    /// sealed, owned by whoever formatted it.
-    pub(crate) fn format(&self, id: u32, generation: u32, flags: u32) {
+    /// sealed, owned by whoever formatted it, freed "now" as far as the
+    /// pool's idle clock is concerned.
+    pub(crate) fn format(&self, id: u32, generation: u32, flags: u32, now_ms: u64) {
         let h = self.header();
+        h.empty_since_ms.store(now_ms, Ordering::Relaxed);
         h.chunk_id.store(id, Ordering::Relaxed);
         h.size.store(self.len as u32, Ordering::Relaxed);
         h.flags.store(flags, Ordering::Relaxed);
@@ -572,7 +574,7 @@ mod tests {
     fn reserve_commit_locate_round_trip() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0);
+        r.format(0, 1, 0, 1);
         assert_eq!(
             append(&r, b"x", 5),
             None,
@@ -592,7 +594,7 @@ mod tests {
     fn full_chunk_seals_and_stamps() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0);
+        r.format(0, 1, 0, 1);
         r.activate(1);
         let mut n = 0;
         while append(&r, &[1u8; 100], 42).is_some() {
@@ -607,7 +609,7 @@ mod tests {
     fn acknowledgement_is_idempotent_and_rejects_stale() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0);
+        r.format(0, 1, 0, 1);
         r.activate(1);
         let (g, off, tag) = append(&r, b"abc", 1).unwrap();
         assert!(r.acknowledge(g, off, 3, tag));
@@ -625,7 +627,7 @@ mod tests {
     fn no_reclamation_with_a_writer_in_flight() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0);
+        r.format(0, 1, 0, 1);
         r.activate(1);
         let fp = entry_footprint(8).unwrap() as u32;
         let Reserve::Reserved {
@@ -659,7 +661,7 @@ mod tests {
     fn ttl_reclaims_despite_a_dead_writer_but_never_recycles_under_it() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0);
+        r.format(0, 1, 0, 1);
         r.activate(1);
         let fp = entry_footprint(8).unwrap() as u32;
         assert!(matches!(r.reserve(fp, 1), Reserve::Reserved { .. }));
@@ -684,7 +686,7 @@ mod tests {
     fn a_pin_turns_recycling_into_retirement() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0);
+        r.format(0, 1, 0, 1);
         r.activate(1);
         let (g, off, tag) = append(&r, b"view", 1).unwrap();
         r.seal(1);
@@ -705,7 +707,7 @@ mod tests {
     fn deactivate_only_when_untouched() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0);
+        r.format(0, 1, 0, 1);
         r.activate(1);
         assert!(r.try_deactivate(1));
         assert_eq!(r.state(), (STATE_FREE, 1));
@@ -718,7 +720,7 @@ mod tests {
     fn corrupt_alloc_word_seals_instead_of_writing_out_of_bounds() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0);
+        r.format(0, 1, 0, 1);
         r.activate(1);
         r.header().alloc.store(4090, Ordering::Relaxed);
         assert_eq!(r.reserve(24, 1), Reserve::Sealed);

@@ -48,6 +48,6 @@ pub use backend::shared::SharedBackend;
 pub use config::Config;
 pub use error::{BlobError, Result};
 pub use handle::OverflowHandle;
-pub use os::{SHM_DIR, SHM_DIR_ENV};
 pub use lifecycle::{CleanupHandle, LifecycleManager, Maintain};
+pub use os::{SHM_DIR, SHM_DIR_ENV};
 pub use store::{BlobStoreLifecycleExt, PinnedBlobStore};

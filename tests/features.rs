@@ -13,7 +13,11 @@ use std::time::{Duration, Instant};
 const CHUNK: usize = 64 << 10;
 
 fn cfg(decay_ms: u64, ttl_ms: u64) -> Config {
-    Config { decay_timeout_ms: decay_ms, default_ttl_ms: ttl_ms, ..Config::default() }
+    Config {
+        decay_timeout_ms: decay_ms,
+        default_ttl_ms: ttl_ms,
+        ..Config::default()
+    }
 }
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
@@ -53,7 +57,10 @@ fn feature_pointer_stability_data_never_moves_as_the_store_grows() {
         written.push((store.append_shared(&data).unwrap(), data));
     }
     let chunks: std::collections::BTreeSet<u32> = written.iter().map(|(h, _)| h.page_id).collect();
-    assert!(chunks.len() > 5, "the test must span several chunks, got {chunks:?}");
+    assert!(
+        chunks.len() > 5,
+        "the test must span several chunks, got {chunks:?}"
+    );
     // Everything written early is still where its handle says, byte for byte.
     for (h, data) in &written {
         assert_eq!(store.resolve(h).as_ref(), Some(data));
@@ -63,7 +70,8 @@ fn feature_pointer_stability_data_never_moves_as_the_store_grows() {
 #[test]
 fn feature_lock_free_appends_from_many_threads() {
     let ns = Ns::new("threads");
-    let store = Arc::new(PinnedBlobStore::new_shared(cfg(5_000, 30_000), ns.as_str(), CHUNK).unwrap());
+    let store =
+        Arc::new(PinnedBlobStore::new_shared(cfg(5_000, 30_000), ns.as_str(), CHUNK).unwrap());
     let threads: Vec<_> = (0..4u64)
         .map(|t| {
             let store = Arc::clone(&store);
@@ -77,7 +85,10 @@ fn feature_lock_free_appends_from_many_threads() {
             })
         })
         .collect();
-    let all: Vec<_> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let all: Vec<_> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
     let mut places: Vec<(u32, u32)> = all.iter().map(|(h, _)| (h.page_id, h.offset)).collect();
     places.sort_unstable();
     places.dedup();
@@ -90,7 +101,10 @@ fn feature_lock_free_appends_from_many_threads() {
 #[test]
 fn feature_prefetch_prepares_the_next_chunk_off_the_append_path() {
     let ns = Ns::new("prefetch");
-    let config = Config { prefetch_threshold: 0.5, ..cfg(5_000, 30_000) };
+    let config = Config {
+        prefetch_threshold: 0.5,
+        ..cfg(5_000, 30_000)
+    };
     let store = PinnedBlobStore::new_shared(config, ns.as_str(), CHUNK).unwrap();
     let backend = store.shared_backend();
     assert_eq!(backend.pooled_chunks(), 0);
@@ -103,12 +117,22 @@ fn feature_prefetch_prepares_the_next_chunk_off_the_append_path() {
     while store.append_shared(&[2u8; 1000]).unwrap().offset < (CHUNK / 2) as u32 {}
     wait_until("a prefetched chunk", || backend.pooled_chunks() == 1);
     assert_eq!(backend.chunk_count(), 2);
+    store.cleanup_shared();
+    assert_eq!(
+        backend.pooled_chunks(),
+        1,
+        "a fresh prepared chunk is not idle"
+    );
     // The rollover takes the prepared chunk instead of creating one.
     let mut h = first;
     while h.page_id == first.page_id {
         h = store.append_shared(&[3u8; 1000]).unwrap();
     }
-    assert_eq!(backend.pooled_chunks(), 0, "the prepared chunk became the append target");
+    assert_eq!(
+        backend.pooled_chunks(),
+        0,
+        "the prepared chunk became the append target"
+    );
     assert!(backend.chunk_count() <= 3);
 }
 
@@ -125,10 +149,18 @@ fn feature_ack_and_decay_reclamation() {
     assert_eq!(store.cleanup_shared(), 0, "one entry still unacknowledged");
     assert!(store.acknowledge_shared(&last.0));
     assert_eq!(store.cleanup_shared(), 0, "the decay period starts now");
-    assert_eq!(store.resolve(&last.0).as_ref(), Some(&last.1), "acknowledged data stays until reclaimed");
+    assert_eq!(
+        store.resolve(&last.0).as_ref(),
+        Some(&last.1),
+        "acknowledged data stays until reclaimed"
+    );
     std::thread::sleep(Duration::from_millis(400));
     assert_eq!(store.cleanup_shared(), 1);
-    assert_eq!(store.resolve(&last.0), None, "reclaimed: the handle resolves to nothing");
+    assert_eq!(
+        store.resolve(&last.0),
+        None,
+        "reclaimed: the handle resolves to nothing"
+    );
 }
 
 #[test]
@@ -138,7 +170,11 @@ fn feature_ttl_reclaims_when_consumers_crash() {
     let first = fill_first_chunk(&store, 500);
     assert_eq!(store.cleanup_shared(), 0);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(store.cleanup_shared(), 1, "nobody acknowledged, the TTL reclaims");
+    assert_eq!(
+        store.cleanup_shared(),
+        1,
+        "nobody acknowledged, the TTL reclaims"
+    );
     assert!(first.iter().all(|(h, _)| store.resolve(h).is_none()));
     assert!(!store.acknowledge_shared(&first[0].0));
 }
@@ -146,7 +182,8 @@ fn feature_ttl_reclaims_when_consumers_crash() {
 #[test]
 fn feature_backpressure_through_max_chunks() {
     let ns = Ns::new("full");
-    let store = PinnedBlobStore::new_shared_with_limit(cfg(0, 60_000), ns.as_str(), 8192, Some(2)).unwrap();
+    let store =
+        PinnedBlobStore::new_shared_with_limit(cfg(0, 60_000), ns.as_str(), 8192, Some(2)).unwrap();
     let mut handles = Vec::new();
     let err = loop {
         match store.append_shared(&[7u8; 1000]) {
@@ -154,7 +191,10 @@ fn feature_backpressure_through_max_chunks() {
             Err(e) => break e,
         }
     };
-    assert!(matches!(err, BlobError::StoreFull { max_chunks: 2, .. }), "{err}");
+    assert!(
+        matches!(err, BlobError::StoreFull { max_chunks: 2, .. }),
+        "{err}"
+    );
     assert_eq!(store.shared_backend().chunk_count(), 2);
     // Consumers catch up: acknowledge, reclaim, and appends flow again.
     for h in &handles {
@@ -174,7 +214,9 @@ fn feature_background_lifecycle_thread_reclaims_stops_and_joins() {
     for (h, _) in &first {
         store.acknowledge_shared(h);
     }
-    wait_until("background reclamation", || store.resolve(&first[0].0).is_none());
+    wait_until("background reclamation", || {
+        store.resolve(&first[0].0).is_none()
+    });
     assert!(handle.manager().reclaimed() >= 1);
     assert!(handle.is_running());
     handle.stop();
@@ -195,7 +237,11 @@ fn feature_lifecycle_manager_runs_cycles_on_a_backend() {
         store.acknowledge_shared(h);
     }
     let manager = LifecycleManager::new();
-    let target = store.shared_backend().maintenance_target().upgrade().unwrap();
+    let target = store
+        .shared_backend()
+        .maintenance_target()
+        .upgrade()
+        .unwrap();
     let mut total = 0;
     for _ in 0..3 {
         total += manager.maintenance_cycle(&*target);
@@ -221,5 +267,8 @@ fn oversized_blob_gets_a_dedicated_chunk_and_empty_blob_is_an_error() {
     assert_eq!(store.shared_backend().chunk_count(), 1);
     assert_eq!(store.shared_backend().pooled_chunks(), 0);
     assert_eq!(store.resolve(&h), None);
-    assert!(matches!(store.append_shared(b""), Err(BlobError::EmptyBlob)));
+    assert!(matches!(
+        store.append_shared(b""),
+        Err(BlobError::EmptyBlob)
+    ));
 }

@@ -19,8 +19,8 @@ fn quick_start_compiles_and_runs_unchanged() -> Result<(), Box<dyn std::error::E
     }
 
     // ---- Quick Start, creator part, verbatim ----
-    use stable_fragmented_buffer::{PinnedBlobStore, Config, BlobStoreLifecycleExt};
     use stable_fragmented_buffer::backend::shared::DEFAULT_CHUNK_SIZE;
+    use stable_fragmented_buffer::{BlobStoreLifecycleExt, Config, PinnedBlobStore};
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -62,11 +62,17 @@ fn quick_start_compiles_and_runs_unchanged() -> Result<(), Box<dyn std::error::E
         // ---- end of attacher part ----
 
         assert_eq!(store.resolve(&handle).as_deref(), Some(&b"hello world"[..]));
-        assert!(!store.acknowledge_shared(&handle), "already acknowledged by the creator");
+        assert!(
+            !store.acknowledge_shared(&handle),
+            "already acknowledged by the creator"
+        );
     }
 
     drop(store);
     drop(creator);
-    assert!(common::files_of("myapp").is_empty(), "the creator removes its files on drop");
+    assert!(
+        common::files_of("myapp").is_empty(),
+        "the creator removes its files on drop"
+    );
     Ok(())
 }

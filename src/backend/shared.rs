@@ -27,6 +27,9 @@ pub const DEFAULT_CHUNK_SIZE: usize = 32 << 20;
 /// Chunks kept warm (mapped, faulted, ready) for reuse.
 const WARM_POOL: u32 = 2;
 
+/// A pooled chunk idle for longer than max(decay, this) is unlinked.
+const POOL_IDLE_MIN_MS: u64 = 1_000;
+
 /// How often each process's worker drops mappings of retired chunks.
 const WORKER_TICK: Duration = Duration::from_millis(100);
 
@@ -496,7 +499,7 @@ impl Inner {
             .generation
             .fetch_add(1, Ordering::Relaxed)
             .wrapping_add(1);
-        chunk.region.format(id, generation, flags);
+        chunk.region.format(id, generation, flags, clock::now_ms());
         self.register(id).map_err(undo)?;
         if ctrl.closed.load(Ordering::Acquire) != 0 {
             self.unregister(id);
@@ -815,8 +818,9 @@ impl Inner {
         reclaimed
     }
 
-    /// Scale-down: a pooled chunk idle for longer than the decay period is
-    /// unlinked, so an idle namespace gives its memory back.
+    /// Scale-down: a pooled chunk idle for longer than the decay period (and
+    /// at least [`POOL_IDLE_MIN_MS`], so a zero decay does not defeat the
+    /// pool) is unlinked, so an idle namespace gives its memory back.
     fn shrink_pool(&self, now: u64) {
         for s in self.pool_slots() {
             let v = s.load(Ordering::Acquire);
@@ -829,7 +833,7 @@ impl Inner {
             let (state, generation) = chunk.region.state();
             let freed = chunk.region.header().empty_since_ms.load(Ordering::Relaxed);
             if state == STATE_FREE
-                && now.saturating_sub(freed) >= self.decay_ms
+                && now.saturating_sub(freed) >= self.decay_ms.max(POOL_IDLE_MIN_MS)
                 && s.compare_exchange(v, 0, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
             {
