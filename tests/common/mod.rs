@@ -7,6 +7,8 @@ use stable_fragmented_buffer::{OverflowHandle, SharedBackend};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -99,26 +101,54 @@ pub fn spawn_peer(entry: &str, role: &str, env: &[(&str, String)]) -> Peer {
     }
     let mut child = cmd.spawn().unwrap();
     let out = BufReader::new(child.stdout.take().unwrap());
-    Peer { child, out }
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || read_lines(out, tx));
+    Peer { child, lines }
 }
+
+/// Forwards protocol lines; libtest may print its own text before ours on
+/// the same line, so the marker is searched, not anchored.
+fn read_lines(mut out: BufReader<ChildStdout>, tx: mpsc::Sender<String>) {
+    let mut s = String::new();
+    loop {
+        s.clear();
+        match out.read_line(&mut s) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if let Some(at) = s.find("SFB ") {
+            if tx.send(s[at + 4..].trim_end().to_owned()).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Longest wait for a peer's next line before the test fails (no hangs).
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Peer {
     pub child: Child,
-    out: BufReader<ChildStdout>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 impl Peer {
-    /// Next protocol line (without the "SFB " prefix), or None at EOF.
+    /// Next protocol line (without the "SFB " marker), or None at EOF.
+    /// Panics if the peer says nothing for [`PEER_TIMEOUT`].
     pub fn line(&mut self) -> Option<String> {
-        let mut s = String::new();
-        loop {
-            s.clear();
-            if self.out.read_line(&mut s).ok()? == 0 {
-                return None;
-            }
-            if let Some(rest) = s.trim_end().strip_prefix("SFB ") {
-                return Some(rest.to_owned());
-            }
+        match self.lines.recv_timeout(PEER_TIMEOUT) {
+            Ok(l) => Some(l),
+            Err(mpsc::RecvTimeoutError::Disconnected) => None,
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("peer silent for {PEER_TIMEOUT:?}"),
         }
     }
 
