@@ -1,0 +1,220 @@
+//! Points 4-7 of the store's contract: typed errors, namespace rules, file
+//! creation and checks, and the documented byte layout.
+
+mod common;
+
+use common::{payload, Ns};
+use stable_fragmented_buffer::layout::*;
+use stable_fragmented_buffer::{BlobError, Config, PinnedBlobStore, SharedBackend};
+use std::os::unix::fs::PermissionsExt;
+
+const CHUNK: usize = 64 << 10;
+
+#[test]
+fn errors_are_typed_and_distinct() {
+    let ns = Ns::new("errors");
+    let missing = Ns::new("errors-missing");
+    let cfg = Config::default();
+
+    let e = PinnedBlobStore::new_shared(cfg, "bad/name", CHUNK).unwrap_err();
+    assert!(matches!(e, BlobError::InvalidNamespace { .. }), "{e}");
+
+    let e = PinnedBlobStore::new_shared(cfg, ns.as_str(), 100).unwrap_err();
+    assert!(matches!(e, BlobError::InvalidConfig { .. }), "{e}");
+    let e = PinnedBlobStore::new_shared_with_limit(cfg, ns.as_str(), CHUNK, Some(0)).unwrap_err();
+    assert!(matches!(e, BlobError::InvalidConfig { .. }), "{e}");
+
+    let e = PinnedBlobStore::attach_shared(cfg, missing.as_str()).unwrap_err();
+    assert!(matches!(e, BlobError::NotFound { .. }), "{e}");
+    assert!(e.to_string().contains("new_shared"), "says what to do: {e}");
+
+    let store = PinnedBlobStore::new_shared_with_limit(cfg, ns.as_str(), 8192, Some(1)).unwrap();
+    let e = PinnedBlobStore::new_shared(cfg, ns.as_str(), CHUNK).unwrap_err();
+    assert!(matches!(e, BlobError::AlreadyExists { .. }), "{e}");
+    let e = SharedBackend::cleanup_namespace(ns.as_str()).unwrap_err();
+    assert!(matches!(e, BlobError::InUse { .. }), "{e}");
+
+    let e = loop {
+        if let Err(e) = store.append_shared(&[1u8; 3000]) {
+            break e;
+        }
+    };
+    assert!(matches!(e, BlobError::StoreFull { .. }), "{e}");
+
+    assert!(matches!(
+        store.append_shared(&[]),
+        Err(BlobError::EmptyBlob)
+    ));
+
+    // A slice past the u32 limit: calloc'd and never touched, so it costs
+    // address space only.
+    let huge = vec![0u8; (u32::MAX as usize) + 1];
+    let e = store.append_shared(&huge).unwrap_err();
+    assert!(matches!(e, BlobError::BlobTooLarge { .. }), "{e}");
+    drop(huge);
+    drop(store);
+
+    // An OS failure carries the operation, the file and the errno.
+    let dir = common::shm_dir().join(format!("{}_ctrl", missing.as_str()));
+    std::fs::create_dir(&dir).unwrap();
+    let e = PinnedBlobStore::attach_shared(cfg, missing.as_str()).unwrap_err();
+    std::fs::remove_dir(&dir).unwrap();
+    match &e {
+        BlobError::Os { op, file, source } => {
+            assert_eq!(*op, "open");
+            assert_eq!(file, &dir);
+            assert_eq!(source.raw_os_error(), Some(libc::EISDIR));
+        }
+        other => panic!("expected Os, got {other}"),
+    }
+    assert_eq!(e.raw_os_error(), Some(libc::EISDIR));
+    assert!(e.to_string().contains("open failed on"), "{e}");
+
+    // Corrupt and IncompatibleFormat are covered byte by byte in
+    // invariants.rs; Closed in invariant_9; NoSpace in no_space.rs.
+}
+
+#[test]
+fn namespace_rules_are_checked_before_any_system_call() {
+    for bad in [
+        "",
+        ".",
+        "..",
+        "../../etc/passwd",
+        "a/b",
+        "a b",
+        "-x",
+        ".x",
+        "ü",
+        &"x".repeat(65),
+    ] {
+        for result in [
+            PinnedBlobStore::new_shared(Config::default(), bad, CHUNK).map(|_| ()),
+            PinnedBlobStore::attach_shared(Config::default(), bad).map(|_| ()),
+            SharedBackend::cleanup_namespace(bad).map(|_| ()),
+            SharedBackend::cleanup_namespace_forced(bad).map(|_| ()),
+            SharedBackend::creator_status(bad).map(|_| ()),
+        ] {
+            assert!(
+                matches!(result, Err(BlobError::InvalidNamespace { .. })),
+                "{bad:?}: {result:?}"
+            );
+        }
+    }
+    // 64 bytes of the documented set is fine.
+    let ns = Ns::new(&"A-b.c_".repeat(8)[..40]);
+    assert!(ns.as_str().len() <= 64);
+    PinnedBlobStore::new_shared(Config::default(), ns.as_str(), CHUNK).unwrap();
+}
+
+#[test]
+fn files_are_created_0600_exclusively_and_checked_before_mapping() {
+    let ns = Ns::new("files");
+    let store = PinnedBlobStore::new_shared(Config::default(), ns.as_str(), CHUNK).unwrap();
+    store.append_shared(&payload(1, 200_000)).unwrap(); // a dedicated chunk too
+    let files = ns.files();
+    assert_eq!(files.len(), 3, "{files:?}");
+    for f in &files {
+        let meta = std::fs::metadata(common::shm_dir().join(f)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{f}");
+    }
+    // Symlinks planted where the next chunk files go are not followed
+    // (the background prefetch may try an id first, so plant several).
+    let target = common::shm_dir().join(format!("{}_target", ns.as_str()));
+    let planted: Vec<_> = (2..12)
+        .map(|id| common::shm_dir().join(format!("{}_data_{id}", ns.as_str())))
+        .collect();
+    for p in &planted {
+        std::os::unix::fs::symlink(&target, p).unwrap();
+    }
+    let mut err = None;
+    for _ in 0..1000 {
+        if let Err(e) = store.append_shared(&[0u8; 4000]) {
+            err = Some(e);
+            break;
+        }
+    }
+    for p in &planted {
+        std::fs::remove_file(p).unwrap();
+    }
+    assert!(matches!(err, Some(BlobError::Os { .. })), "{err:?}");
+    assert!(!target.exists(), "nothing was created through the link");
+    // The failure lost nothing and the store recovers.
+    let h = store.append_shared(b"after").unwrap();
+    assert_eq!(store.resolve(&h).as_deref(), Some(&b"after"[..]));
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+}
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+}
+
+#[test]
+fn layout_matches_the_documented_offsets() {
+    let ns = Ns::new("layout");
+    let cfg = Config {
+        decay_timeout_ms: 1234,
+        default_ttl_ms: 56789,
+        ..Config::default()
+    };
+    let store = PinnedBlobStore::new_shared_with_limit(cfg, ns.as_str(), CHUNK, Some(7)).unwrap();
+    let h = store.append_shared(b"layout!").unwrap();
+    let dir = common::shm_dir();
+
+    let ctrl = std::fs::read(dir.join(format!("{}_ctrl", ns.as_str()))).unwrap();
+    assert_eq!(ctrl.len(), CTRL_SIZE);
+    assert_eq!(&ctrl[0..8], b"SFB_CTL2");
+    assert_eq!(u32_at(&ctrl, 8), 2);
+    assert_eq!(u32_at(&ctrl, 12), CTRL_SIZE as u32);
+    assert_eq!(u32_at(&ctrl, 16), CHUNK as u32);
+    assert_eq!(u32_at(&ctrl, 20), 7);
+    assert_eq!(u32_at(&ctrl, 24), std::process::id());
+    assert_eq!(u64_at(&ctrl, 48), 1234);
+    assert_eq!(u64_at(&ctrl, 56), 56789);
+    let active = u64_at(&ctrl, 64);
+    assert_eq!(active as u32, h.page_id);
+    assert_eq!((active >> 32) as u32, h.generation);
+    assert_eq!(u32_at(&ctrl, 72), 1, "next chunk id");
+    assert_eq!(u32_at(&ctrl, 76), 1, "live chunks");
+    assert_eq!(u32_at(&ctrl, 84), 0, "not closed");
+    assert_eq!(
+        u32_at(&ctrl, CTRL_HEADER_SIZE),
+        h.page_id + 1,
+        "registry slot 0"
+    );
+
+    let read_chunk =
+        || std::fs::read(dir.join(format!("{}_data_{}", ns.as_str(), h.page_id))).unwrap();
+    let chunk = read_chunk();
+    assert_eq!(&chunk[0..8], b"SFB_CHK2");
+    assert_eq!(u32_at(&chunk, 8), h.page_id);
+    assert_eq!(u32_at(&chunk, 12), CHUNK as u32);
+    let alloc = u64_at(&chunk, 16);
+    assert_eq!(
+        alloc as u32,
+        (CHUNK_HEADER_SIZE + 16 + 8) as u32,
+        "next free offset"
+    );
+    assert_eq!((alloc >> 32) & 0xFFFF, 0, "no writer in flight");
+    assert_eq!(alloc >> 63, 0, "not sealed");
+    let sg = u64_at(&chunk, 24);
+    assert_eq!(sg as u32, STATE_IN_USE);
+    assert_eq!((sg >> 32) as u32, h.generation);
+    assert_eq!(u32_at(&chunk, 32), 1, "entries");
+    assert_eq!(u32_at(&chunk, 36), 0, "acks");
+    assert_eq!(u32_at(&chunk, 64), 0, "pins");
+    let e = h.offset as usize;
+    assert_eq!(e, CHUNK_HEADER_SIZE);
+    assert_eq!(u32_at(&chunk, e), 7, "entry len");
+    assert_eq!(u32_at(&chunk, e + 4), ENTRY_COMMITTED);
+    assert_ne!(u64_at(&chunk, e + 8), 0, "tag");
+    assert_eq!(&chunk[e + 16..e + 23], b"layout!");
+
+    assert!(store.acknowledge_shared(&h));
+    let chunk = read_chunk();
+    assert_eq!(u32_at(&chunk, e + 4), ENTRY_ACKED);
+    assert_eq!(u32_at(&chunk, 36), 1, "acks");
+}

@@ -1,0 +1,74 @@
+//! A full shm file system (ENOSPC) is an error at chunk creation, never a
+//! SIGBUS later, and the store keeps serving what it holds. Runs on a 1 MiB
+//! tmpfs mounted for the test (needs root, as CI has); this binary holds
+//! one test because it points `SFB_SHM_DIR` at that mount for the process.
+
+mod common;
+
+use common::{payload, Ns};
+use stable_fragmented_buffer::{BlobError, Config, PinnedBlobStore};
+use std::process::Command;
+
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn full_shm_returns_no_space_and_keeps_serving() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: mounting a small tmpfs needs root");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("sfbt-nospace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m,mode=1777", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount of a test tmpfs failed");
+    let _mount = Mount(dir.clone());
+    std::env::set_var("SFB_SHM_DIR", &dir);
+
+    let ns = Ns::new("nospace");
+    let cfg = Config {
+        decay_timeout_ms: 0,
+        ..Config::default()
+    };
+    let store = PinnedBlobStore::new_shared(cfg, ns.as_str(), 256 << 10).unwrap();
+    let mut held = Vec::new();
+    let err = loop {
+        let data = payload(held.len() as u64, 10_000);
+        match store.append_shared(&data) {
+            Ok(h) => held.push((h, data)),
+            Err(e) => break e,
+        }
+    };
+    match &err {
+        BlobError::NoSpace { file } => assert!(file.starts_with(&dir), "{}", file.display()),
+        other => panic!("expected NoSpace, got {other}"),
+    }
+    assert!(err.to_string().contains("no space"), "{err}");
+    assert!(held.len() > 50, "{}", held.len());
+    // Everything already stored is still served, from this and other processes' views.
+    let reader = PinnedBlobStore::attach_shared(Config::default(), ns.as_str()).unwrap();
+    for (h, data) in &held {
+        assert_eq!(reader.resolve(h).as_ref(), Some(data));
+    }
+    // Consumers catch up, space comes back, appends flow again.
+    for (h, _) in &held {
+        assert!(reader.acknowledge_shared(h));
+    }
+    assert!(store.cleanup_shared() >= 1);
+    let h = store.append_shared(&payload(1, 10_000)).unwrap();
+    assert_eq!(store.resolve(&h), Some(payload(1, 10_000)));
+    drop(reader);
+    drop(store);
+    drop(ns);
+}
