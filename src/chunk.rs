@@ -215,7 +215,7 @@ impl ChunkRegion {
                 cur = h.alloc.load(Ordering::Relaxed);
                 continue;
             }
-            let next = (cur & !0xFFFF_FFFF) + ALLOC_WRITER | end as u64;
+            let next = ((cur & !0xFFFF_FFFF) + ALLOC_WRITER) | end as u64;
             // Acquire: pairs with the Release store of `alloc` in `activate`.
             match h
                 .alloc

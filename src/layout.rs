@@ -439,7 +439,7 @@ mod tests {
         let w = state_gen(STATE_RETIRED, 77);
         assert_eq!(state_of(w), STATE_RETIRED);
         assert_eq!(generation_of(w), 77);
-        let a = 4096u64 | 3 * ALLOC_WRITER | ALLOC_SEALED;
+        let a = 4096u64 | (3 * ALLOC_WRITER) | ALLOC_SEALED;
         assert_eq!(alloc_used(a), 4096);
         assert_eq!(alloc_writers(a), 3);
         assert!(alloc_sealed(a));

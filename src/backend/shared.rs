@@ -113,7 +113,7 @@ impl SharedBackend {
         }
         let max_chunks = match max_chunks {
             None => 0,
-            Some(n) if n >= 1 && n <= REGISTRY_SLOTS => n as u32,
+            Some(n) if (1..=REGISTRY_SLOTS).contains(&n) => n as u32,
             Some(n) => {
                 return Err(BlobError::InvalidConfig {
                     reason: format!("max_chunks {n} must be between 1 and {REGISTRY_SLOTS}"),

@@ -102,11 +102,11 @@ fn mono_ns() -> u64 {
 /// derived from seq, so the consumer can check every byte.
 fn fill(buf: &mut [u8], seq: u64) {
     let mut x = seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    for b in buf[16..].iter_mut() {
+    for word in buf[16..].chunks_mut(8) {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        *b = x as u8;
+        word.copy_from_slice(&x.to_le_bytes()[..word.len()]);
     }
     buf[0..8].copy_from_slice(&seq.to_le_bytes());
 }
