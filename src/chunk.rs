@@ -331,6 +331,13 @@ impl ChunkRegion {
         }
     }
 
+    /// Removes a pin that outlived its borrow (a view's, see `engine::pin_bytes`).
+    pub(crate) fn unpin_raw(&self) {
+        // Release: the reader's accesses happen before a reclaimer's reuse
+        // (the reclaimer's SeqCst load of `pins` acquires).
+        self.header().pins.fetch_sub(1, Ordering::Release);
+    }
+
     /// Finds the payload of an entry named by a handle, or `None` if the
     /// handle is stale, reclaimed, forged or out of bounds. Returns the
     /// payload offset. Call with a pin held.

@@ -116,6 +116,24 @@ pub enum BlobError {
         slots: usize,
     },
 
+    /// Heap mode could not allocate a page (the allocator returned null).
+    #[error("out of memory: could not allocate a page of {bytes} bytes")]
+    OutOfMemory {
+        /// Size of the failed allocation.
+        bytes: usize,
+    },
+
+    /// A heap-mode call on a shared store, or the reverse.
+    #[error("this store is in {actual} mode; {call} needs {expected} mode")]
+    WrongMode {
+        /// The call made.
+        call: &'static str,
+        /// The mode it needs.
+        expected: &'static str,
+        /// The store's mode.
+        actual: &'static str,
+    },
+
     /// A system call failed.
     #[error("{op} failed on {}: {source}", file.display())]
     Os {

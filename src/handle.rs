@@ -1,6 +1,7 @@
 //! The 24-byte handle of a blob in shared mode.
 
 use crate::clock;
+use crate::engine::Loc;
 
 /// Where a blob lives in a shared store: 24 plain bytes that can travel over
 /// any channel (ring buffer, pipe, socket) to any attached process.
@@ -53,6 +54,26 @@ impl OverflowHandle {
         }
     }
 
+    pub(crate) fn from_loc(l: Loc) -> Self {
+        Self {
+            page_id: l.id,
+            offset: l.offset,
+            size: l.size,
+            generation: l.generation,
+            timestamp: l.timestamp,
+        }
+    }
+
+    pub(crate) fn loc(&self) -> Loc {
+        Loc {
+            id: self.page_id,
+            generation: self.generation,
+            offset: self.offset,
+            size: self.size,
+            timestamp: self.timestamp,
+        }
+    }
+
     /// Milliseconds since the blob was appended.
     pub fn age_ms(&self) -> u64 {
         clock::now_ns().saturating_sub(self.timestamp) / 1_000_000
@@ -99,5 +120,63 @@ mod tests {
         };
         assert!(old.age_ms() > 0);
         assert!(old.is_expired(0));
+    }
+}
+
+/// Where a blob lives in a heap-mode store. Valid only in the process (and
+/// store) that produced it; resolving validates it like an [`OverflowHandle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BlobHandle {
+    loc: Loc,
+}
+
+impl BlobHandle {
+    pub(crate) fn from_loc(loc: Loc) -> Self {
+        Self { loc }
+    }
+
+    pub(crate) fn loc(&self) -> &Loc {
+        &self.loc
+    }
+
+    /// The page holding the blob.
+    pub fn page_id(&self) -> u32 {
+        self.loc.id
+    }
+
+    /// Offset of the entry inside the page.
+    pub fn offset(&self) -> u32 {
+        self.loc.offset
+    }
+
+    /// Payload length in bytes.
+    pub fn size(&self) -> u32 {
+        self.loc.size
+    }
+
+    /// Generation of the page when the blob was appended.
+    pub fn generation(&self) -> u32 {
+        self.loc.generation
+    }
+
+    /// The last page of the blob. Blobs never span pages (a blob larger
+    /// than a page gets a dedicated page), so this is `page_id()`.
+    pub fn end_page_id(&self) -> u32 {
+        self.loc.id
+    }
+
+    /// Total payload length in bytes (equal to `size()`: blobs are contiguous).
+    pub fn total_size(&self) -> usize {
+        self.loc.size as usize
+    }
+
+    /// Append time, nanoseconds on the host's coarse monotonic clock.
+    pub fn timestamp(&self) -> u64 {
+        self.loc.timestamp
+    }
+
+    /// Milliseconds since the blob was appended.
+    pub fn age_ms(&self) -> u64 {
+        clock::now_ns().saturating_sub(self.loc.timestamp) / 1_000_000
     }
 }

@@ -1,25 +1,61 @@
-//! `PinnedBlobStore`: the public facade over the backends.
+//! `PinnedBlobStore`: the public facade over the two backends.
 
+use crate::backend::heap::HeapBackend;
 use crate::backend::shared::SharedBackend;
 use crate::config::Config;
-use crate::error::Result;
-use crate::handle::OverflowHandle;
-use crate::lifecycle::{CleanupHandle, LifecycleManager};
-use std::sync::Arc;
+use crate::error::{BlobError, Result};
+use crate::handle::{BlobHandle, OverflowHandle};
+use crate::lifecycle::{CleanupHandle, LifecycleManager, Maintain};
+use crate::stats::{Profiler, StoreStats};
+use crate::view::{BlobView, ViewOwner};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// A store of byte blobs whose bytes never move once written.
 ///
-/// In shared mode the store is a namespace in POSIX shared memory: the
-/// creator makes it with [`new_shared`](Self::new_shared), other processes
-/// [`attach_shared`](Self::attach_shared), and handles travel between them.
+/// * **Heap mode** ([`new`](Self::new)): pages in this process's memory;
+///   [`append`](Self::append) returns a [`BlobHandle`]; [`get`](Self::get)
+///   copies, [`get_ref`](Self::get_ref) gives a zero-copy view.
+/// * **Shared mode** ([`new_shared`](Self::new_shared) /
+///   [`attach_shared`](Self::attach_shared)): a namespace in POSIX shared
+///   memory; [`append_shared`](Self::append_shared) returns a 24-byte
+///   [`OverflowHandle`] that any attached process can
+///   [`resolve`](Self::resolve) or [`resolve_ref`](Self::resolve_ref).
+///
+/// Calls of the other mode fail with [`BlobError::WrongMode`], or return
+/// `None` / `false`.
 #[derive(Debug)]
 pub struct PinnedBlobStore {
     config: Config,
-    shared: SharedBackend,
+    mode: Mode,
+    profiler: Profiler,
+}
+
+#[derive(Debug)]
+enum Mode {
+    Heap(HeapBackend),
+    Shared(SharedBackend),
 }
 
 impl PinnedBlobStore {
+    /// A heap-mode store with pages of `config.page_size` bytes.
+    pub fn new(config: Config) -> Result<Self> {
+        Ok(Self::with_mode(
+            config,
+            Mode::Heap(HeapBackend::new(&config)?),
+        ))
+    }
+
+    /// A heap-mode store with [`Config::default`].
+    pub fn with_defaults() -> Self {
+        let config = Config::default();
+        match HeapBackend::new(&config) {
+            Ok(heap) => Self::with_mode(config, Mode::Heap(heap)),
+            // The default page size is always valid.
+            Err(_) => unreachable!("Config::default() has a valid page size"),
+        }
+    }
+
     /// Creates shared namespace `namespace` with chunks of `chunk_size`
     /// bytes (e.g. [`DEFAULT_CHUNK_SIZE`](crate::backend::shared::DEFAULT_CHUNK_SIZE)).
     pub fn new_shared(config: Config, namespace: &str, chunk_size: usize) -> Result<Self> {
@@ -28,7 +64,7 @@ impl PinnedBlobStore {
 
     /// Like [`new_shared`](Self::new_shared), with at most `max_chunks`
     /// chunk files for the whole namespace (every process enforces it);
-    /// appends past it fail with [`BlobError::StoreFull`](crate::BlobError::StoreFull).
+    /// appends past it fail with [`BlobError::StoreFull`].
     pub fn new_shared_with_limit(
         config: Config,
         namespace: &str,
@@ -36,51 +72,206 @@ impl PinnedBlobStore {
         max_chunks: Option<usize>,
     ) -> Result<Self> {
         let shared = SharedBackend::create_with_limit(namespace, chunk_size, max_chunks, &config)?;
-        Ok(Self { config, shared })
+        Ok(Self::with_mode(config, Mode::Shared(shared)))
     }
 
     /// Attaches to shared namespace `namespace` created by another process.
     pub fn attach_shared(config: Config, namespace: &str) -> Result<Self> {
         let shared = SharedBackend::attach(namespace, &config)?;
-        Ok(Self { config, shared })
+        Ok(Self::with_mode(config, Mode::Shared(shared)))
     }
+
+    fn with_mode(config: Config, mode: Mode) -> Self {
+        Self {
+            config,
+            mode,
+            profiler: Profiler::default(),
+        }
+    }
+
+    fn mode_name(&self) -> &'static str {
+        match self.mode {
+            Mode::Heap(_) => "heap",
+            Mode::Shared(_) => "shared",
+        }
+    }
+
+    fn wrong(&self, call: &'static str, expected: &'static str) -> BlobError {
+        BlobError::WrongMode {
+            call,
+            expected,
+            actual: self.mode_name(),
+        }
+    }
+
+    // ---- heap mode ----
+
+    /// Appends `data` (heap mode). Blobs larger than a page get a dedicated
+    /// page of their own size, so every blob is contiguous.
+    pub fn append(&self, data: &[u8]) -> Result<BlobHandle> {
+        let Mode::Heap(heap) = &self.mode else {
+            return Err(self.wrong("append", "heap"));
+        };
+        let loc = heap.append(data)?;
+        self.profiler.on_append(data.len());
+        Ok(BlobHandle::from_loc(loc))
+    }
+
+    /// A copy of the blob (heap mode), or `None` if the handle is stale,
+    /// reclaimed or from another store.
+    pub fn get(&self, handle: &BlobHandle) -> Option<Vec<u8>> {
+        let Mode::Heap(heap) = &self.mode else {
+            return None;
+        };
+        let out = heap.get(handle.loc());
+        self.profiler.on_read(out.is_some());
+        out
+    }
+
+    /// A zero-copy view of the blob (heap mode); see [`BlobView`] for the
+    /// stability guarantee.
+    pub fn get_ref(&self, handle: &BlobHandle) -> Option<BlobView> {
+        let Mode::Heap(heap) = &self.mode else {
+            return None;
+        };
+        let view = heap.pin(handle.loc()).map(|(page, ptr, len)| {
+            // SAFETY: `pin` pinned the page once for this view and returned
+            // a pointer to `len` committed bytes inside the page it keeps alive.
+            unsafe { BlobView::new(ViewOwner::Heap(page), ptr, len) }
+        });
+        self.profiler.on_read(view.is_some());
+        view
+    }
+
+    /// Marks the blob consumed (heap mode): `true` the first time only.
+    pub fn acknowledge(&self, handle: &BlobHandle) -> bool {
+        let Mode::Heap(heap) = &self.mode else {
+            return false;
+        };
+        let counted = heap.acknowledge(handle.loc());
+        self.profiler.on_ack(counted);
+        counted
+    }
+
+    /// One reclamation pass (heap mode): pages whose entries are all
+    /// acknowledged (plus the decay period) or TTL-expired are freed or
+    /// recycled. Returns the pages reclaimed.
+    pub fn cleanup_acknowledged(&self) -> usize {
+        match &self.mode {
+            Mode::Heap(heap) => heap.reclaim(),
+            Mode::Shared(_) => 0,
+        }
+    }
+
+    // ---- shared mode ----
 
     /// Appends `data` to the shared store; the handle can be sent to any
     /// attached process.
     pub fn append_shared(&self, data: &[u8]) -> Result<OverflowHandle> {
-        self.shared.append(data)
+        let Mode::Shared(shared) = &self.mode else {
+            return Err(self.wrong("append_shared", "shared"));
+        };
+        let h = shared.append(data)?;
+        self.profiler.on_append(data.len());
+        Ok(h)
     }
 
     /// An owned copy of the blob, or `None` if the handle is stale,
     /// reclaimed or forged. The copy is safe from concurrent cleanup.
     pub fn resolve(&self, handle: &OverflowHandle) -> Option<Vec<u8>> {
-        self.shared.resolve(handle)
+        let Mode::Shared(shared) = &self.mode else {
+            return None;
+        };
+        let out = shared.resolve(handle);
+        self.profiler.on_read(out.is_some());
+        out
+    }
+
+    /// A zero-copy view of the blob (shared mode); see [`BlobView`] for the
+    /// stability guarantee.
+    pub fn resolve_ref(&self, handle: &OverflowHandle) -> Option<BlobView> {
+        let Mode::Shared(shared) = &self.mode else {
+            return None;
+        };
+        let view = shared.resolve_ref(handle);
+        self.profiler.on_read(view.is_some());
+        view
     }
 
     /// Marks the blob consumed: `true` the first time, `false` for a repeat
     /// or a stale or forged handle.
     pub fn acknowledge_shared(&self, handle: &OverflowHandle) -> bool {
-        self.shared.acknowledge(handle)
+        let Mode::Shared(shared) = &self.mode else {
+            return false;
+        };
+        let counted = shared.acknowledge(handle);
+        self.profiler.on_ack(counted);
+        counted
     }
 
-    /// One reclamation pass; returns the chunks reclaimed.
+    /// One reclamation pass (shared mode); returns the chunks reclaimed.
     pub fn cleanup_shared(&self) -> usize {
-        self.shared.cleanup_chunks()
+        match &self.mode {
+            Mode::Shared(shared) => shared.cleanup_chunks(),
+            Mode::Heap(_) => 0,
+        }
     }
+
+    // ---- both ----
 
     /// Whether this store lives in shared memory.
     pub fn is_shared(&self) -> bool {
-        true
+        matches!(self.mode, Mode::Shared(_))
     }
 
-    /// The shared backend.
-    pub fn shared_backend(&self) -> &SharedBackend {
-        &self.shared
+    /// The shared backend, in shared mode.
+    pub fn shared_backend(&self) -> Option<&SharedBackend> {
+        match &self.mode {
+            Mode::Shared(s) => Some(s),
+            Mode::Heap(_) => None,
+        }
+    }
+
+    /// The heap backend, in heap mode.
+    pub fn heap_backend(&self) -> Option<&HeapBackend> {
+        match &self.mode {
+            Mode::Heap(h) => Some(h),
+            Mode::Shared(_) => None,
+        }
+    }
+
+    /// Chunk (page) counts and reclamation counters.
+    pub fn stats(&self) -> StoreStats {
+        match &self.mode {
+            Mode::Heap(h) => {
+                let (recycled, retired, expired) = h.counters();
+                StoreStats {
+                    chunks: h.page_count(),
+                    pooled: h.pooled_pages(),
+                    recycled,
+                    retired,
+                    expired,
+                }
+            }
+            Mode::Shared(s) => s.stats(),
+        }
+    }
+
+    /// The operation profiler of this store (off until enabled).
+    pub fn profiler(&self) -> &Profiler {
+        &self.profiler
     }
 
     /// The configuration the store was opened with.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    fn maintenance_target(&self) -> Weak<dyn Maintain> {
+        match &self.mode {
+            Mode::Heap(h) => h.maintenance_target(),
+            Mode::Shared(s) => s.maintenance_target(),
+        }
     }
 }
 
@@ -94,6 +285,6 @@ pub trait BlobStoreLifecycleExt {
 
 impl BlobStoreLifecycleExt for Arc<PinnedBlobStore> {
     fn start_cleanup(&self, interval: Duration) -> CleanupHandle {
-        LifecycleManager::new().start_background_cleanup(self.shared.maintenance_target(), interval)
+        LifecycleManager::new().start_background_cleanup(self.maintenance_target(), interval)
     }
 }

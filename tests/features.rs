@@ -106,7 +106,7 @@ fn feature_prefetch_prepares_the_next_chunk_off_the_append_path() {
         ..cfg(5_000, 30_000)
     };
     let store = PinnedBlobStore::new_shared(config, ns.as_str(), CHUNK).unwrap();
-    let backend = store.shared_backend();
+    let backend = store.shared_backend().unwrap();
     assert_eq!(backend.pooled_chunks(), 0);
     // Below the threshold: nothing is prepared.
     let first = store.append_shared(&[1u8; 1000]).unwrap();
@@ -195,7 +195,7 @@ fn feature_backpressure_through_max_chunks() {
         matches!(err, BlobError::StoreFull { max_chunks: 2, .. }),
         "{err}"
     );
-    assert_eq!(store.shared_backend().chunk_count(), 2);
+    assert_eq!(store.shared_backend().unwrap().chunk_count(), 2);
     // Consumers catch up: acknowledge, reclaim, and appends flow again.
     for h in &handles {
         assert!(store.acknowledge_shared(h));
@@ -239,6 +239,7 @@ fn feature_lifecycle_manager_runs_cycles_on_a_backend() {
     let manager = LifecycleManager::new();
     let target = store
         .shared_backend()
+        .unwrap()
         .maintenance_target()
         .upgrade()
         .unwrap();
@@ -260,12 +261,12 @@ fn oversized_blob_gets_a_dedicated_chunk_and_empty_blob_is_an_error() {
     assert_ne!(h.page_id, small.page_id);
     assert_eq!(h.as_bytes().len(), 24);
     assert_eq!(store.resolve(&h), Some(big));
-    assert_eq!(store.shared_backend().chunk_count(), 2);
+    assert_eq!(store.shared_backend().unwrap().chunk_count(), 2);
     // Reclaimed like any chunk, but unlinked rather than pooled.
     assert!(store.acknowledge_shared(&h));
     assert_eq!(store.cleanup_shared(), 1);
-    assert_eq!(store.shared_backend().chunk_count(), 1);
-    assert_eq!(store.shared_backend().pooled_chunks(), 0);
+    assert_eq!(store.shared_backend().unwrap().chunk_count(), 1);
+    assert_eq!(store.shared_backend().unwrap().pooled_chunks(), 0);
     assert_eq!(store.resolve(&h), None);
     assert!(matches!(
         store.append_shared(b""),

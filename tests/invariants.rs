@@ -296,7 +296,7 @@ fn invariant_7_memory_really_returns() {
     }
     let before = ns.files().len();
     assert!(before >= 10, "{before}");
-    assert!(reader.shared_backend().mapped_chunks() >= 10);
+    assert!(reader.shared_backend().unwrap().mapped_chunks() >= 10);
     for h in &handles {
         assert!(reader.acknowledge_shared(h));
     }
@@ -309,11 +309,11 @@ fn invariant_7_memory_really_returns() {
     );
     // ...and every attached process drops its mappings within a tick.
     std::thread::sleep(Duration::from_millis(300));
-    assert!(store.shared_backend().mapped_chunks() <= 3);
+    assert!(store.shared_backend().unwrap().mapped_chunks() <= 3);
     assert!(
-        reader.shared_backend().mapped_chunks() <= 3,
+        reader.shared_backend().unwrap().mapped_chunks() <= 3,
         "{}",
-        reader.shared_backend().mapped_chunks()
+        reader.shared_backend().unwrap().mapped_chunks()
     );
     // The pool itself decays when idle for max(decay, 1 s): only ctrl + active stay.
     std::thread::sleep(Duration::from_millis(1100));
@@ -327,7 +327,7 @@ fn invariant_8_max_chunks_is_shared_by_every_process() {
     let store =
         PinnedBlobStore::new_shared_with_limit(cfg(0, 60_000), ns.as_str(), 8192, Some(3)).unwrap();
     let other = PinnedBlobStore::attach_shared(Config::default(), ns.as_str()).unwrap();
-    assert_eq!(other.shared_backend().max_chunks(), Some(3));
+    assert_eq!(other.shared_backend().unwrap().max_chunks(), Some(3));
     let mut n = 0;
     let err = loop {
         match other.append_shared(&[1u8; 2000]) {
@@ -340,13 +340,22 @@ fn invariant_8_max_chunks_is_shared_by_every_process() {
         "{err}"
     );
     assert!(n >= 6);
-    let err = store.append_shared(&[1u8; 2000]).unwrap_err();
+    // The creator's process hits the same limit (a chunk the background
+    // prefetch was still preparing may take a few more appends first).
+    let mut extra = 0;
+    let err = loop {
+        match store.append_shared(&[1u8; 2000]) {
+            Ok(_) => extra += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(extra <= 4, "{extra} appends past the limit");
     assert!(matches!(err, BlobError::StoreFull { .. }));
     assert!(
         err.to_string().contains("acknowledge"),
         "the message says what to do: {err}"
     );
-    assert_eq!(store.shared_backend().chunk_count(), 3);
+    assert_eq!(store.shared_backend().unwrap().chunk_count(), 3);
 }
 
 #[test]

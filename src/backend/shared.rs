@@ -4,16 +4,19 @@
 //! module ties them together: creation, attach, chunk files, the warm pool,
 //! the append target, reclamation and namespace removal.
 
-use crate::chunk::{ChunkRegion, Reserve, Verdict};
+use crate::chunk::ChunkRegion;
 use crate::clock;
 use crate::config::Config;
+use crate::engine::{self, ChunkRef, Chunks, Event, Policy};
 use crate::error::{BlobError, Result};
 use crate::handle::OverflowHandle;
 use crate::layout::*;
 use crate::lifecycle::Maintain;
 use crate::namespace;
 use crate::os::{self, Mapping};
-use crate::sync::{AtomicU32, Ordering};
+use crate::stats::StoreStats;
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::view::{BlobView, ViewOwner};
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -27,15 +30,8 @@ pub const DEFAULT_CHUNK_SIZE: usize = 32 << 20;
 /// Chunks kept warm (mapped, faulted, ready) for reuse.
 const WARM_POOL: u32 = 2;
 
-/// A pooled chunk idle for longer than max(decay, this) is unlinked.
-const POOL_IDLE_MIN_MS: u64 = 1_000;
-
 /// How often each process's worker drops mappings of retired chunks.
 const WORKER_TICK: Duration = Duration::from_millis(100);
-
-/// Rollovers one append may go through before giving up (only reachable if
-/// another process keeps corrupting the control block).
-const MAX_ROLLOVERS: u32 = 10_000;
 
 /// A store in POSIX shared memory, created by one process and attached by
 /// any number of others.
@@ -66,13 +62,8 @@ struct Inner {
     creator: bool,
     // Copies of the immutable control fields, read once: a process that
     // scribbles on the control block later cannot move our bounds.
-    chunk_size: u32,
+    policy: Policy,
     max_chunks: u32,
-    pool_capacity: u32,
-    key: u64,
-    ttl_ms: u64,
-    decay_ms: u64,
-    prefetch_at: u32,
     chunks: RwLock<HashMap<u32, Arc<ChunkMap>>>,
     signal: Mutex<Signal>,
     wake: Condvar,
@@ -125,7 +116,7 @@ impl SharedBackend {
         let inner = Inner::new(ns, dir, file, map, true, config)?;
         let backend = Self::start(inner);
         // The first chunk, so the first append takes no system call.
-        backend.inner.rollover(NO_CHUNK as u64)?;
+        engine::rollover(&*backend.inner, NO_CHUNK as u64)?;
         Ok(backend)
     }
 
@@ -168,25 +159,37 @@ impl SharedBackend {
     /// Appends `data` and returns its handle. Blobs larger than a chunk get
     /// a dedicated chunk of their own size.
     pub fn append(&self, data: &[u8]) -> Result<OverflowHandle> {
-        self.inner.append(data)
+        engine::append(&*self.inner, data).map(OverflowHandle::from_loc)
     }
 
     /// A copy of the blob, or `None` if the handle is stale, reclaimed,
     /// forged or out of bounds.
     pub fn resolve(&self, handle: &OverflowHandle) -> Option<Vec<u8>> {
-        self.inner.resolve(handle)
+        engine::with_bytes(&*self.inner, &handle.loc(), <[u8]>::to_vec)
+    }
+
+    /// A zero-copy view of the blob, or `None` if the handle is stale,
+    /// reclaimed, forged or out of bounds. O(1) whatever the size. While the
+    /// view lives its bytes never change: the chunk is pinned, so no process
+    /// recycles it in place (it may be unlinked; this process's mapping
+    /// stays until the view is dropped).
+    pub fn resolve_ref(&self, handle: &OverflowHandle) -> Option<BlobView> {
+        let (chunk, ptr, len) = engine::pin_bytes(&*self.inner, &handle.loc())?;
+        // SAFETY: pin_bytes pinned the chunk once and returned a pointer to
+        // `len` committed bytes inside the memory `chunk` keeps mapped.
+        Some(unsafe { BlobView::new(ViewOwner::Shared(chunk), ptr, len) })
     }
 
     /// Marks the blob consumed. `true` the first time only; `false` for a
     /// repeat, a stale or a forged handle.
     pub fn acknowledge(&self, handle: &OverflowHandle) -> bool {
-        self.inner.acknowledge(handle)
+        engine::acknowledge(&*self.inner, &handle.loc())
     }
 
     /// One reclamation pass over every chunk of the namespace (any attached
     /// process may run it); returns the number of chunks reclaimed.
     pub fn cleanup_chunks(&self) -> usize {
-        self.inner.cleanup_chunks()
+        self.inner.maintain()
     }
 
     /// Chunk files currently in existence in the namespace (all processes).
@@ -197,12 +200,12 @@ impl SharedBackend {
     /// Bytes of a standard chunk available to entries (chunk size minus the
     /// chunk header). Each entry also takes a 16-byte header and padding to 8.
     pub fn data_capacity(&self) -> usize {
-        self.inner.chunk_size as usize - CHUNK_HEADER_SIZE
+        self.inner.policy.chunk_size as usize - CHUNK_HEADER_SIZE
     }
 
     /// Size of a standard chunk file.
     pub fn chunk_size(&self) -> usize {
-        self.inner.chunk_size as usize
+        self.inner.policy.chunk_size as usize
     }
 
     /// The chunk limit shared by every process (`None` = unlimited).
@@ -226,9 +229,21 @@ impl SharedBackend {
         self.inner.read_chunks().len()
     }
 
+    /// Chunk counts and the namespace's reclamation counters.
+    pub fn stats(&self) -> StoreStats {
+        let c = self.inner.ctrl();
+        StoreStats {
+            chunks: self.chunk_count(),
+            pooled: self.pooled_chunks(),
+            recycled: c.recycled.load(Ordering::Relaxed),
+            retired: c.retired.load(Ordering::Relaxed),
+            expired: c.expired.load(Ordering::Relaxed),
+        }
+    }
+
     /// Warm chunks waiting in the pool.
     pub fn pooled_chunks(&self) -> usize {
-        self.inner.pool_len() as usize
+        engine::pool_len(&*self.inner) as usize
     }
 
     /// What the lifecycle thread maintains for this backend (it holds it
@@ -296,7 +311,7 @@ impl std::fmt::Debug for SharedBackend {
         f.debug_struct("SharedBackend")
             .field("namespace", &self.inner.ns)
             .field("creator", &self.inner.creator)
-            .field("chunk_size", &self.inner.chunk_size)
+            .field("chunk_size", &self.inner.policy.chunk_size)
             .field("max_chunks", &self.inner.max_chunks)
             .finish()
     }
@@ -304,7 +319,80 @@ impl std::fmt::Debug for SharedBackend {
 
 impl Maintain for Inner {
     fn maintain(&self) -> usize {
-        self.cleanup_chunks()
+        let n = engine::reclaim(self);
+        self.evict_retired();
+        n
+    }
+}
+
+impl ChunkRef for Arc<ChunkMap> {
+    fn region(&self) -> &ChunkRegion {
+        &self.region
+    }
+    fn id(&self) -> u32 {
+        self.id
+    }
+}
+
+impl Chunks for Inner {
+    type Chunk = Arc<ChunkMap>;
+
+    fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    fn active(&self) -> &AtomicU64 {
+        &self.ctrl().active
+    }
+
+    fn pool(&self) -> &[AtomicU32] {
+        &self.ctrl().pool[..self.policy.pool_capacity as usize]
+    }
+
+    fn generation(&self) -> &AtomicU32 {
+        &self.ctrl().generation
+    }
+
+    fn chunk(&self, id: u32) -> Result<Arc<ChunkMap>> {
+        Inner::chunk(self, id)
+    }
+
+    fn create(&self, size: usize, flags: u32, populate: bool) -> Result<Arc<ChunkMap>> {
+        self.create_chunk(size, flags, populate)
+    }
+
+    /// Unlinks a retired chunk and forgets it; mappings elsewhere stay valid.
+    fn release(&self, id: u32) {
+        let _ = os::unlink(&self.chunk_path(id));
+        self.unregister(id);
+        self.ctrl().live_chunks.fetch_sub(1, Ordering::Relaxed);
+        self.write_chunks().remove(&id);
+    }
+
+    fn ids(&self, out: &mut Vec<u32>) {
+        for slot in self.registry() {
+            // Acquire: pairs with the Release CAS in `register`, so the
+            // chunk file of an id we see is formatted.
+            let v = slot.load(Ordering::Acquire);
+            if v != 0 {
+                out.push(v - 1);
+            }
+        }
+    }
+
+    fn request_prefetch(&self) {
+        self.lock_signal().prefetch = true;
+        self.wake.notify_one();
+    }
+
+    fn count(&self, event: Event) {
+        let c = self.ctrl();
+        let counter = match event {
+            Event::Recycled => &c.recycled,
+            Event::Retired => &c.retired,
+            Event::Expired => &c.expired,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -334,25 +422,22 @@ impl Inner {
             .max_chunks
             .load(Ordering::Relaxed)
             .min(REGISTRY_SLOTS as u32);
-        let pool_capacity = ctrl
-            .pool_capacity
-            .load(Ordering::Relaxed)
-            .min(POOL_SLOTS as u32);
-        let data = (chunk_size as usize - CHUNK_HEADER_SIZE) as f64;
-        let prefetch_at = CHUNK_HEADER_SIZE as u32 + (data * config.prefetch_ratio()) as u32;
+        let policy = Policy::new(
+            ctrl.tag_key.load(Ordering::Relaxed),
+            chunk_size,
+            config.prefetch_ratio(),
+            ctrl.ttl_ms.load(Ordering::Relaxed),
+            ctrl.decay_ms.load(Ordering::Relaxed),
+            ctrl.pool_capacity.load(Ordering::Relaxed),
+        );
         Ok(Self {
             ns: ns.to_owned(),
             ctrl_path,
             dir,
             _ctrl_file: file,
             creator,
-            chunk_size,
+            policy,
             max_chunks,
-            pool_capacity,
-            key: ctrl.tag_key.load(Ordering::Relaxed),
-            ttl_ms: ctrl.ttl_ms.load(Ordering::Relaxed),
-            decay_ms: ctrl.decay_ms.load(Ordering::Relaxed),
-            prefetch_at,
             ctrl_map: map,
             chunks: RwLock::new(HashMap::new()),
             signal: Mutex::new(Signal::default()),
@@ -540,322 +625,6 @@ impl Inner {
         }
     }
 
-    fn pool_slots(&self) -> &[AtomicU32] {
-        &self.ctrl().pool[..self.pool_capacity as usize]
-    }
-
-    fn pool_len(&self) -> u32 {
-        self.pool_slots()
-            .iter()
-            .filter(|s| s.load(Ordering::Relaxed) != 0)
-            .count() as u32
-    }
-
-    fn pool_push(&self, id: u32) -> bool {
-        self.pool_slots().iter().any(|s| {
-            // Release: pairs with the Acquire in `pool_pop`: the popper sees
-            // the chunk's FREE header.
-            s.load(Ordering::Relaxed) == 0
-                && s.compare_exchange(0, id + 1, Ordering::Release, Ordering::Relaxed)
-                    .is_ok()
-        })
-    }
-
-    fn pool_pop(&self) -> Option<u32> {
-        for s in self.pool_slots() {
-            let v = s.load(Ordering::Relaxed);
-            // Acquire: pairs with the Release in `pool_push`.
-            if v != 0
-                && s.compare_exchange(v, 0, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
-                return Some(v - 1);
-            }
-        }
-        None
-    }
-
-    /// Replaces the append target `seen` (sealed, or none yet) with a warm
-    /// chunk from the pool or a new one. Lock-free: every appender that finds
-    /// the target sealed may try; one CAS on `active` wins and the losers
-    /// give their chunk back.
-    fn rollover(&self, seen: u64) -> Result<()> {
-        let ctrl = self.ctrl();
-        // Acquire: pairs with the AcqRel CAS below in another appender.
-        if ctrl.active.load(Ordering::Acquire) != seen {
-            return Ok(());
-        }
-        let chunk = loop {
-            match self.pool_pop() {
-                Some(id) => match self.chunk(id) {
-                    Ok(c) if c.region.state().0 == STATE_FREE && !c.region.is_dedicated() => {
-                        break c
-                    }
-                    // Not a usable pooled chunk (another process scribbled):
-                    // drop it from the pool; cleanup retires it.
-                    _ => continue,
-                },
-                None => break self.create_chunk(self.chunk_size as usize, 0, false)?,
-            }
-        };
-        let (_, generation) = chunk.region.state();
-        chunk.region.activate(generation);
-        let word = ((generation as u64) << 32) | chunk.id as u64;
-        if ctrl
-            .active
-            .compare_exchange(seen, word, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            // Another appender won. Give the chunk back if nobody reserved
-            // in it through a stale view of `active`; otherwise seal it and
-            // let cleanup reclaim it like any other chunk.
-            if chunk.region.try_deactivate(generation) {
-                if !self.pool_push(chunk.id) && chunk.region.retire_free(generation) {
-                    self.remove_chunk_file(chunk.id);
-                }
-            } else {
-                chunk.region.seal(clock::now_ms());
-            }
-        }
-        Ok(())
-    }
-
-    fn append(&self, data: &[u8]) -> Result<OverflowHandle> {
-        if data.is_empty() {
-            return Err(BlobError::EmptyBlob);
-        }
-        let max_blob = MAX_CHUNK_SIZE - CHUNK_HEADER_SIZE - ENTRY_HEADER_SIZE;
-        let footprint = match entry_footprint(data.len()) {
-            Some(f) if data.len() <= max_blob => f,
-            _ => {
-                return Err(BlobError::BlobTooLarge {
-                    size: data.len(),
-                    max: max_blob,
-                })
-            }
-        };
-        if footprint > self.chunk_size as usize - CHUNK_HEADER_SIZE {
-            return self.append_dedicated(data, footprint);
-        }
-        let ctrl = self.ctrl();
-        let mut rollovers = 0;
-        loop {
-            // Acquire: pairs with the AcqRel CAS in `rollover`.
-            let active = ctrl.active.load(Ordering::Acquire);
-            let id = id_of(active);
-            let chunk = if id == NO_CHUNK {
-                None
-            } else {
-                self.chunk(id).ok()
-            };
-            let ts = clock::now_ns();
-            let now_ms = (ts / 1_000_000).max(1);
-            let reserved = match &chunk {
-                Some(c) => c.region.reserve(footprint as u32, now_ms),
-                None => Reserve::Sealed,
-            };
-            match (chunk, reserved) {
-                (
-                    Some(c),
-                    Reserve::Reserved {
-                        offset,
-                        end,
-                        generation,
-                    },
-                ) => {
-                    let tag = entry_tag(self.key, id, generation, offset, data.len() as u32, ts);
-                    // SAFETY: `offset` was reserved just now for `data.len()` bytes.
-                    unsafe { c.region.commit(offset, data, tag, now_ms) };
-                    if offset < self.prefetch_at && end >= self.prefetch_at {
-                        self.request_prefetch();
-                    }
-                    // A writer stalled past the TTL may find its chunk
-                    // reclaimed under it: its entry is then unreachable, so
-                    // write it again rather than return a dead handle.
-                    if c.region.state() == (STATE_IN_USE, generation) {
-                        return Ok(OverflowHandle {
-                            page_id: id,
-                            offset,
-                            size: data.len() as u32,
-                            generation,
-                            timestamp: ts,
-                        });
-                    }
-                }
-                _ => {
-                    rollovers += 1;
-                    if rollovers > MAX_ROLLOVERS {
-                        return Err(BlobError::Corrupt {
-                            file: self.ctrl_path.clone(),
-                            detail: "no usable append chunk after 10000 attempts".into(),
-                        });
-                    }
-                    self.rollover(active)?;
-                }
-            }
-        }
-    }
-
-    /// A blob too large for a standard chunk gets a chunk of its own size,
-    /// sealed at once and retired (never pooled) when reclaimed.
-    fn append_dedicated(&self, data: &[u8], footprint: usize) -> Result<OverflowHandle> {
-        let size = CHUNK_HEADER_SIZE + footprint;
-        let chunk = self.create_chunk(size, FLAG_DEDICATED, false)?;
-        let (_, generation) = chunk.region.state();
-        chunk.region.activate(generation);
-        let ts = clock::now_ns();
-        let now_ms = (ts / 1_000_000).max(1);
-        let Reserve::Reserved { offset, .. } = chunk.region.reserve(footprint as u32, now_ms)
-        else {
-            return Err(BlobError::Corrupt {
-                file: self.chunk_path(chunk.id),
-                detail: "a fresh dedicated chunk refused its reservation".into(),
-            });
-        };
-        let tag = entry_tag(
-            self.key,
-            chunk.id,
-            generation,
-            offset,
-            data.len() as u32,
-            ts,
-        );
-        // SAFETY: `offset` was reserved just now for `data.len()` bytes.
-        unsafe { chunk.region.commit(offset, data, tag, now_ms) };
-        chunk.region.seal(now_ms);
-        Ok(OverflowHandle {
-            page_id: chunk.id,
-            offset,
-            size: data.len() as u32,
-            generation,
-            timestamp: ts,
-        })
-    }
-
-    fn tag_of(&self, h: &OverflowHandle) -> u64 {
-        entry_tag(
-            self.key,
-            h.page_id,
-            h.generation,
-            h.offset,
-            h.size,
-            h.timestamp,
-        )
-    }
-
-    fn resolve(&self, h: &OverflowHandle) -> Option<Vec<u8>> {
-        let chunk = self.chunk(h.page_id).ok()?;
-        let region = chunk.region;
-        let _pin = region.pin();
-        let at = region.locate(h.generation, h.offset, h.size, self.tag_of(h))?;
-        let len = h.size as usize;
-        let mut out = Vec::with_capacity(len);
-        // SAFETY: `locate` checked [at, at + len) lies inside the mapping and
-        // holds a committed entry; the pin keeps it from being recycled while
-        // we copy; `out` has capacity for `len` bytes, all written before set_len.
-        unsafe {
-            std::ptr::copy_nonoverlapping(region.payload_ptr(at), out.as_mut_ptr(), len);
-            out.set_len(len);
-        }
-        Some(out)
-    }
-
-    fn acknowledge(&self, h: &OverflowHandle) -> bool {
-        let Ok(chunk) = self.chunk(h.page_id) else {
-            return false;
-        };
-        chunk
-            .region
-            .acknowledge(h.generation, h.offset, h.size, self.tag_of(h))
-    }
-
-    fn cleanup_chunks(&self) -> usize {
-        let ctrl = self.ctrl();
-        let now = clock::now_ms();
-        let mut reclaimed = 0;
-        for slot in self.registry() {
-            // Acquire: pairs with the Release CAS in `register`.
-            let v = slot.load(Ordering::Acquire);
-            if v == 0 {
-                continue;
-            }
-            let id = v - 1;
-            let Ok(chunk) = self.chunk(id) else { continue };
-            let region = chunk.region;
-            match region.assess(now, self.ttl_ms, self.decay_ms) {
-                Verdict::Keep => {}
-                Verdict::Reclaim {
-                    generation,
-                    expired,
-                } => {
-                    if !region.claim(generation) {
-                        continue;
-                    }
-                    if expired {
-                        ctrl.expired.fetch_add(1, Ordering::Relaxed);
-                    }
-                    reclaimed += 1;
-                    if region.recyclable() && self.pool_len() < self.pool_capacity {
-                        let fresh = ctrl
-                            .generation
-                            .fetch_add(1, Ordering::Relaxed)
-                            .wrapping_add(1);
-                        region.recycle(fresh, now);
-                        if self.pool_push(id) {
-                            ctrl.recycled.fetch_add(1, Ordering::Relaxed);
-                        } else if region.retire_free(fresh) {
-                            self.remove_chunk_file(id);
-                        }
-                    } else {
-                        region.mark_retired();
-                        self.remove_chunk_file(id);
-                    }
-                }
-            }
-        }
-        self.shrink_pool(now);
-        self.evict_retired();
-        reclaimed
-    }
-
-    /// Scale-down: a pooled chunk idle for longer than the decay period (and
-    /// at least [`POOL_IDLE_MIN_MS`], so a zero decay does not defeat the
-    /// pool) is unlinked, so an idle namespace gives its memory back.
-    fn shrink_pool(&self, now: u64) {
-        for s in self.pool_slots() {
-            let v = s.load(Ordering::Acquire);
-            if v == 0 {
-                continue;
-            }
-            let Ok(chunk) = self.chunk(v - 1) else {
-                continue;
-            };
-            let (state, generation) = chunk.region.state();
-            let freed = chunk.region.header().empty_since_ms.load(Ordering::Relaxed);
-            if state == STATE_FREE
-                && now.saturating_sub(freed) >= self.decay_ms.max(POOL_IDLE_MIN_MS)
-                && s.compare_exchange(v, 0, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
-                if chunk.region.retire_free(generation) {
-                    self.remove_chunk_file(chunk.id);
-                } else if !self.pool_push(chunk.id) {
-                    chunk.region.seal(now);
-                }
-            }
-        }
-    }
-
-    /// Unlinks a retired chunk and forgets it; mappings elsewhere stay valid.
-    fn remove_chunk_file(&self, id: u32) {
-        let ctrl = self.ctrl();
-        let _ = os::unlink(&self.chunk_path(id));
-        self.unregister(id);
-        ctrl.live_chunks.fetch_sub(1, Ordering::Relaxed);
-        ctrl.retired.fetch_add(1, Ordering::Relaxed);
-        self.write_chunks().remove(&id);
-    }
-
     /// Drops this process's mappings of chunks retired by any process.
     fn evict_retired(&self) {
         let stale: Vec<u32> = self
@@ -868,30 +637,6 @@ impl Inner {
             let mut cache = self.write_chunks();
             for id in stale {
                 cache.remove(&id);
-            }
-        }
-    }
-
-    fn request_prefetch(&self) {
-        if self.pool_len() > 0 {
-            return;
-        }
-        self.lock_signal().prefetch = true;
-        self.wake.notify_one();
-    }
-
-    /// Prepares a chunk off the append path: created, reserved, faulted in,
-    /// parked in the warm pool.
-    fn prefetch(&self) {
-        if self.pool_len() > 0 || self.ctrl().closed.load(Ordering::Acquire) != 0 {
-            return;
-        }
-        // Errors (limit reached, no space) are reported by the append that
-        // needs the chunk, not here.
-        if let Ok(chunk) = self.create_chunk(self.chunk_size as usize, 0, true) {
-            let (_, generation) = chunk.region.state();
-            if !self.pool_push(chunk.id) && chunk.region.retire_free(generation) {
-                self.remove_chunk_file(chunk.id);
             }
         }
     }
@@ -913,8 +658,8 @@ impl Inner {
                 }
                 std::mem::take(&mut s.prefetch)
             };
-            if prefetch {
-                self.prefetch();
+            if prefetch && self.ctrl().closed.load(Ordering::Acquire) == 0 {
+                engine::prefetch(&*self);
             }
             self.evict_retired();
         }

@@ -170,7 +170,7 @@ fn demo(messages: u64, size: usize, chunk_size: usize, max_chunks: usize) -> Any
     let status = child.wait()?;
     let elapsed = start.elapsed();
     cleaner.stop();
-    let peak = store.shared_backend().chunk_count();
+    let peak = store.stats().chunks;
     drop(store);
     let leftovers: Vec<String> = std::fs::read_dir("/dev/shm")?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())

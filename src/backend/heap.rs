@@ -1,0 +1,312 @@
+//! Heap mode: pages in this process's memory, run by the same chunk
+//! protocol ([`crate::chunk`]) and store protocol ([`crate::engine`]) as
+//! shared mode.
+//!
+//! Page memory is allocated zeroed (so no byte is ever uninitialised),
+//! owned by an `Arc<HeapPage>`, and only ever accessed through the protocol:
+//! atomics for the headers, raw-pointer copies for payloads. Views hold the
+//! `Arc`, so a page retired while viewed is freed when the last view drops.
+
+use crate::chunk::ChunkRegion;
+use crate::clock;
+use crate::config::Config;
+use crate::engine::{self, ChunkRef, Chunks, Event, Loc, Policy};
+use crate::error::{BlobError, Result};
+use crate::layout::*;
+use crate::lifecycle::Maintain;
+use crate::os;
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use std::alloc::Layout;
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+/// Alignment of a page: a cache line (headers are laid out by cache line).
+const PAGE_ALIGN: usize = 64;
+
+/// One heap page.
+pub(crate) struct HeapPage {
+    id: u32,
+    region: ChunkRegion,
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+// SAFETY: the page's memory is only accessed through the chunk protocol
+// (atomics, and raw-pointer payload copies ordered by them); the allocation
+// is owned by this value and freed once, in Drop.
+unsafe impl Send for HeapPage {}
+// SAFETY: see Send; no method hands out `&mut` to the memory.
+unsafe impl Sync for HeapPage {}
+
+impl HeapPage {
+    fn new(id: u32, size: usize) -> Result<Self> {
+        let layout =
+            Layout::from_size_align(size, PAGE_ALIGN).map_err(|_| BlobError::BlobTooLarge {
+                size,
+                max: Policy::MAX_BLOB,
+            })?;
+        // SAFETY: `layout` has a non-zero size (>= MIN_CHUNK_SIZE or a
+        // header plus an entry, checked by callers).
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(raw).ok_or(BlobError::OutOfMemory { bytes: size })?;
+        // SAFETY: `ptr` is 64-aligned, valid for `size` zeroed bytes, and is
+        // kept allocated by this HeapPage for as long as its region is used
+        // (the region lives in the same struct and is dropped with it).
+        let region = unsafe { ChunkRegion::new(ptr, size) };
+        Ok(Self {
+            id,
+            region,
+            ptr,
+            layout,
+        })
+    }
+}
+
+impl Drop for HeapPage {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with exactly this layout, freed once.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+    }
+}
+
+impl ChunkRef for Arc<HeapPage> {
+    fn region(&self) -> &ChunkRegion {
+        &self.region
+    }
+    fn id(&self) -> u32 {
+        self.id
+    }
+}
+
+/// Counters of a heap store.
+#[derive(Default)]
+struct Counters {
+    recycled: std::sync::atomic::AtomicU64,
+    retired: std::sync::atomic::AtomicU64,
+    expired: std::sync::atomic::AtomicU64,
+}
+
+pub(crate) struct HeapPages {
+    policy: Policy,
+    active: AtomicU64,
+    pool: [AtomicU32; POOL_SLOTS],
+    generation: AtomicU32,
+    pages: RwLock<Vec<Option<Arc<HeapPage>>>>,
+    free_ids: Mutex<Vec<u32>>,
+    counters: Counters,
+}
+
+/// The heap-mode backend of [`PinnedBlobStore::new`](crate::PinnedBlobStore::new).
+pub struct HeapBackend {
+    inner: Arc<HeapPages>,
+}
+
+impl HeapBackend {
+    /// A heap store with pages of `config.page_size` bytes.
+    pub fn new(config: &Config) -> Result<Self> {
+        let size = config.page_size;
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&size) || size % ENTRY_ALIGN != 0 {
+            return Err(BlobError::InvalidConfig {
+                reason: format!(
+                    "page size {size} must be a multiple of {ENTRY_ALIGN} between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}"
+                ),
+            });
+        }
+        let policy = Policy::new(
+            os::random_u64(),
+            size as u32,
+            config.prefetch_ratio(),
+            config.default_ttl_ms,
+            config.decay_timeout_ms,
+            2,
+        );
+        let inner = Arc::new(HeapPages {
+            policy,
+            active: AtomicU64::new(NO_CHUNK as u64),
+            pool: std::array::from_fn(|_| AtomicU32::new(0)),
+            generation: AtomicU32::new(0),
+            pages: RwLock::new(Vec::new()),
+            free_ids: Mutex::new(Vec::new()),
+            counters: Counters::default(),
+        });
+        Ok(Self { inner })
+    }
+
+    pub(crate) fn append(&self, data: &[u8]) -> Result<Loc> {
+        engine::append(&*self.inner, data)
+    }
+
+    pub(crate) fn get(&self, loc: &Loc) -> Option<Vec<u8>> {
+        engine::with_bytes(&*self.inner, loc, <[u8]>::to_vec)
+    }
+
+    pub(crate) fn pin(&self, loc: &Loc) -> Option<(Arc<HeapPage>, *const u8, usize)> {
+        engine::pin_bytes(&*self.inner, loc)
+    }
+
+    pub(crate) fn acknowledge(&self, loc: &Loc) -> bool {
+        engine::acknowledge(&*self.inner, loc)
+    }
+
+    pub(crate) fn reclaim(&self) -> usize {
+        engine::reclaim(&*self.inner)
+    }
+
+    /// Pages currently allocated (in use, pooled or dedicated).
+    pub fn page_count(&self) -> usize {
+        self.inner
+            .read_pages()
+            .iter()
+            .filter(|p| p.is_some())
+            .count()
+    }
+
+    /// Warm pages waiting in the pool.
+    pub fn pooled_pages(&self) -> usize {
+        engine::pool_len(&*self.inner) as usize
+    }
+
+    /// Pages recycled in place, released, and reclaimed by TTL so far.
+    pub(crate) fn counters(&self) -> (u64, u64, u64) {
+        let c = &self.inner.counters;
+        let l = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        (l(&c.recycled), l(&c.retired), l(&c.expired))
+    }
+
+    /// What the lifecycle thread maintains (held weakly).
+    pub fn maintenance_target(&self) -> Weak<dyn Maintain> {
+        let weak: Weak<HeapPages> = Arc::downgrade(&self.inner);
+        weak
+    }
+}
+
+impl std::fmt::Debug for HeapBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeapBackend")
+            .field("page_size", &self.inner.policy.chunk_size)
+            .field("pages", &self.page_count())
+            .finish()
+    }
+}
+
+impl HeapPages {
+    fn read_pages(&self) -> std::sync::RwLockReadGuard<'_, Vec<Option<Arc<HeapPage>>>> {
+        self.pages.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_pages(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Option<Arc<HeapPage>>>> {
+        self.pages.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Maintain for HeapPages {
+    fn maintain(&self) -> usize {
+        engine::reclaim(self)
+    }
+}
+
+impl Chunks for HeapPages {
+    type Chunk = Arc<HeapPage>;
+
+    fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    fn active(&self) -> &AtomicU64 {
+        &self.active
+    }
+
+    fn pool(&self) -> &[AtomicU32] {
+        &self.pool[..self.policy.pool_capacity as usize]
+    }
+
+    fn generation(&self) -> &AtomicU32 {
+        &self.generation
+    }
+
+    fn chunk(&self, id: u32) -> Result<Arc<HeapPage>> {
+        match self.read_pages().get(id as usize) {
+            Some(Some(p)) => Ok(Arc::clone(p)),
+            _ => Err(BlobError::Corrupt {
+                file: format!("(heap page {id})").into(),
+                detail: "no such page".into(),
+            }),
+        }
+    }
+
+    fn create(&self, size: usize, flags: u32, _populate: bool) -> Result<Arc<HeapPage>> {
+        let reused = self
+            .free_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        let mut pages = self.write_pages();
+        let id = match reused {
+            Some(id) => id,
+            None if pages.len() < NO_CHUNK as usize - 1 => pages.len() as u32,
+            None => {
+                return Err(BlobError::InvalidConfig {
+                    reason: "heap page ids exhausted".into(),
+                })
+            }
+        };
+        let page = match HeapPage::new(id, size) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                if let Some(id) = reused {
+                    self.free_ids
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(id);
+                }
+                return Err(e);
+            }
+        };
+        let generation = self
+            .generation
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1);
+        page.region.format(id, generation, flags, clock::now_ms());
+        if pages.len() <= id as usize {
+            pages.resize(id as usize + 1, None);
+        }
+        pages[id as usize] = Some(Arc::clone(&page));
+        Ok(page)
+    }
+
+    fn release(&self, id: u32) {
+        let old = {
+            let mut pages = self.write_pages();
+            pages.get_mut(id as usize).and_then(Option::take)
+        };
+        if old.is_some() {
+            self.free_ids
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(id);
+        }
+        // `old` (and the memory, unless a view holds it) is dropped here,
+        // outside the lock.
+    }
+
+    fn ids(&self, out: &mut Vec<u32>) {
+        let pages = self.read_pages();
+        out.extend(
+            pages
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.is_some())
+                .map(|(i, _)| i as u32),
+        );
+    }
+
+    fn count(&self, event: Event) {
+        let c = &self.counters;
+        let counter = match event {
+            Event::Recycled => &c.recycled,
+            Event::Retired => &c.retired,
+            Event::Expired => &c.expired,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}

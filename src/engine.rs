@@ -1,0 +1,438 @@
+//! The store protocol above single chunks — the append target and its
+//! lock-free rollover, the warm pool, dedicated chunks for oversized blobs,
+//! resolving and acknowledging by location, and the reclamation pass —
+//! written once over the [`Chunks`] trait and used by shared mode (chunk
+//! files in `/dev/shm`) and heap mode (pages in process memory).
+
+use crate::chunk::{ChunkRegion, Reserve, Verdict};
+use crate::clock;
+use crate::error::{BlobError, Result};
+use crate::layout::*;
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
+
+/// Where an entry is: exactly what a handle carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Loc {
+    pub id: u32,
+    pub generation: u32,
+    pub offset: u32,
+    pub size: u32,
+    pub timestamp: u64,
+}
+
+/// Fixed parameters of a store, read once when it is opened.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Policy {
+    /// Key of the entry tags.
+    pub key: u64,
+    /// Size of a standard chunk, header included.
+    pub chunk_size: u32,
+    /// Offset whose crossing asks for the next chunk to be prepared.
+    pub prefetch_at: u32,
+    /// Expiry of unacknowledged data, from sealing.
+    pub ttl_ms: u64,
+    /// Grace period after full acknowledgement.
+    pub decay_ms: u64,
+    /// Warm-pool slots in use.
+    pub pool_capacity: u32,
+}
+
+impl Policy {
+    pub(crate) fn new(
+        key: u64,
+        chunk_size: u32,
+        prefetch_ratio: f64,
+        ttl_ms: u64,
+        decay_ms: u64,
+        pool: u32,
+    ) -> Self {
+        let data = (chunk_size as usize).saturating_sub(CHUNK_HEADER_SIZE) as f64;
+        Self {
+            key,
+            chunk_size,
+            prefetch_at: CHUNK_HEADER_SIZE as u32 + (data * prefetch_ratio) as u32,
+            ttl_ms,
+            decay_ms,
+            pool_capacity: pool.min(POOL_SLOTS as u32),
+        }
+    }
+
+    /// Largest payload of one blob.
+    pub(crate) const MAX_BLOB: usize = MAX_CHUNK_SIZE - CHUNK_HEADER_SIZE - ENTRY_HEADER_SIZE;
+
+    fn tag(&self, loc: &Loc) -> u64 {
+        entry_tag(
+            self.key,
+            loc.id,
+            loc.generation,
+            loc.offset,
+            loc.size,
+            loc.timestamp,
+        )
+    }
+}
+
+/// A pooled chunk idle for longer than max(decay, this) is released.
+pub(crate) const POOL_IDLE_MIN_MS: u64 = 1_000;
+
+/// Rollovers one append may go through before giving up (only reachable if
+/// another process keeps corrupting the shared words).
+const MAX_ROLLOVERS: u32 = 10_000;
+
+/// A chunk kept alive (mapped or allocated) for as long as it is held.
+pub(crate) trait ChunkRef: Clone {
+    /// The chunk's region.
+    fn region(&self) -> &ChunkRegion;
+    /// The chunk's id.
+    fn id(&self) -> u32;
+}
+
+/// What a reclamation pass did, for statistics.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Event {
+    Recycled,
+    Retired,
+    Expired,
+}
+
+/// The chunks of one store and the words their protocol shares.
+pub(crate) trait Chunks {
+    /// How a chunk is held.
+    type Chunk: ChunkRef;
+    /// The store's fixed parameters.
+    fn policy(&self) -> &Policy;
+    /// `(generation << 32) | id` of the append target.
+    fn active(&self) -> &AtomicU64;
+    /// Warm-pool slots (id + 1, 0 = empty), `pool_capacity` of them.
+    fn pool(&self) -> &[AtomicU32];
+    /// The generation counter.
+    fn generation(&self) -> &AtomicU32;
+    /// Chunk `id`, or an error if it does not exist or is unusable.
+    fn chunk(&self, id: u32) -> Result<Self::Chunk>;
+    /// A new chunk of `size` bytes, formatted FREE and sealed, owned by the caller.
+    fn create(&self, size: usize, flags: u32, populate: bool) -> Result<Self::Chunk>;
+    /// Releases a chunk already marked RETIRED (unlink, unregister, drop).
+    fn release(&self, id: u32);
+    /// Appends the ids of every live chunk to `out`.
+    fn ids(&self, out: &mut Vec<u32>);
+    /// Asks for a chunk to be prepared off the append path.
+    fn request_prefetch(&self) {}
+    /// Counts a reclamation event.
+    fn count(&self, _event: Event) {}
+}
+
+/// Warm chunks waiting in the pool.
+pub(crate) fn pool_len<C: Chunks>(c: &C) -> u32 {
+    c.pool()
+        .iter()
+        .filter(|s| s.load(Ordering::Relaxed) != 0)
+        .count() as u32
+}
+
+fn pool_push<C: Chunks>(c: &C, id: u32) -> bool {
+    c.pool().iter().any(|s| {
+        // Release: pairs with the Acquire in `pool_pop`: the popper sees
+        // the chunk's FREE header.
+        s.load(Ordering::Relaxed) == 0
+            && s.compare_exchange(0, id + 1, Ordering::Release, Ordering::Relaxed)
+                .is_ok()
+    })
+}
+
+fn pool_pop<C: Chunks>(c: &C) -> Option<u32> {
+    for s in c.pool() {
+        let v = s.load(Ordering::Relaxed);
+        // Acquire: pairs with the Release in `pool_push`.
+        if v != 0
+            && s.compare_exchange(v, 0, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(v - 1);
+        }
+    }
+    None
+}
+
+fn next_generation<C: Chunks>(c: &C) -> u32 {
+    c.generation()
+        .fetch_add(1, Ordering::Relaxed)
+        .wrapping_add(1)
+}
+
+/// Retires a chunk already claimed or exclusively owned, and releases it.
+fn retire<C: Chunks>(c: &C, chunk: &C::Chunk) {
+    chunk.region().mark_retired();
+    c.release(chunk.id());
+    c.count(Event::Retired);
+}
+
+/// Replaces the append target `seen` (sealed, or none yet) with a warm
+/// chunk from the pool or a new one. Lock-free: every appender that finds
+/// the target sealed may try; one CAS on `active` wins and the losers give
+/// their chunk back.
+pub(crate) fn rollover<C: Chunks>(c: &C, seen: u64) -> Result<()> {
+    // Acquire: pairs with the AcqRel CAS below in another appender.
+    if c.active().load(Ordering::Acquire) != seen {
+        return Ok(());
+    }
+    let chunk = loop {
+        match pool_pop(c) {
+            Some(id) => match c.chunk(id) {
+                Ok(ch) if ch.region().state().0 == STATE_FREE && !ch.region().is_dedicated() => {
+                    break ch
+                }
+                // Not a usable pooled chunk (scribbled on): dropped from the
+                // pool; the reclamation pass deals with it.
+                _ => continue,
+            },
+            None => break c.create(c.policy().chunk_size as usize, 0, false)?,
+        }
+    };
+    let region = chunk.region();
+    let (_, generation) = region.state();
+    region.activate(generation);
+    let word = ((generation as u64) << 32) | chunk.id() as u64;
+    if c.active()
+        .compare_exchange(seen, word, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        // Another appender won. Give the chunk back if nobody reserved in it
+        // through a stale view of `active`; otherwise seal it and let the
+        // reclamation pass treat it like any other chunk.
+        if region.try_deactivate(generation) {
+            if !pool_push(c, chunk.id()) && region.retire_free(generation) {
+                c.release(chunk.id());
+                c.count(Event::Retired);
+            }
+        } else {
+            region.seal(clock::now_ms());
+        }
+    }
+    Ok(())
+}
+
+/// Appends `data`; blobs too large for a standard chunk get a dedicated one.
+pub(crate) fn append<C: Chunks>(c: &C, data: &[u8]) -> Result<Loc> {
+    if data.is_empty() {
+        return Err(BlobError::EmptyBlob);
+    }
+    let footprint = match entry_footprint(data.len()) {
+        Some(f) if data.len() <= Policy::MAX_BLOB => f,
+        _ => {
+            return Err(BlobError::BlobTooLarge {
+                size: data.len(),
+                max: Policy::MAX_BLOB,
+            })
+        }
+    };
+    let policy = c.policy();
+    if footprint > policy.chunk_size as usize - CHUNK_HEADER_SIZE {
+        return append_dedicated(c, data, footprint);
+    }
+    let mut rollovers = 0;
+    loop {
+        // Acquire: pairs with the AcqRel CAS in `rollover`.
+        let active = c.active().load(Ordering::Acquire);
+        let id = id_of(active);
+        let chunk = if id == NO_CHUNK {
+            None
+        } else {
+            c.chunk(id).ok()
+        };
+        let timestamp = clock::now_ns();
+        let now_ms = (timestamp / 1_000_000).max(1);
+        let reserved = match &chunk {
+            Some(ch) => ch.region().reserve(footprint as u32, now_ms),
+            None => Reserve::Sealed,
+        };
+        match (chunk, reserved) {
+            (
+                Some(ch),
+                Reserve::Reserved {
+                    offset,
+                    end,
+                    generation,
+                },
+            ) => {
+                let loc = Loc {
+                    id,
+                    generation,
+                    offset,
+                    size: data.len() as u32,
+                    timestamp,
+                };
+                // SAFETY: `offset` was reserved just now for `data.len()` bytes.
+                unsafe { ch.region().commit(offset, data, policy.tag(&loc), now_ms) };
+                if offset < policy.prefetch_at && end >= policy.prefetch_at && pool_len(c) == 0 {
+                    c.request_prefetch();
+                }
+                // A writer stalled past the TTL may find its chunk reclaimed
+                // under it: its entry is then unreachable, so write it again
+                // rather than return a dead handle.
+                if ch.region().state() == (STATE_IN_USE, generation) {
+                    return Ok(loc);
+                }
+            }
+            _ => {
+                rollovers += 1;
+                if rollovers > MAX_ROLLOVERS {
+                    return Err(BlobError::Corrupt {
+                        file: "(control block)".into(),
+                        detail: "no usable append chunk after 10000 attempts".into(),
+                    });
+                }
+                rollover(c, active)?;
+            }
+        }
+    }
+}
+
+/// A blob too large for a standard chunk gets a chunk of its own size,
+/// sealed at once and retired (never pooled) when reclaimed.
+fn append_dedicated<C: Chunks>(c: &C, data: &[u8], footprint: usize) -> Result<Loc> {
+    let chunk = c.create(CHUNK_HEADER_SIZE + footprint, FLAG_DEDICATED, false)?;
+    let region = chunk.region();
+    let (_, generation) = region.state();
+    region.activate(generation);
+    let timestamp = clock::now_ns();
+    let now_ms = (timestamp / 1_000_000).max(1);
+    let Reserve::Reserved { offset, .. } = region.reserve(footprint as u32, now_ms) else {
+        return Err(BlobError::Corrupt {
+            file: format!("(chunk {})", chunk.id()).into(),
+            detail: "a fresh dedicated chunk refused its reservation".into(),
+        });
+    };
+    let loc = Loc {
+        id: chunk.id(),
+        generation,
+        offset,
+        size: data.len() as u32,
+        timestamp,
+    };
+    // SAFETY: `offset` was reserved just now for `data.len()` bytes.
+    unsafe { region.commit(offset, data, c.policy().tag(&loc), now_ms) };
+    region.seal(now_ms);
+    Ok(loc)
+}
+
+/// Runs `f` on the bytes at `loc` while they are pinned; `None` if `loc`
+/// is stale, reclaimed, forged or out of bounds.
+pub(crate) fn with_bytes<C: Chunks, R>(c: &C, loc: &Loc, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    let chunk = c.chunk(loc.id).ok()?;
+    let region = chunk.region();
+    let _pin = region.pin();
+    let at = region.locate(loc.generation, loc.offset, loc.size, c.policy().tag(loc))?;
+    // SAFETY: `locate` checked [at, at + size) lies inside the region and
+    // holds a committed entry; the pin keeps the chunk from being recycled
+    // (rewritten) while the slice lives, and nobody writes committed bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(region.payload_ptr(at), loc.size as usize) };
+    Some(f(bytes))
+}
+
+/// Pins the bytes at `loc` beyond this call: returns the chunk (which keeps
+/// the memory alive), a pointer to the payload and its length. The caller
+/// must call `unpin_raw` on the chunk's region exactly once when done.
+pub(crate) fn pin_bytes<C: Chunks>(c: &C, loc: &Loc) -> Option<(C::Chunk, *const u8, usize)> {
+    let chunk = c.chunk(loc.id).ok()?;
+    let region = chunk.region();
+    let pin = region.pin();
+    let at = region.locate(loc.generation, loc.offset, loc.size, c.policy().tag(loc))?;
+    let ptr = region.payload_ptr(at);
+    std::mem::forget(pin);
+    Some((chunk, ptr, loc.size as usize))
+}
+
+/// Acknowledges the entry at `loc`: `true` the first time only.
+pub(crate) fn acknowledge<C: Chunks>(c: &C, loc: &Loc) -> bool {
+    let Ok(chunk) = c.chunk(loc.id) else {
+        return false;
+    };
+    chunk
+        .region()
+        .acknowledge(loc.generation, loc.offset, loc.size, c.policy().tag(loc))
+}
+
+/// One reclamation pass over every chunk; returns how many were reclaimed.
+pub(crate) fn reclaim<C: Chunks>(c: &C) -> usize {
+    let policy = *c.policy();
+    let now = clock::now_ms();
+    let mut ids = Vec::new();
+    c.ids(&mut ids);
+    let mut reclaimed = 0;
+    for id in ids {
+        let Ok(chunk) = c.chunk(id) else { continue };
+        let region = chunk.region();
+        let Verdict::Reclaim {
+            generation,
+            expired,
+        } = region.assess(now, policy.ttl_ms, policy.decay_ms)
+        else {
+            continue;
+        };
+        if !region.claim(generation) {
+            continue;
+        }
+        reclaimed += 1;
+        if expired {
+            c.count(Event::Expired);
+        }
+        if region.recyclable() && pool_len(c) < policy.pool_capacity {
+            let fresh = next_generation(c);
+            region.recycle(fresh, now);
+            if pool_push(c, id) {
+                c.count(Event::Recycled);
+            } else if region.retire_free(fresh) {
+                c.release(id);
+                c.count(Event::Retired);
+            }
+        } else {
+            retire(c, &chunk);
+        }
+    }
+    shrink_pool(c, now);
+    reclaimed
+}
+
+/// Scale-down: a pooled chunk idle for longer than the decay period (and at
+/// least [`POOL_IDLE_MIN_MS`], so a zero decay does not defeat the pool) is
+/// released, so an idle store gives its memory back.
+fn shrink_pool<C: Chunks>(c: &C, now: u64) {
+    let idle = c.policy().decay_ms.max(POOL_IDLE_MIN_MS);
+    for s in c.pool() {
+        let v = s.load(Ordering::Acquire);
+        if v == 0 {
+            continue;
+        }
+        let Ok(chunk) = c.chunk(v - 1) else { continue };
+        let region = chunk.region();
+        let (state, generation) = region.state();
+        let freed = region.header().empty_since_ms.load(Ordering::Relaxed);
+        if state == STATE_FREE
+            && now.saturating_sub(freed) >= idle
+            && s.compare_exchange(v, 0, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        {
+            if region.retire_free(generation) {
+                c.release(chunk.id());
+                c.count(Event::Retired);
+            } else if !pool_push(c, chunk.id()) {
+                region.seal(now);
+            }
+        }
+    }
+}
+
+/// Prepares a chunk off the append path and parks it in the pool.
+pub(crate) fn prefetch<C: Chunks>(c: &C) {
+    if pool_len(c) > 0 {
+        return;
+    }
+    // Errors (limit reached, no space) are reported by the append that
+    // needs the chunk, not here.
+    if let Ok(chunk) = c.create(c.policy().chunk_size as usize, 0, true) {
+        let (_, generation) = chunk.region().state();
+        if !pool_push(c, chunk.id()) && chunk.region().retire_free(generation) {
+            c.release(chunk.id());
+        }
+    }
+}
