@@ -242,6 +242,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "real system calls: Miri cannot run them")]
     fn exclusive_create_is_0600_and_refuses_existing() {
         use std::os::unix::fs::PermissionsExt;
         let p = tmp("excl");
@@ -254,6 +255,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "real system calls: Miri cannot run them")]
     fn creator_lock_is_seen_from_another_description_and_released_on_close() {
         let p = tmp("lock");
         let owner = create_exclusive(&p).unwrap();
@@ -268,6 +270,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "real system calls: Miri cannot run them")]
     fn reserve_and_map() {
         let p = tmp("map");
         let f = create_exclusive(&p).unwrap();
@@ -281,6 +284,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "real system calls: Miri cannot run them")]
     fn start_ticks_of_self() {
         assert!(process_start_ticks(pid()).is_some());
         assert_ne!(random_u64(), random_u64());

@@ -1,7 +1,9 @@
 //! Heap mode and heap views. No OS shared memory: this file also runs
 //! under Miri (`cargo +nightly miri test --test heap`), with smaller counts.
 
-use stable_fragmented_buffer::{BlobError, BlobHandle, BlobStoreLifecycleExt, BlobView, Config, PinnedBlobStore};
+use stable_fragmented_buffer::{
+    BlobError, BlobHandle, BlobStoreLifecycleExt, BlobView, Config, PinnedBlobStore,
+};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +18,12 @@ const fn scaled(n: u64) -> u64 {
 }
 
 fn cfg(page: usize, decay_ms: u64, ttl_ms: u64) -> Config {
-    Config { page_size: page, decay_timeout_ms: decay_ms, default_ttl_ms: ttl_ms, ..Config::default() }
+    Config {
+        page_size: page,
+        decay_timeout_ms: decay_ms,
+        default_ttl_ms: ttl_ms,
+        ..Config::default()
+    }
 }
 
 fn payload(seed: u64, len: usize) -> Vec<u8> {
@@ -32,7 +39,9 @@ fn payload(seed: u64, len: usize) -> Vec<u8> {
 }
 
 fn checksum(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| (h ^ x as u64).wrapping_mul(0x100_0000_01b3))
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ x as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// Appends until the page changes; returns the handles of the first page.
@@ -65,15 +74,30 @@ fn heap_api_round_trip_and_handle_getters() {
     assert_eq!(h2.generation(), h.generation());
     assert!(h2.offset() > h.offset());
     assert!(matches!(store.append(b""), Err(BlobError::EmptyBlob)));
-    assert!(matches!(PinnedBlobStore::new(cfg(100, 0, 0)), Err(BlobError::InvalidConfig { .. })));
+    assert!(matches!(
+        PinnedBlobStore::new(cfg(100, 0, 0)),
+        Err(BlobError::InvalidConfig { .. })
+    ));
 }
 
 #[test]
 fn heap_and_shared_calls_on_the_wrong_mode_are_clear() {
     let store = PinnedBlobStore::with_defaults();
-    assert!(matches!(store.append_shared(b"x"), Err(BlobError::WrongMode { expected: "shared", .. })));
+    assert!(matches!(
+        store.append_shared(b"x"),
+        Err(BlobError::WrongMode {
+            expected: "shared",
+            ..
+        })
+    ));
     let h = store.append(b"x").unwrap();
-    let fake = stable_fragmented_buffer::OverflowHandle { page_id: 0, offset: 128, size: 1, generation: h.generation(), timestamp: h.timestamp() };
+    let fake = stable_fragmented_buffer::OverflowHandle {
+        page_id: 0,
+        offset: 128,
+        size: 1,
+        generation: h.generation(),
+        timestamp: h.timestamp(),
+    };
     assert_eq!(store.resolve(&fake), None);
     assert!(store.resolve_ref(&fake).is_none());
     assert!(!store.acknowledge_shared(&fake));
@@ -102,7 +126,10 @@ fn heap_reclamation_is_idempotent_waits_for_decay_and_reuses_page_ids() {
     let page = first[0].page_id();
     for h in &first {
         assert!(store.acknowledge(h));
-        assert!(!store.acknowledge(h), "a second acknowledgement counts nothing");
+        assert!(
+            !store.acknowledge(h),
+            "a second acknowledgement counts nothing"
+        );
     }
     assert_eq!(store.cleanup_acknowledged(), 0, "decay period not over");
     assert!(store.get(&first[0]).is_some());
@@ -158,7 +185,11 @@ fn heap_view_bytes_never_change_while_the_page_is_reclaimed_and_reused() {
         store.cleanup_acknowledged();
     }
     assert_eq!(&view[..], &before[..]);
-    assert_eq!(store.get(&first[0]), None, "new lookups see the reclamation");
+    assert_eq!(
+        store.get(&first[0]),
+        None,
+        "new lookups see the reclamation"
+    );
     drop(view);
 }
 
@@ -170,7 +201,9 @@ fn views_are_o1_send_and_as_ref() {
     let big = payload(9, if cfg!(miri) { 10_000 } else { 1 << 20 });
     let h = store.append(&big).unwrap();
     let view = store.get_ref(&h).unwrap();
-    let sum = std::thread::spawn(move || checksum(view.as_ref())).join().unwrap();
+    let sum = std::thread::spawn(move || checksum(view.as_ref()))
+        .join()
+        .unwrap();
     assert_eq!(sum, checksum(&big));
 }
 
@@ -184,7 +217,10 @@ fn heap_stats_and_profiler_count() {
     store.acknowledge(&h);
     store.acknowledge(&h);
     let p = store.profiler().snapshot();
-    assert_eq!((p.appends, p.appended_bytes, p.reads, p.acks), (1, 100, 2, 1));
+    assert_eq!(
+        (p.appends, p.appended_bytes, p.reads, p.acks),
+        (1, 100, 2, 1)
+    );
     store.profiler().disable();
     store.append(&[1; 100]).unwrap();
     assert_eq!(store.profiler().snapshot().appends, 1);
@@ -248,7 +284,9 @@ fn heap_stress_writers_readers_with_views_and_cleanup_in_a_loop() {
                 loop {
                     let next = rx.lock().unwrap().recv();
                     let Ok((h, sum)) = next else { break };
-                    let view = store.get_ref(&h).expect("unacknowledged data is never reclaimed");
+                    let view = store
+                        .get_ref(&h)
+                        .expect("unacknowledged data is never reclaimed");
                     assert_eq!(checksum(&view), sum);
                     // Acknowledge at once: the page may be reclaimed while we hold the view.
                     assert!(store.acknowledge(&h));
@@ -275,5 +313,8 @@ fn heap_stress_writers_readers_with_views_and_cleanup_in_a_loop() {
     stop.store(true, Ordering::Relaxed);
     cleaner.join().unwrap();
     assert_eq!(checked.load(Ordering::Relaxed), 2 * scaled(3_000));
-    assert!(store.stats().recycled + store.stats().retired > 0, "cleanup must have reclaimed pages");
+    assert!(
+        store.stats().recycled + store.stats().retired > 0,
+        "cleanup must have reclaimed pages"
+    );
 }
