@@ -29,19 +29,21 @@ impl LifecycleManager {
     /// Runs one pass on `target`; returns the chunks it reclaimed.
     pub fn maintenance_cycle(&self, target: &dyn Maintain) -> usize {
         let n = target.maintain();
-        self.cycles.fetch_add(1, Ordering::Relaxed);
-        self.reclaimed.fetch_add(n as u64, Ordering::Relaxed);
+        // `reclaimed` first: whoever sees a cycle counted sees its chunks.
+        self.reclaimed.fetch_add(n as u64, Ordering::Release);
+        // Release: pairs with the Acquire load in `cycles`.
+        self.cycles.fetch_add(1, Ordering::Release);
         n
     }
 
     /// Passes run so far.
     pub fn cycles(&self) -> u64 {
-        self.cycles.load(Ordering::Relaxed)
+        self.cycles.load(Ordering::Acquire)
     }
 
     /// Chunks reclaimed so far.
     pub fn reclaimed(&self) -> u64 {
-        self.reclaimed.load(Ordering::Relaxed)
+        self.reclaimed.load(Ordering::Acquire)
     }
 
     /// Starts a thread that runs a pass every `interval` until the target is

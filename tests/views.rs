@@ -39,7 +39,7 @@ fn peer_process_entry_point() {
     say(format!("pinned {}", views.len()));
     for line in lines {
         if line.unwrap() == "check" {
-            let ok = views.iter().all(|(v, want)| &v[..] == &want[..]);
+            let ok = views.iter().all(|(v, want)| v[..] == want[..]);
             say(format!(
                 "still {} {}",
                 views.len(),
