@@ -28,8 +28,22 @@
 //! length of the region before it is used (invariant 5).
 
 use crate::layout::*;
-use crate::sync::{AtomicU32, Ordering};
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use std::ptr::NonNull;
+
+/// `sealed_ms` while a chunk is being activated (not a time).
+pub(crate) const SEALED_ACTIVATING: u64 = u64::MAX;
+
+/// Outcome of [`ChunkRegion::try_deactivate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Deactivate {
+    /// FREE again, owned by the caller: pool it.
+    Free,
+    /// A writer reserved in it: keep it IN_USE and seal it.
+    InUse,
+    /// A reclaimer took it: it is not the caller's any more.
+    Lost,
+}
 
 /// Outcome of [`ChunkRegion::reserve`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,19 +147,26 @@ impl ChunkRegion {
         Some(unsafe { &*(self.base.as_ptr().add(offset) as *const EntryHeader) })
     }
 
-    /// Pointer to `len` payload bytes at `offset` (already bounds-checked).
+    /// Pointer to payload bytes at `payload_offset` (from `locate`, so in
+    /// bounds; `wrapping_add` keeps even a wrong offset free of UB here).
     pub(crate) fn payload_ptr(&self, payload_offset: usize) -> *const u8 {
         debug_assert!(payload_offset <= self.len);
-        // SAFETY: callers pass an offset produced by `locate`, which is in
-        // bounds of the region.
-        unsafe { self.base.as_ptr().add(payload_offset) }
+        self.base.as_ptr().wrapping_add(payload_offset)
     }
 
     /// Writes a fresh header into zeroed memory: the chunk starts FREE and
     /// sealed, owned by whoever formatted it, freed "now" as far as the
     /// pool's idle clock is concerned.
-    pub(crate) fn format(&self, id: u32, generation: u32, flags: u32, now_ms: u64) {
+    pub(crate) fn format(
+        &self,
+        id: u32,
+        generation: u32,
+        flags: u32,
+        incarnation: u64,
+        now_ms: u64,
+    ) {
         let h = self.header();
+        h.incarnation.store(incarnation, Ordering::Relaxed);
         h.empty_since_ms.store(now_ms, Ordering::Relaxed);
         h.chunk_id.store(id, Ordering::Relaxed);
         h.size.store(self.len as u32, Ordering::Relaxed);
@@ -159,8 +180,9 @@ impl ChunkRegion {
         h.magic.store(CHUNK_MAGIC, Ordering::Release);
     }
 
-    /// Checks the header of a chunk mapped from a file named `id`.
-    pub(crate) fn check_header(&self, id: u32) -> Result<(), String> {
+    /// Checks the header of a chunk mapped from a file named `id`, made by
+    /// the namespace incarnation `incarnation`.
+    pub(crate) fn check_header(&self, id: u32, incarnation: u64) -> Result<(), String> {
         let h = self.header();
         // Acquire: pairs with the Release store in `format`.
         let magic = h.magic.load(Ordering::Acquire);
@@ -174,6 +196,12 @@ impl ChunkRegion {
         let size = h.size.load(Ordering::Relaxed) as usize;
         if size != self.len {
             return Err(format!("header says {size} bytes, file has {}", self.len));
+        }
+        let inc = h.incarnation.load(Ordering::Relaxed);
+        if inc != incarnation {
+            return Err(format!(
+                "made by another incarnation of the namespace ({inc:#x})"
+            ));
         }
         Ok(())
     }
@@ -189,20 +217,45 @@ impl ChunkRegion {
         self.header().flags.load(Ordering::Relaxed) & FLAG_DEDICATED != 0
     }
 
-    /// Makes an exclusively owned FREE chunk the target of appends, in
-    /// generation `generation`.
-    pub(crate) fn activate(&self, generation: u32) {
+    /// Makes a FREE chunk of generation `generation`, taken from the pool
+    /// (so owned by the caller), the target of appends. `false` if it is no
+    /// longer FREE in that generation (a reclaimer retired it meanwhile).
+    ///
+    /// Between the state change and the unsealing the chunk is IN_USE yet
+    /// sealed; `sealed_ms == SEALED_ACTIVATING` tells reclaimers it is not
+    /// sealed for real, so it is not mistaken for an empty sealed chunk.
+    pub(crate) fn activate(&self, generation: u32, now_ms: u64) -> bool {
         let h = self.header();
         h.entries.store(0, Ordering::Relaxed);
         h.acks.store(0, Ordering::Relaxed);
         h.first_write_ms.store(0, Ordering::Relaxed);
-        h.sealed_ms.store(0, Ordering::Relaxed);
+        h.sealed_ms.store(SEALED_ACTIVATING, Ordering::Relaxed);
         h.empty_since_ms.store(0, Ordering::Relaxed);
-        h.state_gen
-            .store(state_gen(STATE_IN_USE, generation), Ordering::Release);
+        h.activated_ms.store(now_ms, Ordering::Relaxed);
+        // AcqRel: publishes the resets above to whoever sees IN_USE; fails
+        // if `retire_free` won the chunk.
+        if h.state_gen
+            .compare_exchange(
+                state_gen(STATE_FREE, generation),
+                state_gen(STATE_IN_USE, generation),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            return false;
+        }
         // Release: pairs with the Acquire CAS in `reserve`, so a writer that
         // reserves sees the reset header and the new generation.
         h.alloc.store(CHUNK_HEADER_SIZE as u64, Ordering::Release);
+        // Only now may a seal stamp its time.
+        let _ = h.sealed_ms.compare_exchange(
+            SEALED_ACTIVATING,
+            0,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        true
     }
 
     /// Reserves `footprint` bytes (from [`entry_footprint`]). Seals the chunk
@@ -235,9 +288,10 @@ impl ChunkRegion {
                 }
             }
             if alloc_writers(cur) == ALLOC_WRITERS_MASK {
-                std::hint::spin_loop();
-                cur = h.alloc.load(Ordering::Relaxed);
-                continue;
+                // 65535 writers in flight cannot happen honestly: a scribbled
+                // header. Seal it so appends move on instead of spinning.
+                self.seal(now_ms);
+                return Reserve::Sealed;
             }
             let next = ((cur & !0xFFFF_FFFF) + ALLOC_WRITER) | end as u64;
             // Acquire: pairs with the Release store of `alloc` in `activate`.
@@ -315,18 +369,30 @@ impl ChunkRegion {
         self.stamp_sealed(now_ms);
     }
 
+    /// Stamps the seal time once per generation. A stamper that stalled
+    /// across a recycling would write a stale time into the next
+    /// generation (shortening its TTL): it takes its stamp back then.
     fn stamp_sealed(&self, now_ms: u64) {
-        let _ = self.header().sealed_ms.compare_exchange(
-            0,
-            now_ms,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+        Self::stamp_once(&self.header().sealed_ms, &self.header().state_gen, now_ms);
+    }
+
+    /// Sets `word` from 0 to `now_ms` unless the generation changes around it.
+    fn stamp_once(word: &AtomicU64, state: &AtomicU64, now_ms: u64) -> u64 {
+        let before = generation_of(state.load(Ordering::Acquire));
+        match word.compare_exchange(0, now_ms, Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => {
+                if generation_of(state.load(Ordering::Acquire)) != before {
+                    let _ = word.compare_exchange(now_ms, 0, Ordering::Relaxed, Ordering::Relaxed);
+                }
+                now_ms
+            }
+            Err(current) => current,
+        }
     }
 
     /// Takes an activated chunk that lost the race to become the append
-    /// target back to FREE, if no writer reserved in it meanwhile.
-    pub(crate) fn try_deactivate(&self, generation: u32) -> bool {
+    /// target back to FREE.
+    pub(crate) fn try_deactivate(&self, generation: u32, now_ms: u64) -> Deactivate {
         let h = self.header();
         let fresh = CHUNK_HEADER_SIZE as u64;
         if h.alloc
@@ -338,11 +404,21 @@ impl ChunkRegion {
             )
             .is_err()
         {
-            return false;
+            // A writer reserved in it through a stale view of `active`.
+            return Deactivate::InUse;
         }
-        h.state_gen
-            .store(state_gen(STATE_FREE, generation), Ordering::Release);
-        true
+        h.empty_since_ms.store(now_ms, Ordering::Relaxed);
+        // A CAS, not a store: a reclaimer may have taken the (sealed, empty)
+        // chunk while we stalled, and recycled or retired it already.
+        match h.state_gen.compare_exchange(
+            state_gen(STATE_IN_USE, generation),
+            state_gen(STATE_FREE, generation),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => Deactivate::Free,
+            Err(_) => Deactivate::Lost,
+        }
     }
 
     /// Registers a reader. Validate (with [`locate`](Self::locate)) after
@@ -438,6 +514,20 @@ impl ChunkRegion {
             return Verdict::Keep;
         }
         let sealed = h.sealed_ms.load(Ordering::Relaxed);
+        if sealed == SEALED_ACTIVATING {
+            // Being activated: not sealed for real. An activator that died
+            // here left it so; after a TTL it is treated as sealed.
+            let since = h.activated_ms.load(Ordering::Relaxed);
+            if now_ms.saturating_sub(since) >= ttl_ms {
+                let _ = h.sealed_ms.compare_exchange(
+                    SEALED_ACTIVATING,
+                    now_ms,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            return Verdict::Keep;
+        }
         if sealed == 0 {
             // The sealer died before stamping: start the clock now.
             self.stamp_sealed(now_ms);
@@ -458,14 +548,7 @@ impl ChunkRegion {
         if acks < entries {
             return Verdict::Keep;
         }
-        let since =
-            match h
-                .empty_since_ms
-                .compare_exchange(0, now_ms, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => now_ms,
-                Err(t) => t,
-            };
+        let since = Self::stamp_once(&h.empty_since_ms, &h.state_gen, now_ms);
         if now_ms.saturating_sub(since) >= decay_ms {
             Verdict::Reclaim {
                 generation,
@@ -610,13 +693,13 @@ mod tests {
     fn reserve_commit_locate_round_trip() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0, 1);
+        r.format(0, 1, 0, 7, 1);
         assert_eq!(
             append(&r, b"x", 5),
             None,
             "a formatted chunk is sealed until activated"
         );
-        r.activate(1);
+        assert!(r.activate(1, 1));
         let (g, off, tag) = append(&r, b"hello", 5).unwrap();
         assert_eq!(read(&r, g, off, 5, tag).as_deref(), Some(&b"hello"[..]));
         assert_eq!(read(&r, g + 1, off, 5, tag), None, "wrong generation");
@@ -630,8 +713,8 @@ mod tests {
     fn full_chunk_seals_and_stamps() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0, 1);
-        r.activate(1);
+        r.format(0, 1, 0, 7, 1);
+        assert!(r.activate(1, 1));
         let mut n = 0;
         while append(&r, &[1u8; 100], 42).is_some() {
             n += 1;
@@ -645,8 +728,8 @@ mod tests {
     fn acknowledgement_is_idempotent_and_rejects_stale() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0, 1);
-        r.activate(1);
+        r.format(0, 1, 0, 7, 1);
+        assert!(r.activate(1, 1));
         let (g, off, tag) = append(&r, b"abc", 1).unwrap();
         assert!(r.acknowledge(g, off, 3, tag));
         assert!(!r.acknowledge(g, off, 3, tag), "second ack must not count");
@@ -663,8 +746,8 @@ mod tests {
     fn no_reclamation_with_a_writer_in_flight() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0, 1);
-        r.activate(1);
+        r.format(0, 1, 0, 7, 1);
+        assert!(r.activate(1, 1));
         let fp = entry_footprint(8).unwrap() as u32;
         let Reserve::Reserved {
             offset, generation, ..
@@ -697,8 +780,8 @@ mod tests {
     fn ttl_reclaims_despite_a_dead_writer_but_never_recycles_under_it() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0, 1);
-        r.activate(1);
+        r.format(0, 1, 0, 7, 1);
+        assert!(r.activate(1, 1));
         let fp = entry_footprint(8).unwrap() as u32;
         assert!(matches!(r.reserve(fp, 1), Reserve::Reserved { .. }));
         r.seal(100);
@@ -722,8 +805,8 @@ mod tests {
     fn a_pin_turns_recycling_into_retirement() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0, 1);
-        r.activate(1);
+        r.format(0, 1, 0, 7, 1);
+        assert!(r.activate(1, 1));
         let (g, off, tag) = append(&r, b"view", 1).unwrap();
         r.seal(1);
         assert!(r.acknowledge(g, off, 4, tag));
@@ -743,21 +826,21 @@ mod tests {
     fn deactivate_only_when_untouched() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0, 1);
-        r.activate(1);
-        assert!(r.try_deactivate(1));
+        r.format(0, 1, 0, 7, 1);
+        assert!(r.activate(1, 1));
+        assert_eq!(r.try_deactivate(1, 1), Deactivate::Free);
         assert_eq!(r.state(), (STATE_FREE, 1));
-        r.activate(1);
+        assert!(r.activate(1, 1));
         append(&r, b"x", 1).unwrap();
-        assert!(!r.try_deactivate(1));
+        assert_eq!(r.try_deactivate(1, 1), Deactivate::InUse);
     }
 
     #[test]
     fn corrupt_alloc_word_seals_instead_of_writing_out_of_bounds() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0, 1);
-        r.activate(1);
+        r.format(0, 1, 0, 7, 1);
+        assert!(r.activate(1, 1));
         r.header().alloc.store(4090, Ordering::Relaxed);
         assert_eq!(r.reserve(24, 1), Reserve::Sealed);
         r.header().alloc.store(3, Ordering::Relaxed);
@@ -794,6 +877,8 @@ mod loom_shadow {
                     empty_since_ms: a64(),
                     pins: a32(),
                     flags: a32(),
+                    activated_ms: a64(),
+                    incarnation: a64(),
                     _reserved: std::array::from_fn(|_| a64()),
                 },
                 entries: (0..(len - CHUNK_HEADER_SIZE) / ENTRY_ALIGN)
@@ -821,8 +906,8 @@ mod loom_tests {
         let base = NonNull::new(words.as_mut_ptr() as *mut u8).unwrap();
         // SAFETY: leaked, so valid and 8-aligned for the whole test.
         let r = unsafe { ChunkRegion::new(base, words.len() * 8) };
-        r.format(0, 1, 0, 1);
-        r.activate(1);
+        r.format(0, 1, 0, 7, 1);
+        assert!(r.activate(1, 1));
         r
     }
 
@@ -860,7 +945,7 @@ mod loom_tests {
             if r.claim(generation) {
                 if r.recyclable() {
                     r.recycle(generation + 1, 5);
-                    r.activate(generation + 1);
+                    assert!(r.activate(generation + 1, 1));
                     return append(r, 2);
                 }
                 r.mark_retired();

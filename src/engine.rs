@@ -4,7 +4,7 @@
 //! written once over the [`Chunks`] trait and used by shared mode (chunk
 //! files in `/dev/shm`) and heap mode (pages in process memory).
 
-use crate::chunk::{ChunkRegion, Reserve, Verdict};
+use crate::chunk::{ChunkRegion, Deactivate, Reserve, Verdict};
 use crate::clock;
 use crate::error::{BlobError, Result};
 use crate::layout::*;
@@ -175,37 +175,51 @@ pub(crate) fn rollover<C: Chunks>(c: &C, seen: u64) -> Result<()> {
     if c.active().load(Ordering::Acquire) != seen {
         return Ok(());
     }
-    let chunk = loop {
-        match pool_pop(c) {
+    let now = clock::now_ms();
+    // Make sure the target being replaced is sealed (it normally is; not if
+    // it could not be mapped a moment ago), so it can be reclaimed.
+    if id_of(seen) != NO_CHUNK {
+        if let Ok(old) = c.chunk(id_of(seen)) {
+            if old.region().state().1 == generation_of(seen) {
+                old.region().seal(now);
+            }
+        }
+    }
+    let (chunk, generation) = loop {
+        let ch = match pool_pop(c) {
             Some(id) => match c.chunk(id) {
-                Ok(ch) if ch.region().state().0 == STATE_FREE && !ch.region().is_dedicated() => {
-                    break ch
-                }
-                // Not a usable pooled chunk (scribbled on): dropped from the
-                // pool; the reclamation pass deals with it.
+                Ok(ch) if !ch.region().is_dedicated() => ch,
+                // Unmappable or scribbled on: dropped from the pool; the
+                // reclamation pass releases FREE chunks left outside it.
                 _ => continue,
             },
-            None => break c.create(c.policy().chunk_size as usize, 0, false)?,
+            None => c.create(c.policy().chunk_size as usize, 0, false)?,
+        };
+        let (state, generation) = ch.region().state();
+        // `activate` fails if a reclaimer retired the chunk meanwhile.
+        if state == STATE_FREE && ch.region().activate(generation, now) {
+            break (ch, generation);
         }
     };
     let region = chunk.region();
-    let (_, generation) = region.state();
-    region.activate(generation);
     let word = ((generation as u64) << 32) | chunk.id() as u64;
     if c.active()
         .compare_exchange(seen, word, Ordering::AcqRel, Ordering::Acquire)
         .is_err()
     {
-        // Another appender won. Give the chunk back if nobody reserved in it
-        // through a stale view of `active`; otherwise seal it and let the
-        // reclamation pass treat it like any other chunk.
-        if region.try_deactivate(generation) {
-            if !pool_push(c, chunk.id()) && region.retire_free(generation) {
-                c.release(chunk.id());
-                c.count(Event::Retired);
+        // Another appender won: give the chunk back.
+        match region.try_deactivate(generation, now) {
+            Deactivate::Free => {
+                if !pool_push(c, chunk.id()) && region.retire_free(generation) {
+                    c.release(chunk.id());
+                    c.count(Event::Retired);
+                }
             }
-        } else {
-            region.seal(clock::now_ms());
+            // A writer reserved in it through a stale view of `active`:
+            // sealed, it is reclaimed like any other chunk.
+            Deactivate::InUse => region.seal(now),
+            // A reclaimer took it while we stalled: no longer ours.
+            Deactivate::Lost => {}
         }
     }
     Ok(())
@@ -293,10 +307,16 @@ fn append_dedicated<C: Chunks>(c: &C, data: &[u8], footprint: usize) -> Result<L
     let chunk = c.create(CHUNK_HEADER_SIZE + footprint, FLAG_DEDICATED, false)?;
     let region = chunk.region();
     let (_, generation) = region.state();
-    region.activate(generation);
     let timestamp = clock::now_ns();
     let now_ms = (timestamp / 1_000_000).max(1);
-    let Reserve::Reserved { offset, .. } = region.reserve(footprint as u32, now_ms) else {
+    // A fresh chunk is ours alone: activation fails only if scribbled on.
+    let reserved = if region.activate(generation, now_ms) {
+        region.reserve(footprint as u32, now_ms)
+    } else {
+        Reserve::Sealed
+    };
+    let Reserve::Reserved { offset, .. } = reserved else {
+        region.seal(now_ms);
         return Err(BlobError::Corrupt {
             file: format!("(chunk {})", chunk.id()).into(),
             detail: "a fresh dedicated chunk refused its reservation".into(),
@@ -356,12 +376,35 @@ pub(crate) fn acknowledge<C: Chunks>(c: &C, loc: &Loc) -> bool {
 pub(crate) fn reclaim<C: Chunks>(c: &C) -> usize {
     let policy = *c.policy();
     let now = clock::now_ms();
+    let idle = policy.decay_ms.max(POOL_IDLE_MIN_MS);
     let mut ids = Vec::new();
     c.ids(&mut ids);
+    // Acquire: pairs with the AcqRel CAS in `rollover`.
+    let active = c.active().load(Ordering::Acquire);
     let mut reclaimed = 0;
     for id in ids {
         let Ok(chunk) = c.chunk(id) else { continue };
         let region = chunk.region();
+        let (state, generation) = region.state();
+        if id != id_of(active) && !is_pooled(c, id) {
+            let h = region.header();
+            if state == STATE_IN_USE
+                && !alloc_sealed(h.alloc.load(Ordering::Relaxed))
+                && now.saturating_sub(h.activated_ms.load(Ordering::Relaxed)) >= idle
+            {
+                // An append target nobody points at (its activator died
+                // before publishing it): seal it so it can be reclaimed.
+                region.seal(now);
+            } else if state == STATE_FREE
+                && now.saturating_sub(h.empty_since_ms.load(Ordering::Relaxed)) >= idle
+                && region.retire_free(generation)
+            {
+                // A FREE chunk that fell out of the pool.
+                c.release(id);
+                c.count(Event::Retired);
+                continue;
+            }
+        }
         let Verdict::Reclaim {
             generation,
             expired,
@@ -393,6 +436,10 @@ pub(crate) fn reclaim<C: Chunks>(c: &C) -> usize {
     reclaimed
 }
 
+fn is_pooled<C: Chunks>(c: &C, id: u32) -> bool {
+    c.pool().iter().any(|s| s.load(Ordering::Relaxed) == id + 1)
+}
+
 /// Scale-down: a pooled chunk idle for longer than the decay period (and at
 /// least [`POOL_IDLE_MIN_MS`], so a zero decay does not defeat the pool) is
 /// released, so an idle store gives its memory back.
@@ -411,14 +458,12 @@ fn shrink_pool<C: Chunks>(c: &C, now: u64) {
             && now.saturating_sub(freed) >= idle
             && s.compare_exchange(v, 0, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
+            && region.retire_free(generation)
         {
-            if region.retire_free(generation) {
-                c.release(chunk.id());
-                c.count(Event::Retired);
-            } else if !pool_push(c, chunk.id()) {
-                region.seal(now);
-            }
+            c.release(chunk.id());
+            c.count(Event::Retired);
         }
+        // If `retire_free` lost, someone popped and activated it first.
     }
 }
 

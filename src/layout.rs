@@ -59,7 +59,10 @@
 //!                            or the time a pooled chunk was freed
 //!  64     4 pins             readers (views, copies, acks) in any process
 //!  68     4 flags            bit 0 DEDICATED (one oversized blob)
-//!  72    56 (reserved)
+//!  72     8 activated_ms     when the chunk last became the append target
+//!  80     8 incarnation      the control block's tag_key: which incarnation
+//!                            of the namespace made this file
+//!  88    40 (reserved)
 //!
 //! Entry at an 8-aligned offset inside a chunk (ENTRY_HEADER_SIZE = 16)
 //! off  size field            meaning
@@ -205,8 +208,12 @@ pub struct ChunkHeader {
     pub pins: AtomicU32,
     /// [`FLAG_DEDICATED`].
     pub flags: AtomicU32,
+    /// Last activation time, coarse ms.
+    pub activated_ms: AtomicU64,
+    /// Incarnation of the namespace that made the file (its tag key).
+    pub incarnation: AtomicU64,
     /// Reserved.
-    pub _reserved: [AtomicU64; 7],
+    pub _reserved: [AtomicU64; 5],
 }
 
 /// The header before every payload.
@@ -241,6 +248,8 @@ const _: () = {
     assert!(offset_of!(ChunkHeader, empty_since_ms) == 56);
     assert!(offset_of!(ChunkHeader, pins) == 64);
     assert!(offset_of!(ChunkHeader, flags) == 68);
+    assert!(offset_of!(ChunkHeader, activated_ms) == 72);
+    assert!(offset_of!(ChunkHeader, incarnation) == 80);
     assert!(size_of::<EntryHeader>() == ENTRY_HEADER_SIZE);
     assert!(offset_of!(EntryHeader, tag) == 8);
     assert!(CTRL_SIZE == 16_640);
@@ -325,12 +334,6 @@ pub fn chunk_file_name(ns: &str, id: u32) -> String {
     format!("{ns}_data_{id}")
 }
 
-/// File name under which a creator prepares a control block before linking
-/// it into place (so a control block is never seen half-written).
-pub fn init_file_name(ns: &str, pid: u32) -> String {
-    format!("{ns}_init_{pid}")
-}
-
 /// What a file in the shm directory is, judged by its name alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileKind {
@@ -345,13 +348,6 @@ pub enum FileKind {
         ns: String,
         /// Chunk id.
         id: u32,
-    },
-    /// `{ns}_init_{pid}`: a control block being prepared.
-    Init {
-        /// Namespace.
-        ns: String,
-        /// Preparing process.
-        pid: u32,
     },
 }
 
@@ -371,12 +367,6 @@ pub fn parse_file_name(name: &str) -> Option<FileKind> {
         return crate::namespace::is_valid(ns).then(|| FileKind::Chunk {
             ns: ns.to_owned(),
             id: number,
-        });
-    }
-    if let Some(ns) = rest.strip_suffix("_init") {
-        return crate::namespace::is_valid(ns).then(|| FileKind::Init {
-            ns: ns.to_owned(),
-            pid: number,
         });
     }
     None
@@ -400,18 +390,12 @@ mod tests {
                     id: 42
                 })
             );
-            assert_eq!(
-                parse_file_name(&init_file_name(ns, 7)),
-                Some(FileKind::Init {
-                    ns: ns.into(),
-                    pid: 7
-                })
-            );
         }
         assert_eq!(parse_file_name("pulse-shm-1234"), None);
         assert_eq!(parse_file_name("x_data_"), None);
         assert_eq!(parse_file_name("x_data_99999999999"), None);
         assert_eq!(parse_file_name("_ctrl"), None);
+        assert_eq!(parse_file_name("x_init_3"), None);
     }
 
     #[test]

@@ -43,6 +43,57 @@ pub fn create_exclusive(path: &Path) -> Result<File> {
         .map_err(|e| BlobError::os("open(O_CREAT|O_EXCL)", path, e))
 }
 
+/// Creates an unnamed file in `dir` (`O_TMPFILE`), mode 0600: it gets a
+/// name only when [`link_anonymous`] publishes it, fully prepared.
+pub fn create_anonymous(dir: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(|e| BlobError::os("open(O_TMPFILE)", dir, e))
+}
+
+/// Gives an unnamed file the name `to`; fails with `EEXIST` if `to` exists
+/// (this is what makes creation exclusive).
+pub fn link_anonymous(file: &File, to: &Path) -> io::Result<()> {
+    let from = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let from = std::ffi::CString::new(from).map_err(io::Error::other)?;
+    let to_c =
+        std::ffi::CString::new(to.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // SAFETY: both paths are valid NUL-terminated strings for the call.
+    let rc = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to_c.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// (device, inode) of an open file.
+pub fn file_identity(file: &File) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata().ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// (device, inode) of what `path` names now (not following symlinks), and
+/// whether it is a regular file.
+pub fn path_identity(path: &Path) -> Option<((u64, u64), bool)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| ((m.dev(), m.ino()), m.file_type().is_file()))
+}
+
 /// Opens an existing file for reading and writing, never following a symlink.
 pub fn open_rw(path: &Path) -> io::Result<File> {
     OpenOptions::new()
@@ -177,12 +228,6 @@ pub fn creator_lock_held(file: &File) -> io::Result<bool> {
     Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
 }
 
-/// Creates a hard link `to` naming the same file as `from`; fails with
-/// `EEXIST` if `to` exists (this is what makes creation exclusive).
-pub fn link(from: &Path, to: &Path) -> io::Result<()> {
-    std::fs::hard_link(from, to)
-}
-
 /// Removes a file; a file already gone is not an error.
 pub fn unlink(path: &Path) -> Result<bool> {
     match std::fs::remove_file(path) {
@@ -280,6 +325,25 @@ mod tests {
         m.populate_write();
         assert_eq!(m.len(), 8192);
         assert_eq!(m.base().as_ptr() as usize % 4096, 0);
+        unlink(&p).unwrap();
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "real system calls: Miri cannot run them")]
+    fn anonymous_file_is_published_once_by_link() {
+        let f = create_anonymous(&shm_dir()).unwrap();
+        reserve_space(&f, 4096, &shm_dir()).unwrap();
+        let p = tmp("anon");
+        link_anonymous(&f, &p).unwrap();
+        assert_eq!(
+            path_identity(&p).unwrap(),
+            (file_identity(&f).unwrap(), true)
+        );
+        let other = create_anonymous(&shm_dir()).unwrap();
+        assert_eq!(
+            link_anonymous(&other, &p).unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists
+        );
         unlink(&p).unwrap();
     }
 

@@ -415,3 +415,79 @@ fn invariant_10_creation_is_exclusive() {
         "a new incarnation knows nothing of old handles"
     );
 }
+
+#[test]
+fn invariant_10_concurrent_creators_exactly_one_wins() {
+    let ns = Ns::new("inv10-race");
+    let name = ns.0.clone();
+    let results: Vec<_> = (0..4)
+        .map(|_| {
+            let name = name.clone();
+            std::thread::spawn(move || PinnedBlobStore::new_shared(cfg(0, 60_000), &name, CHUNK))
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let winners: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
+    assert_eq!(winners.len(), 1);
+    for r in &results {
+        if let Err(e) = r {
+            assert!(matches!(e, BlobError::AlreadyExists { .. }), "{e}");
+        }
+    }
+    let store = results.into_iter().find_map(Result::ok).unwrap();
+    let h = store.append_shared(b"winner").unwrap();
+    let other = PinnedBlobStore::attach_shared(Config::default(), ns.as_str()).unwrap();
+    assert_eq!(other.resolve(&h).as_deref(), Some(&b"winner"[..]));
+}
+
+#[test]
+fn invariant_10_orphan_chunk_files_do_not_block_creation() {
+    let ns = Ns::new("inv10-orphans");
+    // Junk where chunk 0 and 1 will go, and no control block.
+    for id in 0..2 {
+        let p = common::shm_dir().join(format!("{}_data_{id}", ns.as_str()));
+        std::fs::write(&p, b"left by a crash long ago").unwrap();
+    }
+    let store = PinnedBlobStore::new_shared(cfg(0, 60_000), ns.as_str(), 8192).unwrap();
+    let handles: Vec<_> = (0..10)
+        .map(|i| store.append_shared(&payload(i, 2000)).unwrap())
+        .collect();
+    for (i, h) in handles.iter().enumerate() {
+        assert_eq!(store.resolve(h), Some(payload(i as u64, 2000)));
+    }
+}
+
+#[test]
+fn invariant_9_an_old_incarnation_never_touches_a_new_one() {
+    let ns = Ns::new("inv9-incarnations");
+    let old = PinnedBlobStore::new_shared(cfg(0, 0), ns.as_str(), 8192).unwrap();
+    let old_reader = PinnedBlobStore::attach_shared(Config::default(), ns.as_str()).unwrap();
+    let stale = old.append_shared(&payload(1, 3000)).unwrap();
+    // The namespace is removed under its live processes and created anew.
+    SharedBackend::cleanup_namespace_forced(ns.as_str()).unwrap();
+    let new = PinnedBlobStore::new_shared(cfg(0, 60_000), ns.as_str(), 8192).unwrap();
+    let handles: Vec<_> = (0..10)
+        .map(|i| new.append_shared(&payload(100 + i, 3000)).unwrap())
+        .collect();
+    let files = ns.files();
+    // The old processes reclaim (TTL 0), resolve and drop: nothing of the
+    // new incarnation may be unlinked or read as theirs.
+    old_reader.cleanup_shared();
+    old.cleanup_shared();
+    for h in &handles {
+        assert_eq!(
+            old_reader.resolve(h),
+            None,
+            "an old attacher must not read new files as its own"
+        );
+    }
+    drop(old_reader);
+    drop(old);
+    assert_eq!(ns.files(), files, "the new incarnation's files are intact");
+    for (i, h) in handles.iter().enumerate() {
+        assert_eq!(new.resolve(h), Some(payload(100 + i as u64, 3000)));
+    }
+    assert_eq!(new.resolve(&stale), None);
+}

@@ -124,7 +124,8 @@ impl HeapBackend {
             policy,
             active: AtomicU64::new(NO_CHUNK as u64),
             pool: std::array::from_fn(|_| AtomicU32::new(0)),
-            generation: AtomicU32::new(0),
+            // A random start: handles of another store never match this one.
+            generation: AtomicU32::new((os::random_u64() >> 32) as u32),
             pages: RwLock::new(Vec::new()),
             free_ids: Mutex::new(Vec::new()),
             counters: Counters::default(),
@@ -266,7 +267,8 @@ impl Chunks for HeapPages {
             .generation
             .fetch_add(1, Ordering::Relaxed)
             .wrapping_add(1);
-        page.region.format(id, generation, flags, clock::now_ms());
+        page.region
+            .format(id, generation, flags, self.policy.key, clock::now_ms());
         if pages.len() <= id as usize {
             pages.resize(id as usize + 1, None);
         }

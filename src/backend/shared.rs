@@ -48,6 +48,8 @@ pub struct SharedBackend {
 pub(crate) struct ChunkMap {
     id: u32,
     region: ChunkRegion,
+    /// (device, inode) of the file, so we only ever unlink our own file.
+    ident: Option<(u64, u64)>,
     // Keeps the memory of `region` mapped; must outlive it (field order).
     _map: Mapping,
 }
@@ -298,10 +300,17 @@ impl Drop for SharedBackend {
         if let Some(w) = self.worker.take() {
             let _ = w.join();
         }
-        if self.inner.creator {
-            // Close first so attached processes stop creating chunk files.
-            self.inner.ctrl().closed.store(1, Ordering::Release);
-            let _ = remove_files(&self.inner.dir, &self.inner.ns, true);
+        // Close first so attached processes stop creating chunk files. If
+        // it was closed already, someone removed the namespace (forced
+        // cleanup) and the names may belong to a new incarnation by now.
+        if self.inner.creator && self.inner.ctrl().closed.swap(1, Ordering::AcqRel) == 0 {
+            let inner = &self.inner;
+            if os::path_identity(&inner.ctrl_path).map(|(id, _)| id)
+                == os::file_identity(&inner._ctrl_file)
+            {
+                let _ = os::unlink(&inner.ctrl_path);
+            }
+            let _ = remove_chunk_files(&inner.dir, &inner.ns, Some(inner.policy.key), false);
         }
     }
 }
@@ -319,7 +328,13 @@ impl std::fmt::Debug for SharedBackend {
 
 impl Maintain for Inner {
     fn maintain(&self) -> usize {
-        let n = engine::reclaim(self);
+        // A closed namespace is being (or has been) removed: its chunk
+        // names may already belong to a new incarnation.
+        let n = if self.ctrl().closed.load(Ordering::Acquire) == 0 {
+            engine::reclaim(self)
+        } else {
+            0
+        };
         self.evict_retired();
         n
     }
@@ -363,7 +378,16 @@ impl Chunks for Inner {
 
     /// Unlinks a retired chunk and forgets it; mappings elsewhere stay valid.
     fn release(&self, id: u32) {
-        let _ = os::unlink(&self.chunk_path(id));
+        // Unlink only our own file, and never once the namespace is closed
+        // (the name may belong to a new incarnation by now).
+        let path = self.chunk_path(id);
+        let ours = self.read_chunks().get(&id).and_then(|c| c.ident);
+        if self.ctrl().closed.load(Ordering::Acquire) == 0
+            && ours.is_some()
+            && os::path_identity(&path).map(|(i, _)| i) == ours
+        {
+            let _ = os::unlink(&path);
+        }
         self.unregister(id);
         self.ctrl().live_chunks.fetch_sub(1, Ordering::Relaxed);
         self.write_chunks().remove(&id);
@@ -506,7 +530,7 @@ impl Inner {
         }
         let chunk = map_chunk(&file, len as usize, &path, id)?;
         let region = chunk.region;
-        if let Err(detail) = region.check_header(id) {
+        if let Err(detail) = region.check_header(id, self.policy.key) {
             return Err(BlobError::Corrupt { file: path, detail });
         }
         let mut cache = self.write_chunks();
@@ -562,15 +586,31 @@ impl Inner {
 
     fn create_chunk_file(&self, size: usize, flags: u32, populate: bool) -> Result<Arc<ChunkMap>> {
         let ctrl = self.ctrl();
-        let id = ctrl.next_chunk_id.fetch_add(1, Ordering::AcqRel);
-        if id >= NO_CHUNK - 1 {
-            return Err(BlobError::Corrupt {
+        let id = ctrl
+            .next_chunk_id
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < NO_CHUNK - 1).then_some(n + 1)
+            })
+            .map_err(|_| BlobError::Corrupt {
                 file: self.ctrl_path.clone(),
                 detail: "chunk id space exhausted".into(),
-            });
-        }
+            })?;
         let path = self.chunk_path(id);
-        let file = os::create_exclusive(&path)?;
+        let file = match os::create_exclusive(&path) {
+            Ok(f) => f,
+            // Ids are unique within an incarnation, so a regular file under
+            // this name is an orphan of an earlier one: replace it. Anything
+            // else (a symlink...) is not ours to touch.
+            Err(BlobError::Os { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists
+                    && os::path_identity(&path).is_some_and(|(_, regular)| regular)
+                    && chunk_file_incarnation(&path) != Some(self.policy.key) =>
+            {
+                os::unlink(&path)?;
+                os::create_exclusive(&path)?
+            }
+            Err(e) => return Err(e),
+        };
         let undo = |e: BlobError| {
             let _ = os::unlink(&path);
             e
@@ -584,7 +624,9 @@ impl Inner {
             .generation
             .fetch_add(1, Ordering::Relaxed)
             .wrapping_add(1);
-        chunk.region.format(id, generation, flags, clock::now_ms());
+        chunk
+            .region
+            .format(id, generation, flags, self.policy.key, clock::now_ms());
         self.register(id).map_err(undo)?;
         if ctrl.closed.load(Ordering::Acquire) != 0 {
             self.unregister(id);
@@ -597,7 +639,7 @@ impl Inner {
 
     fn register(&self, id: u32) -> Result<()> {
         for slot in self.registry() {
-            // Release: pairs with the Acquire load in `cleanup_chunks`, so a
+            // Release: pairs with the Acquire load in `ids`, so a
             // process that finds the id finds a formatted chunk file.
             if slot.load(Ordering::Relaxed) == 0
                 && slot
@@ -676,6 +718,7 @@ fn map_chunk(file: &File, len: usize, path: &Path, id: u32) -> Result<ChunkMap> 
     Ok(ChunkMap {
         id,
         region,
+        ident: os::file_identity(file),
         _map: map,
     })
 }
@@ -726,8 +769,9 @@ fn recorded_pid(file: &File, path: &Path) -> u32 {
 }
 
 /// Creates `{ns}_ctrl`, fully initialised and locked, or takes over a
-/// namespace whose creator is dead. The control block is written under a
-/// temporary name and linked into place, so nobody ever sees it half-made.
+/// namespace whose creator is dead. The control block is prepared as an
+/// unnamed file (`O_TMPFILE`) and linked into place, so nobody ever sees it
+/// half-made and of two racing creators exactly one wins.
 fn create_ctrl(
     dir: &Path,
     ns: &str,
@@ -762,38 +806,26 @@ fn create_ctrl(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(BlobError::os("open", &path, e)),
         }
-        let tmp = dir.join(init_file_name(ns, os::pid()));
-        let _ = os::unlink(&tmp);
-        let file = os::create_exclusive(&tmp)?;
-        let undo = |e: BlobError| {
-            let _ = os::unlink(&tmp);
-            e
-        };
-        if !os::try_lock_creator(&file)
-            .map_err(|e| undo(BlobError::os("fcntl(F_OFD_SETLK)", &tmp, e)))?
-        {
-            return Err(undo(BlobError::Corrupt {
-                file: tmp.clone(),
-                detail: "a fresh file is locked by someone else".into(),
-            }));
+        let file = os::create_anonymous(dir)?;
+        if !os::try_lock_creator(&file).map_err(|e| BlobError::os("fcntl(F_OFD_SETLK)", dir, e))? {
+            return Err(BlobError::Corrupt {
+                file: dir.to_owned(),
+                detail: "a fresh unnamed file is locked by someone else".into(),
+            });
         }
-        os::reserve_space(&file, CTRL_SIZE as u64, &tmp).map_err(undo)?;
-        let map = Mapping::new(&file, CTRL_SIZE, &tmp).map_err(undo)?;
-        init_ctrl(&map, chunk_size, max_chunks, config);
-        match os::link(&tmp, &path) {
+        os::reserve_space(&file, CTRL_SIZE as u64, dir)?;
+        let map = Mapping::new(&file, CTRL_SIZE, dir)?;
+        let key = init_ctrl(&map, chunk_size, max_chunks, config);
+        match os::link_anonymous(&file, &path) {
             Ok(()) => {
-                let _ = os::unlink(&tmp);
-                // We own the namespace now: chunk files of a dead incarnation
-                // (whose control block was already gone) are orphans.
-                remove_files(dir, ns, false)?;
+                // We own the name now: chunk files left by an earlier
+                // incarnation are orphans (files of ours carry our key).
+                remove_chunk_files(dir, ns, Some(key), true)?;
                 return Ok((file, map));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                // Another creator won the race; look at it again.
-                let _ = os::unlink(&tmp);
-                continue;
-            }
-            Err(e) => return Err(undo(BlobError::os("link", &path, e))),
+            // Another creator won the race; look at it again.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(BlobError::os("linkat", &path, e)),
         }
     }
     Err(BlobError::AlreadyExists {
@@ -802,7 +834,8 @@ fn create_ctrl(
     })
 }
 
-fn init_ctrl(map: &Mapping, chunk_size: u32, max_chunks: u32, config: &Config) {
+/// Fills a fresh control block; returns its tag key (the incarnation).
+fn init_ctrl(map: &Mapping, chunk_size: u32, max_chunks: u32, config: &Config) -> u64 {
     // SAFETY: the mapping holds CTRL_SIZE zeroed bytes and is page-aligned;
     // CtrlHeader is only atomics.
     let c = unsafe { &*(map.base().as_ptr() as *const CtrlHeader) };
@@ -815,67 +848,127 @@ fn init_ctrl(map: &Mapping, chunk_size: u32, max_chunks: u32, config: &Config) {
     c.pool_capacity.store(WARM_POOL, Ordering::Relaxed);
     c.creator_start
         .store(os::process_start_ticks(pid).unwrap_or(0), Ordering::Relaxed);
-    c.tag_key.store(os::random_u64(), Ordering::Relaxed);
+    // Never 0: chunk files carry it, and 0 is what a file being made holds.
+    let key = os::random_u64() | 1;
+    c.tag_key.store(key, Ordering::Relaxed);
+    // Generations start at a random point, so a handle of an earlier
+    // incarnation of the name (same chunk ids, offsets and sizes) cannot
+    // match a chunk of this one.
+    c.generation
+        .store((os::random_u64() >> 32) as u32, Ordering::Relaxed);
     c.decay_ms.store(config.decay_timeout_ms, Ordering::Relaxed);
     c.ttl_ms.store(config.default_ttl_ms, Ordering::Relaxed);
     c.active.store(NO_CHUNK as u64, Ordering::Relaxed);
     c.created_unix_ms.store(clock::unix_ms(), Ordering::Relaxed);
-    // Release: the magic goes last; pairs with readers that check it first.
+    // The file has no name yet: `linkat` publishes it complete, and the
+    // link is what orders these stores before any reader's open.
     c.magic.store(CTRL_MAGIC, Ordering::Release);
+    key
 }
 
-/// Removes every file of namespace `ns` (control block last-but-first: it is
-/// marked closed, unlinked, then the chunks go). Refuses while the creator
-/// lives unless `force`.
+/// Removes every file of namespace `ns`: marks the control block closed,
+/// unlinks it, then the chunk files of that incarnation. Refuses while the
+/// creator lives unless `force`. Every unlink checks that the name still
+/// names the file it judged, so a namespace recreated meanwhile is safe.
 fn remove_namespace(dir: &Path, ns: &str, force: bool) -> Result<usize> {
     namespace::validate(ns)?;
     let path = dir.join(ctrl_file_name(ns));
-    match os::open_rw(&path) {
-        Ok(file) => {
-            // Taking the lock both proves the creator dead and keeps a
-            // concurrent taker-over out while we remove.
-            let locked = os::try_lock_creator(&file)
-                .map_err(|e| BlobError::os("fcntl(F_OFD_SETLK)", &path, e))?;
-            if !locked && !force {
-                return Err(BlobError::InUse {
-                    namespace: ns.to_owned(),
-                    pid: recorded_pid(&file, &path),
-                });
+    for _ in 0..4 {
+        let file = match os::open_rw(&path) {
+            Ok(f) => f,
+            // No control block: whatever chunk files remain are orphans.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return remove_chunk_files(dir, ns, None, false)
             }
-            if let Ok(map) = map_ctrl(&file, &path) {
+            Err(e) => return Err(BlobError::os("open", &path, e)),
+        };
+        // Taking the lock proves the creator dead and keeps a taker-over of
+        // this control block out while we remove.
+        let locked = os::try_lock_creator(&file)
+            .map_err(|e| BlobError::os("fcntl(F_OFD_SETLK)", &path, e))?;
+        if !locked && !force {
+            return Err(BlobError::InUse {
+                namespace: ns.to_owned(),
+                pid: recorded_pid(&file, &path),
+            });
+        }
+        // The name may have been replaced between our open and our lock.
+        if os::path_identity(&path).map(|(id, _)| id) != os::file_identity(&file) {
+            continue;
+        }
+        let key = match map_ctrl(&file, &path) {
+            Ok(map) => {
                 // SAFETY: map_ctrl checked the size; CtrlHeader is only atomics.
                 let c = unsafe { &*(map.base().as_ptr() as *const CtrlHeader) };
                 c.closed.store(1, Ordering::Release);
+                Some(c.tag_key.load(Ordering::Relaxed))
             }
-            remove_files(dir, ns, true)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => remove_files(dir, ns, true),
-        Err(e) => Err(BlobError::os("open", &path, e)),
+            // Corrupt or foreign control block: remove it and every chunk
+            // file of the name that no live control block claims.
+            Err(_) => None,
+        };
+        let mut removed = usize::from(os::unlink(&path)?);
+        removed += remove_chunk_files(dir, ns, key, false)?;
+        return Ok(removed);
     }
+    Err(BlobError::Corrupt {
+        file: path,
+        detail: "the control block keeps being replaced during cleanup".into(),
+    })
 }
 
-/// Unlinks every chunk file of `ns` found in `dir`, init files whose
-/// creator is gone, and (first, if `with_ctrl`) the control block. Returns
-/// how many files were removed.
-fn remove_files(dir: &Path, ns: &str, with_ctrl: bool) -> Result<usize> {
-    let mut removed = 0;
-    if with_ctrl && os::unlink(&dir.join(ctrl_file_name(ns)))? {
-        removed += 1;
+/// The incarnation recorded in a chunk file's header, or `None` if the file
+/// is too short or has no chunk magic (junk, or a file still being made).
+fn chunk_file_incarnation(path: &Path) -> Option<u64> {
+    let file = os::open_rw(path).ok()?;
+    let mut head = [0u8; 88];
+    if os::read_prefix(&file, &mut head, path).ok()? < 88 {
+        return None;
     }
+    if u64::from_le_bytes(head[0..8].try_into().ok()?) != CHUNK_MAGIC {
+        return None;
+    }
+    Some(u64::from_le_bytes(head[80..88].try_into().ok()?))
+}
+
+/// The tag key of the control block `ns` has now, if it has a readable one.
+fn current_key(dir: &Path, ns: &str) -> Option<u64> {
+    let path = dir.join(ctrl_file_name(ns));
+    let file = os::open_rw(&path).ok()?;
+    let mut head = [0u8; 48];
+    if os::read_prefix(&file, &mut head, &path).ok()? < 48
+        || u64::from_le_bytes(head[0..8].try_into().ok()?) != CTRL_MAGIC
+    {
+        return None;
+    }
+    Some(u64::from_le_bytes(head[40..48].try_into().ok()?))
+}
+
+/// Unlinks chunk files of `ns`. With `key` and `!keep_key`: the files of
+/// that incarnation. With `key` and `keep_key`: every other incarnation's
+/// (a new creator clearing orphans). Without `key`: every file no current
+/// control block claims. Unrecognisable files go only while no control
+/// block exists (with one, they may be chunk files still being made).
+fn remove_chunk_files(dir: &Path, ns: &str, key: Option<u64>, keep_key: bool) -> Result<usize> {
+    let mut removed = 0;
     for name in os::list_dir(dir)? {
-        let remove = match parse_file_name(&name) {
-            Some(FileKind::Chunk { ns: n, .. }) => n == ns,
-            Some(FileKind::Init { ns: n, .. }) if n == ns => {
-                // Being prepared by a live creator if its lock is held.
-                let p = dir.join(&name);
-                match os::open_rw(&p) {
-                    Ok(f) => !os::creator_lock_held(&f).unwrap_or(true),
-                    Err(_) => false,
-                }
-            }
-            _ => false,
+        let Some(FileKind::Chunk { ns: n, .. }) = parse_file_name(&name) else {
+            continue;
         };
-        if remove && os::unlink(&dir.join(&name))? {
+        if n != ns {
+            continue;
+        }
+        let path = dir.join(&name);
+        let Some((ident, regular)) = os::path_identity(&path) else {
+            continue;
+        };
+        let remove = match (chunk_file_incarnation(&path), key) {
+            (None, _) => regular && !dir.join(ctrl_file_name(ns)).exists(),
+            (Some(inc), Some(k)) => (inc == k) != keep_key,
+            (Some(inc), None) => current_key(dir, ns) != Some(inc),
+        };
+        // Unlink only if the name still names the file we judged.
+        if remove && os::path_identity(&path).map(|(i, _)| i) == Some(ident) && os::unlink(&path)? {
             removed += 1;
         }
     }
