@@ -49,6 +49,12 @@ mod view;
 
 pub use backend::heap::HeapBackend;
 pub use backend::shared::SharedBackend;
+
+/// The README's Rust examples, compiled and run as doctests so the README
+/// stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 pub use config::Config;
 pub use error::{BlobError, Result};
 pub use handle::{BlobHandle, OverflowHandle};
