@@ -38,6 +38,7 @@ mod config;
 mod engine;
 mod error;
 mod handle;
+pub mod inspect;
 pub mod layout;
 mod lifecycle;
 pub mod namespace;

@@ -103,6 +103,17 @@ pub fn open_rw(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// Opens an existing file for reading only, for inspection: never follows
+/// a symlink, and never blocks (`O_NONBLOCK`, so a FIFO planted under one
+/// of our names cannot hang the caller; it changes nothing for regular
+/// files). Nothing done through the returned file can modify it.
+pub fn open_ro(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+}
+
 /// Size of an open file (`fstat`).
 pub fn file_len(file: &File, path: &Path) -> Result<u64> {
     file.metadata()
