@@ -109,6 +109,11 @@ pub(crate) trait Chunks {
     fn generation(&self) -> &AtomicU32;
     /// Chunk `id`, or an error if it does not exist or is unusable.
     fn chunk(&self, id: u32) -> Result<Self::Chunk>;
+    /// Calls `f` on chunk `id`'s region without taking a reference count
+    /// (the hot path); an error if the chunk does not exist or is unusable.
+    fn with_region<R>(&self, id: u32, f: impl FnOnce(&ChunkRegion) -> R) -> Result<R> {
+        self.chunk(id).map(|c| f(c.region()))
+    }
     /// A new chunk of `size` bytes, formatted FREE and sealed, owned by the caller.
     fn create(&self, size: usize, flags: u32, populate: bool) -> Result<Self::Chunk>;
     /// Releases a chunk already marked RETIRED (unlink, unregister, drop).
@@ -185,6 +190,7 @@ pub(crate) fn rollover<C: Chunks>(c: &C, seen: u64) -> Result<()> {
             }
         }
     }
+    let mut reclaimed_once = false;
     let (chunk, generation) = loop {
         let ch = match pool_pop(c) {
             Some(id) => match c.chunk(id) {
@@ -193,6 +199,13 @@ pub(crate) fn rollover<C: Chunks>(c: &C, seen: u64) -> Result<()> {
                 // reclamation pass releases FREE chunks left outside it.
                 _ => continue,
             },
+            // A warm chunk beats a new one (no page faults, no tmpfs
+            // growth): reclaim once before creating.
+            None if !reclaimed_once => {
+                reclaimed_once = true;
+                reclaim(c);
+                continue;
+            }
             None => c.create(c.policy().chunk_size as usize, 0, false)?,
         };
         let (state, generation) = ch.region().state();
@@ -248,46 +261,50 @@ pub(crate) fn append<C: Chunks>(c: &C, data: &[u8]) -> Result<Loc> {
         // Acquire: pairs with the AcqRel CAS in `rollover`.
         let active = c.active().load(Ordering::Acquire);
         let id = id_of(active);
-        let chunk = if id == NO_CHUNK {
-            None
-        } else {
-            c.chunk(id).ok()
-        };
         let timestamp = clock::now_ns();
         let now_ms = (timestamp / 1_000_000).max(1);
-        let reserved = match &chunk {
-            Some(ch) => ch.region().reserve(footprint as u32, now_ms),
-            None => Reserve::Sealed,
+        let attempt = if id == NO_CHUNK {
+            None
+        } else {
+            c.with_region(id, |region| {
+                match region.reserve(footprint as u32, now_ms) {
+                    Reserve::Reserved {
+                        offset,
+                        end,
+                        generation,
+                    } => {
+                        let loc = Loc {
+                            id,
+                            generation,
+                            offset,
+                            size: data.len() as u32,
+                            timestamp,
+                        };
+                        // SAFETY: `offset` was reserved just now for `data.len()` bytes.
+                        unsafe { region.commit(offset, data, policy.tag(&loc), now_ms) };
+                        // A writer stalled past the TTL may find its chunk
+                        // reclaimed under it: its entry is then unreachable.
+                        let live = region.state() == (STATE_IN_USE, generation);
+                        Some((loc, end, live))
+                    }
+                    Reserve::Sealed => None,
+                }
+            })
+            .ok()
+            .flatten()
         };
-        match (chunk, reserved) {
-            (
-                Some(ch),
-                Reserve::Reserved {
-                    offset,
-                    end,
-                    generation,
-                },
-            ) => {
-                let loc = Loc {
-                    id,
-                    generation,
-                    offset,
-                    size: data.len() as u32,
-                    timestamp,
-                };
-                // SAFETY: `offset` was reserved just now for `data.len()` bytes.
-                unsafe { ch.region().commit(offset, data, policy.tag(&loc), now_ms) };
-                if offset < policy.prefetch_at && end >= policy.prefetch_at && pool_len(c) == 0 {
+        match attempt {
+            Some((loc, end, live)) => {
+                if loc.offset < policy.prefetch_at && end >= policy.prefetch_at && pool_len(c) == 0
+                {
                     c.request_prefetch();
                 }
-                // A writer stalled past the TTL may find its chunk reclaimed
-                // under it: its entry is then unreachable, so write it again
-                // rather than return a dead handle.
-                if ch.region().state() == (STATE_IN_USE, generation) {
+                if live {
                     return Ok(loc);
                 }
+                // Write it again rather than return a dead handle.
             }
-            _ => {
+            None => {
                 rollovers += 1;
                 if rollovers > MAX_ROLLOVERS {
                     return Err(BlobError::Corrupt {
@@ -338,15 +355,20 @@ fn append_dedicated<C: Chunks>(c: &C, data: &[u8], footprint: usize) -> Result<L
 /// Runs `f` on the bytes at `loc` while they are pinned; `None` if `loc`
 /// is stale, reclaimed, forged or out of bounds.
 pub(crate) fn with_bytes<C: Chunks, R>(c: &C, loc: &Loc, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
-    let chunk = c.chunk(loc.id).ok()?;
-    let region = chunk.region();
-    let _pin = region.pin();
-    let at = region.locate(loc.generation, loc.offset, loc.size, c.policy().tag(loc))?;
-    // SAFETY: `locate` checked [at, at + size) lies inside the region and
-    // holds a committed entry; the pin keeps the chunk from being recycled
-    // (rewritten) while the slice lives, and nobody writes committed bytes.
-    let bytes = unsafe { std::slice::from_raw_parts(region.payload_ptr(at), loc.size as usize) };
-    Some(f(bytes))
+    let tag = c.policy().tag(loc);
+    c.with_region(loc.id, |region| {
+        let _pin = region.pin();
+        let at = region.locate(loc.generation, loc.offset, loc.size, tag)?;
+        // SAFETY: `locate` checked [at, at + size) lies inside the region and
+        // holds a committed entry; the pin keeps the chunk from being
+        // recycled (rewritten) while the slice lives, and nobody writes
+        // committed bytes.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(region.payload_ptr(at), loc.size as usize) };
+        Some(f(bytes))
+    })
+    .ok()
+    .flatten()
 }
 
 /// Pins the bytes at `loc` beyond this call: returns the chunk (which keeps
@@ -364,12 +386,11 @@ pub(crate) fn pin_bytes<C: Chunks>(c: &C, loc: &Loc) -> Option<(C::Chunk, *const
 
 /// Acknowledges the entry at `loc`: `true` the first time only.
 pub(crate) fn acknowledge<C: Chunks>(c: &C, loc: &Loc) -> bool {
-    let Ok(chunk) = c.chunk(loc.id) else {
-        return false;
-    };
-    chunk
-        .region()
-        .acknowledge(loc.generation, loc.offset, loc.size, c.policy().tag(loc))
+    let tag = c.policy().tag(loc);
+    c.with_region(loc.id, |region| {
+        region.acknowledge(loc.generation, loc.offset, loc.size, tag)
+    })
+    .unwrap_or(false)
 }
 
 /// One reclamation pass over every chunk; returns how many were reclaimed.
@@ -469,6 +490,10 @@ fn shrink_pool<C: Chunks>(c: &C, now: u64) {
 
 /// Prepares a chunk off the append path and parks it in the pool.
 pub(crate) fn prefetch<C: Chunks>(c: &C) {
+    // Recycling what consumers released beats creating.
+    if pool_len(c) == 0 {
+        reclaim(c);
+    }
     if pool_len(c) > 0 {
         return;
     }

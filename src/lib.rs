@@ -32,6 +32,8 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+#[cfg(feature = "bench")]
+pub mod bench;
 mod chunk;
 mod clock;
 mod config;
@@ -46,6 +48,7 @@ mod os;
 mod stats;
 mod store;
 mod sync;
+mod table;
 mod view;
 
 pub use backend::heap::HeapBackend;

@@ -16,9 +16,10 @@ use crate::layout::*;
 use crate::lifecycle::Maintain;
 use crate::os;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::table::ChunkTable;
 use std::alloc::Layout;
 use std::ptr::NonNull;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 /// Alignment of a page: a cache line (headers are laid out by cache line).
 const PAGE_ALIGN: usize = 64;
@@ -91,8 +92,9 @@ pub(crate) struct HeapPages {
     active: AtomicU64,
     pool: [AtomicU32; POOL_SLOTS],
     generation: AtomicU32,
-    pages: RwLock<Vec<Option<Arc<HeapPage>>>>,
-    free_ids: Mutex<Vec<u32>>,
+    pages: ChunkTable<HeapPage>,
+    /// Ids free for reuse, and the next never-used id.
+    ids: Mutex<(Vec<u32>, u32)>,
     counters: Counters,
 }
 
@@ -126,8 +128,8 @@ impl HeapBackend {
             pool: std::array::from_fn(|_| AtomicU32::new(0)),
             // A random start: handles of another store never match this one.
             generation: AtomicU32::new((os::random_u64() >> 32) as u32),
-            pages: RwLock::new(Vec::new()),
-            free_ids: Mutex::new(Vec::new()),
+            pages: ChunkTable::default(),
+            ids: Mutex::new((Vec::new(), 0)),
             counters: Counters::default(),
         });
         Ok(Self { inner })
@@ -155,11 +157,7 @@ impl HeapBackend {
 
     /// Pages currently allocated (in use, pooled or dedicated).
     pub fn page_count(&self) -> usize {
-        self.inner
-            .read_pages()
-            .iter()
-            .filter(|p| p.is_some())
-            .count()
+        self.inner.pages.len()
     }
 
     /// Warm pages waiting in the pool.
@@ -181,6 +179,13 @@ impl HeapBackend {
     }
 }
 
+fn no_page(id: u32) -> BlobError {
+    BlobError::Corrupt {
+        file: format!("(heap page {id})").into(),
+        detail: "no such page".into(),
+    }
+}
+
 impl std::fmt::Debug for HeapBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HeapBackend")
@@ -191,12 +196,8 @@ impl std::fmt::Debug for HeapBackend {
 }
 
 impl HeapPages {
-    fn read_pages(&self) -> std::sync::RwLockReadGuard<'_, Vec<Option<Arc<HeapPage>>>> {
-        self.pages.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write_pages(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Option<Arc<HeapPage>>>> {
-        self.pages.write().unwrap_or_else(|e| e.into_inner())
+    fn lock_ids(&self) -> std::sync::MutexGuard<'_, (Vec<u32>, u32)> {
+        self.ids.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -226,40 +227,37 @@ impl Chunks for HeapPages {
     }
 
     fn chunk(&self, id: u32) -> Result<Arc<HeapPage>> {
-        match self.read_pages().get(id as usize) {
-            Some(Some(p)) => Ok(Arc::clone(p)),
-            _ => Err(BlobError::Corrupt {
-                file: format!("(heap page {id})").into(),
-                detail: "no such page".into(),
-            }),
-        }
+        self.pages.get(id).ok_or_else(|| no_page(id))
+    }
+
+    fn with_region<R>(&self, id: u32, f: impl FnOnce(&ChunkRegion) -> R) -> Result<R> {
+        let table = self.pages.load();
+        table
+            .get(&id)
+            .map(|p| f(&p.region))
+            .ok_or_else(|| no_page(id))
     }
 
     fn create(&self, size: usize, flags: u32, _populate: bool) -> Result<Arc<HeapPage>> {
-        let reused = self
-            .free_ids
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop();
-        let mut pages = self.write_pages();
-        let id = match reused {
-            Some(id) => id,
-            None if pages.len() < NO_CHUNK as usize - 1 => pages.len() as u32,
-            None => {
-                return Err(BlobError::InvalidConfig {
-                    reason: "heap page ids exhausted".into(),
-                })
+        let id = {
+            let mut ids = self.lock_ids();
+            match ids.0.pop() {
+                Some(id) => id,
+                None if ids.1 < NO_CHUNK - 1 => {
+                    ids.1 += 1;
+                    ids.1 - 1
+                }
+                None => {
+                    return Err(BlobError::InvalidConfig {
+                        reason: "heap page ids exhausted".into(),
+                    })
+                }
             }
         };
         let page = match HeapPage::new(id, size) {
             Ok(p) => Arc::new(p),
             Err(e) => {
-                if let Some(id) = reused {
-                    self.free_ids
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(id);
-                }
+                self.lock_ids().0.push(id);
                 return Err(e);
             }
         };
@@ -269,37 +267,20 @@ impl Chunks for HeapPages {
             .wrapping_add(1);
         page.region
             .format(id, generation, flags, self.policy.key, clock::now_ms());
-        if pages.len() <= id as usize {
-            pages.resize(id as usize + 1, None);
-        }
-        pages[id as usize] = Some(Arc::clone(&page));
+        self.pages.insert(id, Arc::clone(&page));
         Ok(page)
     }
 
     fn release(&self, id: u32) {
-        let old = {
-            let mut pages = self.write_pages();
-            pages.get_mut(id as usize).and_then(Option::take)
-        };
-        if old.is_some() {
-            self.free_ids
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(id);
+        if self.pages.get(id).is_some() {
+            self.pages.remove(id);
+            self.lock_ids().0.push(id);
         }
-        // `old` (and the memory, unless a view holds it) is dropped here,
-        // outside the lock.
+        // The memory goes when the last view of the page is dropped.
     }
 
     fn ids(&self, out: &mut Vec<u32>) {
-        let pages = self.read_pages();
-        out.extend(
-            pages
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| p.is_some())
-                .map(|(i, _)| i as u32),
-        );
+        self.pages.ids(out);
     }
 
     fn count(&self, event: Event) {

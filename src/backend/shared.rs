@@ -16,11 +16,11 @@ use crate::namespace;
 use crate::os::{self, Mapping};
 use crate::stats::StoreStats;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::table::ChunkTable;
 use crate::view::{BlobView, ViewOwner};
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -66,7 +66,7 @@ struct Inner {
     // scribbles on the control block later cannot move our bounds.
     policy: Policy,
     max_chunks: u32,
-    chunks: RwLock<HashMap<u32, Arc<ChunkMap>>>,
+    chunks: ChunkTable<ChunkMap>,
     signal: Mutex<Signal>,
     wake: Condvar,
 }
@@ -228,7 +228,7 @@ impl SharedBackend {
     /// Chunk files this process currently has mapped (retired chunks are
     /// dropped within one worker tick, 100 ms).
     pub fn mapped_chunks(&self) -> usize {
-        self.inner.read_chunks().len()
+        self.inner.chunks.len()
     }
 
     /// Chunk counts and the namespace's reclamation counters.
@@ -372,6 +372,15 @@ impl Chunks for Inner {
         Inner::chunk(self, id)
     }
 
+    fn with_region<R>(&self, id: u32, f: impl FnOnce(&ChunkRegion) -> R) -> Result<R> {
+        let table = self.chunks.load();
+        if let Some(c) = table.get(&id) {
+            return Ok(f(&c.region));
+        }
+        drop(table);
+        self.open_chunk(id).map(|c| f(&c.region))
+    }
+
     fn create(&self, size: usize, flags: u32, populate: bool) -> Result<Arc<ChunkMap>> {
         self.create_chunk(size, flags, populate)
     }
@@ -381,7 +390,7 @@ impl Chunks for Inner {
         // Unlink only our own file, and never once the namespace is closed
         // (the name may belong to a new incarnation by now).
         let path = self.chunk_path(id);
-        let ours = self.read_chunks().get(&id).and_then(|c| c.ident);
+        let ours = self.chunks.with(id, |c| c.ident).flatten();
         if self.ctrl().closed.load(Ordering::Acquire) == 0
             && ours.is_some()
             && os::path_identity(&path).map(|(i, _)| i) == ours
@@ -390,7 +399,7 @@ impl Chunks for Inner {
         }
         self.unregister(id);
         self.ctrl().live_chunks.fetch_sub(1, Ordering::Relaxed);
-        self.write_chunks().remove(&id);
+        self.chunks.remove(id);
     }
 
     fn ids(&self, out: &mut Vec<u32>) {
@@ -463,7 +472,7 @@ impl Inner {
             policy,
             max_chunks,
             ctrl_map: map,
-            chunks: RwLock::new(HashMap::new()),
+            chunks: ChunkTable::default(),
             signal: Mutex::new(Signal::default()),
             wake: Condvar::new(),
         })
@@ -489,14 +498,6 @@ impl Inner {
         self.signal.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn read_chunks(&self) -> std::sync::RwLockReadGuard<'_, HashMap<u32, Arc<ChunkMap>>> {
-        self.chunks.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write_chunks(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<u32, Arc<ChunkMap>>> {
-        self.chunks.write().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn chunk_path(&self, id: u32) -> PathBuf {
         self.dir.join(chunk_file_name(&self.ns, id))
     }
@@ -509,9 +510,15 @@ impl Inner {
 
     /// The mapping of chunk `id`, from the cache or by opening its file.
     fn chunk(&self, id: u32) -> Result<Arc<ChunkMap>> {
-        if let Some(c) = self.read_chunks().get(&id) {
-            return Ok(Arc::clone(c));
+        match self.chunks.get(id) {
+            Some(c) => Ok(c),
+            None => self.open_chunk(id),
         }
+    }
+
+    /// Maps chunk file `id` (checking its size before mapping and its
+    /// header after) and caches the mapping.
+    fn open_chunk(&self, id: u32) -> Result<Arc<ChunkMap>> {
         let path = self.chunk_path(id);
         if id >= self.ctrl().next_chunk_id.load(Ordering::Acquire) {
             return Err(BlobError::os(
@@ -533,10 +540,7 @@ impl Inner {
         if let Err(detail) = region.check_header(id, self.policy.key) {
             return Err(BlobError::Corrupt { file: path, detail });
         }
-        let mut cache = self.write_chunks();
-        Ok(Arc::clone(
-            cache.entry(id).or_insert_with(|| Arc::new(chunk)),
-        ))
+        Ok(self.chunks.insert(id, Arc::new(chunk)))
     }
 
     /// Creates, sizes, maps, formats and registers a new chunk file. It
@@ -633,7 +637,7 @@ impl Inner {
             return Err(undo(self.closed_error()));
         }
         let chunk = Arc::new(chunk);
-        self.write_chunks().insert(id, Arc::clone(&chunk));
+        self.chunks.insert(id, Arc::clone(&chunk));
         Ok(chunk)
     }
 
@@ -669,18 +673,8 @@ impl Inner {
 
     /// Drops this process's mappings of chunks retired by any process.
     fn evict_retired(&self) {
-        let stale: Vec<u32> = self
-            .read_chunks()
-            .iter()
-            .filter(|(_, c)| c.region.state().0 == STATE_RETIRED)
-            .map(|(id, _)| *id)
-            .collect();
-        if !stale.is_empty() {
-            let mut cache = self.write_chunks();
-            for id in stale {
-                cache.remove(&id);
-            }
-        }
+        self.chunks
+            .retain(|_, c| c.region.state().0 != STATE_RETIRED);
     }
 
     /// Per-process worker: prefetches on request, drops retired mappings.

@@ -1,0 +1,131 @@
+//! The benchmark suite behind `sfb bench` and the `sfb-bench` comparison
+//! binary: every workload of the performance table, the memcpy bound and
+//! the Unix-socket baseline, measured in one run.
+//!
+//! A binary that runs the suite must call [`run_peer_if_asked`] first thing
+//! in `main`: the cross-process cells re-execute the binary as their
+//! consumer process.
+
+mod cross;
+mod ring;
+mod stats;
+mod workloads;
+
+pub use cross::{mono_ns, run_peer_if_asked, PEER_ENV};
+pub use ring::Ring;
+pub use stats::{markdown_table, size_label, Cell, Latency};
+
+/// Payload sizes of the table.
+pub const PAYLOADS: [usize; 4] = [64, 4096, 64 << 10, 1 << 20];
+
+/// How much work each cell does.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Payload bytes moved per cell (before clamping the op count).
+    pub bytes_per_cell: u64,
+    /// Fewest operations per cell.
+    pub min_ops: u64,
+    /// Most operations per cell.
+    pub max_ops: u64,
+    /// Operations timed one by one for the latency columns.
+    pub latency_samples: u64,
+}
+
+impl Options {
+    /// The full run (a few minutes on two cores).
+    pub fn full() -> Self {
+        Self {
+            bytes_per_cell: 1 << 30,
+            min_ops: 2_000,
+            max_ops: 4_000_000,
+            latency_samples: 200_000,
+        }
+    }
+
+    /// A quick run (well under 30 s): smaller cells, same workloads.
+    pub fn quick() -> Self {
+        Self {
+            bytes_per_cell: 96 << 20,
+            min_ops: 300,
+            max_ops: 400_000,
+            latency_samples: 20_000,
+        }
+    }
+}
+
+/// One workload of the suite, for progress reporting.
+pub struct Step {
+    /// What it measures.
+    pub label: String,
+    run: Box<dyn FnOnce() -> Cell>,
+}
+
+impl Step {
+    /// Runs it.
+    pub fn run(self) -> Cell {
+        (self.run)()
+    }
+}
+
+/// Every cell of the table, in order, not yet run.
+pub fn plan(opts: Options) -> Vec<Step> {
+    let mut steps: Vec<Step> = Vec::new();
+    let mut add = |label: String, f: Box<dyn FnOnce() -> Cell>| steps.push(Step { label, run: f });
+    for size in PAYLOADS {
+        let l = size_label(size);
+        add(
+            format!("memcpy bound {l}"),
+            Box::new(move || workloads::memcpy_bound(&opts, size)),
+        );
+        add(
+            format!("append cold {l}"),
+            Box::new(move || workloads::append_cold(&opts, size)),
+        );
+        add(
+            format!("append steady {l}"),
+            Box::new(move || workloads::append_steady(&opts, size, 1)),
+        );
+        add(
+            format!("append steady {l}, 2 threads"),
+            Box::new(move || workloads::append_steady(&opts, size, 2)),
+        );
+        add(
+            format!("resolve copy {l}"),
+            Box::new(move || workloads::resolve(&opts, size, false)),
+        );
+        add(
+            format!("resolve view {l}"),
+            Box::new(move || workloads::resolve(&opts, size, true)),
+        );
+        add(
+            format!("acknowledge {l}"),
+            Box::new(move || workloads::acknowledge(&opts, size)),
+        );
+        add(
+            format!("full cycle {l}"),
+            Box::new(move || cross::store_cycle(&opts, size)),
+        );
+        add(
+            format!("unix socket {l}"),
+            Box::new(move || cross::socket_cycle(&opts, size)),
+        );
+    }
+    steps
+}
+
+/// A one-line description of the machine for the table's caption.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
+}

@@ -1,0 +1,152 @@
+//! Latency percentiles and result cells.
+
+/// Latency summary of one cell, nanoseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Latency {
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// Largest.
+    pub max: u64,
+}
+
+impl Latency {
+    /// Summarises samples (sorts them in place); `None` if there are none.
+    pub fn from_samples(samples: &mut [u64]) -> Option<Self> {
+        if samples.is_empty() {
+            return None;
+        }
+        samples.sort_unstable();
+        let at = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
+        Some(Self {
+            p50: at(0.50),
+            p99: at(0.99),
+            max: at(1.0),
+        })
+    }
+}
+
+/// One measured cell of the results table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cell {
+    /// What was measured.
+    pub workload: String,
+    /// Payload bytes per operation.
+    pub payload: usize,
+    /// Producer threads.
+    pub threads: usize,
+    /// `cold` (fresh store), `steady` (reclaiming while running) or `-`.
+    pub state: &'static str,
+    /// Operations done.
+    pub ops: u64,
+    /// Seconds they took.
+    pub secs: f64,
+    /// Per-operation latency, if measured.
+    pub latency: Option<Latency>,
+    /// Anything worth saying (resident memory, caveats).
+    pub note: String,
+}
+
+impl Cell {
+    /// Operations per second.
+    pub fn ops_per_sec(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.ops as f64 / self.secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Payload gigabytes (1e9 bytes) per second.
+    pub fn gb_per_sec(&self) -> f64 {
+        self.ops_per_sec() * self.payload as f64 / 1e9
+    }
+}
+
+/// Human form of a byte count used in tables: 64 B, 4 KiB, 1 MiB.
+pub fn size_label(n: usize) -> String {
+    if n >= 1 << 20 && n % (1 << 20) == 0 {
+        format!("{} MiB", n >> 20)
+    } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+        format!("{} KiB", n >> 10)
+    } else {
+        format!("{n} B")
+    }
+}
+
+fn rate(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2} M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1} k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+fn nanos(n: u64) -> String {
+    if n >= 1_000_000 {
+        format!("{:.2} ms", n as f64 / 1e6)
+    } else if n >= 1_000 {
+        format!("{:.2} us", n as f64 / 1e3)
+    } else {
+        format!("{n} ns")
+    }
+}
+
+/// The results as a Markdown table.
+pub fn markdown_table(cells: &[Cell]) -> String {
+    let mut out = String::from(
+        "| workload | payload | threads | state | ops/s | GB/s | p50 | p99 | max | note |\n|---|---|---:|---|---:|---:|---:|---:|---:|---|\n",
+    );
+    for c in cells {
+        let (p50, p99, max) = match c.latency {
+            Some(l) => (nanos(l.p50), nanos(l.p99), nanos(l.max)),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {:.2} | {} | {} | {} | {} |\n",
+            c.workload,
+            size_label(c.payload),
+            c.threads,
+            c.state,
+            rate(c.ops_per_sec()),
+            c.gb_per_sec(),
+            p50,
+            p99,
+            max,
+            c.note
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_labels() {
+        let mut v: Vec<u64> = (1..=100).rev().collect();
+        let l = Latency::from_samples(&mut v).unwrap();
+        assert_eq!((l.p50, l.p99, l.max), (51, 99, 100));
+        assert_eq!(Latency::from_samples(&mut []), None);
+        assert_eq!(size_label(64), "64 B");
+        assert_eq!(size_label(4096), "4 KiB");
+        assert_eq!(size_label(1 << 20), "1 MiB");
+        let c = Cell {
+            workload: "x".into(),
+            payload: 1000,
+            threads: 1,
+            state: "-",
+            ops: 2_000_000,
+            secs: 2.0,
+            latency: None,
+            note: String::new(),
+        };
+        assert_eq!(c.ops_per_sec(), 1e6);
+        assert_eq!(c.gb_per_sec(), 1.0);
+        assert!(markdown_table(&[c]).contains("| x | 1000 B | 1 | - | 1.00 M | 1.00 |"));
+    }
+}
