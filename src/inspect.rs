@@ -688,7 +688,13 @@ fn inspect_names(dir: &Path, ns: &str, names: &Names) -> NamespaceReport {
     let control = report.control.clone();
     let mut ids: BTreeSet<u32> = names.chunks.clone();
     if let Some(c) = &control {
-        ids.extend(c.registry.iter().copied());
+        // Ids never given out are reported as corruption, not as chunks.
+        ids.extend(
+            c.registry
+                .iter()
+                .copied()
+                .filter(|&id| id < c.next_chunk_id),
+        );
     }
     for id in ids {
         let has_file = names.chunks.contains(&id);
@@ -905,15 +911,29 @@ fn check_ctrl(c: &ControlBlock, read: usize, path: &Path, problems: &mut Vec<Str
         ));
     }
     let mut seen = BTreeSet::new();
+    let mut never_made = BTreeSet::new();
+    let mut twice = BTreeSet::new();
     for &id in &c.registry {
         if id >= c.next_chunk_id {
-            problems.push(format!(
-                "{file}: the registry names chunk {id}, but no id above {} was ever given",
-                c.next_chunk_id.saturating_sub(1)
-            ));
+            never_made.insert(id);
         } else if !seen.insert(id) {
-            problems.push(format!("{file}: the registry names chunk {id} twice"));
+            twice.insert(id);
         }
+    }
+    if !never_made.is_empty() {
+        problems.push(format!(
+            "{file}: the registry names {} chunk id(s) never given out (next id is {}): {}",
+            never_made.len(),
+            c.next_chunk_id,
+            some_ids(&never_made)
+        ));
+    }
+    if !twice.is_empty() {
+        problems.push(format!(
+            "{file}: the registry names {} chunk id(s) more than once: {}",
+            twice.len(),
+            some_ids(&twice)
+        ));
     }
     for &id in &c.pool {
         if id >= c.next_chunk_id {
@@ -922,6 +942,15 @@ fn check_ctrl(c: &ControlBlock, read: usize, path: &Path, problems: &mut Vec<Str
             ));
         }
     }
+}
+
+/// The first few ids of a set, for a message.
+fn some_ids(ids: &BTreeSet<u32>) -> String {
+    let mut v: Vec<String> = ids.iter().take(5).map(u32::to_string).collect();
+    if ids.len() > 5 {
+        v.push("...".into());
+    }
+    v.join(", ")
 }
 
 /// Reads one chunk file (or notes a registered id without one). `None` if
@@ -1176,6 +1205,15 @@ mod tests {
             // Whole size, every field zero: chunk_size 0 is out of range.
             (ours.clone(), Health::Corrupt),
             (vec![0xff; CTRL_SIZE], Health::Foreign),
+            // Our magic and version, then garbage: every field out of range.
+            (
+                ours[..12]
+                    .iter()
+                    .copied()
+                    .chain(std::iter::repeat(0xa5).take(CTRL_SIZE - 12))
+                    .collect(),
+                Health::Corrupt,
+            ),
         ];
         for (bytes, want) in cases {
             std::fs::write(&ctrl, &bytes).unwrap();
@@ -1183,6 +1221,7 @@ mod tests {
             let r = inspect_namespace(&ns).unwrap();
             assert_eq!(r.health, want, "{} bytes: {:?}", bytes.len(), r.problems);
             assert!(!r.problems.is_empty());
+            assert!(r.problems.len() < 10, "{:?}", r.problems);
             assert_eq!(std::fs::read(&ctrl).unwrap(), bytes);
             let listed = list_namespaces(&dir).unwrap();
             let info = listed

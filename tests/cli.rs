@@ -1,21 +1,163 @@
-//! The `sfb` binary, run for real.
+//! The `sfb` binary, run for real against real stores: live ones (made by
+//! this process), dead ones (their creator, a child process, SIGKILLed),
+//! corrupt ones and foreign files.
+//!
+//! Tests run in parallel with each other (and other test binaries may run
+//! at the same time), so they only ever assert about their own namespaces,
+//! and the one test that removes every dead namespace does it in a private
+//! shm directory (`SFB_SHM_DIR`) holding only its own files.
 
 mod common;
 
-use common::Ns;
+use common::{env, hex, payload, say, spawn_peer, Ns, Peer};
+use serde_json::Value;
+use stable_fragmented_buffer::layout::{
+    entry_footprint, ChunkHeader, CtrlHeader, CHUNK_HEADER_SIZE, CHUNK_MAGIC, CTRL_MAGIC,
+    CTRL_SIZE, FORMAT_VERSION,
+};
 use stable_fragmented_buffer::{Config, PinnedBlobStore};
+use std::mem::offset_of;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
+
+const ENTRY: &str = "peer_process_entry_point";
+const CHUNK: usize = 64 << 10;
+
+/// Not a test of its own: the entry point of peer processes. Without
+/// `SFB_PEER_ROLE` (a normal test run) it has nothing to do.
+#[test]
+fn peer_process_entry_point() {
+    let Some(role) = common::peer_role() else {
+        return;
+    };
+    match role.as_str() {
+        "creator" => role_creator(),
+        other => panic!("unknown role {other}"),
+    }
+}
+
+/// Creates the namespace `SFB_NS` (in `SFB_SHM_DIR` if set), appends one
+/// blob, reports, then waits to be killed.
+fn role_creator() {
+    let store = PinnedBlobStore::new_shared(Config::default(), &env("SFB_NS"), CHUNK).unwrap();
+    let h = store.append_shared(&payload(7, 1000)).unwrap();
+    say(format!("ready {}", hex(&h)));
+    let mut s = String::new();
+    let _ = std::io::stdin().read_line(&mut s);
+    std::thread::sleep(Duration::from_secs(3600));
+}
+
+/// Starts a creator of `ns` (in `dir` if given) and waits until it is ready.
+fn start_creator(ns: &str, dir: Option<&Path>) -> Peer {
+    let mut env = vec![("SFB_NS", ns.to_owned())];
+    if let Some(d) = dir {
+        env.push(("SFB_SHM_DIR", d.display().to_string()));
+    }
+    let mut peer = spawn_peer(ENTRY, "creator", &env);
+    let line = peer.line().unwrap();
+    assert!(line.starts_with("ready "), "{line}");
+    peer
+}
+
+/// Output of one run of the real binary.
+struct Run {
+    code: i32,
+    out: String,
+    err: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.out)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}{}", self.out, self.err))
+    }
+}
 
 fn sfb(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sfb"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let r = sfb_in(None, args);
+    (r.code, r.out, r.err)
+}
+
+/// Runs `sfb` with `SFB_SHM_DIR=dir` if given (else the test's own shm dir).
+fn sfb_in(dir: Option<&Path>, args: &[&str]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sfb"));
+    cmd.args(args);
+    if let Some(d) = dir {
+        cmd.env("SFB_SHM_DIR", d);
+    }
+    let out = cmd.output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        out: String::from_utf8_lossy(&out.stdout).into_owned(),
+        err: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Every file of `dir` whose name starts with `prefix`, with its bytes and
+/// modification time: what "never modified" is checked against.
+fn snapshot(dir: &Path, prefix: &str) -> Vec<(String, Vec<u8>, std::time::SystemTime)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            if !name.starts_with(prefix) {
+                return None;
+            }
+            let bytes = std::fs::read(e.path()).ok()?;
+            let mtime = e.metadata().ok()?.modified().ok()?;
+            Some((name, bytes, mtime))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The entry of `ns` in `sfb list --json`.
+fn listed<'a>(list: &'a Value, ns: &str) -> &'a Value {
+    list["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["namespace"] == ns)
+        .unwrap_or_else(|| panic!("{ns} not listed: {list:#}"))
+}
+
+/// A file this test made outside any namespace, removed on drop.
+struct FileGuard(PathBuf);
+
+impl Drop for FileGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A private shm directory inside the real one (same tmpfs), named after a
+/// namespace of the test, removed with everything in it on drop.
+struct PrivateDir(PathBuf, #[allow(dead_code)] Ns);
+
+impl PrivateDir {
+    fn new(tag: &str) -> Self {
+        let ns = Ns::new(tag);
+        let dir = common::shm_dir().join(format!("{}-dir", ns.0));
+        std::fs::create_dir(&dir).unwrap();
+        PrivateDir(dir, ns)
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn write_ctrl_like(path: &Path, len: usize, fill: u8) {
+    let mut b = vec![fill; len];
+    b[..8].copy_from_slice(&CTRL_MAGIC.to_le_bytes());
+    let v = offset_of!(CtrlHeader, version);
+    b[v..v + 4].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    std::fs::write(path, b).unwrap();
 }
 
 #[test]
@@ -41,6 +183,381 @@ fn demo_moves_verified_payloads_between_two_processes_and_leaves_nothing() {
 }
 
 #[test]
+fn list_and_stat_show_a_live_store_without_changing_a_byte() {
+    let ns = Ns::new("cli-live");
+    let store = PinnedBlobStore::new_shared(Config::default(), ns.as_str(), CHUNK).unwrap();
+    let handles: Vec<_> = (0..3)
+        .map(|i| store.append_shared(&payload(i, 500)).unwrap())
+        .collect();
+    assert!(store.acknowledge_shared(&handles[0]));
+    let dir = common::shm_dir();
+    let before = snapshot(&dir, &format!("{}_", ns.0));
+    let me = std::process::id();
+
+    let list = sfb_in(None, &["list"]);
+    assert_eq!(list.code, 0, "{}", list.err);
+    let line = list
+        .out
+        .lines()
+        .find(|l| l.starts_with(&format!("{} ", ns.0)))
+        .unwrap_or_else(|| panic!("{}", list.out));
+    assert!(line.contains(&format!("alive (pid {me})")), "{line}");
+    assert!(line.ends_with("ok"), "{line}");
+    assert!(list.out.contains("NAMESPACE") && list.out.contains("HEALTH"));
+
+    let list = sfb_in(None, &["list", "--json"]);
+    assert_eq!(list.code, 0, "{}", list.err);
+    let v = list.json();
+    let n = listed(&v, ns.as_str());
+    assert_eq!(n["health"], "ok");
+    assert_eq!(n["creator"]["state"], "alive");
+    assert_eq!(n["creator"]["pid"], me);
+    assert_eq!(n["dead"], false);
+    assert_eq!(n["chunk_files"], 1);
+    assert_eq!(n["format_version"], FORMAT_VERSION);
+    assert!(n["tmpfs_bytes"].as_u64().unwrap() >= (CHUNK + CTRL_SIZE) as u64);
+    assert!(n["age_ms"].as_u64().is_some());
+
+    let stat = sfb_in(None, &["stat", ns.as_str()]);
+    assert_eq!(stat.code, 0, "{}", stat.err);
+    for want in [
+        "alive (pid",
+        "chunk size",
+        "64.0 KiB",
+        "ID",
+        "GEN",
+        "STATE",
+        "USED / CAPACITY",
+        "ENTRIES",
+        "COMMITTED",
+        "ACKED",
+        "PINS",
+        "AGE",
+        "IN_USE",
+        "active",
+    ] {
+        assert!(stat.out.contains(want), "{want} missing:\n{}", stat.out);
+    }
+
+    let stat = sfb_in(None, &["stat", "--json", ns.as_str()]);
+    assert_eq!(stat.code, 0, "{}", stat.err);
+    let v = stat.json();
+    assert_eq!(v["health"], "ok");
+    assert_eq!(v["creator"]["pid"], me);
+    assert_eq!(v["control"]["chunk_size"], CHUNK);
+    assert_eq!(v["control"]["closed"], false);
+    let chunks = v["chunks"].as_array().unwrap();
+    assert_eq!(chunks.len(), 1);
+    let h = &chunks[0]["header"];
+    assert_eq!(chunks[0]["active"], true);
+    assert_eq!(h["state"], "IN_USE");
+    assert_eq!(h["generation"], handles[0].generation);
+    assert_eq!(h["entries"], 3);
+    assert_eq!(h["committed"], 3);
+    assert_eq!(h["acknowledged"], 1);
+    assert_eq!(h["pins"], 0);
+    assert_eq!(h["capacity"], CHUNK - CHUNK_HEADER_SIZE);
+    assert_eq!(h["used"], 3 * entry_footprint(500).unwrap());
+    assert!(v["problems"].as_array().unwrap().is_empty());
+
+    assert_eq!(
+        before,
+        snapshot(&dir, &format!("{}_", ns.0)),
+        "list/stat changed the store"
+    );
+    for h in &handles {
+        assert!(store.resolve(h).is_some());
+    }
+}
+
+#[test]
+fn stat_watch_refreshes_and_stops_after_count() {
+    let ns = Ns::new("cli-watch");
+    let _store = PinnedBlobStore::new_shared(Config::default(), ns.as_str(), CHUNK).unwrap();
+    let r = sfb_in(
+        None,
+        &[
+            "stat",
+            ns.as_str(),
+            "--watch",
+            "--interval",
+            "50ms",
+            "--count",
+            "3",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.err);
+    let header = format!("namespace {} in ", ns.0);
+    assert_eq!(r.out.matches(&header).count(), 3, "{}", r.out);
+    // Not a terminal: frames follow each other, no escape sequences.
+    assert!(!r.out.contains('\x1b'));
+
+    let r = sfb_in(
+        None,
+        &[
+            "stat",
+            ns.as_str(),
+            "--json",
+            "--watch",
+            "--interval",
+            "0.05",
+            "--count",
+            "2",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.err);
+    let frames: Vec<Value> = r
+        .out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(frames.len(), 2);
+    assert!(frames.iter().all(|f| f["namespace"] == ns.as_str()));
+}
+
+#[test]
+fn a_store_whose_creator_was_sigkilled_is_listed_dead_and_cleaned_up() {
+    let ns = Ns::new("cli-dead");
+    let mut creator = start_creator(ns.as_str(), None);
+    let pid = creator.child.id();
+    creator.kill9();
+    let dir = common::shm_dir();
+    let prefix = format!("{}_", ns.0);
+    let before = snapshot(&dir, &prefix);
+    assert_eq!(before.len(), 2);
+
+    let v = sfb_in(None, &["list", "--json"]).json();
+    let n = listed(&v, ns.as_str());
+    assert_eq!(n["creator"]["state"], "dead");
+    assert_eq!(n["creator"]["pid"], pid);
+    assert_eq!(n["dead"], true);
+    assert_eq!(n["health"], "ok");
+    let list = sfb_in(None, &["list"]);
+    assert!(
+        list.out.contains(&format!("dead (pid {pid})")),
+        "{}",
+        list.out
+    );
+    assert!(list.out.contains("sfb cleanup --dead"), "{}", list.out);
+
+    let stat = sfb_in(None, &["stat", ns.as_str()]);
+    assert_eq!(stat.code, 0, "{}", stat.err);
+    assert!(
+        stat.out.contains(&format!("dead (pid {pid})")),
+        "{}",
+        stat.out
+    );
+    let v = sfb_in(None, &["stat", "--json", ns.as_str()]).json();
+    assert_eq!(v["dead"], true);
+    assert_eq!(v["chunks"][0]["header"]["committed"], 1);
+
+    // Dry runs print what would go and remove nothing.
+    let dry = sfb_in(None, &["cleanup", "--dead", "--dry-run"]);
+    assert_eq!(dry.code, 0, "{}", dry.err);
+    assert!(
+        dry.out
+            .contains(&format!("would remove namespace {} (creator dead", ns.0)),
+        "{}",
+        dry.out
+    );
+    assert!(dry.out.contains("dry run: nothing was removed"));
+    let dry = sfb_in(None, &["cleanup", "--dry-run", ns.as_str()]);
+    assert_eq!(dry.code, 0, "{}", dry.err);
+    assert!(dry.out.contains(&format!("{}_ctrl", ns.0)), "{}", dry.out);
+    assert_eq!(before, snapshot(&dir, &prefix), "a dry run changed files");
+
+    let r = sfb_in(None, &["cleanup", ns.as_str()]);
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert!(r.out.contains("removed 2 file(s)"), "{}", r.out);
+    assert!(ns.files().is_empty());
+    // Cleaning up what is not there is not an error, and says so.
+    let r = sfb_in(None, &["cleanup", ns.as_str()]);
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert!(r.out.contains("nothing to remove"), "{}", r.out);
+}
+
+#[test]
+fn cleanup_dead_removes_only_the_dead_namespaces_and_never_foreign_files() {
+    // A directory of our own: `--dead` acts on every namespace it sees.
+    let dir = PrivateDir::new("cli-dead-all");
+    let d = Some(dir.0.as_path());
+    let pid = std::process::id();
+    let (dead_ns, live_ns) = (format!("sfbt-{pid}-a"), format!("sfbt-{pid}-b"));
+    let (foreign_ns, orphan_ns) = (format!("sfbt-{pid}-c"), format!("sfbt-{pid}-d"));
+    let mut dead = start_creator(&dead_ns, d);
+    dead.kill9();
+    let live = start_creator(&live_ns, d);
+    // A file of another program, one under a name of ours with foreign
+    // content, and chunk files left without a control block.
+    std::fs::write(dir.0.join("other-program.bin"), b"not yours").unwrap();
+    std::fs::write(dir.0.join(format!("{foreign_ns}_ctrl")), b"#!/bin/sh\n").unwrap();
+    std::fs::write(dir.0.join(format!("{orphan_ns}_data_3")), vec![0u8; 4096]).unwrap();
+    let all = snapshot(&dir.0, "");
+    assert_eq!(all.len(), 7);
+
+    let v = sfb_in(d, &["list", "--json"]).json();
+    assert_eq!(listed(&v, &dead_ns)["dead"], true);
+    assert_eq!(listed(&v, &live_ns)["creator"]["state"], "alive");
+    assert_eq!(listed(&v, &foreign_ns)["health"], "foreign");
+    assert_eq!(listed(&v, &foreign_ns)["dead"], false);
+    assert_eq!(listed(&v, &orphan_ns)["health"], "orphaned");
+    assert_eq!(listed(&v, &orphan_ns)["dead"], true);
+    assert_eq!(v["other_files"][0]["name"], "other-program.bin");
+
+    let dry = sfb_in(d, &["cleanup", "--dead", "--dry-run"]);
+    assert_eq!(dry.code, 0, "{}", dry.err);
+    assert!(
+        dry.out.contains("would remove 2 dead namespace(s)"),
+        "{}",
+        dry.out
+    );
+    assert_eq!(all, snapshot(&dir.0, ""), "a dry run changed files");
+
+    let r = sfb_in(d, &["cleanup", "--dead"]);
+    assert_eq!(r.code, 0, "{}{}", r.out, r.err);
+    assert!(
+        r.out.contains(&format!("removed namespace {dead_ns}")),
+        "{}",
+        r.out
+    );
+    assert!(
+        r.out.contains(&format!("removed namespace {orphan_ns}")),
+        "{}",
+        r.out
+    );
+    assert!(
+        r.out.contains("1 live namespace(s) left alone"),
+        "{}",
+        r.out
+    );
+    let left: Vec<String> = snapshot(&dir.0, "").into_iter().map(|f| f.0).collect();
+    assert_eq!(
+        left,
+        [
+            "other-program.bin".to_owned(),
+            format!("{live_ns}_ctrl"),
+            format!("{live_ns}_data_0"),
+            format!("{foreign_ns}_ctrl"),
+        ]
+    );
+    // Foreign files are refused by name too, and stay byte for byte.
+    let r = sfb_in(d, &["cleanup", &foreign_ns]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.err.contains("not stable-fragmented-buffer's") && r.err.contains("rm "),
+        "{}",
+        r.err
+    );
+    let r = sfb_in(d, &["cleanup", "--force", &foreign_ns]);
+    assert_eq!(r.code, 1, "{}", r.out);
+    let after = snapshot(&dir.0, "");
+    for name in ["other-program.bin".to_owned(), format!("{foreign_ns}_ctrl")] {
+        let was = all.iter().find(|f| f.0 == name).unwrap();
+        assert!(after.contains(was), "{name} changed");
+    }
+    drop(live);
+}
+
+#[test]
+fn corrupt_stores_are_reported_and_left_as_they_are() {
+    let dir = common::shm_dir();
+    // Our magic and version, then garbage; and a chunk file whose header
+    // contradicts its name and size.
+    let garbage = Ns::new("cli-garbage");
+    write_ctrl_like(&dir.join(format!("{}_ctrl", garbage.0)), CTRL_SIZE, 0xa5);
+    let mut chunk = vec![0u8; 4096];
+    chunk[..8].copy_from_slice(&CHUNK_MAGIC.to_le_bytes());
+    let id = offset_of!(ChunkHeader, chunk_id);
+    chunk[id..id + 4].copy_from_slice(&9u32.to_le_bytes());
+    std::fs::write(dir.join(format!("{}_data_0", garbage.0)), &chunk).unwrap();
+    // Truncated control block; zero-length control block.
+    let truncated = Ns::new("cli-truncated");
+    write_ctrl_like(&dir.join(format!("{}_ctrl", truncated.0)), 100, 0);
+    let empty = Ns::new("cli-empty");
+    std::fs::write(dir.join(format!("{}_ctrl", empty.0)), b"").unwrap();
+    let snap = |ns: &Ns| snapshot(&dir, &format!("{}_", ns.0));
+    let before = [snap(&garbage), snap(&truncated), snap(&empty)];
+
+    let v = sfb_in(None, &["list", "--json"]).json();
+    for (ns, health) in [
+        (&garbage, "corrupt"),
+        (&truncated, "corrupt"),
+        (&empty, "foreign"),
+    ] {
+        let n = listed(&v, ns.as_str());
+        assert_eq!(n["health"], health, "{n:#}");
+        assert!(!n["problems"].as_array().unwrap().is_empty());
+        // Nobody holds the lock of a file written by hand.
+        let want = if health == "foreign" { "none" } else { "dead" };
+        assert_eq!(n["creator"]["state"], want, "{n:#}");
+    }
+    let list = sfb_in(None, &["list"]);
+    assert_eq!(list.code, 0, "{}", list.err);
+    assert!(
+        list.out.contains("problems (see `sfb stat NAMESPACE`)"),
+        "{}",
+        list.out
+    );
+
+    let stat = sfb_in(None, &["stat", garbage.as_str()]);
+    assert_eq!(stat.code, 0, "{}", stat.err);
+    assert!(stat.out.contains(": corrupt"), "{}", stat.out);
+    assert!(stat.out.contains("chunk_size"), "{}", stat.out);
+    assert!(
+        stat.out.contains("header says chunk 9, file name says 0"),
+        "{}",
+        stat.out
+    );
+    assert!(stat.out.contains("CORRUPT"), "{}", stat.out);
+    let v = sfb_in(None, &["stat", "--json", truncated.as_str()]).json();
+    assert_eq!(v["health"], "corrupt");
+    assert!(
+        v["problems"][0].as_str().unwrap().contains("100 bytes"),
+        "{v:#}"
+    );
+    // An empty file under our name is not ours to judge: refused, exit 1.
+    let stat = sfb_in(None, &["stat", empty.as_str()]);
+    assert_eq!(stat.code, 1);
+    assert!(stat.err.contains("remove them yourself"), "{}", stat.err);
+
+    assert_eq!(before, [snap(&garbage), snap(&truncated), snap(&empty)]);
+    // A corrupt store of ours can be removed by name.
+    let r = sfb_in(None, &["cleanup", garbage.as_str()]);
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert!(garbage.files().is_empty());
+}
+
+#[test]
+fn other_programs_files_are_listed_and_never_touched() {
+    let dir = common::shm_dir();
+    let name = format!("{}-foreign.dat", Ns::new("cli-other").0);
+    let _guard = FileGuard(dir.join(&name));
+    std::fs::write(dir.join(&name), b"someone else's").unwrap();
+    let before = snapshot(&dir, &name);
+
+    let list = sfb_in(None, &["list"]);
+    assert_eq!(list.code, 0, "{}", list.err);
+    assert!(list
+        .out
+        .contains("other files (not stable-fragmented-buffer's; left alone)"));
+    assert!(list.out.contains(&name), "{}", list.out);
+    let v = sfb_in(None, &["list", "--json"]).json();
+    let f = v["other_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == name.as_str())
+        .unwrap();
+    assert_eq!(f["kind"], "file");
+    assert_eq!(f["bytes"], 14);
+
+    let dry = sfb_in(None, &["cleanup", "--dead", "--dry-run"]);
+    assert_eq!(dry.code, 0, "{}", dry.err);
+    assert!(!dry.out.contains(&name));
+    assert_eq!(before, snapshot(&dir, &name));
+}
+
+#[test]
 fn cleanup_refuses_a_live_namespace_and_removes_it_with_force() {
     let ns = Ns::new("cli-cleanup");
     let store = PinnedBlobStore::new_shared(Config::default(), ns.as_str(), 65536).unwrap();
@@ -50,6 +567,14 @@ fn cleanup_refuses_a_live_namespace_and_removes_it_with_force() {
         err.contains("is in use") && err.contains(&std::process::id().to_string()),
         "{err}"
     );
+    assert!(err.contains("--force"), "says what to do next: {err}");
+    let (code, _, err) = sfb(&["cleanup", "--dry-run", ns.as_str()]);
+    assert_eq!(code, 1, "a dry run refuses what the real run would");
+    assert!(err.contains("is in use"), "{err}");
+    assert_eq!(ns.files().len(), 2);
+    let (code, out, err) = sfb(&["cleanup", "--force", "--dry-run", ns.as_str()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("would remove namespace"), "{out}");
     assert_eq!(ns.files().len(), 2);
     let (code, out, err) = sfb(&["cleanup", "--force", ns.as_str()]);
     assert_eq!(code, 0, "{err}");
@@ -59,10 +584,58 @@ fn cleanup_refuses_a_live_namespace_and_removes_it_with_force() {
 }
 
 #[test]
-fn usage_errors_exit_2_and_bad_names_exit_1() {
-    let (code, _, err) = sfb(&["no-such-command"]);
+fn completions_are_generated_for_every_shell() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let (code, out, err) = sfb(&["completions", shell]);
+        assert_eq!(code, 0, "{shell}: {err}");
+        assert!(
+            out.contains("sfb") && out.contains("cleanup"),
+            "{shell}: {out}"
+        );
+    }
+    let (code, _, err) = sfb(&["completions", "no-such-shell"]);
     assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn usage_errors_exit_2_and_failures_exit_1_saying_what_to_do() {
+    for args in [
+        &["no-such-command"][..],
+        &["stat"],
+        &["cleanup"],
+        &["cleanup", "--dead", "some-ns"],
+        &["cleanup", "--dead", "--force"],
+        &["stat", "x", "--count", "2"],
+        &["stat", "x", "--watch", "--interval", "0"],
+        &["stat", "x", "--watch", "--interval", "soon"],
+        &["stat", "x", "--watch", "--count", "0"],
+    ] {
+        let (code, _, err) = sfb(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("Usage") || err.contains("--help"),
+            "{args:?}: {err}"
+        );
+    }
     let (code, _, err) = sfb(&["cleanup", "../etc"]);
     assert_eq!(code, 1);
-    assert!(err.contains("invalid namespace"), "{err}");
+    assert!(
+        err.contains("invalid namespace") && err.contains("use 1-64"),
+        "{err}"
+    );
+    let (code, _, err) = sfb(&["stat", "../etc"]);
+    assert_eq!(code, 1, "{err}");
+    let missing = Ns::new("cli-missing");
+    let (code, _, err) = sfb(&["stat", missing.as_str()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("run `sfb list`"), "{err}");
+    let nowhere = Path::new("/nonexistent-sfb-dir");
+    for args in [&["list"][..], &["cleanup", "--dead"]] {
+        let r = sfb_in(Some(nowhere), args);
+        assert_eq!(r.code, 1, "{args:?}");
+        assert!(r.err.contains("SFB_SHM_DIR"), "{args:?}: {}", r.err);
+    }
+    let (code, out, _) = sfb(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("Exit codes: 0 success, 1 operation failed, 2 usage error"));
 }
