@@ -227,6 +227,7 @@ impl ChunkRegion {
     pub(crate) fn activate(&self, generation: u32, now_ms: u64) -> bool {
         let h = self.header();
         h.entries.store(0, Ordering::Relaxed);
+        h.walked.store(0, Ordering::Relaxed);
         h.acks.store(0, Ordering::Relaxed);
         h.first_write_ms.store(0, Ordering::Relaxed);
         h.sealed_ms.store(SEALED_ACTIVATING, Ordering::Relaxed);
@@ -258,8 +259,8 @@ impl ChunkRegion {
         true
     }
 
-    /// Reserves `footprint` bytes (from [`entry_footprint`]). Seals the chunk
-    /// when the entry does not fit, stamping the seal time with `now_ms`.
+    /// Reserves `footprint` bytes (from [`entry_footprint`]) with one CAS.
+    /// Seals the chunk when the entry does not fit, stamping the seal time.
     pub(crate) fn reserve(&self, footprint: u32, now_ms: u64) -> Reserve {
         let h = self.header();
         let mut cur = h.alloc.load(Ordering::Relaxed);
@@ -287,13 +288,7 @@ impl ChunkRegion {
                     }
                 }
             }
-            if alloc_writers(cur) == ALLOC_WRITERS_MASK {
-                // 65535 writers in flight cannot happen honestly: a scribbled
-                // header. Seal it so appends move on instead of spinning.
-                self.seal(now_ms);
-                return Reserve::Sealed;
-            }
-            let next = ((cur & !0xFFFF_FFFF) + ALLOC_WRITER) | end as u64;
+            let next = (cur & !0xFFFF_FFFF) | end as u64;
             // Acquire: pairs with the Release store of `alloc` in `activate`.
             match h
                 .alloc
@@ -303,8 +298,8 @@ impl ChunkRegion {
                     let (state, generation) = self.state();
                     if state != STATE_IN_USE {
                         // Only possible if another process scribbled on the
-                        // header: give the reservation back and move on.
-                        h.alloc.fetch_sub(ALLOC_WRITER, Ordering::Release);
+                        // header: the space stays unwritten (so the chunk can
+                        // only go by TTL, and is then retired); move on.
                         self.seal(now_ms);
                         return Reserve::Sealed;
                     }
@@ -319,46 +314,97 @@ impl ChunkRegion {
         }
     }
 
-    /// Writes the entry and publishes it.
+    /// Writes the entry and publishes it — with plain stores only: the
+    /// entry's state word, tagged with the generation, is the completion
+    /// signal (Release), so no locked instruction waits for the payload's
+    /// stores to drain. Reclaimers find out that every reserved entry is
+    /// committed by walking the entries (see `walk`).
     ///
     /// # Safety
-    /// `offset` must come from a [`Reserve::Reserved`] of this region for an
-    /// entry of `data.len()` bytes, not yet committed: the bytes there belong
-    /// to the caller alone until this returns.
-    pub(crate) unsafe fn commit(&self, offset: u32, data: &[u8], tag: u64, now_ms: u64) {
+    /// `offset` must come from a [`Reserve::Reserved`] of this region in
+    /// `generation` for an entry of `data.len()` bytes, not yet committed:
+    /// the bytes there belong to the caller alone until this returns.
+    pub(crate) unsafe fn commit(
+        &self,
+        offset: u32,
+        generation: u32,
+        data: &[u8],
+        tag: u64,
+        now_ms: u64,
+    ) {
         let h = self.header();
         let offset = offset as usize;
         let Some(e) = self.entry(offset) else {
-            // Unreachable for a valid reservation; keep the writer count right.
-            h.alloc.fetch_sub(ALLOC_WRITER, Ordering::Release);
-            return;
+            return; // Unreachable for a valid reservation.
         };
-        e.state.store(ENTRY_RESERVED, Ordering::Relaxed);
         e.len.store(data.len() as u32, Ordering::Relaxed);
         e.tag.store(tag, Ordering::Relaxed);
         // SAFETY: the caller reserved [offset, offset + footprint) and
         // footprint >= ENTRY_HEADER_SIZE + data.len(), inside the region;
         // nobody reads these bytes before the Release store below.
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
+            crate::copy::copy_payload(
                 self.base.as_ptr().add(offset + ENTRY_HEADER_SIZE),
+                data.as_ptr(),
                 data.len(),
             );
         }
-        // Release: pairs with the Acquire load in `locate`: a reader that
-        // sees COMMITTED sees the payload.
-        e.state.store(ENTRY_COMMITTED, Ordering::Release);
-        h.entries.fetch_add(1, Ordering::Relaxed);
+        // Release: pairs with the Acquire loads of the state in `locate` and
+        // `walk`: whoever sees it committed sees the length, tag and payload.
+        e.state
+            .store(entry_state(generation, ENTRY_COMMITTED), Ordering::Release);
         if h.first_write_ms.load(Ordering::Relaxed) == 0 {
             let _ =
                 h.first_write_ms
                     .compare_exchange(0, now_ms, Ordering::Relaxed, Ordering::Relaxed);
         }
-        // Release: pairs with the Acquire loads of `alloc` in `assess` and
-        // `recyclable`: a reclaimer that sees this writer gone sees its
-        // entry counted and its bytes written.
-        h.alloc.fetch_sub(ALLOC_WRITER, Ordering::Release);
+    }
+
+    /// Extends the record of the committed prefix of the chunk's entries
+    /// (resuming where the last walk stopped) up to the first entry not yet
+    /// committed in `generation`. Returns whether every reserved entry is
+    /// committed (so no writer is in flight: the chunk is sealed), and how
+    /// many entries that is. Reads only; bounds-checks every length.
+    pub(crate) fn walk(&self, generation: u32) -> (bool, u32) {
+        let h = self.header();
+        // Acquire: pairs with the reservation CASes; on a sealed chunk
+        // `used` is final.
+        let used = alloc_used(h.alloc.load(Ordering::Acquire)) as usize;
+        // Acquire: pairs with the AcqRel CAS below in another reclaimer.
+        let w = h.walked.load(Ordering::Acquire);
+        let (mut off, mut count) = (walked_offset(w) as usize, walked_count(w));
+        if off < CHUNK_HEADER_SIZE {
+            (off, count) = (CHUNK_HEADER_SIZE, 0);
+        }
+        let start = (off, count);
+        while off < used {
+            let Some(e) = self.entry(off) else { break };
+            // Acquire: pairs with the Release store in `commit`.
+            let st = e.state.load(Ordering::Acquire);
+            if !entry_in_generation(st, generation)
+                || !matches!(entry_kind(st), ENTRY_COMMITTED | ENTRY_ACKED)
+            {
+                break; // A writer in flight (or a dead one).
+            }
+            let Some(fp) = entry_footprint(e.len.load(Ordering::Relaxed) as usize) else {
+                break;
+            };
+            if off + fp > used {
+                break; // Scribbled: the chunk never completes; TTL retires it.
+            }
+            off += fp;
+            count += 1;
+        }
+        if (off, count) != start {
+            let _ = h.walked.compare_exchange(
+                w,
+                walked(off as u32, count),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+            h.entries.store(count, Ordering::Relaxed);
+        }
+        (off == used, count)
     }
 
     /// Seals the chunk (no more reservations) and stamps the seal time.
@@ -461,7 +507,9 @@ impl ChunkRegion {
         let e = self.entry(offset)?;
         // Acquire: pairs with the Release store of COMMITTED in `commit`.
         let st = e.state.load(Ordering::Acquire);
-        if st != ENTRY_COMMITTED && st != ENTRY_ACKED {
+        if !entry_in_generation(st, generation)
+            || !matches!(entry_kind(st), ENTRY_COMMITTED | ENTRY_ACKED)
+        {
             return None;
         }
         if e.len.load(Ordering::Relaxed) != size || e.tag.load(Ordering::Relaxed) != tag {
@@ -482,8 +530,8 @@ impl ChunkRegion {
         };
         if e.state
             .compare_exchange(
-                ENTRY_COMMITTED,
-                ENTRY_ACKED,
+                entry_state(generation, ENTRY_COMMITTED),
+                entry_state(generation, ENTRY_ACKED),
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             )
@@ -499,18 +547,16 @@ impl ChunkRegion {
     /// Decides whether this chunk may be reclaimed now.
     ///
     /// A chunk qualifies when it is IN_USE and sealed, and either every
-    /// entry is acknowledged with no writer in flight and the decay period
-    /// has passed since that was first seen, or `ttl_ms` has passed since it
-    /// was sealed (writers that never committed are presumed dead then).
+    /// reserved entry is committed and acknowledged and the decay period has
+    /// passed since that was first seen, or `ttl_ms` has passed since it was
+    /// sealed (writers that never committed are presumed dead then).
     pub(crate) fn assess(&self, now_ms: u64, ttl_ms: u64, decay_ms: u64) -> Verdict {
         let h = self.header();
         let (state, generation) = self.state();
         if state != STATE_IN_USE {
             return Verdict::Keep;
         }
-        // Acquire: pairs with the Release fetch_sub in `commit`.
-        let alloc = h.alloc.load(Ordering::Acquire);
-        if !alloc_sealed(alloc) {
+        if !alloc_sealed(h.alloc.load(Ordering::Acquire)) {
             return Verdict::Keep;
         }
         let sealed = h.sealed_ms.load(Ordering::Relaxed);
@@ -539,13 +585,12 @@ impl ChunkRegion {
                 expired: true,
             };
         }
-        if alloc_writers(alloc) != 0 {
+        let (complete, entries) = self.walk(generation);
+        if !complete {
             return Verdict::Keep;
         }
-        let entries = h.entries.load(Ordering::Relaxed);
         // Acquire: pairs with the Release increment in `acknowledge`.
-        let acks = h.acks.load(Ordering::Acquire);
-        if acks < entries {
+        if h.acks.load(Ordering::Acquire) < entries {
             return Verdict::Keep;
         }
         let since = Self::stamp_once(&h.empty_since_ms, &h.state_gen, now_ms);
@@ -574,8 +619,9 @@ impl ChunkRegion {
     }
 
     /// After a successful [`claim`](Self::claim): whether the memory may be
-    /// reused in place (no reader pinned, no writer in flight, standard
-    /// chunk). Otherwise the chunk must be retired.
+    /// reused in place (no reader pinned, every reserved entry committed —
+    /// so no writer in flight — and a standard chunk). Otherwise the chunk
+    /// must be retired.
     pub(crate) fn recyclable(&self) -> bool {
         let h = self.header();
         // A read-modify-write, not a load: RMWs on `pins` are totally
@@ -585,9 +631,8 @@ impl ChunkRegion {
         // `state_gen` must see our claim. This holds under acquire/release
         // alone; a plain load would need SeqCst's store-buffering guarantee.
         let pins = h.pins.fetch_add(0, Ordering::AcqRel);
-        // Acquire: pairs with the Release fetch_sub in `commit`.
-        let alloc = h.alloc.load(Ordering::Acquire);
-        pins == 0 && alloc_writers(alloc) == 0 && !self.is_dedicated()
+        let (_, generation) = self.state();
+        pins == 0 && !self.is_dedicated() && self.walk(generation).0
     }
 
     /// Recycles a claimed chunk in place: new generation, empty, FREE and
@@ -597,6 +642,7 @@ impl ChunkRegion {
         h.alloc
             .store(CHUNK_HEADER_SIZE as u64 | ALLOC_SEALED, Ordering::Relaxed);
         h.entries.store(0, Ordering::Relaxed);
+        h.walked.store(0, Ordering::Relaxed);
         h.acks.store(0, Ordering::Relaxed);
         h.first_write_ms.store(0, Ordering::Relaxed);
         h.sealed_ms.store(0, Ordering::Relaxed);
@@ -675,7 +721,7 @@ mod tests {
             } => {
                 let tag = entry_tag(7, 0, generation, offset, data.len() as u32, now);
                 // SAFETY: offset was just reserved for this data.
-                unsafe { r.commit(offset, data, tag, now) };
+                unsafe { r.commit(offset, generation, data, tag, now) };
                 Some((generation, offset, tag))
             }
             Reserve::Sealed => None,
@@ -721,7 +767,37 @@ mod tests {
         }
         assert_eq!(n, (4096 - 128) / 120);
         assert_eq!(r.header().sealed_ms.load(Ordering::Relaxed), 42);
-        assert_eq!(r.header().entries.load(Ordering::Relaxed), n);
+        assert_eq!(r.walk(1), (true, n));
+        assert_eq!(
+            r.header().entries.load(Ordering::Relaxed),
+            n,
+            "tools see the walk's count"
+        );
+    }
+
+    #[test]
+    fn the_walk_stops_at_an_uncommitted_entry_and_resumes() {
+        let m = Mem::new(4096);
+        let r = m.region();
+        r.format(0, 1, 0, 7, 1);
+        assert!(r.activate(1, 1));
+        append(&r, b"one", 1).unwrap();
+        let fp = entry_footprint(3).unwrap() as u32;
+        let Reserve::Reserved {
+            offset, generation, ..
+        } = r.reserve(fp, 1)
+        else {
+            panic!()
+        };
+        append(&r, b"three", 1).unwrap();
+        r.seal(1);
+        assert_eq!(r.walk(1), (false, 1), "stops at the writer in flight");
+        // SAFETY: offset was reserved above for 3 bytes.
+        unsafe { r.commit(offset, generation, b"two", 9, 1) };
+        assert_eq!(r.walk(1), (true, 3), "resumes and completes");
+        // Entries of an earlier generation never count.
+        r.header().walked.store(0, Ordering::Relaxed);
+        assert_eq!(r.walk(2), (false, 0));
     }
 
     #[test]
@@ -760,7 +836,7 @@ mod tests {
         assert_eq!(r.assess(10, 1_000, 0), Verdict::Keep);
         let tag = entry_tag(7, 0, generation, offset, 8, 1);
         // SAFETY: offset was reserved above for 8 bytes.
-        unsafe { r.commit(offset, &[9; 8], tag, 1) };
+        unsafe { r.commit(offset, generation, &[9; 8], tag, 1) };
         assert_eq!(
             r.assess(10, 1_000, 0),
             Verdict::Keep,
@@ -879,6 +955,7 @@ mod loom_shadow {
                     flags: a32(),
                     activated_ms: a64(),
                     incarnation: a64(),
+                    walked: a64(),
                     _reserved: std::array::from_fn(|_| a64()),
                 },
                 entries: (0..(len - CHUNK_HEADER_SIZE) / ENTRY_ALIGN)
@@ -919,7 +996,7 @@ mod loom_tests {
             } => {
                 let tag = entry_tag(7, 0, generation, offset, 8, 1);
                 // SAFETY: offset was just reserved for 8 bytes.
-                unsafe { r.commit(offset, &[byte; 8], tag, 1) };
+                unsafe { r.commit(offset, generation, &[byte; 8], tag, 1) };
                 Some((generation, offset, tag))
             }
             Reserve::Sealed => None,
@@ -1031,8 +1108,31 @@ mod loom_tests {
                 assert_ne!(a.1, b.1, "two writers got the same offset");
             }
             let committed = a.is_some() as u32 + b.is_some() as u32;
-            assert_eq!(r.header().entries.load(Ordering::Relaxed), committed);
-            assert_eq!(alloc_writers(r.header().alloc.load(Ordering::Relaxed)), 0);
+            r.seal(1);
+            assert_eq!(r.walk(1), (true, committed));
+        });
+    }
+
+    #[test]
+    fn loom_a_complete_walk_never_counts_a_writer_in_flight() {
+        loom::model(|| {
+            let r = region();
+            let writer = thread::spawn(move || append(&r, 5));
+            let walker = thread::spawn(move || {
+                r.seal(1);
+                r.walk(1)
+            });
+            let wrote = writer.join().unwrap();
+            let (complete, count) = walker.join().unwrap();
+            if complete {
+                // Everything reserved before the seal was committed: if the
+                // writer got space, its entry is counted and readable.
+                assert_eq!(count, wrote.is_some() as u32);
+                if let Some((g, off, tag)) = wrote {
+                    let at = r.locate(g, off, 8, tag).expect("committed");
+                    assert_eq!(read(&r, at), vec![5u8; 8]);
+                }
+            }
         });
     }
 }

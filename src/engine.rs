@@ -281,7 +281,9 @@ pub(crate) fn append<C: Chunks>(c: &C, data: &[u8]) -> Result<Loc> {
                             timestamp,
                         };
                         // SAFETY: `offset` was reserved just now for `data.len()` bytes.
-                        unsafe { region.commit(offset, data, policy.tag(&loc), now_ms) };
+                        unsafe {
+                            region.commit(offset, generation, data, policy.tag(&loc), now_ms)
+                        };
                         // A writer stalled past the TTL may find its chunk
                         // reclaimed under it: its entry is then unreachable.
                         let live = region.state() == (STATE_IN_USE, generation);
@@ -347,7 +349,7 @@ fn append_dedicated<C: Chunks>(c: &C, data: &[u8], footprint: usize) -> Result<L
         timestamp,
     };
     // SAFETY: `offset` was reserved just now for `data.len()` bytes.
-    unsafe { region.commit(offset, data, c.policy().tag(&loc), now_ms) };
+    unsafe { region.commit(offset, generation, data, c.policy().tag(&loc), now_ms) };
     region.seal(now_ms);
     Ok(loc)
 }
@@ -457,6 +459,23 @@ pub(crate) fn reclaim<C: Chunks>(c: &C) -> usize {
     reclaimed
 }
 
+/// Whether some chunk could be reclaimed now.
+fn any_reclaimable<C: Chunks>(c: &C) -> bool {
+    let policy = *c.policy();
+    let now = clock::now_ms();
+    let mut ids = Vec::new();
+    c.ids(&mut ids);
+    ids.into_iter().any(|id| {
+        c.with_region(id, |r| {
+            matches!(
+                r.assess(now, policy.ttl_ms, policy.decay_ms),
+                Verdict::Reclaim { .. }
+            )
+        })
+        .unwrap_or(false)
+    })
+}
+
 fn is_pooled<C: Chunks>(c: &C, id: u32) -> bool {
     c.pool().iter().any(|s| s.load(Ordering::Relaxed) == id + 1)
 }
@@ -490,11 +509,10 @@ fn shrink_pool<C: Chunks>(c: &C, now: u64) {
 
 /// Prepares a chunk off the append path and parks it in the pool.
 pub(crate) fn prefetch<C: Chunks>(c: &C) {
-    // Recycling what consumers released beats creating.
-    if pool_len(c) == 0 {
-        reclaim(c);
-    }
-    if pool_len(c) > 0 {
+    // Recycling what consumers released beats creating: if a chunk is
+    // ready to be reclaimed, the rollover will recycle it (reclamation
+    // itself stays with the rollover and the lifecycle passes).
+    if pool_len(c) > 0 || any_reclaimable(c) {
         return;
     }
     // Errors (limit reached, no space) are reported by the append that

@@ -47,11 +47,12 @@
 //!   0     8 magic            "SFB_CHK2"
 //!   8     4 chunk_id         id of this chunk (must match the file name)
 //!  12     4 size             file size in bytes (must match fstat)
-//!  16     8 alloc            bits 0-31 next free offset, 32-47 writers in
-//!                            flight, bit 63 sealed (no more reservations)
+//!  16     8 alloc            bits 0-31 next free offset, bit 63 sealed (no
+//!                            more reservations); bits 32-62 are 0
 //!  24     8 state_gen        bits 0-31 state (FREE/IN_USE/RECLAIMING/RETIRED),
 //!                            bits 32-63 generation
-//!  32     4 entries          committed entries of this generation
+//!  32     4 entries          committed entries found by the reclaimers' walk
+//!                            (a copy of `walked`'s count, for tools)
 //!  36     4 acks             acknowledged entries of this generation
 //!  40     8 first_write_ms   coarse-monotonic time of the first append
 //!  48     8 sealed_ms        time the chunk was sealed (TTL starts here)
@@ -62,12 +63,16 @@
 //!  72     8 activated_ms     when the chunk last became the append target
 //!  80     8 incarnation      the control block's tag_key: which incarnation
 //!                            of the namespace made this file
-//!  88    40 (reserved)
+//!  88     8 walked           bits 0-31 offset up to which every entry is
+//!                            known committed, 32-63 how many entries that is
+//!  96    32 (reserved)
 //!
 //! Entry at an 8-aligned offset inside a chunk (ENTRY_HEADER_SIZE = 16)
 //! off  size field            meaning
 //!   0     4 len              payload length
-//!   4     4 state            0 reserved, 1 committed, 2 acknowledged
+//!   4     4 state            bits 0-1: 1 committed, 2 acknowledged (anything
+//!                            else: not yet written); bits 2-31: the low 30
+//!                            bits of the chunk generation it was written in
 //!   8     8 tag              keyed hash of (key, chunk, generation, offset, len,
 //!                            timestamp): a handle must reproduce it
 //!  16   len payload          then zero to seven padding bytes
@@ -115,15 +120,11 @@ pub const STATE_RETIRED: u32 = 3;
 
 /// `alloc` bit: the chunk takes no more reservations.
 pub const ALLOC_SEALED: u64 = 1 << 63;
-/// `alloc` unit of the in-flight writer count.
-pub const ALLOC_WRITER: u64 = 1 << 32;
-/// `alloc` mask of the in-flight writer count (after shifting by 32).
-pub const ALLOC_WRITERS_MASK: u64 = 0xFFFF;
 
 /// Chunk flag: the chunk holds one oversized blob and is never pooled.
 pub const FLAG_DEDICATED: u32 = 1;
 
-/// Entry state: space reserved, payload not yet complete.
+/// Entry state kind: not written (yet) in this generation.
 pub const ENTRY_RESERVED: u32 = 0;
 /// Entry state: payload complete and visible.
 pub const ENTRY_COMMITTED: u32 = 1;
@@ -212,8 +213,10 @@ pub struct ChunkHeader {
     pub activated_ms: AtomicU64,
     /// Incarnation of the namespace that made the file (its tag key).
     pub incarnation: AtomicU64,
+    /// Committed prefix: offset | count << 32.
+    pub walked: AtomicU64,
     /// Reserved.
-    pub _reserved: [AtomicU64; 5],
+    pub _reserved: [AtomicU64; 4],
 }
 
 /// The header before every payload.
@@ -250,6 +253,7 @@ const _: () = {
     assert!(offset_of!(ChunkHeader, flags) == 68);
     assert!(offset_of!(ChunkHeader, activated_ms) == 72);
     assert!(offset_of!(ChunkHeader, incarnation) == 80);
+    assert!(offset_of!(ChunkHeader, walked) == 88);
     assert!(size_of::<EntryHeader>() == ENTRY_HEADER_SIZE);
     assert!(offset_of!(EntryHeader, tag) == 8);
     assert!(CTRL_SIZE == 16_640);
@@ -280,9 +284,40 @@ pub const fn alloc_used(word: u64) -> u32 {
     word as u32
 }
 
-/// Writers in flight in an `alloc` word.
+/// Bits 32-47 of an `alloc` word: always 0 in this version (the format
+/// once counted writers in flight there); kept for inspection tools.
 pub const fn alloc_writers(word: u64) -> u64 {
-    (word >> 32) & ALLOC_WRITERS_MASK
+    (word >> 32) & 0xFFFF
+}
+
+/// An entry state word: `kind` in bits 0-1, the generation's low 30 bits above.
+pub const fn entry_state(generation: u32, kind: u32) -> u32 {
+    (generation << 2) | (kind & 3)
+}
+
+/// The kind (committed, acknowledged...) of an entry state word.
+pub const fn entry_kind(state: u32) -> u32 {
+    state & 3
+}
+
+/// Whether an entry state word was written in `generation` (its low 30 bits).
+pub const fn entry_in_generation(state: u32, generation: u32) -> bool {
+    state >> 2 == generation & 0x3FFF_FFFF
+}
+
+/// Packs a `walked` word.
+pub const fn walked(offset: u32, count: u32) -> u64 {
+    ((count as u64) << 32) | offset as u64
+}
+
+/// The offset half of a `walked` word.
+pub const fn walked_offset(word: u64) -> u32 {
+    word as u32
+}
+
+/// The count half of a `walked` word.
+pub const fn walked_count(word: u64) -> u32 {
+    (word >> 32) as u32
 }
 
 /// Whether an `alloc` word is sealed.
@@ -423,9 +458,19 @@ mod tests {
         let w = state_gen(STATE_RETIRED, 77);
         assert_eq!(state_of(w), STATE_RETIRED);
         assert_eq!(generation_of(w), 77);
-        let a = 4096u64 | (3 * ALLOC_WRITER) | ALLOC_SEALED;
+        let a = 4096u64 | ALLOC_SEALED;
         assert_eq!(alloc_used(a), 4096);
-        assert_eq!(alloc_writers(a), 3);
+        assert_eq!(alloc_writers(a), 0);
         assert!(alloc_sealed(a));
+        let st = entry_state(0xFFFF_FFF1, ENTRY_ACKED);
+        assert_eq!(entry_kind(st), ENTRY_ACKED);
+        assert!(entry_in_generation(st, 0xFFFF_FFF1));
+        assert!(
+            entry_in_generation(st, 0x3FFF_FFF1),
+            "30 bits of generation"
+        );
+        assert!(!entry_in_generation(st, 0xFFFF_FFF2));
+        let w = walked(4096, 7);
+        assert_eq!((walked_offset(w), walked_count(w)), (4096, 7));
     }
 }

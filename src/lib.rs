@@ -37,6 +37,7 @@ pub mod bench;
 mod chunk;
 mod clock;
 mod config;
+mod copy;
 mod engine;
 mod error;
 mod handle;

@@ -198,23 +198,32 @@ fn layout_matches_the_documented_offsets() {
         (CHUNK_HEADER_SIZE + 16 + 8) as u32,
         "next free offset"
     );
-    assert_eq!((alloc >> 32) & 0xFFFF, 0, "no writer in flight");
+    assert_eq!((alloc >> 32) & 0x7FFF_FFFF, 0, "bits 32-62 are 0");
     assert_eq!(alloc >> 63, 0, "not sealed");
     let sg = u64_at(&chunk, 24);
     assert_eq!(sg as u32, STATE_IN_USE);
     assert_eq!((sg >> 32) as u32, h.generation);
-    assert_eq!(u32_at(&chunk, 32), 1, "entries");
+    assert_eq!(
+        u32_at(&chunk, 32),
+        0,
+        "entries: counted by reclaimers once sealed"
+    );
+    assert_eq!(u64_at(&chunk, 88), 0, "walked: nothing walked yet");
     assert_eq!(u32_at(&chunk, 36), 0, "acks");
     assert_eq!(u32_at(&chunk, 64), 0, "pins");
     let e = h.offset as usize;
     assert_eq!(e, CHUNK_HEADER_SIZE);
     assert_eq!(u32_at(&chunk, e), 7, "entry len");
-    assert_eq!(u32_at(&chunk, e + 4), ENTRY_COMMITTED);
+    assert_eq!(
+        u32_at(&chunk, e + 4),
+        (h.generation << 2) | ENTRY_COMMITTED,
+        "state: generation and kind"
+    );
     assert_ne!(u64_at(&chunk, e + 8), 0, "tag");
     assert_eq!(&chunk[e + 16..e + 23], b"layout!");
 
     assert!(store.acknowledge_shared(&h));
     let chunk = read_chunk();
-    assert_eq!(u32_at(&chunk, e + 4), ENTRY_ACKED);
+    assert_eq!(u32_at(&chunk, e + 4), (h.generation << 2) | ENTRY_ACKED);
     assert_eq!(u32_at(&chunk, 36), 1, "acks");
 }

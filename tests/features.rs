@@ -208,7 +208,13 @@ fn feature_backpressure_through_max_chunks() {
 #[test]
 fn feature_background_lifecycle_thread_reclaims_stops_and_joins() {
     let ns = Ns::new("lifecycle");
-    let store = Arc::new(PinnedBlobStore::new_shared(cfg(0, 60_000), ns.as_str(), CHUNK).unwrap());
+    // No prefetch (it also reclaims, on the worker thread): only the
+    // lifecycle thread may reclaim here.
+    let config = Config {
+        prefetch_threshold: 1.0,
+        ..cfg(0, 60_000)
+    };
+    let store = Arc::new(PinnedBlobStore::new_shared(config, ns.as_str(), CHUNK).unwrap());
     let handle = store.start_cleanup(Duration::from_millis(5));
     let first = fill_first_chunk(&store, 500);
     for (h, _) in &first {

@@ -6,7 +6,7 @@
 
 use super::ring::Ring;
 use super::stats::{Cell, Latency};
-use super::workloads::{bench_namespace, ops_for, CHUNK};
+use super::workloads::{bench_namespace, ops_for};
 use super::Options;
 use crate::{BlobStoreLifecycleExt, Config, OverflowHandle, PinnedBlobStore};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -83,6 +83,16 @@ fn report(count: u64, lat: &mut [u64]) {
     println!("RESULT {count} {} {} {}", l.p50, l.p99, l.max);
 }
 
+/// Messages in flight between producer and consumer (the iceoryx2
+/// comparison uses a queue of the same depth).
+pub const IN_FLIGHT: u64 = 32;
+
+/// Chunk size of the full-cycle cells: 64 payloads per chunk, between
+/// 2 MiB and 32 MiB, so recycling keeps the working set small.
+pub fn cycle_chunk(size: usize) -> usize {
+    (size * 64).clamp(2 << 20, 32 << 20)
+}
+
 /// Producer side of the store's full cycle.
 pub fn store_cycle(opts: &Options, size: usize) -> Cell {
     let ops = ops_for(opts, size);
@@ -92,11 +102,12 @@ pub fn store_cycle(opts: &Options, size: usize) -> Cell {
         ..Config::default()
     };
     let store = Arc::new(
-        PinnedBlobStore::new_shared_with_limit(config, &ns, CHUNK, Some(32)).expect("store"),
+        PinnedBlobStore::new_shared_with_limit(config, &ns, cycle_chunk(size), Some(64))
+            .expect("store"),
     );
     let cleaner = store.start_cleanup(Duration::from_millis(1));
     let ring_path = crate::os::shm_dir().join(format!("{ns}-ring"));
-    let ring = Ring::create(&ring_path).expect("ring");
+    let ring = Ring::create(&ring_path, IN_FLIGHT).expect("ring");
     let (mut child, mut out) = spawn_peer(
         "store-consumer",
         &[
@@ -136,7 +147,10 @@ pub fn store_cycle(opts: &Options, size: usize) -> Cell {
         ops,
         secs,
         latency: Some(lat),
-        note: format!("view + ack in the consumer; {peak} chunks at the end"),
+        note: format!(
+            "view + ack in the consumer; {IN_FLIGHT} in flight; {} chunks, {peak} at the end",
+            super::stats::size_label(cycle_chunk(size))
+        ),
     }
 }
 

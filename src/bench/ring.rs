@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Messages the ring holds.
-const CAPACITY: u64 = 4096;
+const MAX_CAPACITY: u64 = 4096;
+const CAPACITY: usize = 16; // set at creation
 const HEAD: usize = 0; // written by the producer
 const CLOSED: usize = 8; // set by the producer when it is done
 const TAIL: usize = 64; // written by the consumer
 const SLOTS: usize = 128;
 const SLOT_WORDS: usize = 4;
-const SIZE: usize = SLOTS + CAPACITY as usize * SLOT_WORDS * 8;
+const SIZE: usize = SLOTS + MAX_CAPACITY as usize * SLOT_WORDS * 8;
 
 /// One end of a ring.
 pub struct Ring {
@@ -24,17 +25,26 @@ pub struct Ring {
 }
 
 impl Ring {
-    /// Creates the ring file at `path` (the producer's end, which removes
-    /// the file on drop).
-    pub fn create(path: &Path) -> Result<Self> {
+    /// Creates the ring file at `path` with room for `capacity` messages in
+    /// flight (1 to 4096); the producer's end, which removes the file on drop.
+    pub fn create(path: &Path, capacity: u64) -> Result<Self> {
         let file = os::create_exclusive(path)?;
         os::reserve_space(&file, SIZE as u64, path)?;
         let map = Mapping::new(&file, SIZE, path)?;
-        Ok(Self {
+        let ring = Self {
             map,
             path: path.to_owned(),
             owner: true,
-        })
+        };
+        ring.word(CAPACITY)
+            .store(capacity.clamp(1, MAX_CAPACITY), Ordering::Relaxed);
+        Ok(ring)
+    }
+
+    fn capacity(&self) -> u64 {
+        self.word(CAPACITY)
+            .load(Ordering::Relaxed)
+            .clamp(1, MAX_CAPACITY)
     }
 
     /// Opens an existing ring (the consumer's end).
@@ -63,7 +73,7 @@ impl Ring {
     }
 
     fn slot(&self, index: u64, word: usize) -> &AtomicU64 {
-        self.word(SLOTS + ((index % CAPACITY) as usize * SLOT_WORDS + word) * 8)
+        self.word(SLOTS + ((index % MAX_CAPACITY) as usize * SLOT_WORDS + word) * 8)
     }
 
     /// Sends one message, waiting while the ring is full.
@@ -71,7 +81,8 @@ impl Ring {
         let head = self.word(HEAD).load(Ordering::Relaxed);
         // Acquire: pairs with the consumer's Release store of TAIL, so the
         // slot is free before we overwrite it.
-        while head - self.word(TAIL).load(Ordering::Acquire) >= CAPACITY {
+        let capacity = self.capacity();
+        while head - self.word(TAIL).load(Ordering::Acquire) >= capacity {
             std::thread::yield_now();
         }
         for (i, w) in msg.iter().enumerate() {
@@ -130,7 +141,7 @@ mod tests {
     #[cfg_attr(miri, ignore = "real system calls: Miri cannot run them")]
     fn messages_cross_in_order_and_close_ends_the_stream() {
         let path = os::shm_dir().join(format!("sfbtest-ring-{}", os::pid()));
-        let tx = Ring::create(&path).unwrap();
+        let tx = Ring::create(&path, 64).unwrap();
         let rx = Ring::open(&path).unwrap();
         let consumer = std::thread::spawn(move || {
             let mut n = 0u64;

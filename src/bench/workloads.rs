@@ -99,9 +99,12 @@ pub fn append_steady(opts: &Options, size: usize, threads: usize) -> Cell {
     // Warm-up: cycle a few chunks so the pool holds faulted chunks.
     run_appenders(&s, size, 1, (3 * CHUNK / size) as u64, 0);
     let (secs, lat) = run_appenders(&s, size, threads, ops, ops.min(opts.latency_samples));
-    let peak = s.stats().chunks;
+    let st = s.stats();
     cleaner.stop();
-    let note = format!("{peak} chunks of 32 MiB at the end");
+    let note = format!(
+        "{} chunks of 32 MiB at the end; {} recycled, {} unlinked",
+        st.chunks, st.recycled, st.retired
+    );
     Cell {
         workload: "append+ack".into(),
         payload: size,
