@@ -1,0 +1,142 @@
+//! Hostile input, by property: arbitrary handles against a live store,
+//! arbitrary bytes as control and chunk files. Expected: a clear error or
+//! nothing, never a crash, a SIGBUS, a hang, or bytes that were not appended.
+//! (The coverage-guided fuzz targets in `fuzz/` explore the same surfaces.)
+
+mod common;
+
+use common::{payload, Ns};
+use proptest::prelude::*;
+use stable_fragmented_buffer::layout::{CHUNK_HEADER_SIZE, CTRL_MAGIC, CTRL_SIZE, FORMAT_VERSION};
+use stable_fragmented_buffer::{BlobError, Config, OverflowHandle, PinnedBlobStore};
+use std::collections::HashMap;
+
+fn cfg() -> Config {
+    Config {
+        decay_timeout_ms: 0,
+        ..Config::default()
+    }
+}
+
+/// A live store with known contents: handle -> bytes.
+fn live(ns: &Ns) -> (PinnedBlobStore, HashMap<OverflowHandle, Vec<u8>>) {
+    let store = PinnedBlobStore::new_shared(cfg(), ns.as_str(), 8192).unwrap();
+    let mut known = HashMap::new();
+    for i in 0..40u64 {
+        let data = payload(i, 1 + (i as usize * 97) % 3000);
+        known.insert(store.append_shared(&data).unwrap(), data);
+    }
+    (store, known)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_handles_resolve_to_nothing_or_to_exactly_what_was_appended(
+        raw in proptest::collection::vec(any::<[u8; 24]>(), 64),
+        tweaks in proptest::collection::vec((0usize..40, 0usize..5, any::<u32>()), 64),
+    ) {
+        let ns = Ns::new("prop-handles");
+        let (store, known) = live(&ns);
+        let handles: Vec<OverflowHandle> = known.keys().copied().collect();
+        // Fully random handles, and real handles with one field changed.
+        let mut candidates: Vec<OverflowHandle> = raw.iter().map(OverflowHandle::from_bytes).collect();
+        for (i, field, v) in tweaks {
+            let mut h = handles[i % handles.len()];
+            match field {
+                0 => h.page_id = v,
+                1 => h.offset = v,
+                2 => h.size = v,
+                3 => h.generation = v,
+                _ => h.timestamp = v as u64,
+            }
+            candidates.push(h);
+        }
+        for h in candidates {
+            match store.resolve(&h) {
+                None => {}
+                Some(bytes) => prop_assert_eq!(Some(&bytes), known.get(&h), "resolved to bytes never appended under {:?}", h),
+            }
+            if let Some(view) = store.resolve_ref(&h) {
+                prop_assert_eq!(Some(&view.to_vec()), known.get(&h));
+            }
+        }
+        // Acknowledgement of garbage never counts; the real ones still do once.
+        for (h, data) in &known {
+            let got = store.resolve(h);
+            prop_assert_eq!(got.as_ref(), Some(data));
+        }
+    }
+
+    #[test]
+    fn arbitrary_control_files_are_refused_with_a_clear_error(
+        body in proptest::collection::vec(any::<u8>(), 0..20_000),
+        with_magic in any::<bool>(),
+        exact_size in any::<bool>(),
+    ) {
+        let ns = Ns::new("prop-ctrl");
+        let mut bytes = body;
+        if with_magic && bytes.len() >= 12 {
+            bytes[0..8].copy_from_slice(&CTRL_MAGIC.to_le_bytes());
+            bytes[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        }
+        if exact_size {
+            bytes.resize(CTRL_SIZE, 0xA5);
+        }
+        let path = common::shm_dir().join(format!("{}_ctrl", ns.as_str()));
+        std::fs::write(&path, &bytes).unwrap();
+        match PinnedBlobStore::attach_shared(Config::default(), ns.as_str()) {
+            Err(BlobError::Corrupt { .. }) | Err(BlobError::IncompatibleFormat { .. }) | Err(BlobError::Closed { .. }) => {}
+            // Right magic, version and size with random fields: attaching
+            // may succeed; then every operation must stay safe.
+            Ok(store) => {
+                let h = OverflowHandle { page_id: 0, offset: 128, size: 5, generation: 1, timestamp: 1 };
+                let _ = store.resolve(&h);
+                let _ = store.acknowledge_shared(&h);
+                let _ = store.append_shared(b"hello");
+                let _ = store.cleanup_shared();
+            }
+            Err(e) => prop_assert!(false, "unexpected error kind: {e}"),
+        }
+        // Removal copes with whatever is there.
+        let _ = stable_fragmented_buffer::SharedBackend::cleanup_namespace_forced(ns.as_str());
+    }
+
+    #[test]
+    fn arbitrary_chunk_contents_never_crash_a_reader_or_yield_other_bytes(
+        body in proptest::collection::vec(any::<u8>(), 0..9000),
+        keep_header in any::<bool>(),
+        extra in 0usize..8192,
+    ) {
+        let ns = Ns::new("prop-chunk");
+        let (store, known) = live(&ns);
+        let reader = PinnedBlobStore::attach_shared(Config::default(), ns.as_str()).unwrap();
+        let first = *known.keys().min_by_key(|h| (h.page_id, h.offset)).unwrap();
+        let path = common::shm_dir().join(format!("{}_data_{}", ns.as_str(), first.page_id));
+        let real = std::fs::read(&path).unwrap();
+        // Scribble over the chunk (the reader has not mapped it yet), keeping
+        // the file at least as long as the creator's mapping of it: a
+        // same-user process truncating a mapped file is outside what any
+        // mmap-based store can defend against (see docs/design.md).
+        let mut bytes = body;
+        if keep_header {
+            let n = CHUNK_HEADER_SIZE.min(bytes.len());
+            bytes[..n].copy_from_slice(&real[..n]);
+        }
+        bytes.resize(bytes.len().max(real.len()) + extra, 0);
+        // In place, never truncating (`fs::write` would truncate first).
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &bytes, 0).unwrap();
+        for (h, data) in &known {
+            for who in [&reader, &store] {
+                if let Some(got) = who.resolve(h) {
+                    prop_assert_eq!(&got, data, "bytes that were not appended under {:?}", h);
+                }
+                let _ = who.acknowledge_shared(h);
+            }
+        }
+        let _ = reader.cleanup_shared();
+        let _ = store.cleanup_shared();
+    }
+}
