@@ -234,12 +234,20 @@ pub struct ChunkHeaderInfo {
     pub capacity: u64,
     /// No more reservations are taken.
     pub sealed: bool,
-    /// Reservations not yet committed (writers in flight, or dead).
-    pub writers: u32,
-    /// Committed entries of this generation (acknowledged ones included).
-    pub committed: u32,
-    /// Acknowledged entries of this generation.
+    /// Entries written in this generation (committed or acknowledged),
+    /// counted by walking the entry headers up to the first one not yet
+    /// written, as the reclaimers do. Without a walk (`sfb list`), the
+    /// count the reclaimers last recorded, which may lag.
+    pub entries: u32,
+    /// Acknowledged entries of this generation (the header's counter).
     pub acknowledged: u32,
+    /// Bytes reserved but not yet written: from the first entry not yet
+    /// committed to the end of the used space (a writer in flight, or one
+    /// that died; the TTL retires such a chunk). Entries behind it cannot be
+    /// read until it is written. 0 without a walk.
+    pub pending_bytes: u64,
+    /// The entry walk was done (see `entries`).
+    pub walked: bool,
     /// Readers pinning the chunk, in any process.
     pub pins: u32,
     /// Holds one oversized blob.
@@ -259,10 +267,9 @@ pub struct ChunkHeaderInfo {
 }
 
 impl ChunkHeaderInfo {
-    /// Entries in the chunk: committed ones plus reservations still in
-    /// flight (each writer in flight holds exactly one).
-    pub fn entries(&self) -> u64 {
-        u64::from(self.committed) + u64::from(self.writers)
+    /// Entries written and not yet acknowledged (entry state COMMITTED).
+    pub fn committed(&self) -> u32 {
+        self.entries.saturating_sub(self.acknowledged)
     }
 
     /// The chunk's age: since it was activated, or (never activated) since
@@ -477,7 +484,7 @@ pub fn list_namespaces(dir: &Path) -> Result<Listing> {
     }
     let namespaces = by_ns
         .into_iter()
-        .map(|(ns, names)| inspect_names(dir, &ns, &names).info())
+        .map(|(ns, names)| inspect_names(dir, &ns, &names, false).info())
         .collect();
     Ok(Listing {
         dir: dir.to_owned(),
@@ -510,7 +517,7 @@ pub fn inspect_namespace_in(dir: &Path, ns: &str) -> Result<NamespaceReport> {
             namespace: ns.to_owned(),
         });
     }
-    Ok(inspect_names(dir, ns, &names))
+    Ok(inspect_names(dir, ns, &names, true))
 }
 
 /// The shm directory the library uses: `$SFB_SHM_DIR`, or `/dev/shm`.
@@ -606,9 +613,12 @@ fn u64_at(buf: &[u8], off: usize) -> u64 {
         .unwrap_or(0)
 }
 
+/// Bytes of a magic word (both magics are a u64).
+const MAGIC_LEN: usize = std::mem::size_of::<u64>();
+
 /// A magic word shown to a human: its hex value and printable bytes.
 fn show_magic(buf: &[u8]) -> String {
-    let bytes = &buf[..buf.len().min(8)];
+    let bytes = &buf[..buf.len().min(MAGIC_LEN)];
     let text: String = bytes
         .iter()
         .map(|&b| {
@@ -628,7 +638,9 @@ fn ago(now_ms: u64, stamp: u64) -> Option<u64> {
     (stamp != 0).then(|| now_ms.saturating_sub(stamp))
 }
 
-fn inspect_names(dir: &Path, ns: &str, names: &Names) -> NamespaceReport {
+/// Reads a namespace's files; `walk` also walks the entries of chunks in use
+/// (reads their unwalked entry headers) for exact counts.
+fn inspect_names(dir: &Path, ns: &str, names: &Names, walk: bool) -> NamespaceReport {
     let mut report = NamespaceReport {
         namespace: ns.to_owned(),
         dir: dir.to_owned(),
@@ -698,8 +710,16 @@ fn inspect_names(dir: &Path, ns: &str, names: &Names) -> NamespaceReport {
     }
     for id in ids {
         let has_file = names.chunks.contains(&id);
-        let (chunk, failed) =
-            inspect_chunk(dir, ns, id, has_file, control.as_ref(), incarnation, now_ms);
+        let (chunk, failed) = inspect_chunk(
+            dir,
+            ns,
+            id,
+            has_file,
+            control.as_ref(),
+            incarnation,
+            now_ms,
+            walk,
+        );
         unreadable |= failed;
         report.chunks.extend(chunk);
     }
@@ -747,7 +767,7 @@ fn inspect_ctrl(opened: &Opened, path: &Path, report: &mut NamespaceReport) -> C
             return CtrlVerdict::Unreadable;
         }
     };
-    let magic_end = offset_of!(CtrlHeader, magic) + 8;
+    let magic_end = offset_of!(CtrlHeader, magic) + MAGIC_LEN;
     let version_end = offset_of!(CtrlHeader, version) + 4;
     if head.len() < magic_end || u64_at(&head, offset_of!(CtrlHeader, magic)) != CTRL_MAGIC {
         let what = if head.is_empty() {
@@ -956,6 +976,7 @@ fn some_ids(ids: &BTreeSet<u32>) -> String {
 /// Reads one chunk file (or notes a registered id without one). `None` if
 /// the file vanished since the listing and nothing names it any more; the
 /// flag is set when the file could not be read.
+#[allow(clippy::too_many_arguments)]
 fn inspect_chunk(
     dir: &Path,
     ns: &str,
@@ -964,6 +985,7 @@ fn inspect_chunk(
     control: Option<&ControlBlock>,
     incarnation: Option<u64>,
     now_ms: u64,
+    walk: bool,
 ) -> (Option<ChunkReport>, bool) {
     let registered = control.is_some_and(|c| c.registry.contains(&id));
     let mut r = ChunkReport {
@@ -1016,7 +1038,7 @@ fn inspect_chunk(
     let magic = u64_at(&head, offset_of!(ChunkHeader, magic));
     // A chunk file is created empty, sized, then formatted: until its magic
     // is written it is all zeros (or empty).
-    if head.len() < 8 || magic == 0 {
+    if head.len() < offset_of!(ChunkHeader, magic) + MAGIC_LEN || magic == 0 {
         let what = if head.is_empty() {
             "empty (0 bytes)".to_owned()
         } else {
@@ -1072,6 +1094,17 @@ fn inspect_chunk(
     if let ChunkState::Invalid(v) = h.state {
         wrong.push(format!("state {v} is not a chunk state"));
     }
+    let alloc = u64_at(&head, offset_of!(ChunkHeader, alloc));
+    if alloc_writers(alloc) != 0 {
+        wrong.push(format!(
+            "alloc word {alloc:#018x} has bits 32-47 set, which this version never writes (a file of an older build?)"
+        ));
+    }
+    let mut h = h;
+    if walk && wrong.is_empty() && h.state == ChunkState::InUse {
+        let walked = u64_at(&head, offset_of!(ChunkHeader, walked));
+        walk_entries(&opened, &path, &mut h, walked);
+    }
     if !wrong.is_empty() {
         r.problem = Some(wrong.join("; "));
     }
@@ -1085,6 +1118,61 @@ fn inspect_chunk(
     }
     r.header = Some(h);
     (Some(r), false)
+}
+
+/// Bytes of entry headers read per `pread` during a walk.
+const WALK_WINDOW: usize = 256 << 10;
+
+/// Counts the entries written in the chunk's generation, the way the
+/// reclaimers' walk does (`chunk.rs`), but on copies read with `pread`:
+/// from the prefix the reclaimers already proved committed (`walked`) to the
+/// first entry not yet written. Every length is bounds-checked; a length
+/// that does not fit ends the walk like an unwritten entry would.
+fn walk_entries(opened: &Opened, path: &Path, h: &mut ChunkHeaderInfo, walked: u64) {
+    let used_end = h.used + CHUNK_HEADER_SIZE as u64;
+    let (mut off, mut count) = (u64::from(walked_offset(walked)), walked_count(walked));
+    if off < CHUNK_HEADER_SIZE as u64 || off > used_end || off % ENTRY_ALIGN as u64 != 0 {
+        (off, count) = (CHUNK_HEADER_SIZE as u64, 0);
+    }
+    let len_at = offset_of!(EntryHeader, len);
+    let state_at = offset_of!(EntryHeader, state);
+    let mut window = Vec::new();
+    let mut window_start = 0u64;
+    while off < used_end {
+        // Refill when the next entry header is not wholly in the window.
+        let in_window = off >= window_start
+            && off + ENTRY_HEADER_SIZE as u64 <= window_start + window.len() as u64;
+        if !in_window {
+            let want = (used_end - off).min(WALK_WINDOW as u64) as usize;
+            window.resize(want, 0);
+            match os::read_at(&opened.file, &mut window, off, path) {
+                Ok(n) => window.truncate(n),
+                Err(_) => break,
+            }
+            window_start = off;
+            if window.len() < ENTRY_HEADER_SIZE {
+                break;
+            }
+        }
+        let at = (off - window_start) as usize;
+        let state = u32_at(&window, at + state_at);
+        if !entry_in_generation(state, h.generation)
+            || !matches!(entry_kind(state), ENTRY_COMMITTED | ENTRY_ACKED)
+        {
+            break;
+        }
+        let Some(fp) = entry_footprint(u32_at(&window, at + len_at) as usize) else {
+            break;
+        };
+        if off + fp as u64 > used_end {
+            break;
+        }
+        off += fp as u64;
+        count += 1;
+    }
+    h.entries = count;
+    h.pending_bytes = used_end.saturating_sub(off);
+    h.walked = true;
 }
 
 fn decode_chunk(head: &[u8], now_ms: u64) -> ChunkHeaderInfo {
@@ -1111,9 +1199,11 @@ fn decode_chunk(head: &[u8], now_ms: u64) -> ChunkHeaderInfo {
         used: u64::from(alloc_used(alloc)).saturating_sub(CHUNK_HEADER_SIZE as u64),
         capacity: u64::from(size).saturating_sub(CHUNK_HEADER_SIZE as u64),
         sealed: alloc_sealed(alloc),
-        writers: alloc_writers(alloc) as u32,
-        committed: u32f!(entries),
+        // Refined by `walk_entries` when the caller walks.
+        entries: walked_count(u64f!(walked)),
         acknowledged: u32f!(acks),
+        pending_bytes: 0,
+        walked: false,
         pins: u32f!(pins),
         dedicated: u32f!(flags) & FLAG_DEDICATED != 0,
         activating,
@@ -1174,7 +1264,14 @@ mod tests {
         assert!(chunk.active && chunk.registered);
         let hd = chunk.header.as_ref().unwrap();
         assert_eq!(hd.state, ChunkState::InUse);
-        assert_eq!((hd.committed, hd.acknowledged, hd.entries()), (2, 1, 2));
+        assert!(hd.walked);
+        let counts = (
+            hd.entries,
+            hd.acknowledged,
+            hd.committed(),
+            hd.pending_bytes,
+        );
+        assert_eq!(counts, (2, 1, 1, 0));
         let fp = |n| entry_footprint(n).unwrap() as u64;
         assert_eq!(hd.used, fp(1000) + fp(100));
         assert_eq!(hd.capacity, (64 << 10) - CHUNK_HEADER_SIZE as u64);
@@ -1239,6 +1336,79 @@ mod tests {
         assert_eq!(r.health, Health::Orphaned);
         assert!(r.is_dead());
         os::unlink(&chunk).unwrap();
+    }
+
+    #[test]
+    fn the_entry_walk_counts_written_entries_and_stops_at_a_pending_one() {
+        let dir = os::shm_dir();
+        let ns = ns("walk");
+        let path = dir.join(chunk_file_name(&ns, 5));
+        let size = 8192usize;
+        let generation = 0xDEAD_BEEF;
+        let mut b = vec![0u8; size];
+        let put32 =
+            |b: &mut [u8], at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        let put64 =
+            |b: &mut [u8], at: usize, v: u64| b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        put64(&mut b, offset_of!(ChunkHeader, magic), CHUNK_MAGIC);
+        put32(&mut b, offset_of!(ChunkHeader, chunk_id), 5);
+        put32(&mut b, offset_of!(ChunkHeader, size), size as u32);
+        put64(
+            &mut b,
+            offset_of!(ChunkHeader, state_gen),
+            state_gen(STATE_IN_USE, generation),
+        );
+        put32(&mut b, offset_of!(ChunkHeader, acks), 1);
+        // Three entries written (one acknowledged), then one reserved but
+        // not written, then one written after it (unreachable by a walk).
+        let lens = [10usize, 300, 1, 40, 7];
+        let mut off = CHUNK_HEADER_SIZE;
+        let mut pending_from = 0;
+        for (i, &len) in lens.iter().enumerate() {
+            let kind = match i {
+                0 => ENTRY_ACKED,
+                3 => {
+                    pending_from = off;
+                    ENTRY_RESERVED
+                }
+                _ => ENTRY_COMMITTED,
+            };
+            if kind != ENTRY_RESERVED {
+                put32(&mut b, off + offset_of!(EntryHeader, len), len as u32);
+                put32(
+                    &mut b,
+                    off + offset_of!(EntryHeader, state),
+                    entry_state(generation, kind),
+                );
+            }
+            off += entry_footprint(len).unwrap();
+        }
+        put64(&mut b, offset_of!(ChunkHeader, alloc), off as u64);
+        std::fs::write(&path, &b).unwrap();
+        let r = inspect_namespace(&ns).unwrap();
+        assert_eq!(r.health, Health::Orphaned);
+        let h = r.chunks[0].header.as_ref().unwrap();
+        assert!(h.walked);
+        assert_eq!((h.entries, h.acknowledged, h.committed()), (3, 1, 2));
+        assert_eq!(h.pending_bytes, (off - pending_from) as u64);
+        // A length running past the used space ends the walk, never a read
+        // out of bounds.
+        put32(
+            &mut b,
+            CHUNK_HEADER_SIZE + offset_of!(EntryHeader, len),
+            u32::MAX - 64,
+        );
+        std::fs::write(&path, &b).unwrap();
+        let h = inspect_namespace(&ns).unwrap().chunks[0]
+            .header
+            .clone()
+            .unwrap();
+        assert_eq!(
+            (h.entries, h.pending_bytes),
+            (0, (off - CHUNK_HEADER_SIZE) as u64)
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b);
+        os::unlink(&path).unwrap();
     }
 
     #[test]

@@ -135,6 +135,21 @@ pub fn read_prefix(file: &File, buf: &mut [u8], path: &Path) -> Result<usize> {
     Ok(done)
 }
 
+/// Reads up to `buf.len()` bytes at `offset` (`pread`); returns how many
+/// were read (fewer only at the end of the file).
+pub fn read_at(file: &File, buf: &mut [u8], offset: u64, path: &Path) -> Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(BlobError::os("pread", path, e)),
+        }
+    }
+    Ok(done)
+}
+
 /// Gives a new file its size and reserves every page of it now, so that
 /// a full `/dev/shm` is an error here ([`BlobError::NoSpace`]) instead of a
 /// SIGBUS on first touch later.

@@ -515,9 +515,10 @@ fn chunk_json(c: &ChunkReport) -> Value {
             "used": h.used,
             "capacity": h.capacity,
             "sealed": h.sealed,
-            "writers": h.writers,
-            "entries": h.entries(),
-            "committed": h.committed,
+            "entries": h.entries,
+            "committed": h.committed(),
+            "pending_bytes": h.pending_bytes,
+            "walked": h.walked,
             "acknowledged": h.acknowledged,
             "pins": h.pins,
             "dedicated": h.dedicated,
@@ -728,8 +729,11 @@ fn chunk_row(c: &ChunkReport) -> Vec<String> {
     if h.dedicated {
         flags.push("dedicated".into());
     }
-    if h.writers > 0 {
-        flags.push(format!("writers={}", h.writers));
+    if h.pending_bytes > 0 {
+        flags.push(format!(
+            "pending={}",
+            bytes(h.pending_bytes).replace(' ', "")
+        ));
     }
     let pct = if h.capacity == 0 {
         0.0
@@ -741,8 +745,8 @@ fn chunk_row(c: &ChunkReport) -> Vec<String> {
         h.generation.to_string(),
         h.state.to_string(),
         format!("{} / {} ({pct:.0}%)", bytes(h.used), bytes(h.capacity)),
-        h.entries().to_string(),
-        h.committed.to_string(),
+        h.entries.to_string(),
+        h.committed().to_string(),
         h.acknowledged.to_string(),
         h.pins.to_string(),
         opt_duration(h.age_ms()),
