@@ -152,6 +152,16 @@ impl Peer {
         }
     }
 
+    /// Like [`line`](Self::line) but gives up after `d`: `None` on timeout,
+    /// `Some(None)` at EOF.
+    pub fn line_timeout(&mut self, d: Duration) -> Option<Option<String>> {
+        match self.lines.recv_timeout(d) {
+            Ok(l) => Some(Some(l)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Some(None),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+        }
+    }
+
     /// Waits for a line equal to `want`; panics with what came instead.
     pub fn expect(&mut self, want: &str) {
         let got = self.line();
