@@ -1,0 +1,267 @@
+//! Soak: two producer processes and two consumer processes, two threads
+//! each, at full speed for a bounded time; every payload checksummed;
+//! acknowledgements and TTL reclamation both exercised (consumers leave one
+//! handle in fifty unacknowledged); `max_chunks` backpressure hit and
+//! recovered from. Prints payloads moved, bytes, errors (must be 0), peak
+//! and final shm usage (final must be 0 after cleanup).
+//!
+//! Bounded by default (CI); the long run is
+//! `SFB_SOAK_SECS=600 cargo test --release --test soak -- --nocapture`.
+
+mod common;
+
+use common::{env, hex, payload, say, spawn_peer, unhex, Ns, Peer};
+use stable_fragmented_buffer::{BlobError, BlobStoreLifecycleExt, Config, PinnedBlobStore};
+use std::io::{BufRead, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const ENTRY: &str = "peer_process_entry_point";
+const THREADS: u64 = 2;
+
+fn config() -> Config {
+    Config {
+        decay_timeout_ms: 0,
+        default_ttl_ms: 150,
+        ..Config::default()
+    }
+}
+
+/// Not a test of its own: the entry point of peer processes.
+#[test]
+fn peer_process_entry_point() {
+    let Some(role) = common::peer_role() else {
+        return;
+    };
+    match role.as_str() {
+        "producer" => producer(),
+        "consumer" => consumer(),
+        other => panic!("unknown role {other}"),
+    }
+}
+
+fn producer() {
+    let store = Arc::new(PinnedBlobStore::attach_shared(config(), &env("SFB_NS")).unwrap());
+    let id: u64 = env("SFB_ID").parse().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let full = Arc::new(AtomicU64::new(0));
+    let out = Arc::new(Mutex::new(std::io::BufWriter::new(std::io::stdout())));
+    let workers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (store, stop, full, out) = (
+                Arc::clone(&store),
+                Arc::clone(&stop),
+                Arc::clone(&full),
+                Arc::clone(&out),
+            );
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let seed = (id << 48) | (t << 40) | n;
+                    let len = 1 + (seed.wrapping_mul(2_654_435_761) % 20_000) as usize;
+                    match store.append_shared(&payload(seed, len)) {
+                        Ok(h) => {
+                            let mut o = out.lock().unwrap();
+                            writeln!(o, "SFB h {} {seed} {len}", hex(&h)).unwrap();
+                            n += 1;
+                        }
+                        Err(BlobError::StoreFull { .. }) => {
+                            full.fetch_add(1, Ordering::Relaxed);
+                            out.lock().unwrap().flush().unwrap();
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        Err(e) => panic!("append: {e}"),
+                    }
+                }
+                n
+            })
+        })
+        .collect();
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    stop.store(true, Ordering::Relaxed);
+    let sent: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    out.lock().unwrap().flush().unwrap();
+    say(format!("produced {sent} {}", full.load(Ordering::Relaxed)));
+}
+
+fn consumer() {
+    let store = Arc::new(PinnedBlobStore::attach_shared(config(), &env("SFB_NS")).unwrap());
+    let (tx, rx) = mpsc::channel::<String>();
+    let rx = Arc::new(Mutex::new(rx));
+    let totals = Arc::new([
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+    ]);
+    let workers: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let (store, rx, totals) = (Arc::clone(&store), Arc::clone(&rx), Arc::clone(&totals));
+            std::thread::spawn(move || loop {
+                let Ok(line) = rx.lock().unwrap().recv() else {
+                    return;
+                };
+                let p: Vec<&str> = line.split(' ').collect();
+                let (h, seed, len) = (
+                    unhex(p[0]),
+                    p[1].parse::<u64>().unwrap(),
+                    p[2].parse::<usize>().unwrap(),
+                );
+                match store.resolve_ref(&h) {
+                    Some(v) if v[..] == payload(seed, len)[..] => {
+                        totals[0].fetch_add(1, Ordering::Relaxed);
+                        totals[3].fetch_add(len as u64, Ordering::Relaxed);
+                    }
+                    Some(_) => {
+                        totals[2].fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => {
+                        totals[1].fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                // One in fifty is never acknowledged: the TTL reclaims those.
+                if seed % 50 != 0 {
+                    store.acknowledge_shared(&h);
+                }
+            })
+        })
+        .collect();
+    say("ready");
+    for line in std::io::stdin().lock().lines() {
+        tx.send(line.unwrap()).unwrap();
+    }
+    drop(tx);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let l = |i: usize| totals[i].load(Ordering::Relaxed);
+    say(format!("consumed {} {} {} {}", l(0), l(1), l(2), l(3)));
+}
+
+/// Bytes the namespace's files hold on tmpfs.
+fn shm_bytes(ns: &Ns) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    ns.files()
+        .iter()
+        .filter_map(|f| std::fs::metadata(common::shm_dir().join(f)).ok())
+        .map(|m| m.blocks() * 512)
+        .sum()
+}
+
+#[test]
+fn soak_bounded() {
+    let secs: u64 = std::env::var("SFB_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    let ns = Ns::new("soak");
+    let store = Arc::new(
+        PinnedBlobStore::new_shared_with_limit(config(), ns.as_str(), 256 << 10, Some(24)).unwrap(),
+    );
+    let cleaner = store.start_cleanup(Duration::from_millis(5));
+    let mut consumers: Vec<Peer> = (0..2)
+        .map(|_| spawn_peer(ENTRY, "consumer", &[("SFB_NS", ns.0.clone())]))
+        .collect();
+    for c in &mut consumers {
+        c.expect("ready");
+    }
+    let mut producers: Vec<Peer> = (0..2u64)
+        .map(|i| {
+            spawn_peer(
+                ENTRY,
+                "producer",
+                &[("SFB_NS", ns.0.clone()), ("SFB_ID", i.to_string())],
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    let mut peak = 0u64;
+    let mut next = 0usize;
+    let mut relay =
+        |producers: &mut Vec<Peer>, consumers: &mut Vec<Peer>, until: Option<Instant>| {
+            let mut open = producers.len();
+            while open > 0 && until.is_none_or(|u| Instant::now() < u) {
+                open = 0;
+                for p in producers.iter_mut() {
+                    for _ in 0..256 {
+                        match p.line_timeout(Duration::from_millis(1)) {
+                            Some(Some(l)) => {
+                                open += 1;
+                                if let Some(rest) = l.strip_prefix("h ") {
+                                    let c = &mut consumers[next % 2];
+                                    next += 1;
+                                    writeln!(c.child.stdin.as_mut().unwrap(), "{rest}").unwrap();
+                                } else if let Some(rest) = l.strip_prefix("produced ") {
+                                    return Some(rest.to_owned());
+                                }
+                            }
+                            Some(None) => break,
+                            None => {
+                                open += 1;
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            None
+        };
+    while started.elapsed() < Duration::from_secs(secs) {
+        relay(
+            &mut producers,
+            &mut consumers,
+            Some(Instant::now() + Duration::from_millis(50)),
+        );
+        peak = peak.max(shm_bytes(&ns));
+    }
+    // Stop the producers and drain everything they said.
+    let mut produced = 0u64;
+    let mut full_waits = 0u64;
+    for p in producers.iter_mut() {
+        drop(p.child.stdin.take());
+    }
+    for i in 0..producers.len() {
+        let mut one = vec![producers.remove(0)];
+        let report = loop {
+            if let Some(r) = relay(
+                &mut one,
+                &mut consumers,
+                Some(Instant::now() + Duration::from_secs(30)),
+            ) {
+                break r;
+            }
+            panic!("producer {i} hung");
+        };
+        let v: Vec<u64> = report.split(' ').map(|x| x.parse().unwrap()).collect();
+        produced += v[0];
+        full_waits += v[1];
+        one.remove(0).wait_ok();
+    }
+    let (mut ok, mut gone, mut bad, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    for mut c in consumers {
+        drop(c.child.stdin.take());
+        let r = c.line().expect("consumer report");
+        let v: Vec<u64> = r.split(' ').skip(1).map(|x| x.parse().unwrap()).collect();
+        (ok, gone, bad, bytes) = (ok + v[0], gone + v[1], bad + v[2], bytes + v[3]);
+        c.wait_ok();
+    }
+    cleaner.stop();
+    let elapsed = started.elapsed().as_secs_f64();
+    drop(store);
+    let final_bytes = shm_bytes(&ns);
+    println!(
+        "soak: {elapsed:.1} s, 2 producers x {THREADS} threads, 2 consumers x {THREADS} threads: {produced} payloads produced, {ok} verified ({:.1} MB), {gone} reclaimed by TTL before they were read, {bad} errors; store full {full_waits} times (backpressure hit and recovered); shm peak {:.1} MB, final {final_bytes} B",
+        bytes as f64 / 1e6,
+        peak as f64 / 1e6
+    );
+    assert_eq!(bad, 0, "wrong bytes");
+    assert_eq!(ok + gone, produced, "every produced handle was consumed");
+    assert!(ok > 0);
+    assert_eq!(final_bytes, 0);
+    assert!(
+        peak <= (24 * 256 + 32) << 10,
+        "peak {peak} B: max_chunks bounds the memory"
+    );
+}
