@@ -40,6 +40,8 @@ mod config;
 mod copy;
 mod engine;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handle;
 pub mod inspect;
 pub mod layout;

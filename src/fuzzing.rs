@@ -1,0 +1,171 @@
+//! Checks shared by the coverage-guided fuzz targets (`fuzz/`) and the
+//! regression test that replays the inputs they found
+//! (`tests/fuzz_regressions.rs`). Not part of the stable API.
+
+use crate::layout::{CHUNK_HEADER_SIZE, CTRL_MAGIC, CTRL_SIZE, FORMAT_VERSION};
+use crate::{Config, OverflowHandle, PinnedBlobStore, SharedBackend};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A namespace for one fuzz case (removed by the case).
+pub fn namespace() -> String {
+    format!(
+        "sfbfuzz-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn blob(i: u64) -> Vec<u8> {
+    (0..1 + (i as usize * 131) % 2500)
+        .map(|j| (j as u64 ^ i.wrapping_mul(0x9E37)) as u8)
+        .collect()
+}
+
+/// A live store with known contents, for [`handles`].
+pub struct Live {
+    /// The store.
+    pub store: PinnedBlobStore,
+    /// Every handle appended, with its bytes.
+    pub known: HashMap<OverflowHandle, Vec<u8>>,
+}
+
+impl Live {
+    /// Creates it under a fresh namespace (removed when dropped).
+    pub fn new() -> Self {
+        let cfg = Config {
+            decay_timeout_ms: 0,
+            ..Config::default()
+        };
+        let store = PinnedBlobStore::new_shared(cfg, &namespace(), 8192).expect("fuzz store");
+        let known = (0..24).map(|i| {
+            let b = blob(i);
+            (store.append_shared(&b).expect("append"), b)
+        });
+        let known = known.collect();
+        Self { store, known }
+    }
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Arbitrary 24-byte handles (and handles near real ones) against a live
+/// store: each resolves to nothing or to exactly the bytes appended under it.
+pub fn handles(live: &Live, input: &[u8]) -> Result<(), String> {
+    let real: Vec<OverflowHandle> = live.known.keys().copied().collect();
+    for (i, raw) in input.chunks_exact(24).enumerate() {
+        let mut b = [0u8; 24];
+        b.copy_from_slice(raw);
+        let mut candidates = vec![OverflowHandle::from_bytes(&b)];
+        // Also the nearest real handle with this input's offset and size.
+        let mut near = real[i % real.len()];
+        near.offset = u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]);
+        near.size = u32::from_le_bytes([raw[8], raw[9], raw[10], raw[11]]) & 0xFFFF;
+        candidates.push(near);
+        for h in candidates {
+            if let Some(got) = live.store.resolve(&h) {
+                if live.known.get(&h) != Some(&got) {
+                    return Err(format!("{h:?} resolved to bytes never appended under it"));
+                }
+            }
+            if let Some(v) = live.store.resolve_ref(&h) {
+                if live.known.get(&h).map(|k| &k[..]) != Some(&v[..]) {
+                    return Err(format!("{h:?} viewed bytes never appended under it"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Arbitrary bytes as a control file (first input byte: 1 = give it our
+/// magic and version, 2 = also the exact size), then every operation.
+pub fn control_file(input: &[u8]) -> Result<(), String> {
+    let Some((&mode, body)) = input.split_first() else {
+        return Ok(());
+    };
+    let ns = namespace();
+    let mut bytes = body.to_vec();
+    if mode & 1 == 1 && bytes.len() >= 12 {
+        bytes[..8].copy_from_slice(&CTRL_MAGIC.to_le_bytes());
+        bytes[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    }
+    if mode & 2 == 2 {
+        bytes.resize(CTRL_SIZE, 0);
+    }
+    let path = crate::os::shm_dir().join(format!("{ns}_ctrl"));
+    std::fs::write(&path, &bytes).map_err(|e| e.to_string())?;
+    if let Ok(store) = PinnedBlobStore::attach_shared(Config::default(), &ns) {
+        let h = OverflowHandle {
+            page_id: 0,
+            offset: CHUNK_HEADER_SIZE as u32,
+            size: 3,
+            generation: 1,
+            timestamp: 1,
+        };
+        let _ = store.resolve(&h);
+        let _ = store.acknowledge_shared(&h);
+        let _ = store.append_shared(b"abc");
+        let _ = store.cleanup_shared();
+    }
+    let _ = SharedBackend::cleanup_namespace_forced(&ns);
+    leftovers(&ns)
+}
+
+/// Arbitrary bytes written over a live chunk (in place, never shortening
+/// it), then every handle resolved from a fresh attachment: nothing, or
+/// exactly the appended bytes.
+pub fn chunk_file(input: &[u8]) -> Result<(), String> {
+    let live = Live::new();
+    let ns = live
+        .store
+        .shared_backend()
+        .map(|b| b.namespace().to_owned())
+        .unwrap_or_default();
+    let reader =
+        PinnedBlobStore::attach_shared(Config::default(), &ns).map_err(|e| e.to_string())?;
+    let path = crate::os::shm_dir().join(format!("{ns}_data_0"));
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| e.to_string())?;
+        f.write_all_at(input, 0).map_err(|e| e.to_string())?;
+    }
+    for (h, data) in &live.known {
+        for who in [&reader, &live.store] {
+            if let Some(got) = who.resolve(h) {
+                if &got != data {
+                    return Err(format!("{h:?} resolved to other bytes after scribbling"));
+                }
+            }
+            let _ = who.acknowledge_shared(h);
+        }
+    }
+    let _ = reader.cleanup_shared();
+    drop(reader);
+    drop(live);
+    leftovers(&ns)
+}
+
+fn leftovers(ns: &str) -> Result<(), String> {
+    let dir = crate::os::shm_dir();
+    let prefix = format!("{ns}_");
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("left files: {left:?}"))
+    }
+}
