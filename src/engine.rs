@@ -116,8 +116,10 @@ pub(crate) trait Chunks {
     }
     /// A new chunk of `size` bytes, formatted FREE and sealed, owned by the caller.
     fn create(&self, size: usize, flags: u32, populate: bool) -> Result<Self::Chunk>;
-    /// Releases a chunk already marked RETIRED (unlink, unregister, drop).
-    fn release(&self, id: u32);
+    /// Releases a chunk already marked RETIRED (unlink its own file,
+    /// unregister, forget). Takes the chunk itself, not its id: the id's
+    /// cache entry may already be gone, or belong to a later chunk.
+    fn release(&self, chunk: &Self::Chunk);
     /// Appends the ids of every live chunk to `out`.
     fn ids(&self, out: &mut Vec<u32>);
     /// Asks for a chunk to be prepared off the append path.
@@ -167,7 +169,7 @@ fn next_generation<C: Chunks>(c: &C) -> u32 {
 /// Retires a chunk already claimed or exclusively owned, and releases it.
 fn retire<C: Chunks>(c: &C, chunk: &C::Chunk) {
     chunk.region().mark_retired();
-    c.release(chunk.id());
+    c.release(chunk);
     c.count(Event::Retired);
 }
 
@@ -224,7 +226,7 @@ pub(crate) fn rollover<C: Chunks>(c: &C, seen: u64) -> Result<()> {
         match region.try_deactivate(generation, now) {
             Deactivate::Free => {
                 if !pool_push(c, chunk.id()) && region.retire_free(generation) {
-                    c.release(chunk.id());
+                    c.release(&chunk);
                     c.count(Event::Retired);
                 }
             }
@@ -423,7 +425,7 @@ pub(crate) fn reclaim<C: Chunks>(c: &C) -> usize {
                 && region.retire_free(generation)
             {
                 // A FREE chunk that fell out of the pool.
-                c.release(id);
+                c.release(&chunk);
                 c.count(Event::Retired);
                 continue;
             }
@@ -448,7 +450,7 @@ pub(crate) fn reclaim<C: Chunks>(c: &C) -> usize {
             if pool_push(c, id) {
                 c.count(Event::Recycled);
             } else if region.retire_free(fresh) {
-                c.release(id);
+                c.release(&chunk);
                 c.count(Event::Retired);
             }
         } else {
@@ -500,7 +502,7 @@ fn shrink_pool<C: Chunks>(c: &C, now: u64) {
                 .is_ok()
             && region.retire_free(generation)
         {
-            c.release(chunk.id());
+            c.release(&chunk);
             c.count(Event::Retired);
         }
         // If `retire_free` lost, someone popped and activated it first.
@@ -520,7 +522,7 @@ pub(crate) fn prefetch<C: Chunks>(c: &C) {
     if let Ok(chunk) = c.create(c.policy().chunk_size as usize, 0, true) {
         let (_, generation) = chunk.region().state();
         if !pool_push(c, chunk.id()) && chunk.region().retire_free(generation) {
-            c.release(chunk.id());
+            c.release(&chunk);
         }
     }
 }

@@ -1307,7 +1307,7 @@ mod tests {
                 ours[..12]
                     .iter()
                     .copied()
-                    .chain(std::iter::repeat(0xa5).take(CTRL_SIZE - 12))
+                    .chain(std::iter::repeat_n(0xa5, CTRL_SIZE - 12))
                     .collect(),
                 Health::Corrupt,
             ),

@@ -642,3 +642,40 @@ fn usage_errors_exit_2_and_failures_exit_1_saying_what_to_do() {
     assert_eq!(code, 0);
     assert!(out.contains("Exit codes: 0 success, 1 operation failed, 2 usage error"));
 }
+
+#[test]
+fn bench_runs_the_selected_cells_and_prints_the_table() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sfb"))
+        .args([
+            "bench",
+            "--quick",
+            "--only",
+            "memcpy bound 64 B",
+            "append cold 64 B",
+            "full cycle 64 B",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("| workload | payload | threads |"),
+        "{stdout}"
+    );
+    for row in [
+        "| memcpy bound | 64 B |",
+        "| append | 64 B | 1 | cold |",
+        "| full cycle, 2 processes | 64 B |",
+    ] {
+        assert!(stdout.contains(row), "missing {row}: {stdout}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_sfb"))
+        .args(["bench", "--only", "no such cell"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}

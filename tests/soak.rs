@@ -224,16 +224,12 @@ fn soak_bounded() {
     }
     for i in 0..producers.len() {
         let mut one = vec![producers.remove(0)];
-        let report = loop {
-            if let Some(r) = relay(
-                &mut one,
-                &mut consumers,
-                Some(Instant::now() + Duration::from_secs(30)),
-            ) {
-                break r;
-            }
-            panic!("producer {i} hung");
-        };
+        let report = relay(
+            &mut one,
+            &mut consumers,
+            Some(Instant::now() + Duration::from_secs(30)),
+        )
+        .unwrap_or_else(|| panic!("producer {i} hung"));
         let v: Vec<u64> = report.split(' ').map(|x| x.parse().unwrap()).collect();
         produced += v[0];
         full_waits += v[1];

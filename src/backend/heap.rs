@@ -271,10 +271,12 @@ impl Chunks for HeapPages {
         Ok(page)
     }
 
-    fn release(&self, id: u32) {
-        if self.pages.get(id).is_some() {
-            self.pages.remove(id);
-            self.lock_ids().0.push(id);
+    fn release(&self, page: &Arc<HeapPage>) {
+        // Only if the table still holds this very page (not a later one
+        // under a reused id).
+        if self.pages.with(page.id, |p| Arc::ptr_eq(p, page)) == Some(true) {
+            self.pages.remove(page.id);
+            self.lock_ids().0.push(page.id);
         }
         // The memory goes when the last view of the page is dropped.
     }

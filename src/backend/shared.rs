@@ -386,20 +386,20 @@ impl Chunks for Inner {
     }
 
     /// Unlinks a retired chunk and forgets it; mappings elsewhere stay valid.
-    fn release(&self, id: u32) {
-        // Unlink only our own file, and never once the namespace is closed
-        // (the name may belong to a new incarnation by now).
-        let path = self.chunk_path(id);
-        let ours = self.chunks.with(id, |c| c.ident).flatten();
+    fn release(&self, chunk: &Arc<ChunkMap>) {
+        // Unlink only our own file (the identity recorded when we mapped
+        // it), and never once the namespace is closed (the name may belong
+        // to a new incarnation by now).
+        let path = self.chunk_path(chunk.id);
         if self.ctrl().closed.load(Ordering::Acquire) == 0
-            && ours.is_some()
-            && os::path_identity(&path).map(|(i, _)| i) == ours
+            && chunk.ident.is_some()
+            && os::path_identity(&path).map(|(i, _)| i) == chunk.ident
         {
             let _ = os::unlink(&path);
         }
-        self.unregister(id);
+        self.unregister(chunk.id);
         self.ctrl().live_chunks.fetch_sub(1, Ordering::Relaxed);
-        self.chunks.remove(id);
+        self.chunks.remove(chunk.id);
     }
 
     fn ids(&self, out: &mut Vec<u32>) {

@@ -94,6 +94,17 @@ enum Cmd {
         #[arg(long, default_value_t = 8)]
         max_chunks: usize,
     },
+    /// Runs the benchmark suite (append, resolve, acknowledge, full cycle
+    /// between two processes; memcpy and Unix-socket baselines) and prints
+    /// the table. The iceoryx2 comparison is `cargo run --release -p sfb-bench`.
+    Bench {
+        /// Smaller cells: finishes in well under 30 s.
+        #[arg(long)]
+        quick: bool,
+        /// Only the cells whose label contains one of these words.
+        #[arg(long, num_args = 1..)]
+        only: Vec<String>,
+    },
     /// Prints a shell completion script, e.g. `sfb completions bash >
     /// /etc/bash_completion.d/sfb`.
     Completions {
@@ -109,6 +120,10 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // The benchmark's cross-process cells re-run this binary as their consumer.
+    if stable_fragmented_buffer::bench::run_peer_if_asked() {
+        return ExitCode::SUCCESS;
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::List { json } => list(json),
@@ -136,6 +151,7 @@ fn main() -> ExitCode {
         } => demo(messages, size, chunk_size, max_chunks),
         Cmd::DemoConsumer { namespace } => demo_consumer(&namespace),
         Cmd::Completions { shell } => completions(shell),
+        Cmd::Bench { quick, only } => bench(quick, &only),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -149,6 +165,41 @@ fn main() -> ExitCode {
 }
 
 type AnyResult = Result<(), Box<dyn std::error::Error>>;
+
+fn bench(quick: bool, only: &[String]) -> AnyResult {
+    use stable_fragmented_buffer::bench::{self, Options};
+    let opts = if quick {
+        Options::quick()
+    } else {
+        Options::full()
+    };
+    let steps: Vec<_> = bench::plan(opts)
+        .into_iter()
+        .filter(|s| only.is_empty() || only.iter().any(|o| s.label.contains(o.as_str())))
+        .collect();
+    if steps.is_empty() {
+        return Err(
+            "no benchmark cell matches --only; labels look like \"append steady 4 KiB\"".into(),
+        );
+    }
+    let bar = indicatif::ProgressBar::new(steps.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")?
+            .progress_chars("=> "),
+    );
+    let mut cells = Vec::new();
+    for step in steps {
+        bar.set_message(step.label.clone());
+        cells.push(step.run());
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    emit(&format!(
+        "Machine: {}\n\n{}",
+        bench::machine(),
+        bench::markdown_table(&cells)
+    ))
+}
 
 fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
     e.downcast_ref::<std::io::Error>()
