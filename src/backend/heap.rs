@@ -120,7 +120,7 @@ impl HeapBackend {
             config.prefetch_ratio(),
             config.default_ttl_ms,
             config.decay_timeout_ms,
-            2,
+            4,
         );
         let inner = Arc::new(HeapPages {
             policy,

@@ -28,7 +28,7 @@ use std::time::Duration;
 pub const DEFAULT_CHUNK_SIZE: usize = 32 << 20;
 
 /// Chunks kept warm (mapped, faulted, ready) for reuse.
-const WARM_POOL: u32 = 2;
+const WARM_POOL: u32 = 4;
 
 /// How often each process's worker drops mappings of retired chunks.
 const WORKER_TICK: Duration = Duration::from_millis(100);

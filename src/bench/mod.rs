@@ -113,6 +113,21 @@ pub fn plan(opts: Options) -> Vec<Step> {
     steps
 }
 
+/// Per cell, the run with the median throughput (runs of the same plan,
+/// cell for cell): shared machines drift from run to run.
+pub fn median(mut runs: Vec<Vec<Cell>>) -> Vec<Cell> {
+    let Some(first) = runs.first() else { return Vec::new() };
+    let cells = first.len();
+    (0..cells)
+        .map(|i| {
+            let mut column: Vec<Cell> = runs.iter_mut().filter_map(|r| r.get(i).cloned()).collect();
+            column.sort_by(|a, b| a.ops_per_sec().total_cmp(&b.ops_per_sec()));
+            let mid = column.len() / 2;
+            column.swap_remove(mid)
+        })
+        .collect()
+}
+
 /// A one-line description of the machine for the table's caption.
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")

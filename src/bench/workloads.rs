@@ -15,6 +15,13 @@ pub const CHUNK: usize = crate::backend::shared::DEFAULT_CHUNK_SIZE;
 /// would cost more than a small append).
 const BATCH: usize = 64;
 
+/// Appends between acknowledgements in the steady workloads: [`BATCH`], or
+/// fewer so that a batch holds at most 256 KiB (consumers acknowledge as
+/// they go, not in 64 MiB bursts).
+fn batch(size: usize) -> usize {
+    BATCH.min((256 << 10) / size).max(1)
+}
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A namespace for one benchmark store.
@@ -137,7 +144,7 @@ fn run_appenders(
                 let mut spent = Duration::ZERO;
                 let mut done = 0;
                 while done < ops {
-                    let n = BATCH.min((ops - done) as usize);
+                    let n = batch(size).min((ops - done) as usize);
                     let start = Instant::now();
                     for _ in 0..n {
                         handles.push(append_retrying(&s, &data));
@@ -154,7 +161,7 @@ fn run_appenders(
                         let one = Instant::now();
                         handles.push(append_retrying(&s, &data));
                         lat.push(one.elapsed().as_nanos() as u64);
-                        if i % BATCH as u64 == 0 {
+                        if i % batch(size) as u64 == 0 {
                             for h in handles.drain(..) {
                                 s.acknowledge_shared(&h);
                             }
