@@ -343,7 +343,12 @@ impl ChunkRegion {
         // footprint >= ENTRY_HEADER_SIZE + data.len(), inside the region;
         // nobody reads these bytes before the Release store below.
         unsafe {
-            crate::copy::copy_payload(self.base.as_ptr().add(offset + ENTRY_HEADER_SIZE), data.as_ptr(), data.len(), self.len);
+            crate::copy::copy_payload(
+                self.base.as_ptr().add(offset + ENTRY_HEADER_SIZE),
+                data.as_ptr(),
+                data.len(),
+                self.len,
+            );
         }
         // Release: pairs with the Acquire loads of the state in `locate` and
         // `walk`: whoever sees it committed sees the length, tag and payload.

@@ -99,7 +99,14 @@ mod tests {
             for shift in [0, 1, 8, 15] {
                 let mut dst = vec![0u8; len + 32];
                 // SAFETY: both buffers hold `len` bytes at these offsets.
-                unsafe { copy_payload(dst.as_mut_ptr().add(shift), src.as_ptr(), len, STREAM_CHUNK_MIN) };
+                unsafe {
+                    copy_payload(
+                        dst.as_mut_ptr().add(shift),
+                        src.as_ptr(),
+                        len,
+                        STREAM_CHUNK_MIN,
+                    )
+                };
                 assert_eq!(
                     &dst[shift..shift + len],
                     &src[..len],

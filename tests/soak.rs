@@ -245,13 +245,18 @@ fn soak_bounded() {
     }
     cleaner.stop();
     let elapsed = started.elapsed().as_secs_f64();
+    let stats = store.stats();
     drop(store);
     let final_bytes = shm_bytes(&ns);
     println!(
-        "soak: {elapsed:.1} s, 2 producers x {THREADS} threads, 2 consumers x {THREADS} threads: {produced} payloads produced, {ok} verified ({:.1} MB), {gone} reclaimed by TTL before they were read, {bad} errors; store full {full_waits} times (backpressure hit and recovered); shm peak {:.1} MB, final {final_bytes} B",
+        "soak: {elapsed:.1} s, 2 producers x {THREADS} threads, 2 consumers x {THREADS} threads: {produced} payloads produced, {ok} verified ({:.1} MB), {gone} reclaimed by TTL before they were read, {bad} errors; store full {full_waits} times (backpressure hit and recovered); chunks recycled {}, unlinked {}, reclaimed by TTL {}; shm peak {:.1} MB, final {final_bytes} B",
         bytes as f64 / 1e6,
+        stats.recycled,
+        stats.retired,
+        stats.expired,
         peak as f64 / 1e6
     );
+    assert!(stats.expired > 0, "the TTL path was exercised");
     assert_eq!(bad, 0, "wrong bytes");
     assert_eq!(ok + gone, produced, "every produced handle was consumed");
     assert!(ok > 0);

@@ -11,7 +11,11 @@ fn main() {
         return;
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let opts = if args.iter().any(|a| a == "--quick") { Options::quick() } else { Options::full() };
+    let opts = if args.iter().any(|a| a == "--quick") {
+        Options::quick()
+    } else {
+        Options::full()
+    };
     let repeat: usize = args
         .iter()
         .position(|a| a == "--repeat")
@@ -21,20 +25,35 @@ fn main() {
         .max(1);
     let only: Vec<&String> = args.iter().skip_while(|a| *a != "--only").skip(1).collect();
     let wanted = |label: &str| only.is_empty() || only.iter().any(|o| label.contains(o.as_str()));
-    let iox: Vec<usize> = PAYLOADS.into_iter().filter(|s| wanted(&format!("iceoryx2 {}", bench::size_label(*s)))).collect();
+    let iox: Vec<usize> = PAYLOADS
+        .into_iter()
+        .filter(|s| wanted(&format!("iceoryx2 {}", bench::size_label(*s))))
+        .collect();
     let started = std::time::Instant::now();
     let before = shm_names();
     let mut runs = Vec::new();
     for r in 0..repeat {
-        let steps: Vec<_> = bench::plan(opts).into_iter().filter(|s| wanted(&s.label)).collect();
+        let steps: Vec<_> = bench::plan(opts)
+            .into_iter()
+            .filter(|s| wanted(&s.label))
+            .collect();
         let total = steps.len() + iox.len();
         let mut cells = Vec::new();
         for (n, step) in steps.into_iter().enumerate() {
-            eprintln!("[run {}/{repeat}] [{}/{total}] {}", r + 1, n + 1, step.label);
+            eprintln!(
+                "[run {}/{repeat}] [{}/{total}] {}",
+                r + 1,
+                n + 1,
+                step.label
+            );
             cells.push(step.run());
         }
         for &size in &iox {
-            eprintln!("[run {}/{repeat}] iceoryx2 {}", r + 1, bench::size_label(size));
+            eprintln!(
+                "[run {}/{repeat}] iceoryx2 {}",
+                r + 1,
+                bench::size_label(size)
+            );
             match iceoryx::cycle(&opts, size) {
                 Ok(c) => cells.push(c),
                 Err(e) => eprintln!("iceoryx2 {}: {e}", bench::size_label(size)),
@@ -50,7 +69,11 @@ fn main() {
         runs.push(cells);
     }
     let cells = bench::median(runs);
-    let runs = if repeat > 1 { format!("; each cell the median of {repeat} runs") } else { String::new() };
+    let runs = if repeat > 1 {
+        format!("; each cell the median of {repeat} runs")
+    } else {
+        String::new()
+    };
     println!("Machine: {}{runs}\n", bench::machine());
     println!("{}", bench::markdown_table(&cells));
     eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
@@ -58,6 +81,9 @@ fn main() {
 
 fn shm_names() -> std::collections::BTreeSet<String> {
     std::fs::read_dir("/dev/shm")
-        .map(|rd| rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }

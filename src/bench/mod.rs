@@ -116,7 +116,9 @@ pub fn plan(opts: Options) -> Vec<Step> {
 /// Per cell, the run with the median throughput (runs of the same plan,
 /// cell for cell): shared machines drift from run to run.
 pub fn median(mut runs: Vec<Vec<Cell>>) -> Vec<Cell> {
-    let Some(first) = runs.first() else { return Vec::new() };
+    let Some(first) = runs.first() else {
+        return Vec::new();
+    };
     let cells = first.len();
     (0..cells)
         .map(|i| {
