@@ -129,15 +129,7 @@ impl SharedBackend {
         namespace::validate(ns)?;
         let dir = os::shm_dir();
         let path = dir.join(ctrl_file_name(ns));
-        let file = match os::open_rw(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(BlobError::NotFound {
-                    namespace: ns.to_owned(),
-                })
-            }
-            Err(e) => return Err(BlobError::os("open", path, e)),
-        };
+        let file = open_existing_ctrl(&path, ns)?;
         let map = map_ctrl(&file, &path)?;
         let inner = Inner::new(ns, dir, file, map, false, config)?;
         if inner.ctrl().closed.load(Ordering::Acquire) != 0 {
@@ -275,15 +267,7 @@ impl SharedBackend {
     pub fn creator_status(ns: &str) -> Result<(bool, u32)> {
         namespace::validate(ns)?;
         let path = os::shm_dir().join(ctrl_file_name(ns));
-        let file = match os::open_rw(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(BlobError::NotFound {
-                    namespace: ns.to_owned(),
-                })
-            }
-            Err(e) => return Err(BlobError::os("open", path, e)),
-        };
+        let file = open_existing_ctrl(&path, ns)?;
         let alive = os::creator_lock_held(&file)
             .map_err(|e| BlobError::os("fcntl(F_OFD_GETLK)", &path, e))?;
         Ok((alive, recorded_pid(&file, &path)))
@@ -714,6 +698,19 @@ fn map_chunk(file: &File, len: usize, path: &Path, id: u32) -> Result<ChunkMap> 
         region,
         ident: os::file_identity(file),
         _map: map,
+    })
+}
+
+/// Opens the control file of an existing namespace (`NotFound` if none).
+fn open_existing_ctrl(path: &Path, ns: &str) -> Result<File> {
+    os::open_rw(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            BlobError::NotFound {
+                namespace: ns.to_owned(),
+            }
+        } else {
+            BlobError::os("open", path, e)
+        }
     })
 }
 
