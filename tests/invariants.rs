@@ -304,14 +304,14 @@ fn invariant_7_memory_really_returns() {
                              // Beyond the warm pool, reclaimed chunks are unlinked...
     let files = ns.files();
     assert!(
-        files.len() <= 1 + 1 + 2,
-        "ctrl + active + pool at most, got {files:?}"
+        files.len() <= 1 + 1 + 4,
+        "ctrl + active + warm pool (4) at most, got {files:?}"
     );
     // ...and every attached process drops its mappings within a tick.
     std::thread::sleep(Duration::from_millis(300));
-    assert!(store.shared_backend().unwrap().mapped_chunks() <= 3);
+    assert!(store.shared_backend().unwrap().mapped_chunks() <= 5);
     assert!(
-        reader.shared_backend().unwrap().mapped_chunks() <= 3,
+        reader.shared_backend().unwrap().mapped_chunks() <= 5,
         "{}",
         reader.shared_backend().unwrap().mapped_chunks()
     );
