@@ -26,6 +26,7 @@ pub(crate) const STREAM_CHUNK_MIN: usize = 16 << 20;
 /// # Safety
 /// `src` must be valid for reads and `dst` for writes of `len` bytes, and
 /// the ranges must not overlap.
+#[cfg_attr(any(not(target_arch = "x86_64"), miri, loom), allow(unused_variables))]
 pub(crate) unsafe fn copy_payload(dst: *mut u8, src: *const u8, len: usize, chunk_len: usize) {
     #[cfg(all(target_arch = "x86_64", not(miri), not(loom)))]
     if len >= STREAM_MIN && chunk_len >= STREAM_CHUNK_MIN {

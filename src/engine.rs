@@ -212,8 +212,10 @@ pub(crate) fn rollover<C: Chunks>(c: &C, seen: u64) -> Result<()> {
         };
         let (state, generation) = ch.region().state();
         // `activate` fails if a reclaimer retired the chunk meanwhile.
-        if state == STATE_FREE && ch.region().activate(generation, now) {
-            break (ch, generation);
+        // A fresh generation for every life as the append target.
+        let fresh = next_generation(c);
+        if state == STATE_FREE && ch.region().activate(generation, fresh, now) {
+            break (ch, fresh);
         }
     };
     let region = chunk.region();
@@ -269,6 +271,11 @@ pub(crate) fn append<C: Chunks>(c: &C, data: &[u8]) -> Result<Loc> {
             None
         } else {
             c.with_region(id, |region| {
+                // Only into the life of the chunk that `active` names (heap
+                // page ids are reused; a stale `active` must not lead here).
+                if region.state() != (STATE_IN_USE, generation_of(active)) {
+                    return None;
+                }
                 match region.reserve(footprint as u32, now_ms) {
                     Reserve::Reserved {
                         offset,
@@ -331,7 +338,7 @@ fn append_dedicated<C: Chunks>(c: &C, data: &[u8], footprint: usize) -> Result<L
     let timestamp = clock::now_ns();
     let now_ms = (timestamp / 1_000_000).max(1);
     // A fresh chunk is ours alone: activation fails only if scribbled on.
-    let reserved = if region.activate(generation, now_ms) {
+    let reserved = if region.activate(generation, generation, now_ms) {
         region.reserve(footprint as u32, now_ms)
     } else {
         Reserve::Sealed

@@ -1102,8 +1102,7 @@ fn inspect_chunk(
     }
     let mut h = h;
     if walk && wrong.is_empty() && h.state == ChunkState::InUse {
-        let walked = u64_at(&head, offset_of!(ChunkHeader, walked));
-        walk_entries(&opened, &path, &mut h, walked);
+        walk_entries(&opened, &path, &mut h);
     }
     if !wrong.is_empty() {
         r.problem = Some(wrong.join("; "));
@@ -1125,15 +1124,11 @@ const WALK_WINDOW: usize = 256 << 10;
 
 /// Counts the entries written in the chunk's generation, the way the
 /// reclaimers' walk does (`chunk.rs`), but on copies read with `pread`:
-/// from the prefix the reclaimers already proved committed (`walked`) to the
-/// first entry not yet written. Every length is bounds-checked; a length
+/// from the first entry to the first entry not yet written. Every length is bounds-checked; a length
 /// that does not fit ends the walk like an unwritten entry would.
-fn walk_entries(opened: &Opened, path: &Path, h: &mut ChunkHeaderInfo, walked: u64) {
+fn walk_entries(opened: &Opened, path: &Path, h: &mut ChunkHeaderInfo) {
     let used_end = h.used + CHUNK_HEADER_SIZE as u64;
-    let (mut off, mut count) = (u64::from(walked_offset(walked)), walked_count(walked));
-    if off < CHUNK_HEADER_SIZE as u64 || off > used_end || off % ENTRY_ALIGN as u64 != 0 {
-        (off, count) = (CHUNK_HEADER_SIZE as u64, 0);
-    }
+    let (mut off, mut count) = (CHUNK_HEADER_SIZE as u64, 0);
     let len_at = offset_of!(EntryHeader, len);
     let state_at = offset_of!(EntryHeader, state);
     let mut window = Vec::new();
@@ -1199,8 +1194,8 @@ fn decode_chunk(head: &[u8], now_ms: u64) -> ChunkHeaderInfo {
         used: u64::from(alloc_used(alloc)).saturating_sub(CHUNK_HEADER_SIZE as u64),
         capacity: u64::from(size).saturating_sub(CHUNK_HEADER_SIZE as u64),
         sealed: alloc_sealed(alloc),
-        // Refined by `walk_entries` when the caller walks.
-        entries: walked_count(u64f!(walked)),
+        // Counted by `walk_entries` when the caller walks.
+        entries: 0,
         acknowledged: u32f!(acks),
         pending_bytes: 0,
         walked: false,

@@ -51,8 +51,7 @@
 //!                            more reservations); bits 32-62 are 0
 //!  24     8 state_gen        bits 0-31 state (FREE/IN_USE/RECLAIMING/RETIRED),
 //!                            bits 32-63 generation
-//!  32     4 entries          committed entries found by the reclaimers' walk
-//!                            (a copy of `walked`'s count, for tools)
+//!  32     4 (reserved, 0)    tools count entries by walking them
 //!  36     4 acks             acknowledged entries of this generation
 //!  40     8 first_write_ms   coarse-monotonic time of the first append
 //!  48     8 sealed_ms        time the chunk was sealed (TTL starts here)
@@ -64,8 +63,9 @@
 //!  80     8 incarnation      the control block's tag_key: which incarnation
 //!                            of the namespace made this file
 //!  88     8 walked           bits 0-31 offset up to which every entry is
-//!                            known committed, 32-63 how many entries that is
-//!  96    32 (reserved)
+//!                            known committed, 32-63 the generation walked
+//!  96     8 acked            the same for acknowledged entries
+//! 104    24 (reserved)
 //!
 //! Entry at an 8-aligned offset inside a chunk (ENTRY_HEADER_SIZE = 16)
 //! off  size field            meaning
@@ -195,7 +195,7 @@ pub struct ChunkHeader {
     pub alloc: AtomicU64,
     /// State | generation << 32.
     pub state_gen: AtomicU64,
-    /// Committed entries.
+    /// Reserved (0): tools count entries by walking them.
     pub entries: AtomicU32,
     /// Acknowledged entries.
     pub acks: AtomicU32,
@@ -213,10 +213,12 @@ pub struct ChunkHeader {
     pub activated_ms: AtomicU64,
     /// Incarnation of the namespace that made the file (its tag key).
     pub incarnation: AtomicU64,
-    /// Committed prefix: offset | count << 32.
+    /// Committed prefix cursor: offset | generation << 32.
     pub walked: AtomicU64,
+    /// Acknowledged prefix cursor: offset | generation << 32.
+    pub acked: AtomicU64,
     /// Reserved.
-    pub _reserved: [AtomicU64; 4],
+    pub _reserved: [AtomicU64; 3],
 }
 
 /// The header before every payload.
@@ -254,6 +256,7 @@ const _: () = {
     assert!(offset_of!(ChunkHeader, activated_ms) == 72);
     assert!(offset_of!(ChunkHeader, incarnation) == 80);
     assert!(offset_of!(ChunkHeader, walked) == 88);
+    assert!(offset_of!(ChunkHeader, acked) == 96);
     assert!(size_of::<EntryHeader>() == ENTRY_HEADER_SIZE);
     assert!(offset_of!(EntryHeader, tag) == 8);
     assert!(CTRL_SIZE == 16_640);
@@ -303,21 +306,6 @@ pub const fn entry_kind(state: u32) -> u32 {
 /// Whether an entry state word was written in `generation` (its low 30 bits).
 pub const fn entry_in_generation(state: u32, generation: u32) -> bool {
     state >> 2 == generation & 0x3FFF_FFFF
-}
-
-/// Packs a `walked` word.
-pub const fn walked(offset: u32, count: u32) -> u64 {
-    ((count as u64) << 32) | offset as u64
-}
-
-/// The offset half of a `walked` word.
-pub const fn walked_offset(word: u64) -> u32 {
-    word as u32
-}
-
-/// The count half of a `walked` word.
-pub const fn walked_count(word: u64) -> u32 {
-    (word >> 32) as u32
 }
 
 /// Whether an `alloc` word is sealed.
@@ -470,7 +458,5 @@ mod tests {
             "30 bits of generation"
         );
         assert!(!entry_in_generation(st, 0xFFFF_FFF2));
-        let w = walked(4096, 7);
-        assert_eq!((walked_offset(w), walked_count(w)), (4096, 7));
     }
 }
