@@ -854,6 +854,26 @@ mod tests {
     }
 
     #[test]
+    fn a_stale_verdict_cannot_claim_a_reactivated_chunk() {
+        let m = Mem::new(4096);
+        let r = m.region();
+        r.format(0, 1, 0, 7, 1);
+        // Activated as 2, lost the race for `active`, handed back to FREE(2).
+        assert!(r.activate(1, 2, 1));
+        assert_eq!(r.try_deactivate(2, 1), Deactivate::Free);
+        // A reclaimer judged the chunk in generation 2 (sealed and empty)...
+        let stale = 2;
+        // ...then the chunk was popped and activated again: a fresh generation.
+        assert!(r.activate(2, 3, 1));
+        append(&r, b"live", 1).unwrap();
+        assert!(
+            !r.claim(stale),
+            "the verdict of an earlier life must not apply"
+        );
+        assert_eq!(r.state(), (STATE_IN_USE, 3));
+    }
+
+    #[test]
     fn acknowledgement_is_idempotent_and_rejects_stale() {
         let m = Mem::new(4096);
         let r = m.region();
