@@ -530,6 +530,7 @@ pub(crate) fn prefetch<C: Chunks>(c: &C) {
         let (_, generation) = chunk.region().state();
         if !pool_push(c, chunk.id()) && chunk.region().retire_free(generation) {
             c.release(&chunk);
+            c.count(Event::Retired);
         }
     }
 }

@@ -696,7 +696,11 @@ fn map_chunk(file: &File, len: usize, path: &Path, id: u32) -> Result<ChunkMap> 
     Ok(ChunkMap {
         id,
         region,
-        ident: os::file_identity(file),
+        // Without its identity the file could never be unlinked safely.
+        ident: Some(
+            os::file_identity(file)
+                .ok_or_else(|| BlobError::os("fstat", path, std::io::Error::last_os_error()))?,
+        ),
         _map: map,
     })
 }
