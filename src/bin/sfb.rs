@@ -329,14 +329,19 @@ fn creator_text(c: &Creator) -> String {
 
 // ---------------------------------------------------------------- list
 
-fn list(as_json: bool) -> AnyResult {
+/// Every namespace in the shm directory, or an error saying what to check.
+fn read_listing() -> Result<inspect::Listing, String> {
     let dir = inspect::shm_dir();
-    let listing = inspect::list_namespaces(&dir).map_err(|e| {
+    inspect::list_namespaces(&dir).map_err(|e| {
         format!(
             "cannot list {}: {e}; check that it exists and is readable (or set SFB_SHM_DIR)",
             dir.display()
         )
-    })?;
+    })
+}
+
+fn list(as_json: bool) -> AnyResult {
+    let listing = read_listing()?;
     if as_json {
         let mut v = serde_json::to_string_pretty(&listing_json(&listing))?;
         v.push('\n');
@@ -878,12 +883,7 @@ fn would_remove(r: &NamespaceReport) -> String {
 
 fn cleanup_dead(dry_run: bool) -> AnyResult {
     let dir = inspect::shm_dir();
-    let listing = inspect::list_namespaces(&dir).map_err(|e| {
-        format!(
-            "cannot list {}: {e}; check that it exists and is readable (or set SFB_SHM_DIR)",
-            dir.display()
-        )
-    })?;
+    let listing = read_listing()?;
     let mut out = String::new();
     let (mut removed_ns, mut removed_files, mut freed, mut failed) = (0usize, 0usize, 0u64, 0usize);
     let mut live = 0usize;
