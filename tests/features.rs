@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{payload, Ns};
+use common::{cfg, payload, Ns};
 use stable_fragmented_buffer::{
     BlobError, BlobStoreLifecycleExt, Config, LifecycleManager, OverflowHandle, PinnedBlobStore,
 };
@@ -11,14 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const CHUNK: usize = 64 << 10;
-
-fn cfg(decay_ms: u64, ttl_ms: u64) -> Config {
-    Config {
-        decay_timeout_ms: decay_ms,
-        default_ttl_ms: ttl_ms,
-        ..Config::default()
-    }
-}
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -1,6 +1,9 @@
 //! Heap mode and heap views. No OS shared memory: this file also runs
 //! under Miri (`cargo +nightly miri test --test heap`), with smaller counts.
 
+mod common;
+
+use common::payload;
 use stable_fragmented_buffer::{
     BlobError, BlobHandle, BlobStoreLifecycleExt, BlobView, Config, PinnedBlobStore,
 };
@@ -24,18 +27,6 @@ fn cfg(page: usize, decay_ms: u64, ttl_ms: u64) -> Config {
         default_ttl_ms: ttl_ms,
         ..Config::default()
     }
-}
-
-fn payload(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn checksum(b: &[u8]) -> u64 {

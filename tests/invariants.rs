@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{payload, Ns};
+use common::{cfg, payload, Ns};
 use stable_fragmented_buffer::layout::CHUNK_HEADER_SIZE;
 use stable_fragmented_buffer::{BlobError, Config, OverflowHandle, PinnedBlobStore, SharedBackend};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,14 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const CHUNK: usize = 64 << 10;
-
-fn cfg(decay_ms: u64, ttl_ms: u64) -> Config {
-    Config {
-        decay_timeout_ms: decay_ms,
-        default_ttl_ms: ttl_ms,
-        ..Config::default()
-    }
-}
 
 #[test]
 fn invariant_1_stale_handle_after_recycling_resolves_to_nothing_not_new_bytes() {

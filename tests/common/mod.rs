@@ -61,6 +61,15 @@ pub fn files_of(ns: &str) -> Vec<String> {
     v
 }
 
+/// Default configuration with the given decay and TTL (milliseconds).
+pub fn cfg(decay_ms: u64, ttl_ms: u64) -> stable_fragmented_buffer::Config {
+    stable_fragmented_buffer::Config {
+        decay_timeout_ms: decay_ms,
+        default_ttl_ms: ttl_ms,
+        ..stable_fragmented_buffer::Config::default()
+    }
+}
+
 /// Deterministic payload for (seed, len): the consumer can check every byte.
 pub fn payload(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
