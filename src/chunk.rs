@@ -338,24 +338,51 @@ impl ChunkRegion {
         tag: u64,
         now_ms: u64,
     ) {
-        let h = self.header();
-        let offset = offset as usize;
-        let Some(e) = self.entry(offset) else {
+        if self.entry(offset as usize).is_none() {
             return; // Unreachable for a valid reservation.
-        };
-        e.len.store(data.len() as u32, Ordering::Relaxed);
-        e.tag.store(tag, Ordering::Relaxed);
+        }
         // SAFETY: the caller reserved [offset, offset + footprint) and
         // footprint >= ENTRY_HEADER_SIZE + data.len(), inside the region;
-        // nobody reads these bytes before the Release store below.
+        // nobody reads these bytes before `commit_written` publishes them.
         unsafe {
             crate::copy::copy_payload(
-                self.base.as_ptr().add(offset + ENTRY_HEADER_SIZE),
+                self.payload_mut(offset),
                 data.as_ptr(),
                 data.len(),
                 self.len,
             );
         }
+        // SAFETY: the caller's reservation, now holding `data.len()` bytes.
+        unsafe { self.commit_written(offset, generation, data.len() as u32, tag, now_ms) };
+    }
+
+    /// Start of the payload of the entry reserved at `offset` (header
+    /// offset, from [`Reserve::Reserved`]): where a writer fills it in place.
+    pub(crate) fn payload_mut(&self, offset: u32) -> *mut u8 {
+        self.base
+            .as_ptr()
+            .wrapping_add(offset as usize + ENTRY_HEADER_SIZE)
+    }
+
+    /// Publishes an entry whose `len` payload bytes the caller has already
+    /// written in place (through [`payload_mut`](Self::payload_mut)).
+    ///
+    /// # Safety
+    /// As for [`commit`](Self::commit), with the payload already written.
+    pub(crate) unsafe fn commit_written(
+        &self,
+        offset: u32,
+        generation: u32,
+        len: u32,
+        tag: u64,
+        now_ms: u64,
+    ) {
+        let h = self.header();
+        let Some(e) = self.entry(offset as usize) else {
+            return; // Unreachable for a valid reservation.
+        };
+        e.len.store(len, Ordering::Relaxed);
+        e.tag.store(tag, Ordering::Relaxed);
         // Before publishing: once published, the chunk may be reclaimed and
         // this stamp would land on its next life.
         if h.first_write_ms.load(Ordering::Relaxed) == 0 {

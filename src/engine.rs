@@ -363,6 +363,134 @@ fn append_dedicated<C: Chunks>(c: &C, data: &[u8], footprint: usize) -> Result<L
     Ok(loc)
 }
 
+/// An entry reserved for a writer that fills it in place (a loan): the
+/// chunk (kept mapped or allocated while held), where the entry is, and
+/// the start of its payload.
+pub(crate) struct Reserved<K> {
+    pub chunk: K,
+    pub loc: Loc,
+    pub ptr: *mut u8,
+    dedicated: bool,
+}
+
+/// Reserves an entry of `len` bytes for a writer that fills it in place;
+/// [`commit_reserved`] publishes it. An entry never committed (its writer
+/// died) holds its chunk until the TTL reclaims it, as any in-flight write.
+pub(crate) fn reserve<C: Chunks>(c: &C, len: usize) -> Result<Reserved<C::Chunk>> {
+    if len == 0 {
+        return Err(BlobError::EmptyBlob);
+    }
+    let footprint = match entry_footprint(len) {
+        Some(f) if len <= Policy::MAX_BLOB => f,
+        _ => {
+            return Err(BlobError::BlobTooLarge {
+                size: len,
+                max: Policy::MAX_BLOB,
+            })
+        }
+    };
+    let policy = *c.policy();
+    let timestamp = clock::now_ns();
+    let now_ms = (timestamp / 1_000_000).max(1);
+    if footprint > policy.chunk_size as usize - CHUNK_HEADER_SIZE {
+        let chunk = c.create(CHUNK_HEADER_SIZE + footprint, FLAG_DEDICATED, false)?;
+        let region = chunk.region();
+        let (_, generation) = region.state();
+        let reserved = if region.activate(generation, generation, now_ms) {
+            region.reserve(footprint as u32, now_ms)
+        } else {
+            Reserve::Sealed
+        };
+        let Reserve::Reserved { offset, .. } = reserved else {
+            region.seal(now_ms);
+            return Err(BlobError::Corrupt {
+                file: format!("(chunk {})", chunk.id()).into(),
+                detail: "a fresh dedicated chunk refused its reservation".into(),
+            });
+        };
+        let loc = Loc {
+            id: chunk.id(),
+            generation,
+            offset,
+            size: len as u32,
+            timestamp,
+        };
+        let ptr = region.payload_mut(offset);
+        return Ok(Reserved {
+            chunk,
+            loc,
+            ptr,
+            dedicated: true,
+        });
+    }
+    for _ in 0..MAX_ROLLOVERS {
+        // Acquire: pairs with the AcqRel CAS in `rollover`.
+        let active = c.active().load(Ordering::Acquire);
+        let id = id_of(active);
+        let chunk = if id == NO_CHUNK {
+            None
+        } else {
+            c.chunk(id).ok()
+        };
+        if let Some(chunk) = chunk {
+            let region = chunk.region();
+            if region.state() == (STATE_IN_USE, generation_of(active)) {
+                if let Reserve::Reserved {
+                    offset,
+                    end,
+                    generation,
+                } = region.reserve(footprint as u32, now_ms)
+                {
+                    if offset < policy.prefetch_at && end >= policy.prefetch_at && pool_len(c) == 0 {
+                        c.request_prefetch();
+                    }
+                    let loc = Loc {
+                        id,
+                        generation,
+                        offset,
+                        size: len as u32,
+                        timestamp,
+                    };
+                    let ptr = region.payload_mut(offset);
+                    return Ok(Reserved {
+                        chunk,
+                        loc,
+                        ptr,
+                        dedicated: false,
+                    });
+                }
+            }
+        }
+        rollover(c, active)?;
+    }
+    Err(BlobError::Corrupt {
+        file: "(control block)".into(),
+        detail: "no usable append chunk after 10000 attempts".into(),
+    })
+}
+
+/// Publishes a reserved entry whose payload the writer has filled. Fails
+/// with [`BlobError::Expired`] if the chunk was reclaimed under the writer
+/// (it held the reservation past the TTL): the entry is then unreachable.
+pub(crate) fn commit_reserved<C: Chunks>(c: &C, r: &Reserved<C::Chunk>) -> Result<Loc> {
+    let region = r.chunk.region();
+    let now_ms = clock::now_ms().max(1);
+    let tag = c.policy().tag(&r.loc);
+    // SAFETY: `r` is a reservation of this region in its generation, for
+    // `size` bytes, not yet committed (Reserved is consumed once by callers).
+    unsafe { region.commit_written(r.loc.offset, r.loc.generation, r.loc.size, tag, now_ms) };
+    if r.dedicated {
+        region.seal(now_ms);
+    }
+    if region.state() == (STATE_IN_USE, r.loc.generation) {
+        Ok(r.loc)
+    } else {
+        Err(BlobError::Expired {
+            size: r.loc.size as usize,
+        })
+    }
+}
+
 /// Runs `f` on the bytes at `loc` while they are pinned; `None` if `loc`
 /// is stale, reclaimed, forged or out of bounds.
 pub(crate) fn with_bytes<C: Chunks, R>(c: &C, loc: &Loc, f: impl FnOnce(&[u8]) -> R) -> Option<R> {

@@ -134,6 +134,45 @@ pub enum BlobError {
         actual: &'static str,
     },
 
+    /// A loaned entry was held past the TTL and its chunk reclaimed before
+    /// it was sent or committed: its bytes can no longer be published.
+    #[error("a loan of {size} bytes was held past the TTL and its chunk was reclaimed; send loans promptly or raise default_ttl_ms")]
+    Expired {
+        /// Size of the loan.
+        size: usize,
+    },
+
+    /// A channel name breaks the naming rules (those of namespaces).
+    #[error("invalid channel name \"{channel}\": {reason}; use 1-64 ASCII letters, digits, '_', '-' or '.', not starting with '.' or '-'")]
+    InvalidChannel {
+        /// The name, escaped.
+        channel: String,
+        /// Why it is rejected.
+        reason: &'static str,
+    },
+
+    /// A channel name was opened as the other kind of channel.
+    #[error("channel \"{channel}\" is a {found}, not a {expected}; open it with the matching call, or pick another name")]
+    ChannelKind {
+        /// Channel name.
+        channel: String,
+        /// Kind asked for ("broadcast" or "work queue").
+        expected: &'static str,
+        /// Kind the file holds.
+        found: &'static str,
+    },
+
+    /// Every participant record of a channel is taken.
+    #[error("channel \"{channel}\" already has {max} live {role}s; drop one first")]
+    ChannelFull {
+        /// Channel name.
+        channel: String,
+        /// "producer" or "consumer".
+        role: &'static str,
+        /// The limit.
+        max: usize,
+    },
+
     /// A system call failed.
     #[error("{op} failed on {}: {source}", file.display())]
     Os {

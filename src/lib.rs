@@ -32,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod channel;
 #[cfg(feature = "bench")]
 pub mod bench;
 mod chunk;
@@ -62,6 +63,10 @@ pub use backend::shared::SharedBackend;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+pub use channel::{
+    ChannelConfig, Loan, Message, Publisher, Receiver, RecvError, RecvTimeoutError, SendError,
+    Sender, Subscriber, TryRecvError, TrySendError,
+};
 pub use config::Config;
 pub use error::{BlobError, Result};
 pub use handle::{BlobHandle, OverflowHandle};

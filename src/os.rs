@@ -216,11 +216,20 @@ impl Mapping {
 }
 
 fn ofd_lock(file: &File, cmd: libc::c_int, kind: libc::c_short) -> io::Result<libc::flock> {
+    ofd_lock_at(file, cmd, kind, 0)
+}
+
+fn ofd_lock_at(
+    file: &File,
+    cmd: libc::c_int,
+    kind: libc::c_short,
+    byte: u64,
+) -> io::Result<libc::flock> {
     // SAFETY: an all-zero flock is a valid value of this plain C struct.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = kind;
     fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = 0;
+    fl.l_start = byte as libc::off_t;
     fl.l_len = 1;
     loop {
         // SAFETY: valid fd, valid flock pointer for the duration of the call.
@@ -252,6 +261,58 @@ pub fn try_lock_creator(file: &File) -> io::Result<bool> {
 pub fn creator_lock_held(file: &File) -> io::Result<bool> {
     let fl = ofd_lock(file, libc::F_OFD_GETLK, libc::F_WRLCK as libc::c_short)?;
     Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
+}
+
+/// Takes an open-file-description write lock on byte `byte` of `file`
+/// (bytes past the end of the file are fine): the liveness token of one
+/// channel participant, released by the kernel when the description is
+/// closed or its process dies. `Ok(false)` if another description holds it.
+pub fn try_lock_byte(file: &File, byte: u64) -> io::Result<bool> {
+    match ofd_lock_at(file, libc::F_OFD_SETLK, libc::F_WRLCK as libc::c_short, byte) {
+        Ok(_) => Ok(true),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Releases a lock taken with [`try_lock_byte`] through the same file.
+pub fn unlock_byte(file: &File, byte: u64) -> io::Result<()> {
+    ofd_lock_at(file, libc::F_OFD_SETLK, libc::F_UNLCK as libc::c_short, byte).map(|_| ())
+}
+
+/// Whether another open file description holds the lock on byte `byte`.
+pub fn byte_lock_held(file: &File, byte: u64) -> io::Result<bool> {
+    let fl = ofd_lock_at(file, libc::F_OFD_GETLK, libc::F_WRLCK as libc::c_short, byte)?;
+    Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
+}
+
+/// Sleeps while the shared word at `word` still holds `expected`, for at
+/// most `timeout` (`FUTEX_WAIT` on a shared mapping, so a waker in another
+/// process reaches it). Returns early on a wake, a signal, or a changed value.
+pub fn futex_wait(word: &std::sync::atomic::AtomicU32, expected: u32, timeout: std::time::Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `word` is a valid, aligned u32 for the duration of the call
+    // and `ts` a valid timespec; FUTEX_WAIT only reads them.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+        );
+    }
+}
+
+/// Wakes every waiter sleeping on the shared word at `word` (`FUTEX_WAKE`).
+pub fn futex_wake_all(word: &std::sync::atomic::AtomicU32) {
+    // SAFETY: `word` is a valid, aligned u32; FUTEX_WAKE does not touch memory.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX);
+    }
 }
 
 /// Removes a file; a file already gone is not an error.

@@ -2,6 +2,7 @@
 
 use crate::backend::heap::HeapBackend;
 use crate::backend::shared::SharedBackend;
+use crate::channel::{self, ChannelConfig, Publisher, Receiver, Sender, Subscriber};
 use crate::config::Config;
 use crate::error::{BlobError, Result};
 use crate::handle::{BlobHandle, OverflowHandle};
@@ -215,6 +216,86 @@ impl PinnedBlobStore {
             Mode::Shared(shared) => shared.cleanup_chunks(),
             Mode::Heap(_) => 0,
         }
+    }
+
+    /// Appends a blob of `len` bytes written in place by `fill` (shared
+    /// mode): no intermediate buffer, the closure writes straight into
+    /// shared memory. Returns the handle of the committed blob.
+    pub fn append_shared_with(
+        &self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<OverflowHandle> {
+        let Mode::Shared(shared) = &self.mode else {
+            return Err(self.wrong("append_shared_with", "shared"));
+        };
+        let link = shared.link();
+        let r = link.reserve(len)?;
+        // SAFETY: the reservation's `len` bytes at `ptr` are initialised
+        // (file pages) and belong to this writer alone until committed;
+        // `r.chunk` keeps them mapped for the closure's duration.
+        let buf = unsafe { std::slice::from_raw_parts_mut(r.ptr, len) };
+        // If `fill` panics the entry stays uncommitted: the TTL reclaims it.
+        fill(buf);
+        let h = link.commit(&r)?;
+        self.profiler.on_append(len);
+        Ok(h)
+    }
+
+    // ---- channels (shared mode) ----
+
+    fn link(&self, call: &'static str) -> Result<crate::backend::shared::StoreLink> {
+        match &self.mode {
+            Mode::Shared(s) => Ok(s.link()),
+            Mode::Heap(_) => Err(self.wrong(call, "shared")),
+        }
+    }
+
+    /// Opens (creating if needed) broadcast channel `name` for publishing.
+    /// See [`channel`](crate::channel).
+    pub fn publisher(&self, name: &str) -> Result<Publisher> {
+        self.publisher_with(name, ChannelConfig::default())
+    }
+
+    /// Like [`publisher`](Self::publisher); `config` applies if this call
+    /// creates the channel.
+    pub fn publisher_with(&self, name: &str, config: ChannelConfig) -> Result<Publisher> {
+        channel::publisher(self.link("publisher")?, name, config)
+    }
+
+    /// Subscribes to broadcast channel `name` (creating it if needed): it
+    /// receives every message published from now on.
+    pub fn subscriber(&self, name: &str) -> Result<Subscriber> {
+        self.subscriber_with(name, ChannelConfig::default())
+    }
+
+    /// Like [`subscriber`](Self::subscriber); `config` applies if this
+    /// call creates the channel.
+    pub fn subscriber_with(&self, name: &str, config: ChannelConfig) -> Result<Subscriber> {
+        channel::subscriber(self.link("subscriber")?, name, config)
+    }
+
+    /// Opens (creating if needed) work queue `name` for sending.
+    pub fn sender(&self, name: &str) -> Result<Sender> {
+        self.sender_with(name, ChannelConfig::default())
+    }
+
+    /// Like [`sender`](Self::sender); `config` applies if this call creates
+    /// the channel.
+    pub fn sender_with(&self, name: &str, config: ChannelConfig) -> Result<Sender> {
+        channel::sender(self.link("sender")?, name, config)
+    }
+
+    /// Opens (creating if needed) work queue `name` for receiving: each
+    /// message goes to exactly one receiver.
+    pub fn receiver(&self, name: &str) -> Result<Receiver> {
+        self.receiver_with(name, ChannelConfig::default())
+    }
+
+    /// Like [`receiver`](Self::receiver); `config` applies if this call
+    /// creates the channel.
+    pub fn receiver_with(&self, name: &str, config: ChannelConfig) -> Result<Receiver> {
+        channel::receiver(self.link("receiver")?, name, config)
     }
 
     // ---- both ----

@@ -240,6 +240,11 @@ impl SharedBackend {
         engine::pool_len(&*self.inner) as usize
     }
 
+    /// The store as channels hold it (shared ownership of its state).
+    pub(crate) fn link(&self) -> StoreLink {
+        StoreLink(Arc::clone(&self.inner))
+    }
+
     /// What the lifecycle thread maintains for this backend (it holds it
     /// weakly, so it never keeps the store alive).
     pub fn maintenance_target(&self) -> Weak<dyn Maintain> {
@@ -295,6 +300,12 @@ impl Drop for SharedBackend {
                 let _ = os::unlink(&inner.ctrl_path);
             }
             let _ = remove_chunk_files(&inner.dir, &inner.ns, Some(inner.policy.key), false);
+            let _ = crate::channel::remove_channel_files(
+                &inner.dir,
+                &inner.ns,
+                Some(inner.policy.key),
+                false,
+            );
         }
     }
 }
@@ -307,6 +318,62 @@ impl std::fmt::Debug for SharedBackend {
             .field("chunk_size", &self.inner.policy.chunk_size)
             .field("max_chunks", &self.inner.max_chunks)
             .finish()
+    }
+}
+
+/// The store as a channel endpoint holds it: appends, loans, views and
+/// acknowledgements by handle, for as long as the endpoint lives.
+#[derive(Clone)]
+pub(crate) struct StoreLink(Arc<Inner>);
+
+/// An entry reserved in shared memory for a writer (a loan).
+pub(crate) type SharedReservation = engine::Reserved<Arc<ChunkMap>>;
+
+impl StoreLink {
+    pub(crate) fn append(&self, data: &[u8]) -> Result<OverflowHandle> {
+        engine::append(&*self.0, data).map(OverflowHandle::from_loc)
+    }
+
+    pub(crate) fn reserve(&self, len: usize) -> Result<SharedReservation> {
+        engine::reserve(&*self.0, len)
+    }
+
+    pub(crate) fn commit(&self, r: &SharedReservation) -> Result<OverflowHandle> {
+        engine::commit_reserved(&*self.0, r).map(OverflowHandle::from_loc)
+    }
+
+    pub(crate) fn resolve_ref(&self, handle: &OverflowHandle) -> Option<BlobView> {
+        let (chunk, ptr, len) = engine::pin_bytes(&*self.0, &handle.loc())?;
+        // SAFETY: pin_bytes pinned the chunk once and returned a pointer to
+        // `len` committed bytes inside the memory `chunk` keeps mapped.
+        Some(unsafe { BlobView::new(ViewOwner::Shared(chunk), ptr, len) })
+    }
+
+    pub(crate) fn acknowledge(&self, handle: &OverflowHandle) -> bool {
+        engine::acknowledge(&*self.0, &handle.loc())
+    }
+
+    pub(crate) fn namespace(&self) -> &str {
+        &self.0.ns
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.0.dir
+    }
+
+    /// The incarnation key of the namespace.
+    pub(crate) fn key(&self) -> u64 {
+        self.0.policy.key
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.0.ctrl().closed.load(Ordering::Acquire) != 0
+    }
+}
+
+impl std::fmt::Debug for StoreLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("StoreLink").field(&self.0.ns).finish()
     }
 }
 
@@ -816,6 +883,7 @@ fn create_ctrl(
                 // We own the name now: chunk files left by an earlier
                 // incarnation are orphans (files of ours carry our key).
                 remove_chunk_files(dir, ns, Some(key), true)?;
+                crate::channel::remove_channel_files(dir, ns, Some(key), true)?;
                 return Ok((file, map));
             }
             // Another creator won the race; look at it again.
@@ -873,7 +941,8 @@ fn remove_namespace(dir: &Path, ns: &str, force: bool) -> Result<usize> {
             Ok(f) => f,
             // No control block: whatever chunk files remain are orphans.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return remove_chunk_files(dir, ns, None, false)
+                return Ok(remove_chunk_files(dir, ns, None, false)?
+                    + crate::channel::remove_channel_files(dir, ns, None, false)?)
             }
             Err(e) => return Err(BlobError::os("open", &path, e)),
         };
@@ -904,6 +973,7 @@ fn remove_namespace(dir: &Path, ns: &str, force: bool) -> Result<usize> {
         };
         let mut removed = usize::from(os::unlink(&path)?);
         removed += remove_chunk_files(dir, ns, key, false)?;
+        removed += crate::channel::remove_channel_files(dir, ns, key, false)?;
         return Ok(removed);
     }
     Err(BlobError::Corrupt {
@@ -927,7 +997,7 @@ fn chunk_file_incarnation(path: &Path) -> Option<u64> {
 }
 
 /// The tag key of the control block `ns` has now, if it has a readable one.
-fn current_key(dir: &Path, ns: &str) -> Option<u64> {
+pub(crate) fn current_key(dir: &Path, ns: &str) -> Option<u64> {
     let path = dir.join(ctrl_file_name(ns));
     let file = os::open_rw(&path).ok()?;
     let mut head = [0u8; 48];

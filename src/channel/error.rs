@@ -1,0 +1,70 @@
+//! Errors of channel operations, shaped after `std::sync::mpsc` and
+//! crossbeam-channel.
+
+use crate::error::BlobError;
+
+/// Why a blocking send failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The store refused the message (it is full, closed, or the message
+    /// is larger than the largest blob).
+    #[error("the store refused the message: {0}")]
+    Store(#[from] BlobError),
+}
+
+/// Why a non-blocking send failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrySendError {
+    /// Every slot of the ring holds a message some consumer has not
+    /// released; try again later or use the blocking `send`.
+    #[error("the channel is full")]
+    Full,
+    /// The send failed for another reason.
+    #[error(transparent)]
+    Send(#[from] SendError),
+}
+
+/// Why a blocking receive failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// No producer of the channel is alive and everything sent was received.
+    #[error("the channel is disconnected: no producer is alive and it is drained")]
+    Disconnected,
+    /// The next message's bytes in the store were reclaimed (its TTL ran
+    /// out before it was received). It is passed over; receive again.
+    #[error("a message expired in the store before it was received")]
+    Expired,
+}
+
+/// Why a non-blocking receive returned no message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TryRecvError {
+    /// No message is ready now.
+    #[error("no message is ready")]
+    Empty,
+    /// No producer of the channel is alive and everything sent was received.
+    #[error("the channel is disconnected: no producer is alive and it is drained")]
+    Disconnected,
+    /// See [`RecvError::Expired`].
+    #[error("a message expired in the store before it was received")]
+    Expired,
+}
+
+/// Why a receive with a timeout returned no message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecvTimeoutError {
+    /// No message arrived in time.
+    #[error("timed out waiting for a message")]
+    Timeout,
+    /// No producer of the channel is alive and everything sent was received.
+    #[error("the channel is disconnected: no producer is alive and it is drained")]
+    Disconnected,
+    /// See [`RecvError::Expired`].
+    #[error("a message expired in the store before it was received")]
+    Expired,
+}

@@ -1,0 +1,360 @@
+//! A channel file on disk: creation (exclusive, complete before it has a
+//! name), validation before mapping, participant records and their
+//! liveness (one OFD lock byte per record), and removal with the namespace.
+
+use super::layout::*;
+use super::ring::Ring;
+use crate::error::{BlobError, Result};
+use crate::os::{self, Mapping};
+use std::sync::atomic::Ordering;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// Which side of a channel an endpoint is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Producer,
+    Consumer,
+}
+
+impl Role {
+    fn records(self) -> std::ops::Range<usize> {
+        match self {
+            Role::Producer => 0..MAX_PRODUCERS,
+            Role::Consumer => MAX_PRODUCERS..RECORDS,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Role::Producer => "producer",
+            Role::Consumer => "consumer",
+        }
+    }
+}
+
+/// Human name of a kind word.
+pub(crate) fn kind_name(kind: u32) -> &'static str {
+    match kind {
+        KIND_BROADCAST => "broadcast channel",
+        KIND_QUEUE => "work queue",
+        _ => "unknown channel kind",
+    }
+}
+
+/// One endpoint's open channel file: its own open file description (which
+/// carries its record's lock), its own mapping, and the ring in it.
+pub(crate) struct ChanFile {
+    pub ring: Ring,
+    pub name: String,
+    pub path: PathBuf,
+    file: File,
+    // Keeps the ring's memory mapped; must outlive every use of `ring`.
+    _map: Mapping,
+}
+
+impl std::fmt::Debug for ChanFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChanFile")
+            .field("name", &self.name)
+            .field("ring", &self.ring)
+            .finish()
+    }
+}
+
+/// Checks a channel name (the namespace rules).
+pub(crate) fn validate_name(name: &str) -> Result<()> {
+    match crate::namespace::invalid_reason(name) {
+        None => Ok(()),
+        Some(reason) => Err(BlobError::InvalidChannel {
+            channel: name.escape_debug().to_string(),
+            reason,
+        }),
+    }
+}
+
+impl ChanFile {
+    /// Opens channel `name` of namespace `ns` (incarnation `key`) as `kind`,
+    /// creating it with geometry `geo` if it does not exist.
+    pub(crate) fn open_or_create(
+        dir: &Path,
+        ns: &str,
+        key: u64,
+        name: &str,
+        kind: u32,
+        geo: Geometry,
+    ) -> Result<Self> {
+        validate_name(name)?;
+        let path = dir.join(channel_file_name(ns, name));
+        for _ in 0..8 {
+            match os::open_rw(&path) {
+                Ok(file) => return Self::check_and_map(file, path, name, key, kind),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(BlobError::os("open", &path, e)),
+            }
+            let file = os::create_anonymous(dir)?;
+            os::reserve_space(&file, geo.file_size() as u64, dir)?;
+            let map = Mapping::new(&file, geo.file_size(), dir)?;
+            // SAFETY: the mapping is page-aligned and file_size bytes long.
+            let ring = unsafe { Ring::new(map.base(), geo, kind == KIND_QUEUE) };
+            init_header(&ring, kind, geo, key);
+            match os::link_anonymous(&file, &path) {
+                Ok(()) => {
+                    return Ok(Self {
+                        ring,
+                        name: name.to_owned(),
+                        path,
+                        file,
+                        _map: map,
+                    })
+                }
+                // Another process created it first: open theirs.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(BlobError::os("linkat", &path, e)),
+            }
+        }
+        Err(BlobError::Corrupt {
+            file: path,
+            detail: "the channel file keeps appearing and vanishing".into(),
+        })
+    }
+
+    /// Validates an existing channel file before mapping it: magic,
+    /// version, kind, geometry, incarnation and size.
+    fn check_and_map(file: File, path: PathBuf, name: &str, key: u64, kind: u32) -> Result<Self> {
+        let (found_kind, geo) = read_identity(&file, &path, Some(key))?;
+        if found_kind != kind {
+            return Err(BlobError::ChannelKind {
+                channel: name.to_owned(),
+                expected: kind_name(kind),
+                found: kind_name(found_kind),
+            });
+        }
+        let map = Mapping::new(&file, geo.file_size(), &path)?;
+        // SAFETY: read_identity checked the file holds exactly file_size
+        // bytes; the mapping is page-aligned.
+        let ring = unsafe { Ring::new(map.base(), geo, kind == KIND_QUEUE) };
+        Ok(Self {
+            ring,
+            name: name.to_owned(),
+            path,
+            file,
+            _map: map,
+        })
+    }
+
+    /// Takes a free participant record of `role`; a record whose holder
+    /// died is repaired first. Returns the record's index in its role.
+    pub(crate) fn register(&self, role: Role, ack: &dyn Fn([u8; 24])) -> Result<usize> {
+        for index in role.records() {
+            let got = os::try_lock_byte(&self.file, lock_byte(index))
+                .map_err(|e| BlobError::os("fcntl(F_OFD_SETLK)", &self.path, e))?;
+            if !got {
+                continue;
+            }
+            let rec = self.ring.record(index);
+            if rec.in_use.load(Ordering::SeqCst) != 0 {
+                self.repair(index, ack);
+            }
+            rec.pid.store(os::pid(), Ordering::Relaxed);
+            rec.count.store(0, Ordering::Relaxed);
+            rec.low.store(LOW_NONE, Ordering::SeqCst);
+            rec.in_use.store(1, Ordering::SeqCst);
+            let h = self.ring.header();
+            if role == Role::Producer {
+                h.producers_ever.fetch_add(1, Ordering::SeqCst);
+                h.producer_mask.fetch_or(1 << index, Ordering::SeqCst);
+            }
+            return Ok(index - role.records().start);
+        }
+        Err(BlobError::ChannelFull {
+            channel: self.name.clone(),
+            role: role.name(),
+            max: role.records().len(),
+        })
+    }
+
+    /// Gives record `index` (whose lock the caller holds) back: a
+    /// producer's unpublished claims are skipped, a consumer leaves the
+    /// frontier's bound, and whatever that frees is acknowledged.
+    fn repair(&self, index: usize, ack: &dyn Fn([u8; 24])) {
+        let h = self.ring.header();
+        let rec = self.ring.record(index);
+        if index < MAX_PRODUCERS {
+            h.producer_mask.fetch_and(!(1u64 << index), Ordering::SeqCst);
+            self.ring.skip_claims_of(index as u32);
+        } else {
+            self.ring.leave(index - MAX_PRODUCERS);
+        }
+        rec.in_use.store(0, Ordering::SeqCst);
+        h.evicted.fetch_add(1, Ordering::Relaxed);
+        self.ring.release(ack);
+    }
+
+    /// Releases this endpoint's own record `index` of `role` (clean exit).
+    pub(crate) fn unregister(&self, role: Role, index: usize) {
+        let i = role.records().start + index;
+        let h = self.ring.header();
+        if role == Role::Producer {
+            h.producer_mask.fetch_and(!(1u64 << i), Ordering::SeqCst);
+        } else {
+            self.ring.leave(index);
+        }
+        self.ring.record(i).in_use.store(0, Ordering::SeqCst);
+        let _ = os::unlock_byte(&self.file, lock_byte(i));
+    }
+
+    /// Evicts every participant of `role` whose process is gone (its lock
+    /// byte is free while its record says in use). Returns how many.
+    pub(crate) fn evict_dead(&self, role: Role, ack: &dyn Fn([u8; 24])) -> usize {
+        let h = self.ring.header();
+        let mask = match role {
+            Role::Producer => h.producer_mask.load(Ordering::SeqCst),
+            Role::Consumer => h.consumer_mask.load(Ordering::SeqCst),
+        };
+        let mut evicted = 0;
+        let mut m = mask;
+        while m != 0 {
+            let index = role.records().start + m.trailing_zeros() as usize;
+            m &= m - 1;
+            // Taking the lock proves its holder gone (a live holder, this
+            // process's other endpoints included, keeps it) and keeps a new
+            // holder out while we repair.
+            if matches!(os::try_lock_byte(&self.file, lock_byte(index)), Ok(true)) {
+                if self.ring.record(index).in_use.load(Ordering::SeqCst) != 0 {
+                    self.repair(index, ack);
+                    evicted += 1;
+                }
+                let _ = os::unlock_byte(&self.file, lock_byte(index));
+            }
+        }
+        evicted
+    }
+
+    /// Whether participant record `index` (of either role) has a live holder.
+    pub(crate) fn is_alive(&self, index: usize) -> bool {
+        os::byte_lock_held(&self.file, lock_byte(index)).unwrap_or(true)
+    }
+}
+
+fn init_header(ring: &Ring, kind: u32, geo: Geometry, key: u64) {
+    let h = ring.header();
+    h.version.store(CHAN_VERSION, Ordering::Relaxed);
+    h.kind.store(kind, Ordering::Relaxed);
+    h.slots.store(geo.slots, Ordering::Relaxed);
+    h.slot_size.store(geo.slot_size, Ordering::Relaxed);
+    h.store_key.store(key, Ordering::Relaxed);
+    h.created_unix_ms
+        .store(crate::clock::unix_ms(), Ordering::Relaxed);
+    for i in 0..RECORDS {
+        ring.record(i).low.store(LOW_NONE, Ordering::Relaxed);
+    }
+    // The file has no name yet: `linkat` publishes it complete.
+    h.magic.store(CHAN_MAGIC, Ordering::Release);
+}
+
+/// Reads and checks the identity of a channel file with `pread` (nothing
+/// is mapped): magic, version, kind, geometry, size, and (with `key`) the
+/// store incarnation. Returns the kind and geometry.
+pub(crate) fn read_identity(file: &File, path: &Path, key: Option<u64>) -> Result<(u32, Geometry)> {
+    let mut head = [0u8; 32];
+    let n = os::read_prefix(file, &mut head, path)?;
+    if n < 32 {
+        return Err(BlobError::Corrupt {
+            file: path.to_owned(),
+            detail: format!("channel file is truncated to {n} bytes"),
+        });
+    }
+    let u32_at = |o: usize| u32::from_le_bytes([head[o], head[o + 1], head[o + 2], head[o + 3]]);
+    let u64_at = |o: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&head[o..o + 8]);
+        u64::from_le_bytes(b)
+    };
+    let magic = u64_at(0);
+    if magic != CHAN_MAGIC || u32_at(8) != CHAN_VERSION {
+        return Err(BlobError::IncompatibleFormat {
+            file: path.to_owned(),
+            expected: CHAN_VERSION,
+            detail: format!("channel magic {magic:#018x}, version {}", u32_at(8)),
+        });
+    }
+    let kind = u32_at(12);
+    if kind != KIND_BROADCAST && kind != KIND_QUEUE {
+        return Err(BlobError::Corrupt {
+            file: path.to_owned(),
+            detail: format!("channel kind {kind}"),
+        });
+    }
+    let geo = Geometry::new(u32_at(16), u32_at(20)).map_err(|detail| BlobError::Corrupt {
+        file: path.to_owned(),
+        detail,
+    })?;
+    if let Some(key) = key {
+        if u64_at(24) != key {
+            return Err(BlobError::Corrupt {
+                file: path.to_owned(),
+                detail: "the channel file belongs to an earlier incarnation of the namespace"
+                    .into(),
+            });
+        }
+    }
+    let len = os::file_len(file, path)?;
+    if len != geo.file_size() as u64 {
+        return Err(BlobError::Corrupt {
+            file: path.to_owned(),
+            detail: format!("channel file is {len} bytes, expected {}", geo.file_size()),
+        });
+    }
+    Ok((kind, geo))
+}
+
+/// The store incarnation recorded in a channel file, if readable.
+fn channel_file_key(path: &Path) -> Option<u64> {
+    let file = os::open_ro(path).ok()?;
+    let mut head = [0u8; 32];
+    if os::read_prefix(&file, &mut head, path).ok()? < 32 {
+        return None;
+    }
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&head[0..8]);
+    if u64::from_le_bytes(b) != CHAN_MAGIC {
+        return None;
+    }
+    b.copy_from_slice(&head[24..32]);
+    Some(u64::from_le_bytes(b))
+}
+
+/// Unlinks channel files of `ns`, with the same selection as the chunk
+/// files: with `key` and `!keep_key` that incarnation's; with `key` and
+/// `keep_key` every other incarnation's; without `key` every file that no
+/// current control block claims. Returns how many were removed.
+pub(crate) fn remove_channel_files(
+    dir: &Path,
+    ns: &str,
+    key: Option<u64>,
+    keep_key: bool,
+) -> Result<usize> {
+    let mut removed = 0;
+    for name in os::list_dir(dir)? {
+        let Some((n, _)) = parse_channel_file_name(&name) else {
+            continue;
+        };
+        if n != ns {
+            continue;
+        }
+        let path = dir.join(&name);
+        let Some((ident, regular)) = os::path_identity(&path) else {
+            continue;
+        };
+        let remove = match (channel_file_key(&path), key) {
+            (None, _) => regular,
+            (Some(k), Some(key)) => (k == key) != keep_key,
+            (Some(k), None) => crate::backend::shared::current_key(dir, ns) != Some(k),
+        };
+        if remove && os::path_identity(&path).map(|(i, _)| i) == Some(ident) && os::unlink(&path)? {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
