@@ -441,7 +441,8 @@ pub(crate) fn reserve<C: Chunks>(c: &C, len: usize) -> Result<Reserved<C::Chunk>
                     generation,
                 } = region.reserve(footprint as u32, now_ms)
                 {
-                    if offset < policy.prefetch_at && end >= policy.prefetch_at && pool_len(c) == 0 {
+                    if offset < policy.prefetch_at && end >= policy.prefetch_at && pool_len(c) == 0
+                    {
                         c.request_prefetch();
                     }
                     let loc = Loc {

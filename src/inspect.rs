@@ -18,6 +18,7 @@
 //! Offsets come from [`crate::layout`]'s structures, never from numbers
 //! written here.
 
+use crate::channel::{parse_channel_file_name, ChannelReport};
 use crate::chunk::SEALED_ACTIVATING;
 use crate::clock;
 use crate::error::{BlobError, Result};
@@ -333,6 +334,8 @@ pub struct NamespaceReport {
     pub control: Option<ControlBlock>,
     /// Chunk files and registered chunk ids, by id.
     pub chunks: Vec<ChunkReport>,
+    /// Channel files, by name.
+    pub channels: Vec<ChannelReport>,
     /// Inconsistencies found, each a sentence.
     pub problems: Vec<String>,
     /// Unix ms at which the report was taken.
@@ -347,6 +350,7 @@ impl NamespaceReport {
             v.push(ctrl_file_name(&self.namespace));
         }
         v.extend(self.chunks.iter().filter_map(|c| c.file.clone()));
+        v.extend(self.channels.iter().map(|c| c.file.clone()));
         v
     }
 
@@ -357,7 +361,9 @@ impl NamespaceReport {
 
     /// Bytes all files of the namespace take on the tmpfs.
     pub fn tmpfs_bytes(&self) -> u64 {
-        self.ctrl_tmpfs_bytes + self.chunks.iter().map(|c| c.tmpfs_bytes).sum::<u64>()
+        self.ctrl_tmpfs_bytes
+            + self.chunks.iter().map(|c| c.tmpfs_bytes).sum::<u64>()
+            + self.channels.iter().map(|c| c.tmpfs_bytes).sum::<u64>()
     }
 
     /// Files under the namespace's names whose content is not of this format.
@@ -469,6 +475,11 @@ pub fn list_namespaces(dir: &Path) -> Result<Listing> {
             Some(FileKind::Chunk { ns, id }) => {
                 by_ns.entry(ns).or_default().chunks.insert(id);
             }
+            None if parse_channel_file_name(&name).is_some() => {
+                if let Some((ns, chan)) = parse_channel_file_name(&name) {
+                    by_ns.entry(ns).or_default().channels.insert((name, chan));
+                }
+            }
             None => {
                 // Gone since the listing: nothing to show.
                 if let Ok(meta) = std::fs::symlink_metadata(dir.join(&name)) {
@@ -509,10 +520,17 @@ pub fn inspect_namespace_in(dir: &Path, ns: &str) -> Result<NamespaceReport> {
             Some(FileKind::Chunk { ns: n, id }) if n == ns => {
                 names.chunks.insert(id);
             }
+            None => {
+                if let Some((n, chan)) = parse_channel_file_name(&name) {
+                    if n == ns {
+                        names.channels.insert((name, chan));
+                    }
+                }
+            }
             _ => {}
         }
     }
-    if !names.ctrl && names.chunks.is_empty() {
+    if !names.ctrl && names.chunks.is_empty() && names.channels.is_empty() {
         return Err(BlobError::NotFound {
             namespace: ns.to_owned(),
         });
@@ -530,6 +548,8 @@ pub fn shm_dir() -> PathBuf {
 struct Names {
     ctrl: bool,
     chunks: BTreeSet<u32>,
+    /// (file name, channel name).
+    channels: BTreeSet<(String, String)>,
 }
 
 /// A file opened for inspection, with what `fstat` said.
@@ -652,6 +672,11 @@ fn inspect_names(dir: &Path, ns: &str, names: &Names, walk: bool) -> NamespaceRe
         format_version: None,
         control: None,
         chunks: Vec::new(),
+        channels: names
+            .channels
+            .iter()
+            .map(|(file, name)| crate::channel::inspect_channel(dir, file, name))
+            .collect(),
         problems: Vec::new(),
         taken_unix_ms: clock::unix_ms(),
     };

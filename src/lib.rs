@@ -32,9 +32,9 @@
 #![warn(missing_docs)]
 
 pub mod backend;
-pub mod channel;
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod channel;
 mod chunk;
 mod clock;
 mod config;

@@ -268,7 +268,12 @@ pub fn creator_lock_held(file: &File) -> io::Result<bool> {
 /// channel participant, released by the kernel when the description is
 /// closed or its process dies. `Ok(false)` if another description holds it.
 pub fn try_lock_byte(file: &File, byte: u64) -> io::Result<bool> {
-    match ofd_lock_at(file, libc::F_OFD_SETLK, libc::F_WRLCK as libc::c_short, byte) {
+    match ofd_lock_at(
+        file,
+        libc::F_OFD_SETLK,
+        libc::F_WRLCK as libc::c_short,
+        byte,
+    ) {
         Ok(_) => Ok(true),
         Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => Ok(false),
         Err(e) => Err(e),
@@ -277,19 +282,34 @@ pub fn try_lock_byte(file: &File, byte: u64) -> io::Result<bool> {
 
 /// Releases a lock taken with [`try_lock_byte`] through the same file.
 pub fn unlock_byte(file: &File, byte: u64) -> io::Result<()> {
-    ofd_lock_at(file, libc::F_OFD_SETLK, libc::F_UNLCK as libc::c_short, byte).map(|_| ())
+    ofd_lock_at(
+        file,
+        libc::F_OFD_SETLK,
+        libc::F_UNLCK as libc::c_short,
+        byte,
+    )
+    .map(|_| ())
 }
 
 /// Whether another open file description holds the lock on byte `byte`.
 pub fn byte_lock_held(file: &File, byte: u64) -> io::Result<bool> {
-    let fl = ofd_lock_at(file, libc::F_OFD_GETLK, libc::F_WRLCK as libc::c_short, byte)?;
+    let fl = ofd_lock_at(
+        file,
+        libc::F_OFD_GETLK,
+        libc::F_WRLCK as libc::c_short,
+        byte,
+    )?;
     Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
 }
 
 /// Sleeps while the shared word at `word` still holds `expected`, for at
 /// most `timeout` (`FUTEX_WAIT` on a shared mapping, so a waker in another
 /// process reaches it). Returns early on a wake, a signal, or a changed value.
-pub fn futex_wait(word: &std::sync::atomic::AtomicU32, expected: u32, timeout: std::time::Duration) {
+pub fn futex_wait(
+    word: &std::sync::atomic::AtomicU32,
+    expected: u32,
+    timeout: std::time::Duration,
+) {
     let ts = libc::timespec {
         tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,

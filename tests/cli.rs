@@ -679,3 +679,41 @@ fn bench_runs_the_selected_cells_and_prints_the_table() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn stat_and_list_show_each_channel_with_its_live_and_dead_participants() {
+    let ns = Ns::new("cli-chan");
+    let store = PinnedBlobStore::new_shared(Config::default(), ns.as_str(), CHUNK).unwrap();
+    let tx = store.sender("jobs").unwrap();
+    let _rx = store.receiver("jobs").unwrap();
+    let _sub = store.subscriber("ticks").unwrap();
+    for i in 0..3 {
+        tx.send(&payload(i, 100)).unwrap();
+    }
+    let stat = sfb_in(None, &["stat", "--json", ns.as_str()]);
+    assert_eq!(stat.code, 0, "{}", stat.err);
+    let v = stat.json();
+    let chans = v["channels"].as_array().unwrap();
+    assert_eq!(chans.len(), 2, "{v}");
+    let jobs = chans.iter().find(|c| c["name"] == "jobs").unwrap();
+    assert_eq!(jobs["kind"], "work queue");
+    assert_eq!(jobs["depth"], 3);
+    assert_eq!(jobs["published"], 3);
+    assert_eq!(jobs["producers_alive"], 1);
+    assert_eq!(jobs["consumers_alive"], 1);
+    let ticks = chans.iter().find(|c| c["name"] == "ticks").unwrap();
+    assert_eq!(ticks["kind"], "broadcast channel");
+    assert_eq!(ticks["producers_alive"], 0);
+    assert_eq!(ticks["consumers_alive"], 1);
+    let text = sfb_in(None, &["stat", ns.as_str()]);
+    assert!(
+        text.out.contains("channels:") && text.out.contains("jobs"),
+        "{}",
+        text.out
+    );
+    // Channel files belong to the namespace, not to "other programs".
+    let list = sfb_in(None, &["list", "--json"]).json();
+    let n = listed(&list, ns.as_str());
+    assert!(n["files"].to_string().contains("_chan+jobs"), "{n}");
+    assert!(!list["other_files"].to_string().contains("_chan+"));
+}

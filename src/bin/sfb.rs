@@ -553,6 +553,23 @@ fn report_json(r: &NamespaceReport) -> Value {
         "ctrl": { "present": r.ctrl_present, "bytes": r.ctrl_bytes, "tmpfs_bytes": r.ctrl_tmpfs_bytes },
         "control": control,
         "chunks": r.chunks.iter().map(chunk_json).collect::<Vec<_>>(),
+        "channels": r.channels.iter().map(|c| json!({
+            "name": c.name,
+            "file": c.file,
+            "kind": c.kind,
+            "slots": c.slots,
+            "slot_size": c.slot_size,
+            "depth": c.depth,
+            "published": c.published,
+            "skipped": c.skipped,
+            "evicted": c.evicted,
+            "producers_alive": c.producers_alive,
+            "producers_dead": c.producers_dead,
+            "consumers_alive": c.consumers_alive,
+            "consumers_dead": c.consumers_dead,
+            "tmpfs_bytes": c.tmpfs_bytes,
+            "problem": c.problem,
+        })).collect::<Vec<_>>(),
         "chunk_files": r.chunk_files(),
         "tmpfs_bytes": r.tmpfs_bytes(),
         "age_ms": r.age_ms(),
@@ -710,6 +727,38 @@ fn report_text(r: &NamespaceReport) -> String {
     if !notes.is_empty() {
         s.push_str("\nnotes:\n");
         s.extend(notes);
+    }
+    if !r.channels.is_empty() {
+        let mut t = table(
+            &[
+                "NAME",
+                "KIND",
+                "SLOTS",
+                "DEPTH",
+                "PUBLISHED",
+                "PRODUCERS",
+                "CONSUMERS",
+                "PROBLEM",
+            ],
+            &[3, 4],
+        );
+        for c in &r.channels {
+            t.add_row(vec![
+                c.name.clone(),
+                if c.kind.is_empty() {
+                    "-".into()
+                } else {
+                    c.kind.to_owned()
+                },
+                format!("{} x {} B", c.slots, c.slot_size),
+                c.depth.to_string(),
+                c.published.to_string(),
+                format!("{} alive, {} dead", c.producers_alive, c.producers_dead),
+                format!("{} alive, {} dead", c.consumers_alive, c.consumers_dead),
+                c.problem.clone().unwrap_or_default(),
+            ]);
+        }
+        s.push_str(&format!("\nchannels:\n{t}\n"));
     }
     if !r.problems.is_empty() {
         s.push_str("\nproblems:\n");

@@ -97,7 +97,8 @@ impl Consumer {
     fn attempt(self: &Arc<Self>) -> Attempt {
         let ring = &self.chan.ring;
         let mut st = self.lock();
-        loop {
+        // Bounded: skipped and passed slots are few unless the ring is scribbled.
+        for _ in 0..(ring.geometry().slots as u64 * 4 + 1024) {
             let (seq, read) = if ring.is_queue() {
                 match ring.take(self.index, !st.held.is_empty()) {
                     Take::Taken { seq, read } => (seq, read),
@@ -110,12 +111,12 @@ impl Consumer {
                     Read::Gone => {
                         // Passed while we were joining: resume at the frontier.
                         let f = frontier_seq(ring.header().frontier.load(Ordering::SeqCst));
-                        st.cursor = f.max(seq + 1);
+                        st.cursor = f.max(seq.wrapping_add(1));
                         self.publish_low(&st);
                         continue;
                     }
                     read => {
-                        st.cursor = seq + 1;
+                        st.cursor = seq.wrapping_add(1);
                         (seq, read)
                     }
                 }
@@ -125,7 +126,9 @@ impl Consumer {
                 self.publish_low(&st);
                 continue;
             };
-            ring.consumer(self.index).count.fetch_add(1, Ordering::Relaxed);
+            ring.consumer(self.index)
+                .count
+                .fetch_add(1, Ordering::Relaxed);
             let body = if flags & FLAG_OVERFLOW != 0 {
                 let handle = OverflowHandle::from_bytes(&ring.read_handle(seq));
                 match self.store.resolve_ref(&handle) {
@@ -155,6 +158,7 @@ impl Consumer {
                 },
             });
         }
+        Attempt::Empty
     }
 
     /// A message handed out is dropped.
@@ -323,9 +327,7 @@ impl Message {
     pub fn as_slice(&self) -> &[u8] {
         match &self.body {
             // SAFETY: `len` bytes of the slot's payload, held (see Send).
-            Body::Inline { ptr, len } => unsafe {
-                std::slice::from_raw_parts(ptr.as_ptr(), *len)
-            },
+            Body::Inline { ptr, len } => unsafe { std::slice::from_raw_parts(ptr.as_ptr(), *len) },
             Body::Store(view) => view,
         }
     }
@@ -398,7 +400,8 @@ macro_rules! consumer_endpoint {
 
             /// Waits at most `timeout` for the next message.
             pub fn recv_timeout(&self, timeout: Duration) -> Result<Message, RecvTimeoutError> {
-                self.inner.recv_deadline(Instant::now().checked_add(timeout))
+                self.inner
+                    .recv_deadline(Instant::now().checked_add(timeout))
             }
 
             /// A blocking iterator over messages; it ends at disconnection

@@ -6,9 +6,9 @@ use super::layout::*;
 use super::ring::Ring;
 use crate::error::{BlobError, Result};
 use crate::os::{self, Mapping};
-use std::sync::atomic::Ordering;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 
 /// Which side of a channel an endpoint is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,7 +181,8 @@ impl ChanFile {
         let h = self.ring.header();
         let rec = self.ring.record(index);
         if index < MAX_PRODUCERS {
-            h.producer_mask.fetch_and(!(1u64 << index), Ordering::SeqCst);
+            h.producer_mask
+                .fetch_and(!(1u64 << index), Ordering::SeqCst);
             self.ring.skip_claims_of(index as u32);
         } else {
             self.ring.leave(index - MAX_PRODUCERS);
@@ -229,11 +230,6 @@ impl ChanFile {
             }
         }
         evicted
-    }
-
-    /// Whether participant record `index` (of either role) has a live holder.
-    pub(crate) fn is_alive(&self, index: usize) -> bool {
-        os::byte_lock_held(&self.file, lock_byte(index)).unwrap_or(true)
     }
 }
 
@@ -357,4 +353,118 @@ pub(crate) fn remove_channel_files(
         }
     }
     Ok(removed)
+}
+
+/// What `sfb stat` shows of one channel, read with `pread` (nothing mapped,
+/// nothing written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelReport {
+    /// Channel name.
+    pub name: String,
+    /// File name in the shm directory.
+    pub file: String,
+    /// "broadcast channel" or "work queue" (empty if unreadable).
+    pub kind: &'static str,
+    /// Slots in the ring.
+    pub slots: u32,
+    /// Bytes per slot.
+    pub slot_size: u32,
+    /// Messages published and not yet released by every consumer.
+    pub depth: u64,
+    /// Messages published since creation.
+    pub published: u64,
+    /// Slots skipped because their producer died before publishing.
+    pub skipped: u64,
+    /// Participants found dead and evicted.
+    pub evicted: u64,
+    /// Producers registered whose process is alive.
+    pub producers_alive: u32,
+    /// Producers registered whose process is gone (not yet evicted).
+    pub producers_dead: u32,
+    /// Consumers registered whose process is alive.
+    pub consumers_alive: u32,
+    /// Consumers registered whose process is gone (not yet evicted).
+    pub consumers_dead: u32,
+    /// Bytes the file takes on the tmpfs.
+    pub tmpfs_bytes: u64,
+    /// Why the file could not be read as a channel, if it could not.
+    pub problem: Option<String>,
+}
+
+/// Inspects channel file `file` (a name from [`parse_channel_file_name`]) in `dir`.
+pub(crate) fn inspect_channel(dir: &Path, file: &str, name: &str) -> ChannelReport {
+    let mut r = ChannelReport {
+        name: name.to_owned(),
+        file: file.to_owned(),
+        kind: "",
+        slots: 0,
+        slot_size: 0,
+        depth: 0,
+        published: 0,
+        skipped: 0,
+        evicted: 0,
+        producers_alive: 0,
+        producers_dead: 0,
+        consumers_alive: 0,
+        consumers_dead: 0,
+        tmpfs_bytes: 0,
+        problem: None,
+    };
+    let path = dir.join(file);
+    let f = match os::open_ro(&path) {
+        Ok(f) => f,
+        Err(e) => {
+            r.problem = Some(format!("cannot open: {e}"));
+            return r;
+        }
+    };
+    if let Ok(meta) = f.metadata() {
+        use std::os::unix::fs::MetadataExt;
+        r.tmpfs_bytes = meta.blocks() * 512;
+        if !meta.is_file() {
+            r.problem = Some("not a regular file".into());
+            return r;
+        }
+    }
+    let (kind, geo) = match read_identity(&f, &path, None) {
+        Ok(x) => x,
+        Err(e) => {
+            r.problem = Some(e.to_string());
+            return r;
+        }
+    };
+    r.kind = kind_name(kind);
+    r.slots = geo.slots;
+    r.slot_size = geo.slot_size;
+    let mut buf = vec![0u8; SLOTS_OFFSET];
+    if !matches!(os::read_at(&f, &mut buf, 0, &path), Ok(n) if n == SLOTS_OFFSET) {
+        r.problem = Some("channel file is shorter than its header".into());
+        return r;
+    }
+    let u64_at = |o: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&buf[o..o + 8]);
+        u64::from_le_bytes(b)
+    };
+    let head = u64_at(std::mem::offset_of!(ChanHeader, head));
+    let frontier = frontier_seq(u64_at(std::mem::offset_of!(ChanHeader, frontier)));
+    r.depth = head.saturating_sub(frontier).min(geo.slots as u64);
+    r.published = u64_at(std::mem::offset_of!(ChanHeader, published));
+    r.skipped = u64_at(std::mem::offset_of!(ChanHeader, skipped));
+    r.evicted = u64_at(std::mem::offset_of!(ChanHeader, evicted));
+    for index in 0..RECORDS {
+        let at = RECORDS_OFFSET + index * RECORD_SIZE;
+        if buf[at..at + 4] == [0, 0, 0, 0] {
+            continue;
+        }
+        let alive = os::byte_lock_held(&f, lock_byte(index)).unwrap_or(true);
+        let counter = match (index < MAX_PRODUCERS, alive) {
+            (true, true) => &mut r.producers_alive,
+            (true, false) => &mut r.producers_dead,
+            (false, true) => &mut r.consumers_alive,
+            (false, false) => &mut r.consumers_dead,
+        };
+        *counter += 1;
+    }
+    r
 }

@@ -61,7 +61,8 @@ pub use error::{RecvError, RecvTimeoutError, SendError, TryRecvError, TrySendErr
 pub use layout::{channel_file_name, parse_channel_file_name};
 pub use producer::{Loan, Publisher, Sender};
 
-pub(crate) use file::remove_channel_files;
+pub use file::ChannelReport;
+pub(crate) use file::{inspect_channel, remove_channel_files};
 
 use crate::backend::shared::StoreLink;
 use crate::error::{BlobError, Result};
@@ -117,7 +118,11 @@ pub(crate) fn sender(store: StoreLink, name: &str, config: ChannelConfig) -> Res
     Ok(Sender::new(producer::Producer::open(chan, store)?))
 }
 
-pub(crate) fn subscriber(store: StoreLink, name: &str, config: ChannelConfig) -> Result<Subscriber> {
+pub(crate) fn subscriber(
+    store: StoreLink,
+    name: &str,
+    config: ChannelConfig,
+) -> Result<Subscriber> {
     let chan = open(&store, name, KIND_BROADCAST, config)?;
     Ok(Subscriber::new(consumer::Consumer::open(chan, store)?))
 }

@@ -8,8 +8,8 @@ use super::wait;
 use crate::backend::shared::{SharedReservation, StoreLink};
 use crate::error::BlobError;
 use crate::handle::OverflowHandle;
-use std::sync::atomic::Ordering;
 use std::sync::atomic::fence;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -63,7 +63,11 @@ impl Producer {
             }
             if !block {
                 // A dead consumer may be what holds the ring full.
-                if self.chan.evict_dead(Role::Consumer, &|x| ack(&self.store, x)) > 0 {
+                if self
+                    .chan
+                    .evict_dead(Role::Consumer, &|x| ack(&self.store, x))
+                    > 0
+                {
                     continue;
                 }
                 return Err(TrySendError::Full);
@@ -75,7 +79,11 @@ impl Producer {
             }
             if last_check.elapsed() >= wait::LIVENESS_TICK {
                 last_check = Instant::now();
-                if self.chan.evict_dead(Role::Consumer, &|x| ack(&self.store, x)) > 0 {
+                if self
+                    .chan
+                    .evict_dead(Role::Consumer, &|x| ack(&self.store, x))
+                    > 0
+                {
                     continue;
                 }
             }
@@ -291,7 +299,8 @@ impl Loan {
             .store
             .commit(&r)
             .map_err(|e| TrySendError::Send(SendError::Store(e)))?;
-        self.producer.publish_handle(&handle, r.loc.size as usize, block)
+        self.producer
+            .publish_handle(&handle, r.loc.size as usize, block)
     }
 
     fn bytes(&self) -> (*mut u8, usize) {

@@ -17,9 +17,9 @@
 //!   store entry the slot referred to).
 
 use super::layout::*;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::ptr::NonNull;
 use std::sync::atomic::fence;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What a producer's claim found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,18 +209,33 @@ impl Ring {
                 // the freer's reads of the old contents before our writes).
                 if slot
                     .state
-                    .compare_exchange(w, slot_state(lap, me, TAG_CLAIMED), Ordering::AcqRel, Ordering::Relaxed)
+                    .compare_exchange(
+                        w,
+                        slot_state(lap, me, TAG_CLAIMED),
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    )
                     .is_ok()
                 {
                     // Release: pairs with the Acquire load of head above.
-                    let _ = h.head.compare_exchange(s, s.wrapping_add(1), Ordering::Release, Ordering::Relaxed);
+                    let _ = h.head.compare_exchange(
+                        s,
+                        s.wrapping_add(1),
+                        Ordering::Release,
+                        Ordering::Relaxed,
+                    );
                     return Claim::Claimed(s);
                 }
                 continue;
             }
             if wl >= lap {
                 // Someone claimed `s` (or head lags far behind): move head on.
-                let _ = h.head.compare_exchange(s, s.wrapping_add(1), Ordering::Release, Ordering::Relaxed);
+                let _ = h.head.compare_exchange(
+                    s,
+                    s.wrapping_add(1),
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                );
                 continue;
             }
             if wl + 1 == lap && tag == TAG_READY {
@@ -300,7 +315,9 @@ impl Ring {
     pub(crate) fn take(&self, me: usize, holding: bool) -> Take {
         let h = self.header();
         let rec = self.consumer(me);
-        loop {
+        // Bounded: contention makes progress for someone on every retry;
+        // only a scribbled ring could keep us here longer.
+        for _ in 0..(self.geo.slots as u64 * 4 + 1024) {
             // SeqCst with the reclaimer's loads in `bound`: a reclaimer
             // that sees the tail moved by us sees our `low`.
             let t = h.tail.load(Ordering::SeqCst);
@@ -310,8 +327,7 @@ impl Ring {
                     if !holding {
                         rec.low.store(t, Ordering::SeqCst);
                     }
-                    if h
-                        .tail
+                    if h.tail
                         .compare_exchange(t, t.wrapping_add(1), Ordering::SeqCst, Ordering::Relaxed)
                         .is_ok()
                     {
@@ -321,7 +337,12 @@ impl Ring {
                 Read::Gone => {
                     // Only a scribbled tail lags the frontier: move it on.
                     let f = frontier_seq(h.frontier.load(Ordering::SeqCst));
-                    let _ = h.tail.compare_exchange(t, f.max(t.wrapping_add(1)), Ordering::SeqCst, Ordering::Relaxed);
+                    let _ = h.tail.compare_exchange(
+                        t,
+                        f.max(t.wrapping_add(1)),
+                        Ordering::SeqCst,
+                        Ordering::Relaxed,
+                    );
                 }
                 other => {
                     if !holding {
@@ -331,6 +352,10 @@ impl Ring {
                 }
             }
         }
+        if !holding {
+            rec.low.store(LOW_NONE, Ordering::SeqCst);
+        }
+        Take::Wait(Read::Empty)
     }
 
     /// The frontier may not pass this sequence: the lowest `low` of every
@@ -377,8 +402,7 @@ impl Ring {
                 .then(|| self.read_handle(f));
             // The frontier word only grows (its sequence part), so a CAS
             // that succeeds proves nobody freed `f` since we read the slot.
-            if h
-                .frontier
+            if h.frontier
                 .compare_exchange(
                     fw,
                     frontier_word(f + 1, frontier_epoch(fw)),
@@ -414,8 +438,10 @@ impl Ring {
     pub(crate) fn join(&self, me: usize) -> u64 {
         let h = self.header();
         let rec = self.consumer(me);
-        rec.low
-            .store(frontier_seq(h.frontier.load(Ordering::SeqCst)), Ordering::SeqCst);
+        rec.low.store(
+            frontier_seq(h.frontier.load(Ordering::SeqCst)),
+            Ordering::SeqCst,
+        );
         h.consumer_mask.fetch_or(1 << me, Ordering::SeqCst);
         // Bump the epoch: a reclaimer that computed its bound without us
         // fails its frontier CAS and looks again.
@@ -423,8 +449,7 @@ impl Ring {
             let fw = h.frontier.load(Ordering::SeqCst);
             rec.low.store(frontier_seq(fw), Ordering::SeqCst);
             let next = frontier_word(frontier_seq(fw), frontier_epoch(fw) + 1);
-            if h
-                .frontier
+            if h.frontier
                 .compare_exchange(fw, next, Ordering::SeqCst, Ordering::Relaxed)
                 .is_ok()
             {
@@ -479,13 +504,6 @@ impl Ring {
         self.header().skipped.fetch_add(n, Ordering::Relaxed);
         n
     }
-
-    /// Messages published and not yet passed by the frontier.
-    pub(crate) fn depth(&self) -> u64 {
-        let h = self.header();
-        let head = h.head.load(Ordering::Relaxed);
-        head.saturating_sub(frontier_seq(h.frontier.load(Ordering::Relaxed)))
-    }
 }
 
 #[cfg(all(test, not(loom)))]
@@ -537,7 +555,10 @@ mod tests {
         for b in 0..4 {
             assert!(send(r, 0, b));
         }
-        assert!(!send(r, 0, 9), "a subscriber holding 4 unread messages fills a 4-slot ring");
+        assert!(
+            !send(r, 0, 9),
+            "a subscriber holding 4 unread messages fills a 4-slot ring"
+        );
         for seq in 0..4 {
             assert_eq!(r.read(seq), Read::Ready { len: 1, flags: 0 });
             assert_eq!(byte_at(r, seq), seq as u8);
@@ -597,7 +618,12 @@ mod tests {
         assert!(r
             .header()
             .frontier
-            .compare_exchange(stale, frontier_word(1, 0), Ordering::SeqCst, Ordering::SeqCst)
+            .compare_exchange(
+                stale,
+                frontier_word(1, 0),
+                Ordering::SeqCst,
+                Ordering::SeqCst
+            )
             .is_err());
     }
 
@@ -613,7 +639,10 @@ mod tests {
         let mut got = vec![];
         for (me, holding) in [(0, false), (1, false), (0, true)] {
             match r.take(me, holding) {
-                Take::Taken { seq, read: Read::Ready { .. } } => got.push((me, byte_at(r, seq))),
+                Take::Taken {
+                    seq,
+                    read: Read::Ready { .. },
+                } => got.push((me, byte_at(r, seq))),
                 other => panic!("{other:?}"),
             }
         }
@@ -631,7 +660,9 @@ mod tests {
         let m = mem(4, 64, false);
         let r = &m.ring;
         r.join(0);
-        let Claim::Claimed(s) = r.try_claim(7) else { panic!() };
+        let Claim::Claimed(s) = r.try_claim(7) else {
+            panic!()
+        };
         assert!(send(r, 1, 42));
         assert_eq!(r.read(s), Read::Pending { owner: 7 });
         assert_eq!(r.skip_claims_of(6), 0);
@@ -646,7 +677,9 @@ mod tests {
     fn overflow_handles_are_acknowledged_when_freed() {
         let m = mem(2, 64, false);
         let r = &m.ring;
-        let Claim::Claimed(s) = r.try_claim(0) else { panic!() };
+        let Claim::Claimed(s) = r.try_claim(0) else {
+            panic!()
+        };
         let h: [u8; 24] = std::array::from_fn(|i| i as u8 + 1);
         r.write_handle(s, &h);
         r.publish(s, 0, 1 << 20, FLAG_OVERFLOW);
@@ -662,7 +695,9 @@ mod tests {
         assert!(send(r, 0, 1));
         assert!(send(r, 0, 2));
         // The frontier moved past 0 but slot 0 was never freed.
-        r.header().frontier.store(frontier_word(1, 0), Ordering::SeqCst);
+        r.header()
+            .frontier
+            .store(frontier_word(1, 0), Ordering::SeqCst);
         assert!(send(r, 0, 3), "the producer frees the passed slot itself");
         assert_eq!(byte_at(r, 2), 3);
     }
@@ -678,7 +713,9 @@ mod tests {
             h.frontier.store(v ^ 0x55, Ordering::SeqCst);
             h.consumer_mask.store(v, Ordering::SeqCst);
             for s in 0..4u64 {
-                r.slot(s).state.store(v.rotate_left(s as u32), Ordering::SeqCst);
+                r.slot(s)
+                    .state
+                    .store(v.rotate_left(s as u32), Ordering::SeqCst);
                 r.slot(s).len.store(u32::MAX, Ordering::SeqCst);
             }
             let _ = r.try_claim(0);

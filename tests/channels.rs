@@ -1,0 +1,714 @@
+//! Channels (broadcast and work queue) between real processes: this test
+//! binary re-executes itself as publishers, subscribers, senders and
+//! receivers through `peer_process_entry_point`.
+
+mod common;
+
+use common::{env, payload, say, spawn_peer, Ns, Peer};
+use stable_fragmented_buffer::{
+    BlobError, ChannelConfig, Config, PinnedBlobStore, RecvError, RecvTimeoutError, TryRecvError,
+    TrySendError,
+};
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+const ENTRY: &str = "peer_process_entry_point";
+const CHUNK: usize = 1 << 20;
+
+/// Not a test of its own: the entry point of peer processes. Without
+/// `SFB_PEER_ROLE` (a normal test run) it has nothing to do.
+#[test]
+fn peer_process_entry_point() {
+    let Some(role) = common::peer_role() else {
+        return;
+    };
+    match role.as_str() {
+        "publisher" => role_producer(false),
+        "sender" => role_producer(true),
+        "subscriber" => role_consumer(false),
+        "receiver" => role_consumer(true),
+        "idle-receiver" => role_idle_receiver(),
+        "hold" => role_hold(),
+        "creator" => role_creator(),
+        other => panic!("unknown role {other}"),
+    }
+}
+
+/// A message of `len` bytes (at least 12) from producer `p`, number `seq`:
+/// its first 12 bytes say who and which, the rest is derived from them.
+fn message(p: u32, seq: u64, len: usize) -> Vec<u8> {
+    let mut m = Vec::with_capacity(len);
+    m.extend_from_slice(&p.to_le_bytes());
+    m.extend_from_slice(&seq.to_le_bytes());
+    m.extend_from_slice(&payload((p as u64) << 40 | seq, len - 12));
+    m
+}
+
+/// Checks every byte of a received message; returns (producer, seq).
+fn check(m: &[u8]) -> (u32, u64) {
+    assert!(m.len() >= 12, "short message of {} bytes", m.len());
+    let p = u32::from_le_bytes(m[0..4].try_into().unwrap());
+    let seq = u64::from_le_bytes(m[4..12].try_into().unwrap());
+    assert!(
+        m[12..] == payload((p as u64) << 40 | seq, m.len() - 12)[..],
+        "wrong bytes in message {seq} of producer {p}"
+    );
+    (p, seq)
+}
+
+/// Sizes that cross the inline capacity (240) and the chunk size.
+fn size_of(seq: u64) -> usize {
+    const SIZES: [usize; 7] = [12, 64, 240, 241, 4096, 70_000, CHUNK + 1000];
+    SIZES[(seq % SIZES.len() as u64) as usize]
+}
+
+fn attach() -> PinnedBlobStore {
+    PinnedBlobStore::attach_shared(Config::default(), &env("SFB_NS")).unwrap()
+}
+
+/// Sends SFB_COUNT messages as producer SFB_ID, then says "done".
+fn role_producer(queue: bool) {
+    let store = attach();
+    let id: u32 = env("SFB_ID").parse().unwrap();
+    let count: u64 = env("SFB_COUNT").parse().unwrap();
+    let name = env("SFB_CHAN");
+    if queue {
+        let tx = store.sender(&name).unwrap();
+        say("ready");
+        for seq in 0..count {
+            tx.send(&message(id, seq, size_of(seq))).unwrap();
+        }
+        if std::env::var("SFB_LINGER").is_ok() {
+            say("done");
+            std::thread::sleep(Duration::from_secs(600));
+        }
+    } else {
+        let tx = store.publisher(&name).unwrap();
+        say("ready");
+        // Wait for the go (every subscriber is subscribed).
+        let mut s = String::new();
+        std::io::stdin().read_line(&mut s).unwrap();
+        for seq in 0..count {
+            tx.send(&message(id, seq, size_of(seq))).unwrap();
+        }
+    }
+    say("done");
+    if std::env::var("SFB_LINGER").is_ok() {
+        // Stay alive (producer registered) until killed.
+        std::thread::sleep(Duration::from_secs(600));
+    }
+}
+
+/// Receives until disconnected, checking every byte and per-producer
+/// order; reports "got N" and each producer's count.
+fn role_consumer(queue: bool) {
+    let store = attach();
+    let name = env("SFB_CHAN");
+    let mut next: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut seen = Vec::new();
+    let mut on = |m: &[u8]| {
+        let (p, seq) = check(m);
+        let n = next.entry(p).or_insert(0);
+        if queue {
+            assert!(seq >= *n, "producer {p}: {seq} after {n}");
+        } else {
+            assert_eq!(seq, *n, "producer {p}: lost or reordered");
+        }
+        *n = seq + 1;
+        seen.push((p, seq));
+    };
+    if queue {
+        let rx = store.receiver(&name).unwrap();
+        say("ready");
+        for m in rx.iter() {
+            on(&m);
+        }
+    } else {
+        let rx = store.subscriber(&name).unwrap();
+        say("ready");
+        for m in rx.iter() {
+            on(&m);
+        }
+    }
+    say(format!("got {}", seen.len()));
+    for (p, seq) in seen {
+        say(format!("m {p} {seq}"));
+    }
+    say("end");
+}
+
+/// Blocks in `recv` on a channel whose producer stays alive and silent.
+fn role_idle_receiver() {
+    let store = attach();
+    let rx = store.receiver(&env("SFB_CHAN")).unwrap();
+    say("ready");
+    let r = rx.recv_timeout(Duration::from_secs(30));
+    say(format!("woke {}", r.is_ok()));
+}
+
+/// Subscribes (or receives), takes SFB_TAKE messages, holds them, says
+/// "holding", and waits to be killed.
+fn role_hold() {
+    let store = attach();
+    let name = env("SFB_CHAN");
+    let take: usize = env("SFB_TAKE").parse().unwrap();
+    let queue = env("SFB_QUEUE") == "1";
+    let mut held = Vec::new();
+    if queue {
+        let rx = store.receiver(&name).unwrap();
+        say("ready");
+        while held.len() < take {
+            held.push(rx.recv().unwrap());
+        }
+        say("holding");
+        std::thread::sleep(Duration::from_secs(600));
+    } else {
+        let rx = store.subscriber(&name).unwrap();
+        say("ready");
+        while held.len() < take {
+            held.push(rx.recv().unwrap());
+        }
+        say("holding");
+        std::thread::sleep(Duration::from_secs(600));
+    }
+}
+
+fn peer(role: &str, ns: &Ns, chan: &str, extra: &[(&str, String)]) -> Peer {
+    let mut env = vec![("SFB_NS", ns.0.clone()), ("SFB_CHAN", chan.to_owned())];
+    env.extend(extra.iter().cloned());
+    spawn_peer(ENTRY, role, &env)
+}
+
+fn shared(ns: &Ns) -> PinnedBlobStore {
+    PinnedBlobStore::new_shared(Config::default(), ns.as_str(), CHUNK).unwrap()
+}
+
+/// Collects a consumer peer's report: the (producer, seq) pairs it got.
+fn report(c: &mut Peer) -> Vec<(u32, u64)> {
+    let got: usize = c
+        .line()
+        .unwrap()
+        .strip_prefix("got ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut v = Vec::with_capacity(got);
+    loop {
+        let l = c.line().unwrap();
+        if l == "end" {
+            break;
+        }
+        let mut it = l.strip_prefix("m ").unwrap().split(' ');
+        v.push((
+            it.next().unwrap().parse().unwrap(),
+            it.next().unwrap().parse().unwrap(),
+        ));
+    }
+    assert_eq!(v.len(), got);
+    v
+}
+
+#[test]
+fn every_size_from_empty_to_more_than_a_chunk_arrives_whole() {
+    let ns = Ns::new("chsizes");
+    let store = shared(&ns);
+    let rx = store.subscriber("sizes").unwrap();
+    let tx = store.publisher("sizes").unwrap();
+    let cap = tx.inline_capacity();
+    assert_eq!(cap, ChannelConfig::default().inline_capacity());
+    let sizes = [
+        0,
+        1,
+        2,
+        63,
+        cap - 1,
+        cap,
+        cap + 1,
+        4096,
+        65_536,
+        CHUNK,
+        CHUNK + 1,
+    ];
+    for (i, &len) in sizes.iter().enumerate() {
+        let data = payload(i as u64, len);
+        tx.send(&data).unwrap();
+        let m = rx.recv().unwrap();
+        assert_eq!(&*m, &data[..], "size {len}");
+        assert_eq!(m.is_overflow(), len > cap, "size {len}: inline iff it fits");
+    }
+}
+
+#[test]
+fn broadcast_n_publishers_m_subscribers_across_processes_lose_nothing() {
+    let ns = Ns::new("chbcast");
+    let _store = shared(&ns);
+    let count = 300u64;
+    let mut subs: Vec<Peer> = (0..2).map(|_| peer("subscriber", &ns, "b", &[])).collect();
+    for s in &mut subs {
+        s.expect("ready");
+    }
+    let mut pubs: Vec<Peer> = (0..2)
+        .map(|i| {
+            peer(
+                "publisher",
+                &ns,
+                "b",
+                &[("SFB_ID", i.to_string()), ("SFB_COUNT", count.to_string())],
+            )
+        })
+        .collect();
+    for p in &mut pubs {
+        p.expect("ready");
+    }
+    for p in &mut pubs {
+        use std::io::Write;
+        writeln!(p.child.stdin.as_mut().unwrap(), "go").unwrap();
+    }
+    for p in pubs {
+        let mut p = p;
+        p.expect("done");
+        p.wait_ok();
+    }
+    for mut s in subs {
+        let got = report(&mut s);
+        // Every subscriber got every message of every publisher, once.
+        let set: HashSet<_> = got.iter().copied().collect();
+        assert_eq!(set.len(), got.len(), "duplicates");
+        assert_eq!(got.len() as u64, 2 * count);
+        s.wait_ok();
+    }
+}
+
+#[test]
+fn queue_n_senders_m_receivers_across_processes_deliver_each_message_once() {
+    let ns = Ns::new("chqueue");
+    let _store = shared(&ns);
+    let count = 300u64;
+    let mut rxs: Vec<Peer> = (0..3).map(|_| peer("receiver", &ns, "q", &[])).collect();
+    for r in &mut rxs {
+        r.expect("ready");
+    }
+    let txs: Vec<Peer> = (0..2)
+        .map(|i| {
+            peer(
+                "sender",
+                &ns,
+                "q",
+                &[("SFB_ID", i.to_string()), ("SFB_COUNT", count.to_string())],
+            )
+        })
+        .collect();
+    for t in txs {
+        let mut t = t;
+        t.expect("ready");
+        t.expect("done");
+        t.wait_ok();
+    }
+    let mut all = Vec::new();
+    for mut r in rxs {
+        all.extend(report(&mut r));
+        r.wait_ok();
+    }
+    let set: HashSet<_> = all.iter().copied().collect();
+    assert_eq!(set.len(), all.len(), "a message reached two receivers");
+    assert_eq!(all.len() as u64, 2 * count, "a message was lost");
+}
+
+#[test]
+fn recv_returns_disconnected_within_a_second_after_the_producer_is_killed() {
+    let ns = Ns::new("chdisc");
+    let store = shared(&ns);
+    let rx = store.receiver("d").unwrap();
+    let mut tx = peer(
+        "sender",
+        &ns,
+        "d",
+        &[
+            ("SFB_ID", "0".into()),
+            ("SFB_COUNT", "5".into()),
+            ("SFB_LINGER", "1".into()),
+        ],
+    );
+    tx.expect("ready");
+    tx.expect("done");
+    // Still registered as a producer: kill it.
+    tx.kill9();
+    for seq in 0..5 {
+        let m = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(check(&m), (0, seq));
+    }
+    let t = Instant::now();
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(3)).unwrap_err(),
+        RecvTimeoutError::Disconnected
+    );
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert_eq!(rx.recv().unwrap_err(), RecvError::Disconnected);
+    assert!(rx.iter().next().is_none());
+    // A producer that appears later reconnects the channel.
+    let tx2 = store.sender("d").unwrap();
+    tx2.send(b"again").unwrap();
+    assert_eq!(&*rx.recv().unwrap(), b"again");
+    drop(tx2);
+    assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Disconnected);
+}
+
+#[test]
+fn dropping_the_last_producer_wakes_a_blocked_receiver() {
+    let ns = Ns::new("chdrop");
+    let store = shared(&ns);
+    let rx = store.subscriber("w").unwrap();
+    let tx = store.publisher("w").unwrap();
+    let t = std::thread::spawn(move || {
+        let start = Instant::now();
+        let r = rx.recv();
+        (r.map(|m| m.to_vec()), start.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    drop(tx);
+    let (r, waited) = t.join().unwrap();
+    assert_eq!(r.unwrap_err(), RecvError::Disconnected);
+    assert!(waited < Duration::from_secs(1));
+}
+
+#[test]
+fn a_receiver_never_connected_waits_instead_of_reporting_disconnection() {
+    let ns = Ns::new("chnever");
+    let store = shared(&ns);
+    let rx = store.receiver("n").unwrap();
+    assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Empty);
+    assert_eq!(
+        rx.recv_timeout(Duration::from_millis(150)).unwrap_err(),
+        RecvTimeoutError::Timeout
+    );
+}
+
+/// CPU time (user + system) of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn an_idle_blocked_receiver_sleeps_in_the_kernel() {
+    let ns = Ns::new("chidle");
+    let store = shared(&ns);
+    let tx = store.sender("i").unwrap();
+    let mut rx = peer("idle-receiver", &ns, "i", &[]);
+    rx.expect("ready");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_ticks(rx.child.id());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(rx.child.id()) - before;
+    // 2 s is 200 ticks at 100 Hz: a spinning receiver burns ~200.
+    assert!(used <= 4, "idle receiver used {used} ticks in 2 s");
+    // And a send wakes it at once.
+    let t = Instant::now();
+    tx.send(b"wake").unwrap();
+    assert_eq!(rx.line().as_deref(), Some("woke true"));
+    assert!(t.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn a_killed_subscriber_stops_gating_publishers_and_its_entries_are_acknowledged() {
+    let ns = Ns::new("chdeadsub");
+    let store = PinnedBlobStore::new_shared(Config::default(), ns.as_str(), 64 << 10).unwrap();
+    let small = ChannelConfig {
+        slots: 4,
+        slot_size: 64,
+    };
+    let tx = store.publisher_with("g", small).unwrap();
+    let mut sub = peer(
+        "hold",
+        &ns,
+        "g",
+        &[("SFB_TAKE", "2".into()), ("SFB_QUEUE", "0".into())],
+    );
+    sub.expect("ready");
+    // Each message (8 KiB) goes through the store; the subscriber holds 2.
+    for i in 0..2 {
+        tx.send(&payload(i, 8192)).unwrap();
+    }
+    sub.expect("holding");
+    for i in 2..4 {
+        tx.send(&payload(i, 8192)).unwrap();
+    }
+    assert!(
+        matches!(tx.try_send(&payload(9, 8192)), Err(TrySendError::Full)),
+        "a live subscriber that holds its messages fills the ring"
+    );
+    sub.kill9();
+    // Sends go through again once the dead subscriber is evicted.
+    let t = Instant::now();
+    for i in 4..40 {
+        while let Err(e) = tx.try_send(&payload(i, 8192)) {
+            assert!(matches!(e, TrySendError::Full), "{e}");
+            assert!(t.elapsed() < Duration::from_secs(5), "still full after 5 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    // Its entries (and the rest, with no subscriber left) were
+    // acknowledged: the store reclaims down to its warm chunks.
+    drop(tx);
+    store.cleanup_shared();
+    let live = store.stats().chunks;
+    assert!(live <= 6, "{live} chunks still held");
+}
+
+#[test]
+fn a_queue_receiver_killed_holding_messages_loses_them_at_most_once() {
+    let ns = Ns::new("chdeadrx");
+    let store = shared(&ns);
+    let tx = store.sender("q").unwrap();
+    let mut dead = peer(
+        "hold",
+        &ns,
+        "q",
+        &[("SFB_TAKE", "3".into()), ("SFB_QUEUE", "1".into())],
+    );
+    dead.expect("ready");
+    for seq in 0..3 {
+        tx.send(&message(0, seq, 5000)).unwrap();
+    }
+    dead.expect("holding");
+    dead.kill9();
+    let rx = store.receiver("q").unwrap();
+    for seq in 3..10 {
+        tx.send(&message(0, seq, 5000)).unwrap();
+    }
+    // The survivor gets exactly the messages the dead one never took.
+    for seq in 3..10 {
+        assert_eq!(check(&rx.recv().unwrap()), (0, seq));
+    }
+    assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Empty);
+}
+
+#[test]
+fn a_message_outlives_its_killed_producer_unchanged() {
+    let ns = Ns::new("choutlive");
+    let store = shared(&ns);
+    let rx = store.subscriber("o").unwrap();
+    let mut tx = peer(
+        "publisher",
+        &ns,
+        "o",
+        &[
+            ("SFB_ID", "7".into()),
+            ("SFB_COUNT", "7".into()),
+            ("SFB_LINGER", "1".into()),
+        ],
+    );
+    tx.expect("ready");
+    {
+        use std::io::Write;
+        writeln!(tx.child.stdin.as_mut().unwrap(), "go").unwrap();
+    }
+    tx.expect("done");
+    tx.kill9();
+    let held: Vec<_> = (0..7).map(|_| rx.recv().unwrap()).collect();
+    // Churn the store and the ring from this process meanwhile.
+    let tx2 = store.publisher("o").unwrap();
+    let rx2 = store.subscriber("o").unwrap();
+    for i in 0..50 {
+        tx2.send(&payload(i, 100_000)).unwrap();
+        drop(rx2.recv().unwrap());
+        store.cleanup_shared();
+    }
+    for (seq, m) in held.iter().enumerate() {
+        assert_eq!(check(m), (7, seq as u64));
+    }
+}
+
+#[test]
+fn loans_publish_in_place_and_unsent_loans_give_their_space_back() {
+    let ns = Ns::new("chloan");
+    let store = shared(&ns);
+    let rx = store.receiver("l").unwrap();
+    let tx = store.sender("l").unwrap();
+    let mut loan = tx.loan(10_000).unwrap();
+    loan.copy_from_slice(&payload(3, 10_000));
+    loan.send().unwrap();
+    let m = rx.recv().unwrap();
+    assert!(m.is_overflow());
+    assert_eq!(&*m, &payload(3, 10_000)[..]);
+    drop(m);
+    // Unsent loans are discarded: the stream of them never fills the store
+    // (decay 0: a fully acknowledged chunk is reusable at once).
+    let bounded = PinnedBlobStore::new_shared_with_limit(
+        common::cfg(0, 30_000),
+        &format!("{}-b", ns.as_str()),
+        64 << 10,
+        Some(3),
+    )
+    .unwrap();
+    let tx = bounded.sender("l").unwrap();
+    for _ in 0..200 {
+        let mut l = tx.loan(30_000).unwrap();
+        l[0] = 1;
+        drop(l);
+        bounded.cleanup_shared();
+    }
+    assert!(matches!(tx.loan(0), Err(_)), "an empty loan is refused");
+    drop(tx);
+    drop(bounded);
+    assert!(common::files_of(&format!("{}-b", ns.as_str())).is_empty());
+}
+
+#[test]
+fn append_shared_with_writes_in_place() {
+    let ns = Ns::new("chappendwith");
+    let store = shared(&ns);
+    let h = store
+        .append_shared_with(5000, |b| b.copy_from_slice(&payload(5, 5000)))
+        .unwrap();
+    assert_eq!(store.resolve(&h).unwrap(), payload(5, 5000));
+    let heap = PinnedBlobStore::with_defaults();
+    assert!(matches!(
+        heap.append_shared_with(10, |_| {}),
+        Err(BlobError::WrongMode { .. })
+    ));
+}
+
+#[test]
+fn opening_a_name_as_the_other_kind_or_in_heap_mode_is_a_clear_error() {
+    let ns = Ns::new("chkind");
+    let store = shared(&ns);
+    let _p = store.publisher("x").unwrap();
+    assert!(matches!(
+        store.receiver("x"),
+        Err(BlobError::ChannelKind { .. })
+    ));
+    assert!(matches!(
+        store.sender("x"),
+        Err(BlobError::ChannelKind { .. })
+    ));
+    assert!(matches!(
+        store.publisher("a/b"),
+        Err(BlobError::InvalidChannel { .. })
+    ));
+    assert!(matches!(
+        store.publisher_with(
+            "y",
+            ChannelConfig {
+                slots: 3,
+                slot_size: 64
+            }
+        ),
+        Err(BlobError::InvalidConfig { .. })
+    ));
+    let heap = PinnedBlobStore::with_defaults();
+    assert!(matches!(
+        heap.subscriber("x"),
+        Err(BlobError::WrongMode { .. })
+    ));
+}
+
+#[test]
+fn hostile_channel_files_are_typed_errors_on_open() {
+    let ns = Ns::new("chhostile");
+    let store = shared(&ns);
+    let path = common::shm_dir().join(format!("{}_chan+h", ns.as_str()));
+    drop(store.publisher("h").unwrap());
+    let good = std::fs::read(&path).unwrap();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", vec![]),
+        ("truncated", good[..100].to_vec()),
+        ("short ring", good[..good.len() - 64].to_vec()),
+        ("foreign magic", {
+            let mut b = good.clone();
+            b[0] ^= 0xff;
+            b
+        }),
+        ("bad slots", {
+            let mut b = good.clone();
+            b[16..20].copy_from_slice(&3u32.to_le_bytes());
+            b
+        }),
+        ("huge slots", {
+            let mut b = good.clone();
+            b[16..20].copy_from_slice(&(1u32 << 30).to_le_bytes());
+            b
+        }),
+        ("bad kind", {
+            let mut b = good.clone();
+            b[12..16].copy_from_slice(&9u32.to_le_bytes());
+            b
+        }),
+        ("other incarnation", {
+            let mut b = good.clone();
+            b[24] ^= 1;
+            b
+        }),
+    ];
+    for (what, bytes) in cases {
+        std::fs::write(&path, &bytes).unwrap();
+        for r in [store.publisher("h").err(), store.subscriber("h").err()] {
+            match r {
+                Some(BlobError::Corrupt { .. }) | Some(BlobError::IncompatibleFormat { .. }) => {}
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+    }
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn a_scribbled_ring_never_hangs_or_panics_a_receiver() {
+    let ns = Ns::new("chscribble");
+    let store = shared(&ns);
+    let path = common::shm_dir().join(format!("{}_chan+s", ns.as_str()));
+    let rx = store.receiver("s").unwrap();
+    let tx = store.sender("s").unwrap();
+    for i in 0..20 {
+        tx.send(&payload(i, if i % 2 == 0 { 100 } else { 5000 }))
+            .unwrap();
+    }
+    // Scribble over the shared words and the slots (not the identity).
+    let mut bytes = std::fs::read(&path).unwrap();
+    for (i, b) in bytes.iter_mut().enumerate().skip(64) {
+        *b = (i as u8).wrapping_mul(31) ^ 0x5a;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let t = Instant::now();
+    for _ in 0..50 {
+        let _ = rx.recv_timeout(Duration::from_millis(20));
+        let _ = tx.try_send(b"x");
+    }
+    assert!(t.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn channel_files_go_with_the_namespace() {
+    let ns = Ns::new("chclean");
+    {
+        let store = shared(&ns);
+        let _a = store.publisher("a").unwrap();
+        let _b = store.receiver("b").unwrap();
+        assert_eq!(
+            ns.files().iter().filter(|f| f.contains("_chan+")).count(),
+            2
+        );
+    }
+    // The creator's drop removed them.
+    assert!(ns.files().is_empty(), "{:?}", ns.files());
+    // cleanup_namespace removes those of a creator killed with SIGKILL.
+    let mut creator = spawn_peer(ENTRY, "creator", &[("SFB_NS", ns.0.clone())]);
+    creator.expect("ready");
+    assert!(ns.files().iter().any(|f| f.ends_with("_chan+c")));
+    creator.kill9();
+    let removed = stable_fragmented_buffer::SharedBackend::cleanup_namespace(ns.as_str()).unwrap();
+    assert!(removed >= 3, "removed {removed}");
+    assert!(ns.files().is_empty(), "{:?}", ns.files());
+}
+
+/// Creates the namespace and a work queue "c" with one message in it,
+/// then waits to be killed.
+fn role_creator() {
+    let store = PinnedBlobStore::new_shared(Config::default(), &env("SFB_NS"), CHUNK).unwrap();
+    let tx = store.sender("c").unwrap();
+    tx.send(&payload(1, 10_000)).unwrap();
+    say("ready");
+    std::thread::sleep(Duration::from_secs(600));
+}
