@@ -572,7 +572,7 @@ mod tests {
         assert!(!send(r, 0, 6));
         assert_eq!(r.read(0), Read::Gone);
         assert_eq!(byte_at(r, 5), 5);
-        assert_eq!(r.depth(), 4);
+        assert_eq!(r.header().head.load(Ordering::SeqCst), 6);
     }
 
     #[test]
