@@ -569,7 +569,7 @@ pub(crate) fn reclaim<C: Chunks>(c: &C) -> usize {
         let Verdict::Reclaim {
             generation,
             expired,
-        } = region.assess(now, policy.ttl_ms, policy.decay_ms)
+        } = region.assess(now, policy.ttl_ms, reuse_decay(c, &policy))
         else {
             continue;
         };
@@ -597,6 +597,19 @@ pub(crate) fn reclaim<C: Chunks>(c: &C) -> usize {
     reclaimed
 }
 
+/// The grace period a fully acknowledged chunk waits before reclamation:
+/// none while the warm pool has room (it is recycled in place at once, so
+/// a stream reuses its memory instead of growing), the decay otherwise (it
+/// governs when memory goes back to the system: unlinking, and the pool's
+/// own idle release in `shrink_pool`).
+fn reuse_decay<C: Chunks>(c: &C, policy: &Policy) -> u64 {
+    if pool_len(c) < policy.pool_capacity {
+        0
+    } else {
+        policy.decay_ms
+    }
+}
+
 /// Whether some chunk could be reclaimed now.
 fn any_reclaimable<C: Chunks>(c: &C) -> bool {
     let policy = *c.policy();
@@ -606,7 +619,7 @@ fn any_reclaimable<C: Chunks>(c: &C) -> bool {
     ids.into_iter().any(|id| {
         c.with_region(id, |r| {
             matches!(
-                r.assess(now, policy.ttl_ms, policy.decay_ms),
+                r.assess(now, policy.ttl_ms, reuse_decay(c, &policy)),
                 Verdict::Reclaim { .. }
             )
         })

@@ -353,6 +353,11 @@ impl StoreLink {
         engine::acknowledge(&*self.0, &handle.loc())
     }
 
+    /// One reclamation pass (as `cleanup_chunks`).
+    pub(crate) fn maintain(&self) -> usize {
+        self.0.maintain()
+    }
+
     pub(crate) fn namespace(&self) -> &str {
         &self.0.ns
     }

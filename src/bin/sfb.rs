@@ -12,9 +12,9 @@ use stable_fragmented_buffer::inspect::{
     self, ChunkReport, Creator, Health, Listing, NamespaceInfo, NamespaceReport,
 };
 use stable_fragmented_buffer::{
-    BlobError, BlobStoreLifecycleExt, Config, OverflowHandle, PinnedBlobStore, SharedBackend,
+    BlobError, BlobStoreLifecycleExt, Config, PinnedBlobStore, SharedBackend,
 };
-use std::io::{BufReader, BufWriter, IsTerminal, Read, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1049,64 +1049,61 @@ fn fill(buf: &mut [u8], seq: u64) {
     buf[0..8].copy_from_slice(&seq.to_le_bytes());
 }
 
+/// Sequence bit of the paced (latency) messages of the demo.
+const PACED: u64 = 1 << 63;
+/// Paced messages the demo sends after the stream, one per interval.
+const PACED_MESSAGES: u64 = 2_000;
+const PACED_INTERVAL: Duration = Duration::from_micros(200);
+
 fn demo(messages: u64, size: usize, chunk_size: usize, max_chunks: usize) -> AnyResult {
     if size < 16 {
         return Err("--size must be at least 16 bytes (sequence number and timestamp)".into());
     }
     let ns = format!("sfb-demo-{}", std::process::id());
-    let config = Config {
-        decay_timeout_ms: 5,
-        ..Config::default()
-    };
     let store = Arc::new(PinnedBlobStore::new_shared_with_limit(
-        config,
+        Config::default(),
         &ns,
         chunk_size,
         Some(max_chunks),
     )?);
     let cleaner = store.start_cleanup(Duration::from_millis(2));
-    println!("namespace {ns}: chunk {chunk_size} B, at most {max_chunks} chunks; sending {messages} messages of {size} B");
+    let tx = store.sender("demo")?;
+    println!(
+        "namespace {ns}: chunk {chunk_size} B, at most {max_chunks} chunks; work queue \"demo\" (messages up to {} B inline in the ring, larger through the store)",
+        tx.inline_capacity()
+    );
+    println!("sending {messages} messages of {size} B as fast as they go, then {PACED_MESSAGES} one every {} us", PACED_INTERVAL.as_micros());
 
     let mut child = Command::new(std::env::current_exe()?)
         .args(["demo-consumer", "--namespace", &ns])
-        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;
-    let mut pipe =
-        BufWriter::with_capacity(24 * 64, child.stdin.take().ok_or("no consumer stdin")?);
+    let mut out = BufReader::new(child.stdout.take().ok_or("no consumer stdout")?);
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    if line.trim() != "ready" {
+        let _ = child.kill();
+        return Err(format!("consumer did not start: {line:?}").into());
+    }
     let mut buf = vec![0u8; size];
-    let mut full_waits = 0u64;
     let start = Instant::now();
     for seq in 0..messages {
         fill(&mut buf, seq);
         buf[8..16].copy_from_slice(&mono_ns().to_le_bytes());
-        let handle = loop {
-            match store.append_shared(&buf) {
-                Ok(h) => break h,
-                Err(BlobError::StoreFull { .. }) => {
-                    // Backpressure: let the consumer catch up.
-                    full_waits += 1;
-                    pipe.flush()?;
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
-        pipe.write_all(&handle.as_bytes())?;
-        if seq % 16 == 15 {
-            pipe.flush()?;
-        }
+        tx.send(&buf)?;
     }
-    pipe.flush()?;
-    drop(pipe);
-    let mut report = String::new();
-    child
-        .stdout
-        .take()
-        .ok_or("no consumer stdout")?
-        .read_to_string(&mut report)?;
-    let status = child.wait()?;
     let elapsed = start.elapsed();
+    for seq in 0..PACED_MESSAGES {
+        std::thread::sleep(PACED_INTERVAL);
+        fill(&mut buf, seq | PACED);
+        buf[8..16].copy_from_slice(&mono_ns().to_le_bytes());
+        tx.send(&buf)?;
+    }
+    // The consumer sees the channel disconnected once it has drained it.
+    drop(tx);
+    let mut report = String::new();
+    out.read_to_string(&mut report)?;
+    let status = child.wait()?;
     cleaner.stop();
     let peak = store.stats().chunks;
     drop(store);
@@ -1119,7 +1116,7 @@ fn demo(messages: u64, size: usize, chunk_size: usize, max_chunks: usize) -> Any
     let secs = elapsed.as_secs_f64();
     let bytes = messages as f64 * size as f64;
     println!(
-        "producer: {messages} messages, {:.1} MB in {:.3} s = {:.2} M msg/s, {:.2} GB/s; waited on a full store {full_waits} times; {peak} chunk(s) at the end",
+        "producer: {messages} messages, {:.1} MB in {:.3} s = {:.2} M msg/s, {:.2} GB/s; {peak} chunk(s) at the end",
         bytes / 1e6,
         secs,
         messages as f64 / secs / 1e6,
@@ -1141,51 +1138,64 @@ fn demo(messages: u64, size: usize, chunk_size: usize, max_chunks: usize) -> Any
 
 fn demo_consumer(ns: &str) -> AnyResult {
     let store = PinnedBlobStore::attach_shared(Config::default(), ns)?;
-    let mut input = BufReader::new(std::io::stdin().lock());
-    let mut raw = [0u8; 24];
+    let rx = store.receiver("demo")?;
+    println!("ready");
+    std::io::stdout().flush()?;
     let mut expected = Vec::new();
-    let (mut count, mut bytes, mut bad) = (0u64, 0u64, 0u64);
-    let mut latencies = Vec::new();
-    loop {
-        match input.read_exact(&mut raw) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(e.into()),
-        }
-        let handle = OverflowHandle::from_bytes(&raw);
-        let Some(data) = store.resolve(&handle) else {
+    let (mut count, mut paced, mut bytes, mut bad) = (0u64, 0u64, 0u64, 0u64);
+    let (mut stream_lat, mut paced_lat) = (Vec::new(), Vec::new());
+    for m in rx.iter() {
+        let now = mono_ns();
+        let data: &[u8] = &m;
+        if data.len() < 16 {
             bad += 1;
             continue;
-        };
-        let now = mono_ns();
+        }
         let seq = u64::from_le_bytes(data[0..8].try_into()?);
         let sent = u64::from_le_bytes(data[8..16].try_into()?);
         expected.resize(data.len(), 0);
         fill(&mut expected, seq);
         expected[8..16].copy_from_slice(&data[8..16]);
-        if seq != count || expected != data {
+        let (want, lat) = if seq & PACED != 0 {
+            (paced | PACED, &mut paced_lat)
+        } else {
+            (count, &mut stream_lat)
+        };
+        if seq != want || expected != data {
             bad += 1;
         }
-        latencies.push(now.saturating_sub(sent));
-        store.acknowledge_shared(&handle);
-        count += 1;
+        lat.push(now.saturating_sub(sent));
+        if seq & PACED != 0 {
+            paced += 1;
+        } else {
+            count += 1;
+        }
         bytes += data.len() as u64;
     }
-    latencies.sort_unstable();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 - 1.0) * p) as usize)
+    let pct = |v: &mut Vec<u64>, p: f64| {
+        v.sort_unstable();
+        v.get(((v.len() as f64 - 1.0) * p) as usize)
             .copied()
             .unwrap_or(0) as f64
             / 1e3
     };
     println!(
-        "consumer (pid {}): {count} messages verified byte for byte ({:.1} MB), {bad} bad; producer-to-consumer latency p50 {:.1} us, p99 {:.1} us, max {:.1} us",
+        "consumer (pid {}): {} messages verified byte for byte ({:.1} MB), {bad} bad",
         std::process::id(),
+        count + paced,
         bytes as f64 / 1e6,
-        pct(0.5),
-        pct(0.99),
-        pct(1.0)
+    );
+    println!(
+        "one-way latency, paced messages (blocking receiver): p50 {:.1} us, p99 {:.1} us, max {:.1} us",
+        pct(&mut paced_lat, 0.5),
+        pct(&mut paced_lat, 0.99),
+        pct(&mut paced_lat, 1.0)
+    );
+    println!(
+        "send-to-receive time while streaming (includes queueing behind the {} slots): p50 {:.1} us, p99 {:.1} us",
+        256,
+        pct(&mut stream_lat, 0.5),
+        pct(&mut stream_lat, 0.99),
     );
     if bad > 0 {
         return Err(format!("{bad} messages did not verify").into());

@@ -11,7 +11,7 @@ use crate::handle::OverflowHandle;
 use std::sync::atomic::fence;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// State shared by a producer endpoint and its loans.
 #[derive(Debug)]
@@ -104,13 +104,29 @@ impl Producer {
             self.sent();
         } else {
             // Into the store first, so the slot is never held during the copy.
-            let handle = self
-                .store
-                .append(data)
-                .map_err(|e| TrySendError::Send(SendError::Store(e)))?;
+            let handle = self.append(data, block)?;
             self.publish_handle(&handle, data.len(), block)?;
         }
         Ok(())
+    }
+
+    /// Appends to the store; a blocking send waits while the store is full
+    /// (`max_chunks` reached), running reclamation passes, so a full store
+    /// is backpressure like a full ring.
+    fn append(&self, data: &[u8], block: bool) -> Result<OverflowHandle, TrySendError> {
+        let mut pause = Duration::from_micros(20);
+        loop {
+            match self.store.append(data) {
+                Ok(h) => return Ok(h),
+                Err(BlobError::StoreFull { .. }) if block => {
+                    if self.store.maintain() == 0 {
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(Duration::from_millis(5));
+                    }
+                }
+                Err(e) => return Err(TrySendError::Send(SendError::Store(e))),
+            }
+        }
     }
 
     fn publish_handle(
