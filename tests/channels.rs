@@ -30,6 +30,7 @@ fn peer_process_entry_point() {
         "idle-receiver" => role_idle_receiver(),
         "hold" => role_hold(),
         "creator" => role_creator(),
+        "abandon" => role_abandon(),
         other => panic!("unknown role {other}"),
     }
 }
@@ -550,7 +551,15 @@ fn loans_publish_in_place_and_unsent_loans_give_their_space_back() {
         drop(l);
         bounded.cleanup_shared();
     }
-    assert!(matches!(tx.loan(0), Err(_)), "an empty loan is refused");
+    assert!(
+        matches!(
+            tx.loan(0),
+            Err(stable_fragmented_buffer::SendError::Store(
+                BlobError::EmptyBlob
+            ))
+        ),
+        "an empty loan is refused"
+    );
     drop(tx);
     drop(bounded);
     assert!(common::files_of(&format!("{}-b", ns.as_str())).is_empty());
@@ -711,4 +720,146 @@ fn role_creator() {
     tx.send(&payload(1, 10_000)).unwrap();
     say("ready");
     std::thread::sleep(Duration::from_secs(600));
+}
+
+/// Opens a publisher (or sender), claims a slot as if killed right after
+/// the claim, says "claimed", and waits to be killed.
+fn role_abandon() {
+    let store = attach();
+    let name = env("SFB_CHAN");
+    let claimed = if env("SFB_QUEUE") == "1" {
+        store.sender(&name).unwrap().claim_and_abandon_for_tests()
+    } else {
+        let p = store.publisher(&name).unwrap();
+        let c = p.claim_and_abandon_for_tests();
+        std::mem::forget(p);
+        c
+    };
+    assert!(claimed);
+    say("claimed");
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+#[test]
+fn a_producer_killed_after_its_claim_wedges_nothing() {
+    let ns = Ns::new("chabandon");
+    let store = shared(&ns);
+    let small = ChannelConfig {
+        slots: 4,
+        slot_size: 64,
+    };
+    // With a subscriber: it receives everything after the dead slot.
+    // (The live publisher registers first, so the dead one's record is
+    // not simply reused and repaired by a newcomer.)
+    let sub = store.subscriber_with("a", small).unwrap();
+    let tx = store.publisher("a").unwrap();
+    let mut dead = peer("abandon", &ns, "a", &[("SFB_QUEUE", "0".into())]);
+    dead.expect("claimed");
+    dead.kill9();
+    let t = Instant::now();
+    for i in 0..20u8 {
+        while let Err(e) = tx.try_send(&[i; 10]) {
+            assert!(matches!(e, TrySendError::Full), "{e}");
+            // The subscriber drains what it can; the dead slot blocks it
+            // until the producer is found dead.
+            while let Ok(m) = sub.try_recv() {
+                drop(m);
+            }
+            assert!(t.elapsed() < Duration::from_secs(5), "wedged");
+        }
+        let m = sub.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(&*m, &[i; 10]);
+    }
+    // Without any subscriber: a lone publisher gets past the dead slot too.
+    let tx = store.publisher_with("b", small).unwrap();
+    let mut dead = peer("abandon", &ns, "b", &[("SFB_QUEUE", "0".into())]);
+    dead.expect("claimed");
+    dead.kill9();
+    let t = Instant::now();
+    for i in 0..20u8 {
+        while tx.try_send(&[i; 10]).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "a lone publisher is wedged"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+#[test]
+fn a_blocking_send_on_a_full_store_evicts_a_killed_subscriber() {
+    let ns = Ns::new("chstorefull");
+    // Four 256 KiB chunks: a subscriber holding two 100 KiB messages and
+    // never releasing them keeps the store full.
+    let store = PinnedBlobStore::new_shared_with_limit(
+        common::cfg(0, 60_000),
+        ns.as_str(),
+        256 << 10,
+        Some(4),
+    )
+    .unwrap();
+    let mut sub = peer(
+        "hold",
+        &ns,
+        "f",
+        &[("SFB_TAKE", "2".into()), ("SFB_QUEUE", "0".into())],
+    );
+    sub.expect("ready");
+    let tx = store.publisher("f").unwrap();
+    for i in 0..2 {
+        tx.send(&payload(i, 100_000)).unwrap();
+    }
+    sub.expect("holding");
+    sub.kill9();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&done);
+    let sender = std::thread::spawn(move || {
+        for i in 2..40 {
+            tx.send(&payload(i, 100_000)).unwrap();
+        }
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let t = Instant::now();
+    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the blocking send waits for a dead subscriber"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    sender.join().unwrap();
+}
+
+#[test]
+fn a_receiver_killed_while_asleep_leaves_no_waiter_bit_behind() {
+    let ns = Ns::new("chwaiter");
+    let store = shared(&ns);
+    let path = common::shm_dir().join(format!("{}_chan+w", ns.as_str()));
+    let tx = store.sender("w").unwrap();
+    let mut rx = peer("idle-receiver", &ns, "w", &[]);
+    rx.expect("ready");
+    let waiters = || {
+        let b = std::fs::read(&path).unwrap();
+        u32::from_le_bytes(b[260..264].try_into().unwrap())
+    };
+    let t = Instant::now();
+    while waiters() == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the receiver never slept"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    rx.kill9();
+    // Sends look for dead waiters at most once per liveness tick.
+    let t = Instant::now();
+    while waiters() != 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the dead receiver's bit stays"
+        );
+        tx.send(b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -6,10 +6,19 @@
 //! the same work as the store's full cycle (view, read, acknowledge).
 
 use iceoryx2::prelude::*;
-use stable_fragmented_buffer::bench::{mono_ns, Cell, Latency, Options, PEER_ENV};
+use stable_fragmented_buffer::bench::{mono_ns, touch, Cell, Latency, Options, PEER_ENV};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Paced messages after the stream (one-way latency of a waiting
+/// subscriber, as in the channel cells).
+fn paced(opts: &Options) -> (u64, Duration) {
+    (
+        opts.latency_samples.clamp(100, 2_000),
+        Duration::from_micros(20),
+    )
+}
 
 const QUEUE: usize = 32;
 
@@ -50,6 +59,7 @@ pub fn cycle(opts: &Options, size: usize) -> Result<Cell, Box<dyn std::error::Er
         .env(PEER_ENV, "iceoryx-consumer")
         .env("SFB_BENCH_IOX", &name)
         .env("SFB_BENCH_OPS", ops.to_string())
+        .env("SFB_BENCH_PACED", paced(opts).0.to_string())
         .stdout(Stdio::piped())
         .spawn()?;
     let mut out = BufReader::new(child.stdout.take().ok_or("no stdout")?);
@@ -71,20 +81,40 @@ pub fn cycle(opts: &Options, size: usize) -> Result<Cell, Box<dyn std::error::Er
         sample.write_from_slice(&data).send()?;
     }
     line.clear();
+    while !line.starts_with("STREAMED") {
+        line.clear();
+        if out.read_line(&mut line)? == 0 {
+            return Err("iceoryx2 consumer ended early".into());
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let (n_paced, gap) = paced(opts);
+    let mut next = Instant::now();
+    for _ in 0..n_paced {
+        next += gap;
+        while Instant::now() < next {
+            std::hint::spin_loop();
+        }
+        if size >= 8 {
+            data[..8].copy_from_slice(&mono_ns().to_le_bytes());
+        }
+        let sample = publisher.loan_slice_uninit(size)?;
+        sample.write_from_slice(&data).send()?;
+    }
+    line.clear();
     while !line.starts_with("RESULT") {
         line.clear();
         if out.read_line(&mut line)? == 0 {
             return Err("iceoryx2 consumer ended without a result".into());
         }
     }
-    let secs = start.elapsed().as_secs_f64();
     child.wait()?;
     let v: Vec<u64> = line
         .split_whitespace()
         .skip(1)
         .filter_map(|x| x.parse().ok())
         .collect();
-    if v.first() != Some(&ops) {
+    if v.first() != Some(&(ops + n_paced)) {
         return Err(format!("iceoryx2 delivered {:?} of {ops} messages", v.first()).into());
     }
     Ok(Cell {
@@ -100,7 +130,8 @@ pub fn cycle(opts: &Options, size: usize) -> Result<Cell, Box<dyn std::error::Er
             max: v[3],
         }),
         note: format!(
-            "baseline: iceoryx2 0.10, queue {QUEUE}, no overflow, borrow in the subscriber"
+            "baseline: iceoryx2 0.10, queue {QUEUE}, no overflow, busy-polling subscriber reads every byte; latency of {n_paced} paced messages, one per {} us",
+            gap.as_micros()
         ),
     })
 }
@@ -120,6 +151,7 @@ pub fn run_peer_if_asked() -> bool {
 fn consume() -> Result<(), Box<dyn std::error::Error>> {
     let name = std::env::var("SFB_BENCH_IOX")?;
     let ops: u64 = std::env::var("SFB_BENCH_OPS")?.parse()?;
+    let total = ops + std::env::var("SFB_BENCH_PACED")?.parse::<u64>()?;
     let node = NodeBuilder::new().create::<ipc::Service>()?;
     let svc = service(&node, &name)?;
     let subscriber = svc.subscriber_builder().buffer_size(QUEUE).create()?;
@@ -127,16 +159,20 @@ fn consume() -> Result<(), Box<dyn std::error::Error>> {
     let mut lat = Vec::with_capacity(ops as usize);
     let mut count = 0u64;
     let mut sink = 0u64;
-    while count < ops {
+    while count < total {
         if let Some(sample) = subscriber.receive()? {
             let p = sample.payload();
             let now = mono_ns();
-            if p.len() >= 8 {
+            if count >= ops && p.len() >= 8 {
                 let ts = u64::from_le_bytes(p[..8].try_into()?);
                 lat.push(now.saturating_sub(ts));
             }
-            sink = sink.wrapping_add(p[0] as u64 + p[p.len() - 1] as u64);
+            sink = sink.wrapping_add(touch(p));
+            drop(sample);
             count += 1;
+            if count == ops {
+                println!("STREAMED");
+            }
         } else {
             std::hint::spin_loop();
         }

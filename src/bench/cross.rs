@@ -29,7 +29,7 @@ pub fn mono_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn spawn_peer(
+pub(crate) fn spawn_peer(
     role: &str,
     env: &[(&str, String)],
 ) -> std::io::Result<(Child, BufReader<std::process::ChildStdout>)> {
@@ -50,7 +50,7 @@ fn spawn_peer(
     Ok((child, out))
 }
 
-fn expect_line(out: &mut BufReader<std::process::ChildStdout>, prefix: &str) -> String {
+pub(crate) fn expect_line(out: &mut BufReader<std::process::ChildStdout>, prefix: &str) -> String {
     let mut line = String::new();
     loop {
         line.clear();
@@ -63,7 +63,7 @@ fn expect_line(out: &mut BufReader<std::process::ChildStdout>, prefix: &str) -> 
     }
 }
 
-fn parse_result(rest: &str) -> (u64, Latency) {
+pub(crate) fn parse_result(rest: &str) -> (u64, Latency) {
     let v: Vec<u64> = rest
         .split_whitespace()
         .filter_map(|x| x.parse().ok())
@@ -78,7 +78,7 @@ fn parse_result(rest: &str) -> (u64, Latency) {
     )
 }
 
-fn report(count: u64, lat: &mut [u64]) {
+pub(crate) fn report(count: u64, lat: &mut [u64]) {
     let l = Latency::from_samples(lat).unwrap_or_default();
     println!("RESULT {count} {} {} {}", l.p50, l.p99, l.max);
 }
@@ -248,6 +248,7 @@ pub fn run_peer_if_asked() -> bool {
     match std::env::var(PEER_ENV).as_deref() {
         Ok("store-consumer") => store_consumer(),
         Ok("socket-consumer") => socket_consumer(),
+        Ok(role) => return super::channel::run_peer(role),
         _ => return false,
     }
     true

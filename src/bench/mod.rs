@@ -6,11 +6,13 @@
 //! in `main`: the cross-process cells re-execute the binary as their
 //! consumer process.
 
+mod channel;
 mod cross;
 mod ring;
 mod stats;
 mod workloads;
 
+pub use channel::touch;
 pub use cross::{mono_ns, run_peer_if_asked, PEER_ENV};
 pub use ring::Ring;
 pub use stats::{markdown_table, size_label, Cell, Latency};
@@ -104,6 +106,14 @@ pub fn plan(opts: Options) -> Vec<Step> {
         add(
             format!("full cycle {l}"),
             Box::new(move || cross::store_cycle(&opts, size)),
+        );
+        add(
+            format!("channel busy-poll {l}"),
+            Box::new(move || channel::channel_cycle(&opts, size, false)),
+        );
+        add(
+            format!("channel blocking {l}"),
+            Box::new(move || channel::channel_cycle(&opts, size, true)),
         );
         add(
             format!("unix socket {l}"),

@@ -7,7 +7,7 @@ use super::file::{ChanFile, Role};
 use super::layout::*;
 use super::producer::wake_producers;
 use super::ring::{Read, Take};
-use super::wait;
+use super::wait::{self, Sleeper};
 use crate::backend::shared::StoreLink;
 use crate::handle::OverflowHandle;
 use crate::view::BlobView;
@@ -23,6 +23,7 @@ pub(crate) struct Consumer {
     chan: ChanFile,
     store: StoreLink,
     index: usize,
+    sleeper: Sleeper,
     state: Mutex<State>,
 }
 
@@ -58,6 +59,7 @@ impl Consumer {
             chan,
             store,
             index,
+            sleeper: Sleeper::new(index),
             state: Mutex::new(State {
                 cursor,
                 held: VecDeque::new(),
@@ -184,7 +186,7 @@ impl Consumer {
         if h.producers_ever.load(Ordering::SeqCst) == 0 {
             return false;
         }
-        if h.producer_mask.load(Ordering::SeqCst) != 0 {
+        if h.producer_mask.load(Ordering::SeqCst) & MASK_BITS != 0 {
             let due = {
                 let mut st = self.lock();
                 let due = now || st.checked.elapsed() >= wait::LIVENESS_TICK;
@@ -196,10 +198,13 @@ impl Consumer {
             if !due {
                 return false;
             }
-            self.chan
-                .evict_dead(Role::Producer, &|x| ack(&self.store, x));
+            let ack = |x: [u8; 24]| ack(&self.store, x);
+            if self.chan.evict_dead(Role::Producer, None, &ack) > 0 {
+                // Slots a dead producer left pending are skipped now.
+                self.release_ring();
+            }
         }
-        h.producer_mask.load(Ordering::SeqCst) == 0
+        h.producer_mask.load(Ordering::SeqCst) & MASK_BITS == 0
     }
 
     fn ready(&self) -> bool {
@@ -257,7 +262,8 @@ impl Consumer {
                 std::hint::spin_loop();
                 continue;
             }
-            wait::park(&h.data_seq, &h.data_waiters, tick, || self.ready());
+            self.sleeper
+                .park(&h.data_seq, &h.data_waiters, tick, || self.ready());
         }
     }
 

@@ -175,17 +175,23 @@ impl ChanFile {
     }
 
     /// Gives record `index` (whose lock the caller holds) back: a
-    /// producer's unpublished claims are skipped, a consumer leaves the
-    /// frontier's bound, and whatever that frees is acknowledged.
+    /// producer's unpublished claims are skipped (before it leaves the
+    /// mask, so nobody sees "no producer" while its slot is still
+    /// pending), a consumer leaves the frontier's bound, its waiter bit is
+    /// cleared, and whatever that frees is acknowledged.
     fn repair(&self, index: usize, ack: &dyn Fn([u8; 24])) {
         let h = self.ring.header();
         let rec = self.ring.record(index);
         if index < MAX_PRODUCERS {
+            self.ring.skip_claims_of(index as u32);
+            h.space_waiters
+                .fetch_and(!(1u32 << index), Ordering::SeqCst);
             h.producer_mask
                 .fetch_and(!(1u64 << index), Ordering::SeqCst);
-            self.ring.skip_claims_of(index as u32);
         } else {
-            self.ring.leave(index - MAX_PRODUCERS);
+            let c = index - MAX_PRODUCERS;
+            h.data_waiters.fetch_and(!(1u32 << c), Ordering::SeqCst);
+            self.ring.leave(c);
         }
         rec.in_use.store(0, Ordering::SeqCst);
         h.evicted.fetch_add(1, Ordering::Relaxed);
@@ -205,19 +211,23 @@ impl ChanFile {
         let _ = os::unlock_byte(&self.file, lock_byte(i));
     }
 
-    /// Evicts every participant of `role` whose process is gone (its lock
-    /// byte is free while its record says in use). Returns how many.
-    pub(crate) fn evict_dead(&self, role: Role, ack: &dyn Fn([u8; 24])) -> usize {
-        let h = self.ring.header();
-        let mask = match role {
-            Role::Producer => h.producer_mask.load(Ordering::SeqCst),
-            Role::Consumer => h.consumer_mask.load(Ordering::SeqCst),
-        };
+    /// Evicts every participant of `role` (but record `skip`, this
+    /// endpoint's own) whose process is gone: its record says in use and
+    /// its lock byte is free. Scans the records, not the masks, so a repair
+    /// interrupted by another death is finished. Returns how many.
+    pub(crate) fn evict_dead(
+        &self,
+        role: Role,
+        skip: Option<usize>,
+        ack: &dyn Fn([u8; 24]),
+    ) -> usize {
         let mut evicted = 0;
-        let mut m = mask;
-        while m != 0 {
-            let index = role.records().start + m.trailing_zeros() as usize;
-            m &= m - 1;
+        for index in role.records() {
+            if Some(index - role.records().start) == skip
+                || self.ring.record(index).in_use.load(Ordering::SeqCst) == 0
+            {
+                continue;
+            }
             // Taking the lock proves its holder gone (a live holder, this
             // process's other endpoints included, keeps it) and keeps a new
             // holder out while we repair.

@@ -99,6 +99,10 @@ pub(crate) const fn frontier_epoch(w: u64) -> u64 {
     w & 0xff
 }
 
+/// The bits of a participant mask that name records (one per producer or
+/// consumer); anything above is scribble and ignored.
+pub(crate) const MASK_BITS: u64 = (1 << MAX_CONSUMERS) - 1;
+
 /// A consumer's `low` when it holds nothing and has no cursor (queue).
 pub(crate) const LOW_NONE: u64 = u64::MAX;
 
@@ -141,12 +145,12 @@ pub(crate) struct ChanHeader {
     _pad3: [u8; 56],
     /// Futex word bumped when a message is published and a consumer waits.
     pub data_seq: AtomicU32, // 256
-    /// Consumers announced to be waiting on `data_seq`.
+    /// Bit i set: a thread of consumer i sleeps on `data_seq`.
     pub data_waiters: AtomicU32, // 260
     _pad4: [u8; 56],
     /// Futex word bumped when slots are freed and a producer waits.
     pub space_seq: AtomicU32, // 320
-    /// Producers announced to be waiting on `space_seq`.
+    /// Bit i set: a thread of producer i sleeps on `space_seq`.
     pub space_waiters: AtomicU32, // 324
     _pad5: [u8; 56],
     /// Bit i set: producer record i is in use.

@@ -4,12 +4,12 @@
 use super::error::{SendError, TrySendError};
 use super::file::{ChanFile, Role};
 use super::layout::*;
-use super::wait;
+use super::wait::{self, Sleeper};
 use crate::backend::shared::{SharedReservation, StoreLink};
 use crate::error::BlobError;
 use crate::handle::OverflowHandle;
-use std::sync::atomic::fence;
 use std::sync::atomic::Ordering;
+use std::sync::atomic::{fence, AtomicU64};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,9 @@ pub(crate) struct Producer {
     chan: ChanFile,
     store: StoreLink,
     index: usize,
+    sleeper: Sleeper,
+    /// When this producer last looked for dead participants (ms).
+    last_liveness: AtomicU64,
 }
 
 impl Producer {
@@ -27,7 +30,13 @@ impl Producer {
         let index = chan.register(Role::Producer, &ack)?;
         // A new producer reconnects consumers that saw the channel disconnected.
         wake_consumers(&chan, true);
-        Ok(Self { chan, store, index })
+        Ok(Self {
+            chan,
+            store,
+            index,
+            sleeper: Sleeper::new(index),
+            last_liveness: AtomicU64::new(crate::clock::now_ms()),
+        })
     }
 
     fn me(&self) -> u32 {
@@ -41,6 +50,18 @@ impl Producer {
             wake_producers(&self.chan);
         }
         freed
+    }
+
+    /// Evicts dead consumers (which may hold the ring full) and dead
+    /// producers (whose unpublished claim may stop the frontier).
+    fn evict_dead(&self) -> usize {
+        let ack = |x: [u8; 24]| ack(&self.store, x);
+        let n = self.chan.evict_dead(Role::Consumer, None, &ack)
+            + self.chan.evict_dead(Role::Producer, Some(self.index), &ack);
+        if n > 0 {
+            self.help_release();
+        }
+        n
     }
 
     /// Claims a slot, waiting for space unless `block` is false.
@@ -62,12 +83,8 @@ impl Producer {
                 })));
             }
             if !block {
-                // A dead consumer may be what holds the ring full.
-                if self
-                    .chan
-                    .evict_dead(Role::Consumer, &|x| ack(&self.store, x))
-                    > 0
-                {
+                // A dead participant may be what holds the ring full.
+                if self.evict_dead() > 0 {
                     continue;
                 }
                 return Err(TrySendError::Full);
@@ -79,17 +96,14 @@ impl Producer {
             }
             if last_check.elapsed() >= wait::LIVENESS_TICK {
                 last_check = Instant::now();
-                if self
-                    .chan
-                    .evict_dead(Role::Consumer, &|x| ack(&self.store, x))
-                    > 0
-                {
+                if self.evict_dead() > 0 {
                     continue;
                 }
             }
-            wait::park(&h.space_seq, &h.space_waiters, wait::LIVENESS_TICK, || {
-                ring.has_space()
-            });
+            self.sleeper
+                .park(&h.space_seq, &h.space_waiters, wait::LIVENESS_TICK, || {
+                    ring.has_space()
+                });
         }
     }
 
@@ -115,10 +129,17 @@ impl Producer {
     /// is backpressure like a full ring.
     fn append(&self, data: &[u8], block: bool) -> Result<OverflowHandle, TrySendError> {
         let mut pause = Duration::from_micros(20);
+        let mut last_check = Instant::now();
         loop {
             match self.store.append(data) {
                 Ok(h) => return Ok(h),
                 Err(BlobError::StoreFull { .. }) if block => {
+                    // A dead consumer may be what keeps entries unacknowledged.
+                    if last_check.elapsed() >= wait::LIVENESS_TICK {
+                        last_check = Instant::now();
+                        self.evict_dead();
+                    }
+                    self.help_release();
                     if self.store.maintain() == 0 {
                         std::thread::sleep(pause);
                         pause = (pause * 2).min(Duration::from_millis(5));
@@ -156,7 +177,20 @@ impl Producer {
             .record(self.index)
             .count
             .fetch_add(1, Ordering::Relaxed);
-        wake_consumers(&self.chan, false);
+        if wake_consumers(&self.chan, false) {
+            // A waiter bit of a consumer killed while asleep would make
+            // every send a system call: look for dead ones now and then.
+            let now = crate::clock::now_ms();
+            let last = self.last_liveness.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= wait::LIVENESS_TICK.as_millis() as u64
+                && self
+                    .last_liveness
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.evict_dead();
+            }
+        }
     }
 
     pub(crate) fn loan(self: &Arc<Self>, len: usize) -> Result<Loan, SendError> {
@@ -188,23 +222,26 @@ fn ack(store: &StoreLink, h: [u8; 24]) {
     store.acknowledge(&OverflowHandle::from_bytes(&h));
 }
 
-/// Wakes consumers sleeping on the ring, if any announced itself (or always).
-fn wake_consumers(chan: &ChanFile, always: bool) {
+/// Wakes consumers sleeping on the ring, if any announced itself (or
+/// always); returns whether it made the system call.
+fn wake_consumers(chan: &ChanFile, always: bool) -> bool {
     let h = chan.ring.header();
-    // Pairs with the SeqCst increment of `data_waiters` in `wait::park`:
-    // either the consumer sees our publish, or we see it waiting.
+    // Pairs with the SeqCst fence in `Sleeper::park`: either the consumer
+    // sees our publish, or we see its waiter bit.
     fence(Ordering::SeqCst);
-    if always || h.data_waiters.load(Ordering::Relaxed) > 0 {
+    if always || h.data_waiters.load(Ordering::Relaxed) != 0 {
         h.data_seq.fetch_add(1, Ordering::SeqCst);
         crate::os::futex_wake_all(&h.data_seq);
+        return true;
     }
+    false
 }
 
 /// Wakes producers waiting for space, if any announced itself.
 pub(crate) fn wake_producers(chan: &ChanFile) {
     let h = chan.ring.header();
     // `release` ends with a SeqCst fence after freeing.
-    if h.space_waiters.load(Ordering::Relaxed) > 0 {
+    if h.space_waiters.load(Ordering::Relaxed) != 0 {
         h.space_seq.fetch_add(1, Ordering::SeqCst);
         crate::os::futex_wake_all(&h.space_seq);
     }
@@ -262,6 +299,17 @@ macro_rules! producer_endpoint {
             /// The channel's name.
             pub fn name(&self) -> &str {
                 self.inner.name()
+            }
+
+            /// Test hook, not part of the API: claims a slot and never
+            /// publishes it, as a producer killed right after its claim
+            /// leaves it. Returns whether a slot was claimed.
+            #[doc(hidden)]
+            pub fn claim_and_abandon_for_tests(&self) -> bool {
+                matches!(
+                    self.inner.chan.ring.try_claim(self.inner.me()),
+                    super::ring::Claim::Claimed(_)
+                )
             }
 
             /// Largest message carried inline in a ring slot.

@@ -369,7 +369,7 @@ impl Ring {
         } else {
             LOW_NONE
         };
-        let mut m = h.consumer_mask.load(Ordering::SeqCst);
+        let mut m = h.consumer_mask.load(Ordering::SeqCst) & MASK_BITS;
         while m != 0 {
             let i = m.trailing_zeros() as usize;
             b = b.min(self.consumer(i).low.load(Ordering::SeqCst));
@@ -426,8 +426,8 @@ impl Ring {
             freed += 1;
         }
         if freed > 0 {
-            // Pairs with the SeqCst increment of `space_waiters` in a
-            // producer about to sleep: it sees the freed slot, or we see it.
+            // Pairs with the SeqCst fence of a producer about to sleep
+            // (`Sleeper::park`): it sees the freed slot, or we see its bit.
             fence(Ordering::SeqCst);
         }
         freed
@@ -512,7 +512,8 @@ mod tests {
 
     /// A zeroed, 64-aligned ring in process memory (runs under Miri).
     struct Mem {
-        buf: Vec<AtomicU64>,
+        // Owns the memory `ring` points into.
+        _buf: Vec<AtomicU64>,
         ring: Ring,
     }
 
@@ -526,7 +527,7 @@ mod tests {
         // SAFETY: the buffer holds file_size bytes past the 64-aligned start,
         // zeroed, and lives in Mem beside the ring.
         let ring = unsafe { Ring::new(NonNull::new(base).unwrap(), geo, queue) };
-        Mem { buf, ring }
+        Mem { _buf: buf, ring }
     }
 
     fn send(r: &Ring, me: u32, byte: u8) -> bool {
@@ -700,6 +701,23 @@ mod tests {
             .store(frontier_word(1, 0), Ordering::SeqCst);
         assert!(send(r, 0, 3), "the producer frees the passed slot itself");
         assert_eq!(byte_at(r, 2), 3);
+    }
+
+    #[test]
+    fn scribbled_mask_bits_beyond_the_records_are_ignored() {
+        let m = mem(4, 64, false);
+        let r = &m.ring;
+        r.join(0);
+        assert!(send(r, 0, 1));
+        assert!(send(r, 0, 2));
+        r.consumer(0).low.store(2, Ordering::SeqCst);
+        // Bits 32..64 name no record; read through a clamped index they
+        // would alias record 63 (consumer 31, never joined, low 0).
+        r.header()
+            .consumer_mask
+            .fetch_or(0xffff_ffff_0000_0000, Ordering::SeqCst);
+        assert_eq!(r.bound(), 2);
+        assert_eq!(r.release(|_| {}), 2);
     }
 
     #[test]

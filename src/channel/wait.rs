@@ -1,32 +1,60 @@
 //! Blocking without burning CPU: a short spin, then a futex on a word of
-//! the shared ring. A waiter announces itself in a waiter count before its
-//! last check; a waker publishes, then (after a SeqCst fence) looks at the
-//! count and makes the wake system call only if someone waits — so the
-//! fast path of a producer with no sleeping consumer makes no system call.
+//! the shared ring. A waiter announces itself by setting its participant
+//! bit in a waiter mask before its last check; a waker publishes, then
+//! (after a SeqCst fence) looks at the mask and makes the wake system call
+//! only if someone waits — so the fast path of a producer with no sleeping
+//! consumer makes no system call. A bit (not a count) per participant means
+//! a waiter killed while asleep leaves nothing behind that the repair of
+//! its record does not clear.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::time::Duration;
 
-/// Spins before parking (each a `spin_loop` hint, well under 10 µs in all).
+/// Spins before parking (each a `spin_loop` hint, a few microseconds in all).
 pub(crate) const SPINS: u32 = 2_000;
 
 /// Longest sleep between liveness checks of the other side.
 pub(crate) const LIVENESS_TICK: Duration = Duration::from_millis(100);
 
-/// Sleeps on `word` for at most `timeout` unless `ready()` holds once this
-/// waiter is announced in `waiters`.
-pub(crate) fn park(
-    word: &AtomicU32,
-    waiters: &AtomicU32,
-    timeout: Duration,
-    ready: impl FnOnce() -> bool,
-) {
-    // SeqCst: pairs with the waker's SeqCst fence before it reads
-    // `waiters` — either it sees us, or we see its publication in `ready`.
-    waiters.fetch_add(1, Ordering::SeqCst);
-    let seen = word.load(Ordering::SeqCst);
-    if !ready() {
-        crate::os::futex_wait(word, seen, timeout);
+/// One endpoint's place in a waiter mask: its bit, and how many of its
+/// threads sleep (the bit stays set while any does).
+#[derive(Debug)]
+pub(crate) struct Sleeper {
+    bit: u32,
+    threads: AtomicU32,
+}
+
+impl Sleeper {
+    pub(crate) fn new(index: usize) -> Self {
+        Self {
+            bit: 1u32 << (index as u32 & 31),
+            threads: AtomicU32::new(0),
+        }
     }
-    waiters.fetch_sub(1, Ordering::SeqCst);
+
+    /// Sleeps on `word` for at most `timeout` unless `ready()` holds once
+    /// this waiter is announced in `mask`.
+    pub(crate) fn park(
+        &self,
+        word: &AtomicU32,
+        mask: &AtomicU32,
+        timeout: Duration,
+        ready: impl FnOnce() -> bool,
+    ) {
+        if self.threads.fetch_add(1, Ordering::SeqCst) == 0 {
+            mask.fetch_or(self.bit, Ordering::SeqCst);
+        }
+        // Pairs with the waker's SeqCst fence before it reads `mask`:
+        // either it sees our bit, or we see its publication in `ready`.
+        fence(Ordering::SeqCst);
+        let seen = word.load(Ordering::SeqCst);
+        if !ready() {
+            crate::os::futex_wait(word, seen, timeout);
+        }
+        // Two threads of one endpoint racing here can clear the bit while
+        // one still sleeps: that one then waits for its timeout (a tick).
+        if self.threads.fetch_sub(1, Ordering::SeqCst) == 1 {
+            mask.fetch_and(!self.bit, Ordering::SeqCst);
+        }
+    }
 }

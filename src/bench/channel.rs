@@ -1,0 +1,177 @@
+//! The channel end to end: a producer process sends on a work queue, a
+//! consumer process receives, reads every byte and drops. Two phases per
+//! cell: a stream as fast as it goes (throughput), then paced messages
+//! (one-way latency of a consumer that is waiting, not queueing delay).
+//! The consumer either busy-polls (`try_recv`) or blocks (`recv`: a short
+//! spin, then a futex).
+
+use super::cross::{expect_line, mono_ns, parse_result, report, spawn_peer};
+use super::stats::Cell;
+use super::workloads::{bench_namespace, ops_for};
+use super::Options;
+use crate::backend::shared::DEFAULT_CHUNK_SIZE;
+use crate::{Config, PinnedBlobStore, TryRecvError};
+use std::time::{Duration, Instant};
+
+/// Paced messages per cell, and their spacing, by consumer kind.
+fn paced(opts: &Options, blocking: bool) -> (u64, Duration) {
+    let n = opts.latency_samples.clamp(100, 2_000);
+    if blocking {
+        // Long enough for the consumer to have parked in the kernel.
+        (n / 4, Duration::from_millis(1))
+    } else {
+        (n, Duration::from_micros(20))
+    }
+}
+
+/// Waits until `t` without sleeping (sleep granularity would blur the pacing).
+pub(crate) fn spin_until(t: Instant) {
+    while Instant::now() < t {
+        std::hint::spin_loop();
+    }
+}
+
+/// Reads every byte of `b` (summing 8-byte words), so the consumer pays
+/// for the data, as a real one would.
+pub fn touch(b: &[u8]) -> u64 {
+    let mut words = b.chunks_exact(8);
+    let mut sum = 0u64;
+    for w in &mut words {
+        sum = sum.wrapping_add(u64::from_le_bytes(w.try_into().unwrap_or_default()));
+    }
+    for &x in words.remainder() {
+        sum = sum.wrapping_add(x as u64);
+    }
+    sum
+}
+
+/// Producer side of one channel cell, on `Config::default()` and the
+/// default chunk size.
+pub fn channel_cycle(opts: &Options, size: usize, blocking: bool) -> Cell {
+    let ops = ops_for(opts, size);
+    let (n_paced, gap) = paced(opts, blocking);
+    let ns = bench_namespace();
+    let chunk = std::env::var("SFB_BENCH_CHUNK")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(DEFAULT_CHUNK_SIZE);
+    let store = PinnedBlobStore::new_shared(Config::default(), &ns, chunk).expect("store");
+    let slots = std::env::var("SFB_BENCH_SLOTS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(crate::ChannelConfig::default().slots);
+    let tx = store
+        .sender_with(
+            "bench",
+            crate::ChannelConfig {
+                slots,
+                ..Default::default()
+            },
+        )
+        .expect("sender");
+    let (mut child, mut out) = spawn_peer(
+        "channel-consumer",
+        &[
+            ("SFB_BENCH_NS", ns.clone()),
+            ("SFB_BENCH_OPS", ops.to_string()),
+            ("SFB_BENCH_BLOCK", u8::from(blocking).to_string()),
+        ],
+    )
+    .expect("consumer process");
+    expect_line(&mut out, "READY");
+    let mut data: Vec<u8> = (0..size).map(|i| i as u8).collect();
+    let stamp = |d: &mut Vec<u8>| {
+        if d.len() >= 8 {
+            d[..8].copy_from_slice(&mono_ns().to_le_bytes());
+        }
+    };
+    let start = Instant::now();
+    for _ in 0..ops {
+        stamp(&mut data);
+        tx.send(&data).expect("send");
+    }
+    expect_line(&mut out, "STREAMED");
+    let secs = start.elapsed().as_secs_f64();
+    let mut next = Instant::now();
+    for _ in 0..n_paced {
+        next += gap;
+        spin_until(next);
+        stamp(&mut data);
+        tx.send(&data).expect("send");
+    }
+    drop(tx);
+    let (count, lat) = parse_result(&expect_line(&mut out, "RESULT "));
+    let _ = child.wait();
+    let peak = store.stats().chunks;
+    assert_eq!(count, ops + n_paced, "the consumer received every message");
+    Cell {
+        workload: format!(
+            "channel, 2 processes, {}",
+            if blocking { "blocking" } else { "busy-poll" }
+        ),
+        payload: size,
+        threads: 1,
+        state: "steady",
+        ops,
+        secs,
+        latency: Some(lat),
+        note: format!(
+            "Config::default(), 32 MiB chunks ({peak} at the end); latency of {n_paced} paced messages, one per {} us",
+            gap.as_micros()
+        ),
+    }
+}
+
+fn channel_consumer() {
+    let ns = std::env::var("SFB_BENCH_NS").expect("SFB_BENCH_NS");
+    let ops: u64 = std::env::var("SFB_BENCH_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .expect("SFB_BENCH_OPS");
+    let blocking = std::env::var("SFB_BENCH_BLOCK").as_deref() == Ok("1");
+    let store = PinnedBlobStore::attach_shared(Config::default(), &ns).expect("attach");
+    let rx = store.receiver("bench").expect("receiver");
+    println!("READY");
+    let mut lat = Vec::new();
+    let mut count = 0u64;
+    let mut sink = 0u64;
+    loop {
+        let m = if blocking {
+            match rx.recv() {
+                Ok(m) => m,
+                Err(_) => break,
+            }
+        } else {
+            match rx.try_recv() {
+                Ok(m) => m,
+                Err(TryRecvError::Empty) => {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                Err(_) => break,
+            }
+        };
+        let now = mono_ns();
+        sink = sink.wrapping_add(touch(&m));
+        if count >= ops && m.len() >= 8 {
+            let ts = u64::from_le_bytes(m[..8].try_into().unwrap_or_default());
+            lat.push(now.saturating_sub(ts));
+        }
+        drop(m);
+        count += 1;
+        if count == ops {
+            println!("STREAMED");
+        }
+    }
+    std::hint::black_box(sink);
+    report(count, &mut lat);
+}
+
+/// Runs the channel peer role, if this process is one.
+pub(crate) fn run_peer(role: &str) -> bool {
+    if role != "channel-consumer" {
+        return false;
+    }
+    channel_consumer();
+    true
+}
