@@ -175,10 +175,12 @@ fn demo_moves_verified_payloads_between_two_processes_and_leaves_nothing() {
         "4",
     ]);
     assert_eq!(code, 0, "{out}{err}");
+    // 3000 streamed, then 2000 paced for the latency figures.
     assert!(
-        out.contains("3000 messages verified byte for byte"),
+        out.contains("5000 messages verified byte for byte"),
         "{out}"
     );
+    assert!(out.contains("one-way latency, paced messages"), "{out}");
     assert!(out.contains(", 0 bad"), "{out}");
     assert!(out.contains("nothing left in /dev/shm"), "{out}");
 }
