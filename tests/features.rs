@@ -271,3 +271,36 @@ fn oversized_blob_gets_a_dedicated_chunk_and_empty_blob_is_an_error() {
         Err(BlobError::EmptyBlob)
     ));
 }
+
+#[test]
+fn a_fully_acknowledged_chunk_is_reused_at_once_on_the_default_decay() {
+    // Two chunks at most and the default 5 s decay: a stream that
+    // acknowledges as it goes must never wait for the decay (it used to end
+    // in StoreFull with every chunk acknowledged).
+    let ns = Ns::new("reuse");
+    let store =
+        PinnedBlobStore::new_shared_with_limit(Config::default(), ns.as_str(), CHUNK, Some(2))
+            .unwrap();
+    assert!(Config::default().decay_timeout_ms >= 1_000);
+    let start = Instant::now();
+    for i in 0..200 {
+        let data = payload(i, 20_000);
+        let h = loop {
+            match store.append_shared(&data) {
+                Ok(h) => break h,
+                Err(BlobError::StoreFull { .. }) => {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(2),
+                        "append {i} waits on acknowledged chunks"
+                    );
+                    store.cleanup_shared();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(store.resolve(&h).unwrap(), data);
+        assert!(store.acknowledge_shared(&h));
+    }
+    assert!(store.stats().recycled > 0);
+    assert!(store.stats().chunks <= 2);
+}
