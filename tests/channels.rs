@@ -57,9 +57,9 @@ fn check(m: &[u8]) -> (u32, u64) {
     (p, seq)
 }
 
-/// Sizes that cross the inline capacity (240) and the chunk size.
+/// Sizes that cross the default inline capacity (4096) and the chunk size.
 fn size_of(seq: u64) -> usize {
-    const SIZES: [usize; 7] = [12, 64, 240, 241, 4096, 70_000, CHUNK + 1000];
+    const SIZES: [usize; 7] = [12, 64, 4096, 4097, 9000, 70_000, CHUNK + 1000];
     SIZES[(seq % SIZES.len() as u64) as usize]
 }
 
@@ -418,7 +418,7 @@ fn a_killed_subscriber_stops_gating_publishers_and_its_entries_are_acknowledged(
     let store = PinnedBlobStore::new_shared(Config::default(), ns.as_str(), 64 << 10).unwrap();
     let small = ChannelConfig {
         slots: 4,
-        slot_size: 64,
+        slot_size: 128,
     };
     let tx = store.publisher_with("g", small).unwrap();
     let mut sub = peer(
@@ -746,7 +746,7 @@ fn a_producer_killed_after_its_claim_wedges_nothing() {
     let store = shared(&ns);
     let small = ChannelConfig {
         slots: 4,
-        slot_size: 64,
+        slot_size: 128,
     };
     // With a subscriber: it receives everything after the dead slot.
     // (The live publisher registers first, so the dead one's record is

@@ -129,9 +129,10 @@ fn feature_prefetch_prepares_the_next_chunk_off_the_append_path() {
 }
 
 #[test]
-fn feature_ack_and_decay_reclamation() {
+fn feature_ack_reclamation_recycles_at_once_and_the_decay_governs_release() {
     let ns = Ns::new("decay");
     let store = PinnedBlobStore::new_shared(cfg(300, 60_000), ns.as_str(), CHUNK).unwrap();
+    let backend = store.shared_backend().unwrap();
     let first = fill_first_chunk(&store, 500);
     assert_eq!(store.cleanup_shared(), 0, "nothing acknowledged yet");
     let (last, rest) = first.split_last().unwrap();
@@ -139,19 +140,35 @@ fn feature_ack_and_decay_reclamation() {
         assert!(store.acknowledge_shared(h));
     }
     assert_eq!(store.cleanup_shared(), 0, "one entry still unacknowledged");
-    assert!(store.acknowledge_shared(&last.0));
-    assert_eq!(store.cleanup_shared(), 0, "the decay period starts now");
     assert_eq!(
         store.resolve(&last.0).as_ref(),
         Some(&last.1),
-        "acknowledged data stays until reclaimed"
+        "unacknowledged data stays"
     );
-    std::thread::sleep(Duration::from_millis(400));
+    assert!(store.acknowledge_shared(&last.0));
+    // Fully acknowledged: recycled into the warm pool at once, no decay
+    // wait (the pool has room)...
+    let files = backend.chunk_count();
+    let recycled = store.stats().recycled;
     assert_eq!(store.cleanup_shared(), 1);
     assert_eq!(
         store.resolve(&last.0),
         None,
         "reclaimed: the handle resolves to nothing"
+    );
+    assert_eq!(store.stats().recycled, recycled + 1);
+    assert_eq!(
+        backend.chunk_count(),
+        files,
+        "recycled in place, not unlinked"
+    );
+    // ...and the decay governs when memory goes back: an idle pooled chunk
+    // is unlinked after max(decay, 1 s).
+    std::thread::sleep(Duration::from_millis(1_200));
+    store.cleanup_shared();
+    assert!(
+        backend.chunk_count() < files,
+        "idle pooled chunks are released after the decay"
     );
 }
 

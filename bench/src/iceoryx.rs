@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 
 /// Paced messages after the stream (one-way latency of a waiting
 /// subscriber, as in the channel cells).
-fn paced(opts: &Options) -> (u64, Duration) {
+fn paced(opts: &Options, size: usize) -> (u64, Duration) {
+    // A gap longer than the transfer itself, so the figure is latency.
+    let transfer = Duration::from_nanos((size as u64) / 2);
     (
         opts.latency_samples.clamp(100, 2_000),
-        Duration::from_micros(20),
+        Duration::from_micros(20).max(transfer * 4),
     )
 }
 
@@ -59,7 +61,7 @@ pub fn cycle(opts: &Options, size: usize) -> Result<Cell, Box<dyn std::error::Er
         .env(PEER_ENV, "iceoryx-consumer")
         .env("SFB_BENCH_IOX", &name)
         .env("SFB_BENCH_OPS", ops.to_string())
-        .env("SFB_BENCH_PACED", paced(opts).0.to_string())
+        .env("SFB_BENCH_PACED", paced(opts, size).0.to_string())
         .stdout(Stdio::piped())
         .spawn()?;
     let mut out = BufReader::new(child.stdout.take().ok_or("no stdout")?);
@@ -88,7 +90,7 @@ pub fn cycle(opts: &Options, size: usize) -> Result<Cell, Box<dyn std::error::Er
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    let (n_paced, gap) = paced(opts);
+    let (n_paced, gap) = paced(opts, size);
     let mut next = Instant::now();
     for _ in 0..n_paced {
         next += gap;

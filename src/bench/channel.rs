@@ -10,18 +10,29 @@ use super::stats::Cell;
 use super::workloads::{bench_namespace, ops_for};
 use super::Options;
 use crate::backend::shared::DEFAULT_CHUNK_SIZE;
-use crate::{Config, PinnedBlobStore, TryRecvError};
+use crate::{ChannelConfig, Config, PinnedBlobStore, TryRecvError};
 use std::time::{Duration, Instant};
 
-/// Paced messages per cell, and their spacing, by consumer kind.
-fn paced(opts: &Options, blocking: bool) -> (u64, Duration) {
+/// Paced messages per cell, and their spacing, by consumer kind and size
+/// (a gap longer than the transfer itself, so the figure is latency, not
+/// queueing).
+fn paced(opts: &Options, blocking: bool, size: usize) -> (u64, Duration) {
     let n = opts.latency_samples.clamp(100, 2_000);
+    let transfer = Duration::from_nanos((size as u64) / 2); // 2 GB/s, pessimistic
     if blocking {
         // Long enough for the consumer to have parked in the kernel.
-        (n / 4, Duration::from_millis(1))
+        (n / 4, Duration::from_millis(1).max(transfer * 4))
     } else {
-        (n, Duration::from_micros(20))
+        (n, Duration::from_micros(20).max(transfer * 4))
     }
+}
+
+/// In-flight messages of a ring sized to the message: 32 (the depth of
+/// iceoryx2's queue in its cell), fewer for large messages so the ring
+/// stays within 8 MiB (the memory a stream cycles through is what decides
+/// whether it stays in cache).
+pub fn sized_in_flight(size: usize) -> u32 {
+    ((8usize << 20) / size.max(1)).clamp(4, 32) as u32
 }
 
 /// Waits until `t` without sleeping (sleep granularity would blur the pacing).
@@ -46,29 +57,20 @@ pub fn touch(b: &[u8]) -> u64 {
 }
 
 /// Producer side of one channel cell, on `Config::default()` and the
-/// default chunk size.
-pub fn channel_cycle(opts: &Options, size: usize, blocking: bool) -> Cell {
+/// default chunk size; the ring is `ChannelConfig::default()`, or (`sized`)
+/// `ChannelConfig::for_messages(size, sized_in_flight(size))`.
+pub fn channel_cycle(opts: &Options, size: usize, blocking: bool, sized: bool) -> Cell {
     let ops = ops_for(opts, size);
-    let (n_paced, gap) = paced(opts, blocking);
+    let (n_paced, gap) = paced(opts, blocking, size);
     let ns = bench_namespace();
-    let chunk = std::env::var("SFB_BENCH_CHUNK")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(DEFAULT_CHUNK_SIZE);
-    let store = PinnedBlobStore::new_shared(Config::default(), &ns, chunk).expect("store");
-    let slots = std::env::var("SFB_BENCH_SLOTS")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(crate::ChannelConfig::default().slots);
-    let tx = store
-        .sender_with(
-            "bench",
-            crate::ChannelConfig {
-                slots,
-                ..Default::default()
-            },
-        )
-        .expect("sender");
+    let store =
+        PinnedBlobStore::new_shared(Config::default(), &ns, DEFAULT_CHUNK_SIZE).expect("store");
+    let ring = if sized {
+        ChannelConfig::for_messages(size, sized_in_flight(size))
+    } else {
+        ChannelConfig::default()
+    };
+    let tx = store.sender_with("bench", ring).expect("sender");
     let (mut child, mut out) = spawn_peer(
         "channel-consumer",
         &[
@@ -104,10 +106,16 @@ pub fn channel_cycle(opts: &Options, size: usize, blocking: bool) -> Cell {
     let _ = child.wait();
     let peak = store.stats().chunks;
     assert_eq!(count, ops + n_paced, "the consumer received every message");
+    let path = if size <= ring.inline_capacity() {
+        "inline"
+    } else {
+        "via store"
+    };
     Cell {
         workload: format!(
-            "channel, 2 processes, {}",
-            if blocking { "blocking" } else { "busy-poll" }
+            "channel, 2 processes, {}{}",
+            if blocking { "blocking" } else { "busy-poll" },
+            if sized { ", ring sized" } else { "" }
         ),
         payload: size,
         threads: 1,
@@ -116,7 +124,9 @@ pub fn channel_cycle(opts: &Options, size: usize, blocking: bool) -> Cell {
         secs,
         latency: Some(lat),
         note: format!(
-            "Config::default(), 32 MiB chunks ({peak} at the end); latency of {n_paced} paced messages, one per {} us",
+            "{path}; ring {} x {} B; Config::default(), 32 MiB chunks ({peak} at the end); latency of {n_paced} paced messages, one per {} us",
+            ring.slots,
+            ring.slot_size,
             gap.as_micros()
         ),
     }

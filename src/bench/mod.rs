@@ -109,12 +109,18 @@ pub fn plan(opts: Options) -> Vec<Step> {
         );
         add(
             format!("channel busy-poll {l}"),
-            Box::new(move || channel::channel_cycle(&opts, size, false)),
+            Box::new(move || channel::channel_cycle(&opts, size, false, false)),
         );
         add(
             format!("channel blocking {l}"),
-            Box::new(move || channel::channel_cycle(&opts, size, true)),
+            Box::new(move || channel::channel_cycle(&opts, size, true, false)),
         );
+        if size > 4096 {
+            add(
+                format!("channel busy-poll, ring sized {l}"),
+                Box::new(move || channel::channel_cycle(&opts, size, false, true)),
+            );
+        }
         add(
             format!("unix socket {l}"),
             Box::new(move || cross::socket_cycle(&opts, size)),

@@ -8,8 +8,8 @@
 //! ```text
 //! 0      ChanHeader   (1024 bytes: identity, then one cache line per hot word)
 //! 1024   Record × 64  (64 bytes each: producers 0..32, consumers 32..64)
-//! 5120   Slot × slots (slot_size bytes each: a 16-byte slot header, then
-//!                      up to slot_size - 16 inline payload bytes)
+//! 5120   Slot × slots (slot_size bytes each: a 64-byte slot header, then
+//!                      up to slot_size - 64 inline payload bytes)
 //! ```
 
 use std::sync::atomic::{AtomicU32, AtomicU64};
@@ -40,16 +40,18 @@ pub(crate) const RECORDS_OFFSET: usize = HEADER_SIZE;
 /// Offset of the first slot.
 pub(crate) const SLOTS_OFFSET: usize = RECORDS_OFFSET + RECORDS * RECORD_SIZE;
 /// Size of a slot's header (state, length, flags, spare).
-pub(crate) const SLOT_HEADER_SIZE: usize = 16;
+pub(crate) const SLOT_HEADER_SIZE: usize = 64;
 
 /// Fewest slots a ring may have.
 pub(crate) const MIN_SLOTS: u32 = 2;
 /// Most slots a ring may have.
 pub(crate) const MAX_SLOTS: u32 = 1 << 20;
-/// Smallest slot (header and 48 inline bytes, enough for a handle).
-pub(crate) const MIN_SLOT_SIZE: u32 = 64;
+/// Smallest slot (header and 64 inline bytes, enough for a handle).
+pub(crate) const MIN_SLOT_SIZE: u32 = 128;
 /// Largest slot.
-pub(crate) const MAX_SLOT_SIZE: u32 = 1 << 16;
+pub(crate) const MAX_SLOT_SIZE: u32 = (16 << 20) + 64;
+/// Largest ring (all slots together): 1 GiB.
+pub(crate) const MAX_RING_BYTES: u64 = 1 << 30;
 
 /// Slot flag: the payload is a 24-byte store handle, not the message.
 pub(crate) const FLAG_OVERFLOW: u32 = 1;
@@ -190,6 +192,9 @@ pub(crate) struct SlotHeader {
     pub len: AtomicU32, // 8
     /// [`FLAG_OVERFLOW`], [`FLAG_SKIPPED`].
     pub flags: AtomicU32, // 12
+    // The payload starts on the next cache line: large copies in and out
+    // of a slot run on aligned lines.
+    _pad: [u8; 48], // 16
 }
 
 // Loom's atomics have another size, so only without loom.
@@ -230,6 +235,11 @@ impl Geometry {
         if !(MIN_SLOT_SIZE..=MAX_SLOT_SIZE).contains(&slot_size) || slot_size % 64 != 0 {
             return Err(format!(
                 "slot size {slot_size}: must be a multiple of 64 between {MIN_SLOT_SIZE} and {MAX_SLOT_SIZE}"
+            ));
+        }
+        if slots as u64 * slot_size as u64 > MAX_RING_BYTES {
+            return Err(format!(
+                "{slots} slots of {slot_size} bytes: the ring may hold at most {MAX_RING_BYTES} bytes"
             ));
         }
         Ok(Self { slots, slot_size })
@@ -279,10 +289,18 @@ mod tests {
     #[test]
     fn geometry_bounds() {
         assert!(Geometry::new(256, 256).is_ok());
-        for (s, z) in [(3, 256), (1, 256), (1 << 21, 256), (256, 100), (256, 32)] {
+        for (s, z) in [
+            (3, 256),
+            (1, 256),
+            (1 << 21, 256),
+            (256, 100),
+            (256, 64),
+            (1 << 20, 4096),
+            (2, (32 << 20) + 64),
+        ] {
             assert!(Geometry::new(s, z).is_err(), "{s} {z}");
         }
-        assert_eq!(Geometry::new(4, 64).unwrap().inline_capacity(), 48);
+        assert_eq!(Geometry::new(4, 128).unwrap().inline_capacity(), 64);
     }
 
     #[test]

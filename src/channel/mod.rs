@@ -10,9 +10,10 @@
 //!   receiver.
 //!
 //! A channel is one file of the namespace, `{ns}_chan+{name}`, holding a
-//! ring of slots. A message up to a slot's inline capacity (240 bytes by
-//! default) is copied into the slot; a larger one is appended to the store
-//! and its 24-byte handle travels in the slot. Receiving is zero-copy either
+//! ring of slots. A message up to a slot's inline capacity (4 KiB by
+//! default; [`ChannelConfig::for_messages`] sizes it to yours) is copied
+//! into the slot; a larger one is appended to the store and its 24-byte
+//! handle travels in the slot. Receiving is zero-copy either
 //! way: a [`Message`] reads the slot or a pinned view of the store in place.
 //! [`Publisher::loan`] makes sending zero-copy too.
 //!
@@ -71,13 +72,20 @@ use layout::{Geometry, KIND_BROADCAST, KIND_QUEUE};
 
 /// Geometry of a channel's ring, fixed by whoever creates the channel file
 /// (later openers adopt the file's).
+///
+/// The ring is the memory a channel reuses message after message, so it
+/// stays in cache: messages that fit a slot are copied into it and read in
+/// place. Size it to your messages with [`for_messages`](Self::for_messages)
+/// (as one sizes iceoryx2's slices and queue); larger messages go through
+/// the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelConfig {
     /// Number of slots: messages in flight before producers wait. A power
     /// of two, 2 to 2^20. Default 256.
     pub slots: u32,
-    /// Bytes per slot, a multiple of 64 from 64 to 65536; messages up to
-    /// `slot_size - 16` bytes travel inline. Default 256.
+    /// Bytes per slot, a multiple of 64 from 128 to 16 MiB + 64 (and at most
+    /// 1 GiB for the whole ring); messages up to `slot_size - 64` bytes
+    /// travel inline. Default 4160 (4 KiB inline, a 1 MiB ring).
     pub slot_size: u32,
 }
 
@@ -85,12 +93,38 @@ impl Default for ChannelConfig {
     fn default() -> Self {
         Self {
             slots: 256,
-            slot_size: 256,
+            slot_size: 4096 + 64,
         }
     }
 }
 
 impl ChannelConfig {
+    /// A ring whose slots carry messages of up to `max_message` bytes
+    /// inline, with `in_flight` of them (rounded up to a power of two) in
+    /// flight before producers wait. Larger messages still work (through
+    /// the store). Capped at the largest slot and ring.
+    pub fn for_messages(max_message: usize, in_flight: u32) -> Self {
+        let slot = (max_message.saturating_add(layout::SLOT_HEADER_SIZE + 63) / 64 * 64).clamp(
+            layout::MIN_SLOT_SIZE as usize,
+            layout::MAX_SLOT_SIZE as usize,
+        ) as u32;
+        let most = (layout::MAX_RING_BYTES / slot as u64).max(1) as u32;
+        let slots = in_flight
+            .clamp(layout::MIN_SLOTS, layout::MAX_SLOTS)
+            .checked_next_power_of_two()
+            .unwrap_or(layout::MAX_SLOTS);
+        let slots = if slots > most {
+            // The largest power of two that fits.
+            1 << (31 - most.leading_zeros())
+        } else {
+            slots
+        };
+        Self {
+            slots: slots.max(layout::MIN_SLOTS),
+            slot_size: slot,
+        }
+    }
+
     /// Largest message carried inline in a slot.
     pub fn inline_capacity(&self) -> usize {
         (self.slot_size as usize).saturating_sub(layout::SLOT_HEADER_SIZE)
@@ -130,4 +164,33 @@ pub(crate) fn subscriber(
 pub(crate) fn receiver(store: StoreLink, name: &str, config: ChannelConfig) -> Result<Receiver> {
     let chan = open(&store, name, KIND_QUEUE, config)?;
     Ok(Receiver::new(consumer::Consumer::open(chan, store)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn for_messages_sizes_slots_to_the_message_and_the_ring_to_the_flight() {
+        let c = ChannelConfig::for_messages(64 << 10, 32);
+        assert_eq!((c.slots, c.slot_size), (32, (64 << 10) + 64));
+        assert!(c.inline_capacity() >= 64 << 10);
+        let c = ChannelConfig::for_messages(100, 3);
+        assert_eq!((c.slots, c.slot_size), (4, 192));
+        // Capped: the largest slot, and a ring of at most 1 GiB.
+        let c = ChannelConfig::for_messages(usize::MAX, u32::MAX);
+        assert_eq!(c.slot_size, layout::MAX_SLOT_SIZE);
+        assert!(Geometry::new(c.slots, c.slot_size).is_ok(), "{c:?}");
+        for (m, n) in [(0, 0), (1, 1), (4096, 1 << 20), (1 << 20, 1024)] {
+            let c = ChannelConfig::for_messages(m, n);
+            assert!(
+                Geometry::new(c.slots, c.slot_size).is_ok(),
+                "{m} {n}: {c:?}"
+            );
+            assert!(c.inline_capacity() >= m.min(16 << 20), "{m} {n}: {c:?}");
+        }
+        let d = ChannelConfig::default();
+        assert!(Geometry::new(d.slots, d.slot_size).is_ok());
+        assert_eq!(d.inline_capacity(), 4096);
+    }
 }

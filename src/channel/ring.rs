@@ -549,7 +549,7 @@ mod tests {
 
     #[test]
     fn broadcast_subscriber_sees_every_message_in_order_and_gates_producers() {
-        let m = mem(4, 64, false);
+        let m = mem(4, 128, false);
         let r = &m.ring;
         let start = r.join(0);
         assert_eq!(start, 0);
@@ -578,7 +578,7 @@ mod tests {
 
     #[test]
     fn without_subscribers_the_frontier_frees_everything_published() {
-        let m = mem(2, 64, false);
+        let m = mem(2, 128, false);
         let r = &m.ring;
         for b in 0..10 {
             if !send(r, 3, b) {
@@ -591,7 +591,7 @@ mod tests {
 
     #[test]
     fn a_late_subscriber_starts_after_what_was_sent() {
-        let m = mem(8, 64, false);
+        let m = mem(8, 128, false);
         let r = &m.ring;
         let a = r.join(0);
         assert!(send(r, 0, 1));
@@ -610,7 +610,7 @@ mod tests {
 
     #[test]
     fn a_join_bumps_the_epoch_so_a_stale_frontier_cas_fails() {
-        let m = mem(4, 64, false);
+        let m = mem(4, 128, false);
         let r = &m.ring;
         assert!(send(r, 0, 1));
         let stale = r.header().frontier.load(Ordering::SeqCst);
@@ -630,7 +630,7 @@ mod tests {
 
     #[test]
     fn queue_gives_each_message_to_one_receiver() {
-        let m = mem(4, 64, true);
+        let m = mem(4, 128, true);
         let r = &m.ring;
         r.join(0);
         r.join(1);
@@ -658,7 +658,7 @@ mod tests {
 
     #[test]
     fn a_dead_producers_claim_is_skipped_not_wedged() {
-        let m = mem(4, 64, false);
+        let m = mem(4, 128, false);
         let r = &m.ring;
         r.join(0);
         let Claim::Claimed(s) = r.try_claim(7) else {
@@ -676,7 +676,7 @@ mod tests {
 
     #[test]
     fn overflow_handles_are_acknowledged_when_freed() {
-        let m = mem(2, 64, false);
+        let m = mem(2, 128, false);
         let r = &m.ring;
         let Claim::Claimed(s) = r.try_claim(0) else {
             panic!()
@@ -691,7 +691,7 @@ mod tests {
 
     #[test]
     fn a_freer_that_died_after_the_frontier_cas_is_helped() {
-        let m = mem(2, 64, false);
+        let m = mem(2, 128, false);
         let r = &m.ring;
         assert!(send(r, 0, 1));
         assert!(send(r, 0, 2));
@@ -705,7 +705,7 @@ mod tests {
 
     #[test]
     fn scribbled_mask_bits_beyond_the_records_are_ignored() {
-        let m = mem(4, 64, false);
+        let m = mem(4, 128, false);
         let r = &m.ring;
         r.join(0);
         assert!(send(r, 0, 1));
@@ -722,7 +722,7 @@ mod tests {
 
     #[test]
     fn a_scribbled_ring_never_hangs_or_reads_out_of_bounds() {
-        let m = mem(4, 64, true);
+        let m = mem(4, 128, true);
         let r = &m.ring;
         let h = r.header();
         for v in [u64::MAX, 1 << 63, 12345, 0] {
