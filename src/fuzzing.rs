@@ -169,3 +169,85 @@ fn leftovers(ns: &str) -> Result<(), String> {
         Err(format!("left files: {left:?}"))
     }
 }
+
+/// Arbitrary bytes as a channel file. First input byte: bit 0 set = the
+/// bytes replace the whole file (any length); clear = they are written in
+/// place after the file's 32-byte identity (magic, version, kind, geometry,
+/// incarnation), so the ring itself is scribbled. Bit 1 picks the kind.
+/// Then every endpoint is opened and used: typed errors, never a panic, a
+/// hang or a leftover file.
+pub fn channel_file(input: &[u8]) -> Result<(), String> {
+    use std::time::Duration;
+    let Some((&mode, body)) = input.split_first() else {
+        return Ok(());
+    };
+    let ns = namespace();
+    let store =
+        PinnedBlobStore::new_shared(Config::default(), &ns, 1 << 20).map_err(|e| e.to_string())?;
+    let queue = mode & 2 == 2;
+    let small = crate::ChannelConfig {
+        slots: 8,
+        slot_size: 256,
+    };
+    {
+        // A real channel with messages in it, inline and in the store.
+        if queue {
+            let tx = store.sender_with("f", small).map_err(|e| e.to_string())?;
+            let _ = tx.try_send(b"inline");
+            let _ = tx.try_send(&[5u8; 1000]);
+        } else {
+            let _rx = store
+                .subscriber_with("f", small)
+                .map_err(|e| e.to_string())?;
+            let tx = store
+                .publisher_with("f", small)
+                .map_err(|e| e.to_string())?;
+            let _ = tx.try_send(b"inline");
+            let _ = tx.try_send(&[5u8; 1000]);
+        }
+    }
+    let path = crate::os::shm_dir().join(crate::channel::channel_file_name(&ns, "f"));
+    if mode & 1 == 1 {
+        std::fs::write(&path, body).map_err(|e| e.to_string())?;
+    } else {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| e.to_string())?;
+        f.write_all_at(body, 32).map_err(|e| e.to_string())?;
+    }
+    let t = std::time::Instant::now();
+    if queue {
+        if let Ok(rx) = store.receiver("f") {
+            for _ in 0..4 {
+                if let Ok(m) = rx.try_recv() {
+                    let _ = m.iter().map(|&b| b as u64).sum::<u64>();
+                }
+            }
+            let _ = rx.recv_timeout(Duration::from_millis(1));
+        }
+        if let Ok(tx) = store.sender("f") {
+            let _ = tx.try_send(b"x");
+            let _ = tx.try_send(&[1u8; 600]);
+        }
+    } else {
+        if let Ok(rx) = store.subscriber("f") {
+            for _ in 0..4 {
+                if let Ok(m) = rx.try_recv() {
+                    let _ = m.iter().map(|&b| b as u64).sum::<u64>();
+                }
+            }
+            let _ = rx.recv_timeout(Duration::from_millis(1));
+        }
+        if let Ok(tx) = store.publisher("f") {
+            let _ = tx.try_send(b"x");
+            let _ = tx.try_send(&[1u8; 600]);
+        }
+    }
+    if t.elapsed() > Duration::from_secs(5) {
+        return Err(format!("a hostile channel file took {:?}", t.elapsed()));
+    }
+    drop(store);
+    leftovers(&ns)
+}

@@ -1,7 +1,7 @@
 //! Replays every input kept under `fuzz/regressions/` (inputs the fuzz
 //! targets found interesting or failing) through the same checks.
 
-use stable_fragmented_buffer::fuzzing::{chunk_file, control_file, handles, Live};
+use stable_fragmented_buffer::fuzzing::{channel_file, chunk_file, control_file, handles, Live};
 use std::path::Path;
 
 fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
@@ -55,5 +55,17 @@ fn fuzz_regressions_files() {
             chunk_file(rest)
         };
         r.unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
+#[test]
+fn fuzz_regressions_channels() {
+    let cases = inputs("channels");
+    assert!(
+        !cases.is_empty(),
+        "fuzz/regressions/channels holds the seed corpus"
+    );
+    for (name, data) in cases {
+        channel_file(&data).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }

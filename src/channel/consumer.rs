@@ -10,10 +10,10 @@ use super::ring::{Read, Take};
 use super::wait::{self, Sleeper};
 use crate::backend::shared::StoreLink;
 use crate::handle::OverflowHandle;
+use crate::sync::Ordering;
 use crate::view::BlobView;
 use std::collections::VecDeque;
 use std::ptr::NonNull;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 

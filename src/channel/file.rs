@@ -6,9 +6,9 @@ use super::layout::*;
 use super::ring::Ring;
 use crate::error::{BlobError, Result};
 use crate::os::{self, Mapping};
+use crate::sync::Ordering;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 
 /// Which side of a channel an endpoint is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@
 //!                      up to slot_size - 64 inline payload bytes)
 //! ```
 
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use crate::sync::{AtomicU32, AtomicU64};
 
 /// `b"SFBCHAN1"` little-endian: the first 8 bytes of every channel file.
 pub(crate) const CHAN_MAGIC: u64 = u64::from_le_bytes(*b"SFBCHAN1");
@@ -195,6 +195,66 @@ pub(crate) struct SlotHeader {
     // The payload starts on the next cache line: large copies in and out
     // of a slot run on aligned lines.
     _pad: [u8; 48], // 16
+}
+
+/// Under loom the ring's words live in loom atomics beside the memory (loom
+/// cannot track atomics cast from raw bytes); these build them zeroed.
+#[cfg(loom)]
+pub(crate) mod loom_words {
+    use super::*;
+
+    pub(crate) fn header() -> ChanHeader {
+        let a64 = || AtomicU64::new(0);
+        let a32 = || AtomicU32::new(0);
+        ChanHeader {
+            magic: a64(),
+            version: a32(),
+            kind: a32(),
+            slots: a32(),
+            slot_size: a32(),
+            store_key: a64(),
+            created_unix_ms: a64(),
+            producers_ever: a64(),
+            _pad0: [0; 16],
+            head: a64(),
+            _pad1: [0; 56],
+            frontier: a64(),
+            _pad2: [0; 56],
+            tail: a64(),
+            _pad3: [0; 56],
+            data_seq: a32(),
+            data_waiters: a32(),
+            _pad4: [0; 56],
+            space_seq: a32(),
+            space_waiters: a32(),
+            _pad5: [0; 56],
+            producer_mask: a64(),
+            consumer_mask: a64(),
+            published: a64(),
+            skipped: a64(),
+            evicted: a64(),
+            _pad6: [0; 600],
+        }
+    }
+
+    pub(crate) fn record() -> Record {
+        Record {
+            in_use: AtomicU32::new(0),
+            pid: AtomicU32::new(0),
+            low: AtomicU64::new(LOW_NONE),
+            count: AtomicU64::new(0),
+            _pad: [0; 40],
+        }
+    }
+
+    pub(crate) fn slot() -> SlotHeader {
+        SlotHeader {
+            state: AtomicU64::new(0),
+            len: AtomicU32::new(0),
+            flags: AtomicU32::new(0),
+            _pad: [0; 48],
+        }
+    }
 }
 
 // Loom's atomics have another size, so only without loom.

@@ -8,8 +8,7 @@ use super::wait::{self, Sleeper};
 use crate::backend::shared::{SharedReservation, StoreLink};
 use crate::error::BlobError;
 use crate::handle::OverflowHandle;
-use std::sync::atomic::Ordering;
-use std::sync::atomic::{fence, AtomicU64};
+use crate::sync::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -226,25 +225,13 @@ fn ack(store: &StoreLink, h: [u8; 24]) {
 /// always); returns whether it made the system call.
 fn wake_consumers(chan: &ChanFile, always: bool) -> bool {
     let h = chan.ring.header();
-    // Pairs with the SeqCst fence in `Sleeper::park`: either the consumer
-    // sees our publish, or we see its waiter bit.
-    fence(Ordering::SeqCst);
-    if always || h.data_waiters.load(Ordering::Relaxed) != 0 {
-        h.data_seq.fetch_add(1, Ordering::SeqCst);
-        crate::os::futex_wake_all(&h.data_seq);
-        return true;
-    }
-    false
+    wait::wake(&h.data_seq, &h.data_waiters, always)
 }
 
 /// Wakes producers waiting for space, if any announced itself.
 pub(crate) fn wake_producers(chan: &ChanFile) {
     let h = chan.ring.header();
-    // `release` ends with a SeqCst fence after freeing.
-    if h.space_waiters.load(Ordering::Relaxed) != 0 {
-        h.space_seq.fetch_add(1, Ordering::SeqCst);
-        crate::os::futex_wake_all(&h.space_seq);
-    }
+    wait::wake(&h.space_seq, &h.space_waiters, false);
 }
 
 macro_rules! producer_endpoint {

@@ -7,7 +7,7 @@
 //! a waiter killed while asleep leaves nothing behind that the repair of
 //! its record does not clear.
 
-use std::sync::atomic::{fence, AtomicU32, Ordering};
+use crate::sync::{fence, AtomicU32, Ordering};
 use std::time::Duration;
 
 /// Spins before parking (each a `spin_loop` hint, a few microseconds in all).
@@ -33,14 +33,15 @@ impl Sleeper {
     }
 
     /// Sleeps on `word` for at most `timeout` unless `ready()` holds once
-    /// this waiter is announced in `mask`.
+    /// this waiter is announced in `mask`. Returns the value of `word` it
+    /// went to sleep on, if it did.
     pub(crate) fn park(
         &self,
         word: &AtomicU32,
         mask: &AtomicU32,
         timeout: Duration,
         ready: impl FnOnce() -> bool,
-    ) {
+    ) -> Option<u32> {
         if self.threads.fetch_add(1, Ordering::SeqCst) == 0 {
             mask.fetch_or(self.bit, Ordering::SeqCst);
         }
@@ -48,13 +49,54 @@ impl Sleeper {
         // either it sees our bit, or we see its publication in `ready`.
         fence(Ordering::SeqCst);
         let seen = word.load(Ordering::SeqCst);
-        if !ready() {
-            crate::os::futex_wait(word, seen, timeout);
-        }
+        let slept = (!ready()).then(|| {
+            sleep_on(word, seen, timeout);
+            seen
+        });
         // Two threads of one endpoint racing here can clear the bit while
         // one still sleeps: that one then waits for its timeout (a tick).
         if self.threads.fetch_sub(1, Ordering::SeqCst) == 1 {
             mask.fetch_and(!self.bit, Ordering::SeqCst);
         }
+        slept
     }
+}
+
+/// `FUTEX_WAIT` on a shared word. Under loom, a wait with no timeout:
+/// it returns only once the word differs from `seen`, so a lost wake-up
+/// shows as a model that never completes (the real wait's timeout would
+/// hide it).
+fn sleep_on(word: &AtomicU32, seen: u32, timeout: Duration) {
+    #[cfg(not(loom))]
+    crate::os::futex_wait(word, seen, timeout);
+    #[cfg(loom)]
+    {
+        let _ = timeout;
+        while word.load(Ordering::SeqCst) == seen {
+            loom::thread::yield_now();
+        }
+    }
+}
+
+/// The waker's half, after publishing (a message, or freed slots): a
+/// SeqCst fence, then — only if some waiter bit is set in `mask`, or
+/// `always` — a bump of `word` and `FUTEX_WAKE`. Returns whether it woke.
+pub(crate) fn wake(word: &AtomicU32, mask: &AtomicU32, always: bool) -> bool {
+    // Pairs with the SeqCst fence in `Sleeper::park`: either the sleeper
+    // sees what we published, or we see its bit.
+    fence(Ordering::SeqCst);
+    if always || mask.load(Ordering::Relaxed) != 0 {
+        word.fetch_add(1, Ordering::SeqCst);
+        wake_all(word);
+        return true;
+    }
+    false
+}
+
+/// `FUTEX_WAKE` of every sleeper on a shared word.
+fn wake_all(word: &AtomicU32) {
+    #[cfg(not(loom))]
+    crate::os::futex_wake_all(word);
+    #[cfg(loom)]
+    let _ = word;
 }
