@@ -249,5 +249,9 @@ pub fn channel_file(input: &[u8]) -> Result<(), String> {
         return Err(format!("a hostile channel file took {:?}", t.elapsed()));
     }
     drop(store);
+    // The creator's drop removes the files of its own incarnation; a file
+    // that now claims another (a scribbled key) is left to the recovery
+    // that handles stale files: cleanup_namespace once the creator is gone.
+    SharedBackend::cleanup_namespace(&ns).map_err(|e| e.to_string())?;
     leftovers(&ns)
 }
