@@ -1192,8 +1192,7 @@ fn demo_consumer(ns: &str) -> AnyResult {
         pct(&mut paced_lat, 1.0)
     );
     println!(
-        "send-to-receive time while streaming (includes queueing behind the {} slots): p50 {:.1} us, p99 {:.1} us",
-        256,
+        "send-to-receive time while streaming (includes queueing in the ring): p50 {:.1} us, p99 {:.1} us",
         pct(&mut stream_lat, 0.5),
         pct(&mut stream_lat, 0.99),
     );
