@@ -244,18 +244,7 @@ pub(crate) fn rollover<C: Chunks>(c: &C, seen: u64) -> Result<()> {
 
 /// Appends `data`; blobs too large for a standard chunk get a dedicated one.
 pub(crate) fn append<C: Chunks>(c: &C, data: &[u8]) -> Result<Loc> {
-    if data.is_empty() {
-        return Err(BlobError::EmptyBlob);
-    }
-    let footprint = match entry_footprint(data.len()) {
-        Some(f) if data.len() <= Policy::MAX_BLOB => f,
-        _ => {
-            return Err(BlobError::BlobTooLarge {
-                size: data.len(),
-                max: Policy::MAX_BLOB,
-            })
-        }
-    };
+    let footprint = footprint_of(data.len())?;
     let policy = c.policy();
     if footprint > policy.chunk_size as usize - CHUNK_HEADER_SIZE {
         return append_dedicated(c, data, footprint);
@@ -332,6 +321,25 @@ pub(crate) fn append<C: Chunks>(c: &C, data: &[u8]) -> Result<Loc> {
 /// A blob too large for a standard chunk gets a chunk of its own size,
 /// sealed at once and retired (never pooled) when reclaimed.
 fn append_dedicated<C: Chunks>(c: &C, data: &[u8], footprint: usize) -> Result<Loc> {
+    let r = reserve_dedicated(c, data.len(), footprint)?;
+    let region = r.chunk.region();
+    let now_ms = clock::now_ms().max(1);
+    // SAFETY: `r.loc.offset` was reserved just now for `data.len()` bytes.
+    unsafe {
+        region.commit(
+            r.loc.offset,
+            r.loc.generation,
+            data,
+            c.policy().tag(&r.loc),
+            now_ms,
+        )
+    };
+    region.seal(now_ms);
+    Ok(r.loc)
+}
+
+/// A fresh dedicated chunk of its own size with the one entry reserved.
+fn reserve_dedicated<C: Chunks>(c: &C, len: usize, footprint: usize) -> Result<Reserved<C::Chunk>> {
     let chunk = c.create(CHUNK_HEADER_SIZE + footprint, FLAG_DEDICATED, false)?;
     let region = chunk.region();
     let (_, generation) = region.state();
@@ -354,13 +362,30 @@ fn append_dedicated<C: Chunks>(c: &C, data: &[u8], footprint: usize) -> Result<L
         id: chunk.id(),
         generation,
         offset,
-        size: data.len() as u32,
+        size: len as u32,
         timestamp,
     };
-    // SAFETY: `offset` was reserved just now for `data.len()` bytes.
-    unsafe { region.commit(offset, generation, data, c.policy().tag(&loc), now_ms) };
-    region.seal(now_ms);
-    Ok(loc)
+    let ptr = region.payload_mut(offset);
+    Ok(Reserved {
+        chunk,
+        loc,
+        ptr,
+        dedicated: true,
+    })
+}
+
+/// The footprint of a blob of `len` bytes, or why it cannot be stored.
+fn footprint_of(len: usize) -> Result<usize> {
+    if len == 0 {
+        return Err(BlobError::EmptyBlob);
+    }
+    match entry_footprint(len) {
+        Some(f) if len <= Policy::MAX_BLOB => Ok(f),
+        _ => Err(BlobError::BlobTooLarge {
+            size: len,
+            max: Policy::MAX_BLOB,
+        }),
+    }
 }
 
 /// An entry reserved for a writer that fills it in place (a loan): the
@@ -377,52 +402,13 @@ pub(crate) struct Reserved<K> {
 /// [`commit_reserved`] publishes it. An entry never committed (its writer
 /// died) holds its chunk until the TTL reclaims it, as any in-flight write.
 pub(crate) fn reserve<C: Chunks>(c: &C, len: usize) -> Result<Reserved<C::Chunk>> {
-    if len == 0 {
-        return Err(BlobError::EmptyBlob);
-    }
-    let footprint = match entry_footprint(len) {
-        Some(f) if len <= Policy::MAX_BLOB => f,
-        _ => {
-            return Err(BlobError::BlobTooLarge {
-                size: len,
-                max: Policy::MAX_BLOB,
-            })
-        }
-    };
+    let footprint = footprint_of(len)?;
     let policy = *c.policy();
+    if footprint > policy.chunk_size as usize - CHUNK_HEADER_SIZE {
+        return reserve_dedicated(c, len, footprint);
+    }
     let timestamp = clock::now_ns();
     let now_ms = (timestamp / 1_000_000).max(1);
-    if footprint > policy.chunk_size as usize - CHUNK_HEADER_SIZE {
-        let chunk = c.create(CHUNK_HEADER_SIZE + footprint, FLAG_DEDICATED, false)?;
-        let region = chunk.region();
-        let (_, generation) = region.state();
-        let reserved = if region.activate(generation, generation, now_ms) {
-            region.reserve(footprint as u32, now_ms)
-        } else {
-            Reserve::Sealed
-        };
-        let Reserve::Reserved { offset, .. } = reserved else {
-            region.seal(now_ms);
-            return Err(BlobError::Corrupt {
-                file: format!("(chunk {})", chunk.id()).into(),
-                detail: "a fresh dedicated chunk refused its reservation".into(),
-            });
-        };
-        let loc = Loc {
-            id: chunk.id(),
-            generation,
-            offset,
-            size: len as u32,
-            timestamp,
-        };
-        let ptr = region.payload_mut(offset);
-        return Ok(Reserved {
-            chunk,
-            loc,
-            ptr,
-            dedicated: true,
-        });
-    }
     for _ in 0..MAX_ROLLOVERS {
         // Acquire: pairs with the AcqRel CAS in `rollover`.
         let active = c.active().load(Ordering::Acquire);

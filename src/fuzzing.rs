@@ -218,32 +218,34 @@ pub fn channel_file(input: &[u8]) -> Result<(), String> {
         f.write_all_at(body, 32).map_err(|e| e.to_string())?;
     }
     let t = std::time::Instant::now();
+    // Subscriber and Receiver (Publisher and Sender) share their API, not
+    // a type: the same calls on either.
+    macro_rules! consume {
+        ($rx:expr) => {
+            if let Ok(rx) = $rx {
+                for _ in 0..4 {
+                    if let Ok(m) = rx.try_recv() {
+                        let _ = m.iter().map(|&b| b as u64).sum::<u64>();
+                    }
+                }
+                let _ = rx.recv_timeout(Duration::from_millis(1));
+            }
+        };
+    }
+    macro_rules! produce {
+        ($tx:expr) => {
+            if let Ok(tx) = $tx {
+                let _ = tx.try_send(b"x");
+                let _ = tx.try_send(&[1u8; 600]);
+            }
+        };
+    }
     if queue {
-        if let Ok(rx) = store.receiver("f") {
-            for _ in 0..4 {
-                if let Ok(m) = rx.try_recv() {
-                    let _ = m.iter().map(|&b| b as u64).sum::<u64>();
-                }
-            }
-            let _ = rx.recv_timeout(Duration::from_millis(1));
-        }
-        if let Ok(tx) = store.sender("f") {
-            let _ = tx.try_send(b"x");
-            let _ = tx.try_send(&[1u8; 600]);
-        }
+        consume!(store.receiver("f"));
+        produce!(store.sender("f"));
     } else {
-        if let Ok(rx) = store.subscriber("f") {
-            for _ in 0..4 {
-                if let Ok(m) = rx.try_recv() {
-                    let _ = m.iter().map(|&b| b as u64).sum::<u64>();
-                }
-            }
-            let _ = rx.recv_timeout(Duration::from_millis(1));
-        }
-        if let Ok(tx) = store.publisher("f") {
-            let _ = tx.try_send(b"x");
-            let _ = tx.try_send(&[1u8; 600]);
-        }
+        consume!(store.subscriber("f"));
+        produce!(store.publisher("f"));
     }
     if t.elapsed() > Duration::from_secs(5) {
         return Err(format!("a hostile channel file took {:?}", t.elapsed()));

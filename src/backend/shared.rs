@@ -1002,7 +1002,7 @@ fn chunk_file_incarnation(path: &Path) -> Option<u64> {
 }
 
 /// The tag key of the control block `ns` has now, if it has a readable one.
-pub(crate) fn current_key(dir: &Path, ns: &str) -> Option<u64> {
+fn current_key(dir: &Path, ns: &str) -> Option<u64> {
     let path = dir.join(ctrl_file_name(ns));
     let file = os::open_rw(&path).ok()?;
     let mut head = [0u8; 48];
@@ -1020,20 +1020,47 @@ pub(crate) fn current_key(dir: &Path, ns: &str) -> Option<u64> {
 /// control block claims. Unrecognisable files go only while no control
 /// block exists (with one, they may be chunk files still being made).
 fn remove_chunk_files(dir: &Path, ns: &str, key: Option<u64>, keep_key: bool) -> Result<usize> {
+    let ctrl_exists = dir.join(ctrl_file_name(ns)).exists();
+    remove_files_of(
+        dir,
+        ns,
+        key,
+        keep_key,
+        |name| match parse_file_name(name) {
+            Some(FileKind::Chunk { ns, .. }) => Some(ns),
+            _ => None,
+        },
+        chunk_file_incarnation,
+        |regular| regular && !ctrl_exists,
+    )
+}
+
+/// Unlinks files of namespace `ns` of one kind: `ns_of` says whether a name
+/// is of that kind (and its namespace), `key_of` reads the incarnation a
+/// file records, `unreadable` decides for a file without one (given whether
+/// it is a regular file). Selection by `key` and `keep_key` as in
+/// [`remove_chunk_files`]. Every unlink checks that the name still names the
+/// file judged.
+pub(crate) fn remove_files_of(
+    dir: &Path,
+    ns: &str,
+    key: Option<u64>,
+    keep_key: bool,
+    ns_of: impl Fn(&str) -> Option<String>,
+    key_of: impl Fn(&Path) -> Option<u64>,
+    unreadable: impl Fn(bool) -> bool,
+) -> Result<usize> {
     let mut removed = 0;
     for name in os::list_dir(dir)? {
-        let Some(FileKind::Chunk { ns: n, .. }) = parse_file_name(&name) else {
-            continue;
-        };
-        if n != ns {
+        if ns_of(&name).as_deref() != Some(ns) {
             continue;
         }
         let path = dir.join(&name);
         let Some((ident, regular)) = os::path_identity(&path) else {
             continue;
         };
-        let remove = match (chunk_file_incarnation(&path), key) {
-            (None, _) => regular && !dir.join(ctrl_file_name(ns)).exists(),
+        let remove = match (key_of(&path), key) {
+            (None, _) => unreadable(regular),
             (Some(inc), Some(k)) => (inc == k) != keep_key,
             (Some(inc), None) => current_key(dir, ns) != Some(inc),
         };

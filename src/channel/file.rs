@@ -334,35 +334,24 @@ fn channel_file_key(path: &Path) -> Option<u64> {
 /// Unlinks channel files of `ns`, with the same selection as the chunk
 /// files: with `key` and `!keep_key` that incarnation's; with `key` and
 /// `keep_key` every other incarnation's; without `key` every file that no
-/// current control block claims. Returns how many were removed.
+/// current control block claims. A channel file is never visible half-made
+/// (it is linked complete), so one without a readable identity is junk.
+/// Returns how many were removed.
 pub(crate) fn remove_channel_files(
     dir: &Path,
     ns: &str,
     key: Option<u64>,
     keep_key: bool,
 ) -> Result<usize> {
-    let mut removed = 0;
-    for name in os::list_dir(dir)? {
-        let Some((n, _)) = parse_channel_file_name(&name) else {
-            continue;
-        };
-        if n != ns {
-            continue;
-        }
-        let path = dir.join(&name);
-        let Some((ident, regular)) = os::path_identity(&path) else {
-            continue;
-        };
-        let remove = match (channel_file_key(&path), key) {
-            (None, _) => regular,
-            (Some(k), Some(key)) => (k == key) != keep_key,
-            (Some(k), None) => crate::backend::shared::current_key(dir, ns) != Some(k),
-        };
-        if remove && os::path_identity(&path).map(|(i, _)| i) == Some(ident) && os::unlink(&path)? {
-            removed += 1;
-        }
-    }
-    Ok(removed)
+    crate::backend::shared::remove_files_of(
+        dir,
+        ns,
+        key,
+        keep_key,
+        |name| parse_channel_file_name(name).map(|(ns, _)| ns),
+        channel_file_key,
+        |regular| regular,
+    )
 }
 
 /// What `sfb stat` shows of one channel, read with `pread` (nothing mapped,
