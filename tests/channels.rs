@@ -863,3 +863,39 @@ fn a_receiver_killed_while_asleep_leaves_no_waiter_bit_behind() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_send_makes_no_wake_call_while_no_consumer_sleeps() {
+    let ns = Ns::new("chnosyscall");
+    let store = shared(&ns);
+    let path = common::shm_dir().join(format!("{}_chan+n", ns.as_str()));
+    let rx = store.subscriber("n").unwrap();
+    let tx = store.publisher("n").unwrap();
+    // The futex word a sender bumps (and wakes) only when a consumer sleeps.
+    let data_seq = || {
+        let b = std::fs::read(&path).unwrap();
+        u32::from_le_bytes(b[256..260].try_into().unwrap())
+    };
+    let before = data_seq();
+    for i in 0..2_000u32 {
+        tx.send(&i.to_le_bytes()).unwrap();
+        // A busy-polling consumer never announces itself as asleep.
+        loop {
+            match rx.try_recv() {
+                Ok(m) => {
+                    assert_eq!(&*m, &i.to_le_bytes());
+                    break;
+                }
+                Err(TryRecvError::Empty) => std::hint::spin_loop(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    assert_eq!(data_seq(), before, "a send woke nobody, so made no system call");
+    // A consumer asleep in recv is woken by the next send.
+    let t = std::thread::spawn(move || rx.recv().map(|m| m.to_vec()));
+    std::thread::sleep(Duration::from_millis(300));
+    tx.send(b"wake").unwrap();
+    assert_eq!(t.join().unwrap().unwrap(), b"wake");
+    assert_ne!(data_seq(), before);
+}
