@@ -270,6 +270,10 @@ impl ChunkRegion {
     pub(crate) fn reserve(&self, footprint: u32, now_ms: u64) -> Reserve {
         let h = self.header();
         let mut cur = h.alloc.load(Ordering::Relaxed);
+        // The life we reserve in (read before the alloc CAS: a successful
+        // CAS on `alloc` proves the chunk was not reactivated since, which
+        // resets it).
+        let life = self.state().1;
         loop {
             if alloc_sealed(cur) {
                 return Reserve::Sealed;
@@ -285,7 +289,7 @@ impl ChunkRegion {
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => {
-                        self.stamp_sealed(now_ms);
+                        self.stamp_sealed(life, now_ms);
                         return Reserve::Sealed;
                     }
                     Err(actual) => {
@@ -306,7 +310,7 @@ impl ChunkRegion {
                         // Only possible if another process scribbled on the
                         // header: the space stays unwritten (so the chunk can
                         // only go by TTL, and is then retired); move on.
-                        self.seal(now_ms);
+                        self.seal(generation, now_ms);
                         return Reserve::Sealed;
                     }
                     return Reserve::Reserved {
@@ -452,27 +456,45 @@ impl ChunkRegion {
         self.advance(&self.header().acked, generation, |k| k == ENTRY_ACKED)
     }
 
-    /// Seals the chunk (no more reservations) and stamps the seal time.
-    pub(crate) fn seal(&self, now_ms: u64) {
+    /// Seals the chunk (no more reservations) and stamps the seal time —
+    /// only in life `generation`, the one the caller judged: a caller that
+    /// stalled while the chunk was recycled and reactivated must not seal
+    /// or stamp the next life.
+    pub(crate) fn seal(&self, generation: u32, now_ms: u64) {
+        if self.state().1 != generation {
+            return;
+        }
         self.header()
             .alloc
             .fetch_or(ALLOC_SEALED, Ordering::Relaxed);
-        self.stamp_sealed(now_ms);
+        self.stamp_sealed(generation, now_ms);
     }
 
     /// Stamps the seal time once per generation. A stamper that stalled
     /// across a recycling would write a stale time into the next
     /// generation (shortening its TTL): it takes its stamp back then.
-    fn stamp_sealed(&self, now_ms: u64) {
-        Self::stamp_once(&self.header().sealed_ms, &self.header().state_gen, now_ms);
+    fn stamp_sealed(&self, generation: u32, now_ms: u64) {
+        Self::stamp_once(
+            &self.header().sealed_ms,
+            &self.header().state_gen,
+            generation,
+            now_ms,
+        );
     }
 
-    /// Sets `word` from 0 to `now_ms` unless the generation changes around it.
-    fn stamp_once(word: &AtomicU64, state: &AtomicU64, now_ms: u64) -> u64 {
-        let before = generation_of(state.load(Ordering::Acquire));
+    /// Sets `word` from 0 to `now_ms` in life `generation` only: checked
+    /// before the CAS (a stamper that stalled across a recycling and a
+    /// reactivation finds another generation and stamps nothing — the
+    /// activation zeroed the word for the new life), and after it (a
+    /// recycling between the check and the CAS: the stamp is taken back).
+    /// Returns the word's value for `generation` (`now_ms` if it stamped).
+    fn stamp_once(word: &AtomicU64, state: &AtomicU64, generation: u32, now_ms: u64) -> u64 {
+        if generation_of(state.load(Ordering::Acquire)) != generation {
+            return now_ms;
+        }
         match word.compare_exchange(0, now_ms, Ordering::AcqRel, Ordering::Relaxed) {
             Ok(_) => {
-                if generation_of(state.load(Ordering::Acquire)) != before {
+                if generation_of(state.load(Ordering::Acquire)) != generation {
                     let _ = word.compare_exchange(now_ms, 0, Ordering::Relaxed, Ordering::Relaxed);
                 }
                 now_ms
@@ -632,7 +654,7 @@ impl ChunkRegion {
         }
         if sealed == 0 {
             // The sealer died before stamping: start the clock now.
-            self.stamp_sealed(now_ms);
+            self.stamp_sealed(generation, now_ms);
             return Verdict::Keep;
         }
         if now_ms.saturating_sub(sealed) >= ttl_ms {
@@ -644,7 +666,7 @@ impl ChunkRegion {
         if !self.walk(generation) || !self.all_acknowledged(generation) {
             return Verdict::Keep;
         }
-        let since = Self::stamp_once(&h.empty_since_ms, &h.state_gen, now_ms);
+        let since = Self::stamp_once(&h.empty_since_ms, &h.state_gen, generation, now_ms);
         if now_ms.saturating_sub(since) >= decay_ms {
             Verdict::Reclaim {
                 generation,
@@ -834,7 +856,7 @@ mod tests {
             panic!()
         };
         append(&r, b"three", 1).unwrap();
-        r.seal(1);
+        r.seal(r.state().1, 1);
         assert!(!r.walk(1), "stops at the writer in flight");
         let stopped = r.header().walked.load(Ordering::Relaxed);
         assert_eq!(
@@ -860,7 +882,7 @@ mod tests {
         assert!(r.activate(1, 2, 1));
         append(&r, b"aaaa", 1).unwrap();
         append(&r, b"bbbb", 1).unwrap();
-        r.seal(1);
+        r.seal(r.state().1, 1);
         assert!(r.walk(2), "generation 2 complete");
         let cursor_of_2 = r.header().walked.load(Ordering::Relaxed);
         // Recycled and activated again; the same layout is being written.
@@ -870,7 +892,7 @@ mod tests {
         append(&r, b"cccc", 1).unwrap();
         let fp = entry_footprint(4).unwrap() as u32;
         assert!(matches!(r.reserve(fp, 1), Reserve::Reserved { .. })); // in flight
-        r.seal(1);
+        r.seal(r.state().1, 1);
         // A stalled walker of generation 2 now writes its stale cursor back.
         r.header().walked.store(cursor_of_2, Ordering::Relaxed);
         assert!(
@@ -931,7 +953,7 @@ mod tests {
         else {
             panic!()
         };
-        r.seal(1);
+        r.seal(r.state().1, 1);
         // Everything committed is acknowledged (nothing is), decay 0: still kept.
         assert_eq!(r.assess(10, 1_000, 0), Verdict::Keep);
         let tag = entry_tag(7, 0, generation, offset, 8, 1);
@@ -953,6 +975,38 @@ mod tests {
     }
 
     #[test]
+    fn a_late_timestamp_never_lands_in_the_chunks_next_life() {
+        let m = Mem::new(4096);
+        let r = m.region();
+        r.format(0, 1, 0, 7, 1);
+        assert!(r.activate(1, 2, 1));
+        // An appender seals life 2 (the alloc CAS) and stalls before it
+        // stamps; a reclamation pass stamps instead (t = 10), finds it
+        // empty, and the chunk is recycled and reactivated as life 4.
+        r.header().alloc.fetch_or(ALLOC_SEALED, Ordering::Relaxed);
+        assert_eq!(r.assess(10, 1_000, 0), Verdict::Keep);
+        assert_eq!(r.header().sealed_ms.load(Ordering::Relaxed), 10);
+        assert!(matches!(r.assess(11, 1_000, 0), Verdict::Reclaim { .. }));
+        assert!(r.claim(2));
+        r.recycle(3, 12);
+        assert!(r.activate(3, 4, 13));
+        assert_eq!(r.header().sealed_ms.load(Ordering::Relaxed), 0);
+        // The stalled appender resumes with its old time and its old life:
+        // nothing lands in life 4 (its TTL would count from t = 5).
+        r.seal(2, 5);
+        assert_eq!(r.header().sealed_ms.load(Ordering::Relaxed), 0);
+        assert!(!alloc_sealed(r.header().alloc.load(Ordering::Relaxed)));
+        assert_eq!(
+            ChunkRegion::stamp_once(&r.header().sealed_ms, &r.header().state_gen, 2, 5),
+            5
+        );
+        assert_eq!(r.header().sealed_ms.load(Ordering::Relaxed), 0);
+        // The same for the decay clock of an old life.
+        ChunkRegion::stamp_once(&r.header().empty_since_ms, &r.header().state_gen, 2, 5);
+        assert_ne!(r.header().empty_since_ms.load(Ordering::Relaxed), 5);
+    }
+
+    #[test]
     fn ttl_reclaims_despite_a_dead_writer_but_never_recycles_under_it() {
         let m = Mem::new(4096);
         let r = m.region();
@@ -960,7 +1014,7 @@ mod tests {
         assert!(r.activate(1, 1, 1));
         let fp = entry_footprint(8).unwrap() as u32;
         assert!(matches!(r.reserve(fp, 1), Reserve::Reserved { .. }));
-        r.seal(100);
+        r.seal(r.state().1, 100);
         assert_eq!(r.assess(150, 100, 0), Verdict::Keep);
         assert_eq!(
             r.assess(200, 100, 0),
@@ -984,7 +1038,7 @@ mod tests {
         r.format(0, 1, 0, 7, 1);
         assert!(r.activate(1, 1, 1));
         let (g, off, tag) = append(&r, b"view", 1).unwrap();
-        r.seal(1);
+        r.seal(r.state().1, 1);
         assert!(r.acknowledge(g, off, 4, tag));
         let pin = r.pin();
         assert!(r.locate(g, off, 4, tag).is_some());
@@ -1138,7 +1192,7 @@ mod loom_tests {
             let r = region();
             let (g, off, tag) = append(&r, 1).unwrap();
             assert!(r.acknowledge(g, off, 8, tag));
-            r.seal(1);
+            r.seal(r.state().1, 1);
             let reader = thread::spawn(move || {
                 let _pin = r.pin();
                 if let Some(at) = r.locate(g, off, 8, tag) {
@@ -1159,7 +1213,7 @@ mod loom_tests {
             // TTL 0: the reclaimer may reclaim at once, even with the writer
             // in flight, but must then retire instead of reusing the memory.
             let reclaimer = thread::spawn(move || {
-                r.seal(1);
+                r.seal(r.state().1, 1);
                 reclaim(&r, 0)
             });
             let wrote = writer.join().unwrap();
@@ -1208,7 +1262,7 @@ mod loom_tests {
             if let (Some(a), Some(b)) = (a, b) {
                 assert_ne!(a.1, b.1, "two writers got the same offset");
             }
-            r.seal(1);
+            r.seal(r.state().1, 1);
             assert!(r.walk(1), "both reservations were committed");
         });
     }
@@ -1219,7 +1273,7 @@ mod loom_tests {
             let r = region();
             let writer = thread::spawn(move || append(&r, 5));
             let walker = thread::spawn(move || {
-                r.seal(1);
+                r.seal(r.state().1, 1);
                 r.walk(1)
             });
             let wrote = writer.join().unwrap();

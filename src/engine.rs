@@ -187,9 +187,7 @@ pub(crate) fn rollover<C: Chunks>(c: &C, seen: u64) -> Result<()> {
     // it could not be mapped a moment ago), so it can be reclaimed.
     if id_of(seen) != NO_CHUNK {
         if let Ok(old) = c.chunk(id_of(seen)) {
-            if old.region().state().1 == generation_of(seen) {
-                old.region().seal(now);
-            }
+            old.region().seal(generation_of(seen), now);
         }
     }
     let mut reclaimed_once = false;
@@ -234,7 +232,7 @@ pub(crate) fn rollover<C: Chunks>(c: &C, seen: u64) -> Result<()> {
             }
             // A writer reserved in it through a stale view of `active`:
             // sealed, it is reclaimed like any other chunk.
-            Deactivate::InUse => region.seal(now),
+            Deactivate::InUse => region.seal(generation, now),
             // A reclaimer took it while we stalled: no longer ours.
             Deactivate::Lost => {}
         }
@@ -334,7 +332,7 @@ fn append_dedicated<C: Chunks>(c: &C, data: &[u8], footprint: usize) -> Result<L
             now_ms,
         )
     };
-    region.seal(now_ms);
+    region.seal(r.loc.generation, now_ms);
     Ok(r.loc)
 }
 
@@ -352,7 +350,7 @@ fn reserve_dedicated<C: Chunks>(c: &C, len: usize, footprint: usize) -> Result<R
         Reserve::Sealed
     };
     let Reserve::Reserved { offset, .. } = reserved else {
-        region.seal(now_ms);
+        region.seal(generation, now_ms);
         return Err(BlobError::Corrupt {
             file: format!("(chunk {})", chunk.id()).into(),
             detail: "a fresh dedicated chunk refused its reservation".into(),
@@ -467,7 +465,7 @@ pub(crate) fn commit_reserved<C: Chunks>(c: &C, r: &Reserved<C::Chunk>) -> Resul
     // `size` bytes, not yet committed (Reserved is consumed once by callers).
     unsafe { region.commit_written(r.loc.offset, r.loc.generation, r.loc.size, tag, now_ms) };
     if r.dedicated {
-        region.seal(now_ms);
+        region.seal(r.loc.generation, now_ms);
     }
     if region.state() == (STATE_IN_USE, r.loc.generation) {
         Ok(r.loc)
@@ -541,7 +539,7 @@ pub(crate) fn reclaim<C: Chunks>(c: &C) -> usize {
             {
                 // An append target nobody points at (its activator died
                 // before publishing it): seal it so it can be reclaimed.
-                region.seal(now);
+                region.seal(generation, now);
             } else if state == STATE_FREE
                 && now.saturating_sub(h.empty_since_ms.load(Ordering::Relaxed)) >= idle
                 && region.retire_free(generation)

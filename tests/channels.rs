@@ -891,7 +891,11 @@ fn a_send_makes_no_wake_call_while_no_consumer_sleeps() {
             }
         }
     }
-    assert_eq!(data_seq(), before, "a send woke nobody, so made no system call");
+    assert_eq!(
+        data_seq(),
+        before,
+        "a send woke nobody, so made no system call"
+    );
     // A consumer asleep in recv is woken by the next send.
     let t = std::thread::spawn(move || rx.recv().map(|m| m.to_vec()));
     std::thread::sleep(Duration::from_millis(300));
