@@ -903,3 +903,31 @@ fn a_send_makes_no_wake_call_while_no_consumer_sleeps() {
     assert_eq!(t.join().unwrap().unwrap(), b"wake");
     assert_ne!(data_seq(), before);
 }
+
+#[test]
+fn a_queue_message_acknowledges_its_entry_when_dropped_even_behind_a_held_one() {
+    let ns = Ns::new("chackdrop");
+    let store = shared(&ns);
+    let a = store.receiver("a").unwrap();
+    let b = store.receiver("a").unwrap();
+    let tx = store.sender("a").unwrap();
+    tx.send(&payload(1, 10_000)).unwrap();
+    tx.send(&payload(2, 10_000)).unwrap();
+    let acknowledged = || -> u32 {
+        stable_fragmented_buffer::inspect::inspect_namespace(ns.as_str())
+            .unwrap()
+            .chunks
+            .iter()
+            .filter_map(|c| c.header.as_ref())
+            .map(|h| h.acknowledged)
+            .sum()
+    };
+    let held = a.recv().unwrap(); // message 0, held
+    let m = b.recv().unwrap();
+    assert_eq!(&*m, &payload(2, 10_000)[..]);
+    assert_eq!(acknowledged(), 0);
+    drop(m);
+    assert_eq!(acknowledged(), 1, "dropped: acknowledged at once");
+    drop(held);
+    assert_eq!(acknowledged(), 2);
+}

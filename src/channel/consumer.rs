@@ -131,8 +131,15 @@ impl Consumer {
             ring.consumer(self.index)
                 .count
                 .fetch_add(1, Ordering::Relaxed);
+            let mut owned = None;
             let body = if flags & FLAG_OVERFLOW != 0 {
                 let handle = OverflowHandle::from_bytes(&ring.read_handle(seq));
+                // A queue message has one receiver: its entry is
+                // acknowledged when the message is dropped. (A broadcast
+                // entry, when every subscriber has released it.)
+                if ring.is_queue() {
+                    owned = Some(handle);
+                }
                 match self.store.resolve_ref(&handle) {
                     Some(view) if view.len() == len as usize => Body::Store(view),
                     _ => {
@@ -157,6 +164,7 @@ impl Consumer {
                 release: Release {
                     consumer: Arc::clone(self),
                     seq,
+                    owned,
                 },
             });
         }
@@ -299,10 +307,16 @@ enum Body {
 struct Release {
     consumer: Arc<Consumer>,
     seq: u64,
+    /// The store entry this message alone owns (work queue), acknowledged
+    /// at drop; the frontier's acknowledgement of it later counts nothing.
+    owned: Option<OverflowHandle>,
 }
 
 impl Drop for Release {
     fn drop(&mut self) {
+        if let Some(h) = &self.owned {
+            self.consumer.store.acknowledge(h);
+        }
         self.consumer.done(self.seq);
     }
 }
