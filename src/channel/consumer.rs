@@ -326,8 +326,9 @@ impl Drop for Release {
 /// Small messages are read in place in the ring slot, large ones through a
 /// pinned view of the store; either way its bytes never change while it
 /// lives, even after its producer exits or dies. Dropping it releases the
-/// slot, and the store entry is acknowledged once every consumer that must
-/// see it has released it. While held it also holds its ring slot, so a
+/// slot and acknowledges the store entry — at once for a work-queue
+/// message (it has one receiver), once every subscriber has released it
+/// for a broadcast one. While held it also holds its ring slot, so a
 /// consumer that keeps a whole ring's worth of messages stops the producers.
 pub struct Message {
     // Field order: the view unpins before the slot is released.
