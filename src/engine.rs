@@ -594,6 +594,78 @@ fn reuse_decay<C: Chunks>(c: &C, policy: &Policy) -> u64 {
     }
 }
 
+/// What holds the chunks of a store, for an error that says so.
+pub(crate) fn census<C: Chunks>(c: &C) -> String {
+    let policy = *c.policy();
+    let now = clock::now_ms();
+    let active = id_of(c.active().load(Ordering::Acquire));
+    let mut ids = Vec::new();
+    c.ids(&mut ids);
+    let (mut unacked, mut pinned, mut acked, mut target, mut warm, mut other) =
+        (0u32, 0u32, 0u32, 0u32, 0u32, 0u32);
+    let mut oldest_seal: Option<u64> = None;
+    for id in ids {
+        let Ok(chunk) = c.chunk(id) else {
+            other += 1;
+            continue;
+        };
+        let region = chunk.region();
+        let (state, generation) = region.state();
+        let h = region.header();
+        if id == active {
+            target += 1;
+        } else if state == STATE_FREE || is_pooled(c, id) {
+            warm += 1;
+        } else if state != STATE_IN_USE {
+            other += 1;
+        } else if h.pins.load(Ordering::Relaxed) != 0 {
+            pinned += 1;
+        } else if region.walk(generation) && region.all_acknowledged(generation) {
+            acked += 1;
+        } else {
+            unacked += 1;
+            let sealed = h.sealed_ms.load(Ordering::Relaxed);
+            if sealed != 0 && sealed != crate::chunk::SEALED_ACTIVATING {
+                oldest_seal = Some(oldest_seal.map_or(sealed, |o: u64| o.min(sealed)));
+            }
+        }
+    }
+    let mut parts = Vec::new();
+    if unacked > 0 {
+        let ttl = match oldest_seal {
+            Some(s) => format!(
+                "; the TTL ({} ms) frees the oldest in {} ms if its consumer died",
+                policy.ttl_ms,
+                (s + policy.ttl_ms).saturating_sub(now)
+            ),
+            None => String::new(),
+        };
+        parts.push(format!("{unacked} hold unacknowledged entries{ttl}"));
+    }
+    if pinned > 0 {
+        parts.push(format!("{pinned} pinned by views"));
+    }
+    if acked > 0 {
+        parts.push(format!(
+            "{acked} fully acknowledged, waiting for a reclamation pass"
+        ));
+    }
+    if target > 0 {
+        parts.push("1 is the append target".to_owned());
+    }
+    if warm > 0 {
+        parts.push(format!("{warm} warm in the pool"));
+    }
+    if other > 0 {
+        parts.push(format!("{other} being reclaimed or unreadable"));
+    }
+    if parts.is_empty() {
+        "no chunk found".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
 /// Whether some chunk could be reclaimed now.
 fn any_reclaimable<C: Chunks>(c: &C) -> bool {
     let policy = *c.policy();

@@ -52,12 +52,17 @@ pub enum BlobError {
     },
 
     /// `max_chunks` reached: wait for consumers to acknowledge, then retry.
-    #[error("namespace \"{namespace}\" is full: all {max_chunks} chunks are in use; acknowledge data (and let cleanup run) or raise max_chunks")]
+    #[error("namespace \"{namespace}\" is full: all {max_chunks} chunks are in use ({held}); acknowledge data, drop views (and let cleanup run), or raise max_chunks")]
     StoreFull {
         /// Namespace.
         namespace: String,
         /// The limit from the control block.
         max_chunks: u32,
+        /// What holds the chunks, counted when the append failed: chunks
+        /// with unacknowledged entries (and when their TTL frees them if
+        /// their consumer died), pinned by views, acknowledged and waiting
+        /// for a reclamation pass, the append target, warm.
+        held: String,
     },
 
     /// The shm file system is full (ENOSPC when reserving a chunk).

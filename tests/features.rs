@@ -321,3 +321,30 @@ fn a_fully_acknowledged_chunk_is_reused_at_once_on_the_default_decay() {
     assert!(store.stats().recycled > 0);
     assert!(store.stats().chunks <= 2);
 }
+
+#[test]
+fn store_full_says_what_holds_the_chunks() {
+    let ns = Ns::new("fullcause");
+    let store =
+        PinnedBlobStore::new_shared_with_limit(cfg(0, 60_000), ns.as_str(), 8192, Some(3)).unwrap();
+    let mut handles = Vec::new();
+    let err = loop {
+        match store.append_shared(&[7u8; 1000]) {
+            Ok(h) => handles.push(h),
+            Err(e) => break e,
+        }
+    };
+    let text = err.to_string();
+    // It used to say only "acknowledge data", also when all of it was.
+    assert!(text.contains("hold unacknowledged entries"), "{text}");
+    assert!(text.contains("the append target"), "{text}");
+    assert!(
+        text.contains("the TTL (60000 ms) frees the oldest in"),
+        "{text}"
+    );
+    // Acknowledged, the same chunks are reused at once.
+    for h in &handles {
+        assert!(store.acknowledge_shared(h));
+    }
+    assert!(store.append_shared(&[1u8; 1000]).is_ok());
+}

@@ -624,6 +624,7 @@ impl Inner {
                     BlobError::StoreFull {
                         namespace: self.ns.clone(),
                         max_chunks: self.max_chunks,
+                        held: engine::census(self),
                     }
                 });
             }
