@@ -162,8 +162,11 @@ impl ChanFile {
             rec.in_use.store(1, Ordering::SeqCst);
             let h = self.ring.header();
             if role == Role::Producer {
-                h.producers_ever.fetch_add(1, Ordering::SeqCst);
+                // The mask bit first: a consumer that sees the channel has
+                // had a producer must also see this one alive (the reverse
+                // order let a consumer report Disconnected in between).
                 h.producer_mask.fetch_or(1 << index, Ordering::SeqCst);
+                h.producers_ever.fetch_add(1, Ordering::SeqCst);
             }
             return Ok(index - role.records().start);
         }
