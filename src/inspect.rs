@@ -2,7 +2,7 @@
 //! for operators (the `sfb` CLI is built on it).
 //!
 //! **Reading never modifies anything.** Files are opened read-only
-//! ([`O_RDONLY | O_NOFOLLOW | O_NONBLOCK`](crate::os::open_ro)), their size
+//! (`O_RDONLY | O_NOFOLLOW | O_NONBLOCK`), their size
 //! and type are checked with `fstat` first, and only their headers are read,
 //! with `pread`, into local buffers: nothing is mapped, no lock is taken
 //! (liveness is tested with `F_OFD_GETLK`, which only asks), no counter is

@@ -1,5 +1,5 @@
 //! Heap mode: pages in this process's memory, run by the same chunk
-//! protocol ([`crate::chunk`]) and store protocol ([`crate::engine`]) as
+//! protocol (`src/chunk.rs`) and store protocol (`src/engine.rs`) as
 //! shared mode.
 //!
 //! Page memory is allocated zeroed (so no byte is ever uninitialised),

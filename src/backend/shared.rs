@@ -1,6 +1,6 @@
 //! Shared mode: a namespace of files in `/dev/shm` that any process on the
 //! host can attach to. The byte layout is in [`crate::layout`], the chunk
-//! protocol in [`crate::chunk`], the system calls in [`crate::os`]; this
+//! protocol in `src/chunk.rs`, the system calls in `src/os.rs`; this
 //! module ties them together: creation, attach, chunk files, the warm pool,
 //! the append target, reclamation and namespace removal.
 

@@ -1,13 +1,15 @@
 //! Channels: deliver messages between processes, not only store them.
 //!
-//! Two kinds, opened by name on a shared-mode [`PinnedBlobStore`]:
+//! Two kinds, opened by name on a shared-mode
+//! [`PinnedBlobStore`](crate::PinnedBlobStore):
 //!
-//! * **broadcast** — [`PinnedBlobStore::publisher`] /
-//!   [`PinnedBlobStore::subscriber`]: every subscriber receives every
-//!   message sent after it subscribed, in each publisher's order;
-//! * **work queue** — [`PinnedBlobStore::sender`] /
-//!   [`PinnedBlobStore::receiver`]: each message goes to exactly one
-//!   receiver.
+//! * **broadcast** — [`publisher`](crate::PinnedBlobStore::publisher) /
+//!   [`subscriber`](crate::PinnedBlobStore::subscriber): every subscriber
+//!   receives every message sent after it subscribed, in each publisher's
+//!   order;
+//! * **work queue** — [`sender`](crate::PinnedBlobStore::sender) /
+//!   [`receiver`](crate::PinnedBlobStore::receiver): each message goes to
+//!   exactly one receiver.
 //!
 //! A channel is one file of the namespace, `{ns}_chan+{name}`, holding a
 //! ring of slots. A message up to a slot's inline capacity (4 KiB by
