@@ -34,7 +34,7 @@ impl Producer {
             store,
             index,
             sleeper: Sleeper::new(index),
-            last_liveness: AtomicU64::new(crate::clock::now_ms()),
+            last_liveness: AtomicU64::new(0),
         })
     }
 
@@ -82,8 +82,9 @@ impl Producer {
                 })));
             }
             if !block {
-                // A dead participant may be what holds the ring full.
-                if self.evict_dead() > 0 {
+                // A dead participant may be what holds the ring full (looked
+                // for at most once per tick: it costs a system call each).
+                if self.liveness_due() && self.evict_dead() > 0 {
                     continue;
                 }
                 return Err(TrySendError::Full);
@@ -176,20 +177,23 @@ impl Producer {
             .record(self.index)
             .count
             .fetch_add(1, Ordering::Relaxed);
-        if wake_consumers(&self.chan, false) {
-            // A waiter bit of a consumer killed while asleep would make
-            // every send a system call: look for dead ones now and then.
-            let now = crate::clock::now_ms();
-            let last = self.last_liveness.load(Ordering::Relaxed);
-            if now.saturating_sub(last) >= wait::LIVENESS_TICK.as_millis() as u64
-                && self
-                    .last_liveness
-                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-            {
-                self.evict_dead();
-            }
+        // A waiter bit of a consumer killed while asleep would make every
+        // send a system call: look for dead ones now and then.
+        if wake_consumers(&self.chan, false) && self.liveness_due() {
+            self.evict_dead();
         }
+    }
+
+    /// Whether a liveness tick has passed since this producer last looked
+    /// for dead participants (and if so, it is now looking).
+    fn liveness_due(&self) -> bool {
+        let now = crate::clock::now_ms();
+        let last = self.last_liveness.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= wait::LIVENESS_TICK.as_millis() as u64
+            && self
+                .last_liveness
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     pub(crate) fn loan(self: &Arc<Self>, len: usize) -> Result<Loan, SendError> {
