@@ -178,6 +178,19 @@ pub enum BlobError {
         max: usize,
     },
 
+    /// A file under one of the namespace's names belongs to another user
+    /// (`/dev/shm` is world-writable: anyone can create a file there). It is
+    /// neither used nor removed.
+    #[error("{} belongs to uid {uid}, not to this process's uid {ours}; it is not this store's file (another user may be squatting the name): remove it as that user or root, or pick another namespace", file.display())]
+    ForeignOwner {
+        /// The file.
+        file: PathBuf,
+        /// Its owner.
+        uid: u32,
+        /// This process's effective uid.
+        ours: u32,
+    },
+
     /// A system call failed.
     #[error("{op} failed on {}: {source}", file.display())]
     Os {

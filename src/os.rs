@@ -114,6 +114,27 @@ pub fn open_ro(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// Refuses a file that belongs to another user than this process's
+/// effective uid ([`BlobError::ForeignOwner`]).
+pub fn check_owner(file: &File, path: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = file
+        .metadata()
+        .map_err(|e| BlobError::os("fstat", path, e))?
+        .uid();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let ours = unsafe { libc::geteuid() };
+    if uid == ours {
+        Ok(())
+    } else {
+        Err(BlobError::ForeignOwner {
+            file: path.to_owned(),
+            uid,
+            ours,
+        })
+    }
+}
+
 /// Size of an open file (`fstat`).
 pub fn file_len(file: &File, path: &Path) -> Result<u64> {
     file.metadata()

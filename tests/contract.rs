@@ -227,3 +227,63 @@ fn layout_matches_the_documented_offsets() {
     assert_eq!(u32_at(&chunk, e + 4), (h.generation << 2) | ENTRY_ACKED);
     assert_eq!(u32_at(&chunk, 36), 1, "acks");
 }
+
+/// Hands a file to another user (root only: CI runs as root).
+fn chown_to_stranger(path: &std::path::Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path; chown has no other precondition.
+    let rc = unsafe { libc::chown(c.as_ptr(), 4242, 4242) };
+    assert_eq!(rc, 0, "chown: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn files_of_another_user_under_our_names_are_refused() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: handing a file to another user needs root (CI runs as root)");
+        return;
+    }
+    let ns = Ns::new("foreign");
+    let store = PinnedBlobStore::new_shared(Config::default(), ns.as_str(), CHUNK).unwrap();
+    let dir = common::shm_dir();
+    // A channel file.
+    drop(store.publisher("c").unwrap());
+    let chan = dir.join(format!("{}_chan+c", ns.as_str()));
+    chown_to_stranger(&chan);
+    let e = store.subscriber("c").unwrap_err();
+    assert!(
+        matches!(e, BlobError::ForeignOwner { uid: 4242, .. }),
+        "{e}"
+    );
+    // A chunk file squatted under the next chunk id: creation refuses it.
+    let next = stable_fragmented_buffer::inspect::inspect_namespace(ns.as_str())
+        .unwrap()
+        .control
+        .unwrap()
+        .next_chunk_id;
+    let squat = dir.join(format!("{}_data_{next}", ns.as_str()));
+    std::fs::write(&squat, b"not yours").unwrap();
+    chown_to_stranger(&squat);
+    let e = store.append_shared(&payload(1, 2 * CHUNK)).unwrap_err();
+    assert!(
+        matches!(e, BlobError::ForeignOwner { uid: 4242, .. }),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(&squat).unwrap(),
+        b"not yours",
+        "left untouched"
+    );
+    std::fs::remove_file(&squat).unwrap();
+    // The control block: attaching refuses it.
+    let ctrl = dir.join(format!("{}_ctrl", ns.as_str()));
+    chown_to_stranger(&ctrl);
+    let e = PinnedBlobStore::attach_shared(Config::default(), ns.as_str()).unwrap_err();
+    assert!(
+        matches!(e, BlobError::ForeignOwner { uid: 4242, .. }),
+        "{e}"
+    );
+    let c = std::ffi::CString::new(ctrl.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: as above; back to root so the creator's drop removes it.
+    assert_eq!(unsafe { libc::chown(c.as_ptr(), 0, 0) }, 0);
+}

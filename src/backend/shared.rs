@@ -584,6 +584,7 @@ impl Inner {
             ));
         }
         let file = os::open_rw(&path).map_err(|e| BlobError::os("open", &path, e))?;
+        os::check_owner(&file, &path)?;
         let len = os::file_len(&file, &path)?;
         if len < CHUNK_HEADER_SIZE as u64 || len > MAX_CHUNK_SIZE as u64 {
             return Err(BlobError::Corrupt {
@@ -659,16 +660,25 @@ impl Inner {
         let path = self.chunk_path(id);
         let file = match os::create_exclusive(&path) {
             Ok(f) => f,
-            // Ids are unique within an incarnation, so a regular file under
-            // this name is an orphan of an earlier one: replace it. Anything
-            // else (a symlink...) is not ours to touch.
             Err(BlobError::Os { source, .. })
-                if source.kind() == std::io::ErrorKind::AlreadyExists
-                    && os::path_identity(&path).is_some_and(|(_, regular)| regular)
-                    && chunk_file_incarnation(&path) != Some(self.policy.key) =>
+                if source.kind() == std::io::ErrorKind::AlreadyExists =>
             {
-                os::unlink(&path)?;
-                os::create_exclusive(&path)?
+                // Another user's file under our name: refuse it, never use
+                // or remove it.
+                if let Ok(existing) = os::open_ro(&path) {
+                    os::check_owner(&existing, &path)?;
+                }
+                // Ids are unique within an incarnation, so a regular file
+                // under this name is an orphan of an earlier one: replace
+                // it. Anything else (a symlink...) is not ours to touch.
+                if os::path_identity(&path).is_some_and(|(_, regular)| regular)
+                    && chunk_file_incarnation(&path) != Some(self.policy.key)
+                {
+                    os::unlink(&path)?;
+                    os::create_exclusive(&path)?
+                } else {
+                    return Err(BlobError::os("open(O_CREAT|O_EXCL)", &path, source));
+                }
             }
             Err(e) => return Err(e),
         };
@@ -780,7 +790,7 @@ fn map_chunk(file: &File, len: usize, path: &Path, id: u32) -> Result<ChunkMap> 
 
 /// Opens the control file of an existing namespace (`NotFound` if none).
 fn open_existing_ctrl(path: &Path, ns: &str) -> Result<File> {
-    os::open_rw(path).map_err(|e| {
+    let file = os::open_rw(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             BlobError::NotFound {
                 namespace: ns.to_owned(),
@@ -788,7 +798,9 @@ fn open_existing_ctrl(path: &Path, ns: &str) -> Result<File> {
         } else {
             BlobError::os("open", path, e)
         }
-    })
+    })?;
+    os::check_owner(&file, path)?;
+    Ok(file)
 }
 
 /// Checks a control file's magic, version and size, then maps it.

@@ -122,6 +122,7 @@ impl ChanFile {
     /// Validates an existing channel file before mapping it: magic,
     /// version, kind, geometry, incarnation and size.
     fn check_and_map(file: File, path: PathBuf, name: &str, key: u64, kind: u32) -> Result<Self> {
+        os::check_owner(&file, &path)?;
         let (found_kind, geo) = read_identity(&file, &path, Some(key))?;
         if found_kind != kind {
             return Err(BlobError::ChannelKind {
