@@ -56,7 +56,7 @@ mod table;
 mod view;
 
 pub use backend::heap::HeapBackend;
-pub use backend::shared::SharedBackend;
+pub use backend::shared::{Recovery, SharedBackend, DEFAULT_CHUNK_SIZE};
 
 /// The README's Rust examples, compiled and run as doctests so the README
 /// stays true.

@@ -242,6 +242,12 @@ impl PinnedBlobStore {
         Ok(h)
     }
 
+    /// What creating this shared namespace recovered from (a dead
+    /// creator's files, removed first); see [`Recovery`](crate::Recovery).
+    pub fn recovered(&self) -> Option<crate::Recovery> {
+        self.shared_backend().and_then(SharedBackend::recovered)
+    }
+
     // ---- channels (shared mode) ----
 
     fn link(&self, call: &'static str) -> Result<crate::backend::shared::StoreLink> {

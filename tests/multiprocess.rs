@@ -167,8 +167,15 @@ fn creating_over_a_dead_creator_takes_the_namespace_over() {
     let mut creator = spawn_peer(ENTRY, "creator", &[("SFB_NS", ns.0.clone())]);
     let line = creator.line().unwrap();
     let old = unhex(line.strip_prefix("ready ").unwrap());
+    let dead = creator.child.id();
     creator.kill9();
     let store = PinnedBlobStore::new_shared(Config::default(), ns.as_str(), CHUNK).unwrap();
+    // The take-over is reported, for the application to log.
+    let r = store
+        .recovered()
+        .expect("a dead creator's files were removed");
+    assert_eq!(r.dead_pid, Some(dead));
+    assert!(r.files_removed >= 2, "{r:?}");
     assert_eq!(store.resolve(&old), None);
     let h = store.append_shared(b"new owner").unwrap();
     assert_eq!(store.resolve(&h).as_deref(), Some(&b"new owner"[..]));
@@ -239,4 +246,13 @@ fn producer_killed_mid_stream_while_a_consumer_keeps_resolving() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn creating_a_free_name_reports_no_recovery() {
+    let ns = Ns::new("mp-fresh");
+    let store = PinnedBlobStore::new_shared(Config::default(), ns.as_str(), CHUNK).unwrap();
+    assert_eq!(store.recovered(), None);
+    let attached = PinnedBlobStore::attach_shared(Config::default(), ns.as_str()).unwrap();
+    assert_eq!(attached.recovered(), None);
 }

@@ -69,6 +69,20 @@ struct Inner {
     chunks: ChunkTable<ChunkMap>,
     signal: Mutex<Signal>,
     wake: Condvar,
+    /// What creating this namespace recovered from (creator only).
+    recovery: Option<Recovery>,
+}
+
+/// What [`SharedBackend::create`] found and removed under the namespace's
+/// name before creating it: the files of a creator that died (SIGKILL,
+/// SIGTERM, a crash), or orphans of an earlier incarnation. Applications can
+/// log it as crash recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovery {
+    /// The pid the dead creator recorded, if its control block was there.
+    pub dead_pid: Option<u32>,
+    /// Files removed (control block, chunk files, channel files).
+    pub files_removed: usize,
 }
 
 #[derive(Default)]
@@ -114,8 +128,9 @@ impl SharedBackend {
             }
         };
         let dir = os::shm_dir();
-        let (file, map) = create_ctrl(&dir, ns, chunk_size as u32, max_chunks, config)?;
-        let inner = Inner::new(ns, dir, file, map, true, config)?;
+        let (file, map, recovery) = create_ctrl(&dir, ns, chunk_size as u32, max_chunks, config)?;
+        let mut inner = Inner::new(ns, dir, file, map, true, config)?;
+        inner.recovery = recovery;
         let backend = Self::start(inner);
         // The first chunk, so the first append takes no system call.
         engine::rollover(&*backend.inner, NO_CHUNK as u64)?;
@@ -210,6 +225,13 @@ impl SharedBackend {
     /// The namespace.
     pub fn namespace(&self) -> &str {
         &self.inner.ns
+    }
+
+    /// What creating the namespace recovered from: the files of a dead
+    /// creator (its pid) or orphans removed first. `None` if the name was
+    /// free, or for an attached process.
+    pub fn recovered(&self) -> Option<Recovery> {
+        self.inner.recovery
     }
 
     /// Whether this process created the namespace (and removes it on drop).
@@ -531,6 +553,7 @@ impl Inner {
             chunks: ChunkTable::default(),
             signal: Mutex::new(Signal::default()),
             wake: Condvar::new(),
+            recovery: None,
         })
     }
 
@@ -858,8 +881,10 @@ fn create_ctrl(
     chunk_size: u32,
     max_chunks: u32,
     config: &Config,
-) -> Result<(File, Mapping)> {
+) -> Result<(File, Mapping, Option<Recovery>)> {
     let path = dir.join(ctrl_file_name(ns));
+    let mut dead_pid = None;
+    let mut files_removed = 0;
     for _ in 0..8 {
         match os::open_rw(&path) {
             Ok(existing) => {
@@ -871,9 +896,13 @@ fn create_ctrl(
                         pid: recorded_pid(&existing, &path),
                     });
                 }
+                dead_pid = Some(recorded_pid(&existing, &path));
                 drop(existing);
                 match remove_namespace(dir, ns, false) {
-                    Ok(_) => continue,
+                    Ok(n) => {
+                        files_removed += n;
+                        continue;
+                    }
                     Err(BlobError::InUse { pid, .. }) => {
                         return Err(BlobError::AlreadyExists {
                             namespace: ns.to_owned(),
@@ -900,9 +929,13 @@ fn create_ctrl(
             Ok(()) => {
                 // We own the name now: chunk files left by an earlier
                 // incarnation are orphans (files of ours carry our key).
-                remove_chunk_files(dir, ns, Some(key), true)?;
-                crate::channel::remove_channel_files(dir, ns, Some(key), true)?;
-                return Ok((file, map));
+                files_removed += remove_chunk_files(dir, ns, Some(key), true)?;
+                files_removed += crate::channel::remove_channel_files(dir, ns, Some(key), true)?;
+                let recovery = (dead_pid.is_some() || files_removed > 0).then_some(Recovery {
+                    dead_pid,
+                    files_removed,
+                });
+                return Ok((file, map, recovery));
             }
             // Another creator won the race; look at it again.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
