@@ -122,6 +122,14 @@ pub(crate) trait Chunks {
     fn release(&self, chunk: &Self::Chunk);
     /// Appends the ids of every live chunk to `out`.
     fn ids(&self, out: &mut Vec<u32>);
+    /// Finishes the release of a chunk found RETIRED but still listed: its
+    /// retirer died between marking it and releasing it (shared mode; a
+    /// heap page's retirer cannot die alone, and it releases at once).
+    fn finish_release(&self, _chunk: &Self::Chunk) {}
+    /// Chunk `id` is listed but could not be opened: if its file is gone
+    /// (its releaser died between the unlink and the unregistration),
+    /// forgets it (shared mode).
+    fn forget_missing(&self, _id: u32) {}
     /// Asks for a chunk to be prepared off the append path.
     fn request_prefetch(&self) {}
     /// Counts a reclamation event.
@@ -528,9 +536,16 @@ pub(crate) fn reclaim<C: Chunks>(c: &C) -> usize {
     let active = c.active().load(Ordering::Acquire);
     let mut reclaimed = 0;
     for id in ids {
-        let Ok(chunk) = c.chunk(id) else { continue };
+        let Ok(chunk) = c.chunk(id) else {
+            c.forget_missing(id);
+            continue;
+        };
         let region = chunk.region();
         let (state, generation) = region.state();
+        if state == STATE_RETIRED {
+            c.finish_release(&chunk);
+            continue;
+        }
         if id != id_of(active) && !is_pooled(c, id) {
             let h = region.header();
             if state == STATE_IN_USE

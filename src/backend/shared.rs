@@ -463,7 +463,11 @@ impl Chunks for Inner {
         self.create_chunk(size, flags, populate)
     }
 
-    /// Unlinks a retired chunk and forgets it; mappings elsewhere stay valid.
+    /// Unlinks a retired chunk and forgets it; mappings elsewhere stay
+    /// valid. Idempotent, so that any process can finish a release its
+    /// retirer did not (it died): the unlink checks the file's identity,
+    /// and only the party whose CAS clears the registry slot counts the
+    /// chunk out of `live_chunks`.
     fn release(&self, chunk: &Arc<ChunkMap>) {
         // Unlink only our own file (the identity recorded when we mapped
         // it), and never once the namespace is closed (the name may belong
@@ -475,9 +479,27 @@ impl Chunks for Inner {
         {
             let _ = os::unlink(&path);
         }
-        self.unregister(chunk.id);
-        self.ctrl().live_chunks.fetch_sub(1, Ordering::Relaxed);
+        if self.unregister(chunk.id) {
+            self.ctrl().live_chunks.fetch_sub(1, Ordering::Relaxed);
+        }
         self.chunks.remove(chunk.id);
+    }
+
+    fn finish_release(&self, chunk: &Arc<ChunkMap>) {
+        if self.ctrl().closed.load(Ordering::Acquire) == 0 {
+            self.release(chunk);
+        }
+    }
+
+    fn forget_missing(&self, id: u32) {
+        // Only a file that is really gone (not one we failed to open for
+        // another reason), in a namespace that is not being removed.
+        if self.ctrl().closed.load(Ordering::Acquire) == 0
+            && os::path_identity(&self.chunk_path(id)).is_none()
+            && self.unregister(id)
+        {
+            self.ctrl().live_chunks.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     fn ids(&self, out: &mut Vec<u32>) {
@@ -749,16 +771,19 @@ impl Inner {
         })
     }
 
-    fn unregister(&self, id: u32) {
+    /// Clears chunk `id`'s registry slot; `true` for the one caller whose
+    /// CAS did it (ids are never reused within an incarnation: no ABA).
+    fn unregister(&self, id: u32) -> bool {
         for slot in self.registry() {
             if slot.load(Ordering::Relaxed) == id + 1
                 && slot
                     .compare_exchange(id + 1, 0, Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok()
             {
-                return;
+                return true;
             }
         }
+        false
     }
 
     /// Drops this process's mappings of chunks retired by any process.
@@ -1116,4 +1141,56 @@ pub(crate) fn remove_files_of(
         }
     }
     Ok(removed)
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn namespace(tag: &str) -> String {
+        format!("sfbt-{}-unit-{tag}", os::pid())
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "real shared memory: Miri cannot run it")]
+    fn a_chunk_left_retired_by_a_killed_process_is_released_by_the_next_pass() {
+        let ns = namespace("retired");
+        let b = SharedBackend::create(&ns, 64 << 10, &Config::default()).unwrap();
+        let before = b.chunk_count();
+        // What a retirer killed between marking a chunk and releasing it
+        // leaves: a registered chunk file marked RETIRED.
+        let chunk = b.inner.create_chunk(64 << 10, 0, false).unwrap();
+        assert_eq!(b.chunk_count(), before + 1);
+        chunk.region.mark_retired();
+        let path = b.inner.chunk_path(chunk.id);
+        assert!(path.exists());
+        b.cleanup_chunks();
+        assert!(!path.exists(), "the next pass unlinks it");
+        assert_eq!(b.chunk_count(), before, "and counts it out");
+        // The retirer's own late release counts nothing more.
+        b.inner.release(&chunk);
+        b.cleanup_chunks();
+        assert_eq!(b.chunk_count(), before, "counted out exactly once");
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "real shared memory: Miri cannot run it")]
+    fn a_chunk_unlinked_by_a_killed_releaser_is_unregistered_by_the_next_pass() {
+        let ns = namespace("unlinked");
+        let b = SharedBackend::create(&ns, 64 << 10, &Config::default()).unwrap();
+        let before = b.chunk_count();
+        let chunk = b.inner.create_chunk(64 << 10, 0, false).unwrap();
+        // Killed between the unlink and the unregistration: the file is
+        // gone, its registry slot and its count remain.
+        chunk.region.mark_retired();
+        os::unlink(&b.inner.chunk_path(chunk.id)).unwrap();
+        assert_eq!(b.chunk_count(), before + 1);
+        // Another process (no mapping of it) runs a pass.
+        let other = SharedBackend::attach(&ns, &Config::default()).unwrap();
+        other.cleanup_chunks();
+        assert_eq!(b.chunk_count(), before, "the stale slot is cleared");
+        other.cleanup_chunks();
+        b.cleanup_chunks();
+        assert_eq!(b.chunk_count(), before, "counted out exactly once");
+    }
 }
