@@ -679,8 +679,9 @@ impl ChunkRegion {
 
     /// Claims the chunk for reclamation; only one caller wins per generation.
     pub(crate) fn claim(&self, generation: u32) -> bool {
+        let h = self.header();
         // SeqCst: the reclaimer half of the Dekker pair with `pin` + `locate`.
-        self.header()
+        let won = h
             .state_gen
             .compare_exchange(
                 state_gen(STATE_IN_USE, generation),
@@ -688,7 +689,54 @@ impl ChunkRegion {
                 Ordering::SeqCst,
                 Ordering::Relaxed,
             )
-            .is_ok()
+            .is_ok();
+        if won {
+            // A claimer killed before this store leaves 0: the first pass
+            // that sees the claim starts the clock instead.
+            h.claimed_ms
+                .store(crate::clock::now_ms().max(1), Ordering::Relaxed);
+        }
+        won
+    }
+
+    /// Whether the claim of `generation` is older than `grace_ms` (its
+    /// claimer presumed dead); a claim with no time yet gets one now.
+    pub(crate) fn claim_expired(&self, generation: u32, now_ms: u64, grace_ms: u64) -> bool {
+        let h = self.header();
+        if self.state() != (STATE_RECLAIMING, generation) {
+            return false;
+        }
+        let at = h.claimed_ms.load(Ordering::Relaxed);
+        if at == 0 {
+            let _ = h.claimed_ms.compare_exchange(
+                0,
+                now_ms.max(1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            return false;
+        }
+        now_ms.saturating_sub(at) >= grace_ms
+    }
+
+    /// Retires a chunk claimed in `generation` by a claimer presumed dead:
+    /// one CAS, so exactly one party (this pass, or the claimer itself
+    /// recycling late) decides the chunk's fate.
+    pub(crate) fn retire_claimed(&self, generation: u32) -> bool {
+        let h = self.header();
+        let won = h
+            .state_gen
+            .compare_exchange(
+                state_gen(STATE_RECLAIMING, generation),
+                state_gen(STATE_RETIRED, generation),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok();
+        if won {
+            h.alloc.fetch_or(ALLOC_SEALED, Ordering::Relaxed);
+        }
+        won
     }
 
     /// After a successful [`claim`](Self::claim): whether the memory may be
@@ -708,9 +756,12 @@ impl ChunkRegion {
         pins == 0 && !self.is_dedicated() && self.walk(generation)
     }
 
-    /// Recycles a claimed chunk in place: new generation, empty, FREE and
-    /// sealed until activated again. Old handles no longer validate.
-    pub(crate) fn recycle(&self, new_generation: u32, now_ms: u64) {
+    /// Recycles a chunk claimed in `generation` in place: new generation,
+    /// empty, FREE and sealed until activated again. Old handles no longer
+    /// validate. A CAS from RECLAIMING of that generation: `false` if a pass
+    /// that presumed this claimer dead retired the chunk meanwhile (then it
+    /// stays retired; a slow claimer cannot revive it).
+    pub(crate) fn recycle(&self, generation: u32, new_generation: u32, now_ms: u64) -> bool {
         let h = self.header();
         h.alloc
             .store(CHUNK_HEADER_SIZE as u64 | ALLOC_SEALED, Ordering::Relaxed);
@@ -718,10 +769,17 @@ impl ChunkRegion {
         h.first_write_ms.store(0, Ordering::Relaxed);
         h.sealed_ms.store(0, Ordering::Relaxed);
         h.empty_since_ms.store(now_ms, Ordering::Relaxed);
+        h.claimed_ms.store(0, Ordering::Relaxed);
         // Release: pairs with the Acquire load in `state` of whoever pops
         // the chunk from the pool.
         h.state_gen
-            .store(state_gen(STATE_FREE, new_generation), Ordering::Release);
+            .compare_exchange(
+                state_gen(STATE_RECLAIMING, generation),
+                state_gen(STATE_FREE, new_generation),
+                Ordering::Release,
+                Ordering::Relaxed,
+            )
+            .is_ok()
     }
 
     /// Marks a claimed (or exclusively owned FREE) chunk RETIRED: no handle
@@ -887,7 +945,7 @@ mod tests {
         let cursor_of_2 = r.header().walked.load(Ordering::Relaxed);
         // Recycled and activated again; the same layout is being written.
         assert!(r.claim(2));
-        r.recycle(3, 1);
+        assert!(r.recycle(2, 3, 1));
         assert!(r.activate(3, 4, 1));
         append(&r, b"cccc", 1).unwrap();
         let fp = entry_footprint(4).unwrap() as u32;
@@ -975,6 +1033,29 @@ mod tests {
     }
 
     #[test]
+    fn a_claim_whose_claimer_died_is_finished_and_a_late_claimer_cannot_revive_it() {
+        let m = Mem::new(4096);
+        let r = m.region();
+        r.format(0, 1, 0, 7, 1);
+        assert!(r.activate(1, 2, 1));
+        r.seal(2, 1);
+        assert!(matches!(r.assess(5, 1_000, 0), Verdict::Reclaim { .. }));
+        assert!(r.claim(2));
+        // Killed right after the claim (before it stamped): the first look
+        // starts the clock, the grace period then expires it.
+        r.header().claimed_ms.store(0, Ordering::Relaxed);
+        assert!(!r.claim_expired(2, 100, 50));
+        assert!(!r.claim_expired(2, 120, 50));
+        assert!(r.claim_expired(2, 150, 50));
+        assert!(r.retire_claimed(2));
+        assert!(!r.retire_claimed(2), "one party decides");
+        // The claimer was only slow: its recycling fails, the chunk stays
+        // retired (no pooled FREE chunk with a released file).
+        assert!(!r.recycle(2, 3, 160));
+        assert_eq!(r.state(), (STATE_RETIRED, 2));
+    }
+
+    #[test]
     fn a_late_timestamp_never_lands_in_the_chunks_next_life() {
         let m = Mem::new(4096);
         let r = m.region();
@@ -988,7 +1069,7 @@ mod tests {
         assert_eq!(r.header().sealed_ms.load(Ordering::Relaxed), 10);
         assert!(matches!(r.assess(11, 1_000, 0), Verdict::Reclaim { .. }));
         assert!(r.claim(2));
-        r.recycle(3, 12);
+        assert!(r.recycle(2, 3, 12));
         assert!(r.activate(3, 4, 13));
         assert_eq!(r.header().sealed_ms.load(Ordering::Relaxed), 0);
         // The stalled appender resumes with its old time and its old life:
@@ -1047,7 +1128,7 @@ mod tests {
         assert!(!r.recyclable());
         drop(pin);
         assert!(r.recyclable());
-        r.recycle(g + 1, 9);
+        assert!(r.recycle(g, g + 1, 9));
         assert_eq!(read(&r, g, off, 4, tag), None, "stale after recycle");
         assert_eq!(r.state(), (STATE_FREE, g + 1));
     }
@@ -1111,6 +1192,7 @@ mod loom_shadow {
                     incarnation: a64(),
                     walked: a64(),
                     acked: a64(),
+                    claimed_ms: a64(),
                     _reserved: std::array::from_fn(|_| a64()),
                 },
                 entries: (0..(len - CHUNK_HEADER_SIZE) / ENTRY_ALIGN)
@@ -1176,7 +1258,7 @@ mod loom_tests {
         if let Verdict::Reclaim { generation, .. } = r.assess(5, ttl, 0) {
             if r.claim(generation) {
                 if r.recyclable() {
-                    r.recycle(generation + 1, 5);
+                    assert!(r.recycle(generation, generation + 1, 5));
                     assert!(r.activate(generation + 1, generation + 1, 1));
                     return append(r, 2);
                 }

@@ -546,6 +546,16 @@ pub(crate) fn reclaim<C: Chunks>(c: &C) -> usize {
             c.finish_release(&chunk);
             continue;
         }
+        // A claim older than the grace period: its claimer died between
+        // the claim and the recycling or retirement. Finish it (retire).
+        if state == STATE_RECLAIMING
+            && region.claim_expired(generation, now, claim_grace(&policy))
+            && region.retire_claimed(generation)
+        {
+            c.finish_release(&chunk);
+            c.count(Event::Retired);
+            continue;
+        }
         if id != id_of(active) && !is_pooled(c, id) {
             let h = region.header();
             if state == STATE_IN_USE
@@ -581,7 +591,10 @@ pub(crate) fn reclaim<C: Chunks>(c: &C) -> usize {
         }
         if region.recyclable() && pool_len(c) < policy.pool_capacity {
             let fresh = next_generation(c);
-            region.recycle(fresh, now);
+            if !region.recycle(generation, fresh, now) {
+                // Presumed dead by a pass while we stalled: retired by it.
+                continue;
+            }
             if pool_push(c, id) {
                 c.count(Event::Recycled);
             } else if region.retire_free(fresh) {
@@ -607,6 +620,12 @@ fn reuse_decay<C: Chunks>(c: &C, policy: &Policy) -> u64 {
     } else {
         policy.decay_ms
     }
+}
+
+/// How long a claim may stay unfinished before a pass presumes its claimer
+/// dead: the TTL (a live claimer finishes in microseconds), at least 1 s.
+fn claim_grace(policy: &Policy) -> u64 {
+    policy.ttl_ms.max(1_000)
 }
 
 /// What holds the chunks of a store, for an error that says so.

@@ -217,8 +217,12 @@ pub struct ChunkHeader {
     pub walked: AtomicU64,
     /// Acknowledged prefix cursor: offset | generation << 32.
     pub acked: AtomicU64,
+    /// When a reclaimer claimed the chunk (RECLAIMING), coarse ms; 0 when
+    /// not claimed. A claim older than the grace period is a dead
+    /// claimer's, which any pass finishes.
+    pub claimed_ms: AtomicU64,
     /// Reserved.
-    pub _reserved: [AtomicU64; 3],
+    pub _reserved: [AtomicU64; 2],
 }
 
 /// The header before every payload.
@@ -257,6 +261,7 @@ const _: () = {
     assert!(offset_of!(ChunkHeader, incarnation) == 80);
     assert!(offset_of!(ChunkHeader, walked) == 88);
     assert!(offset_of!(ChunkHeader, acked) == 96);
+    assert!(offset_of!(ChunkHeader, claimed_ms) == 104);
     assert!(size_of::<EntryHeader>() == ENTRY_HEADER_SIZE);
     assert!(offset_of!(EntryHeader, tag) == 8);
     assert!(CTRL_SIZE == 16_640);

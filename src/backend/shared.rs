@@ -1193,4 +1193,30 @@ mod tests {
         b.cleanup_chunks();
         assert_eq!(b.chunk_count(), before, "counted out exactly once");
     }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "real shared memory: Miri cannot run it")]
+    fn a_chunk_claimed_by_a_killed_reclaimer_is_retired_after_the_grace_period() {
+        let ns = namespace("claimed");
+        let config = Config {
+            default_ttl_ms: 200,
+            ..Config::default()
+        };
+        let b = SharedBackend::create(&ns, 64 << 10, &config).unwrap();
+        let before = b.chunk_count();
+        let chunk = b.inner.create_chunk(64 << 10, 0, false).unwrap();
+        let (_, g) = chunk.region.state();
+        assert!(chunk.region.activate(g, g + 1, clock::now_ms()));
+        chunk.region.seal(g + 1, clock::now_ms());
+        // A reclaimer claims it and is killed before recycling or retiring.
+        assert!(chunk.region.claim(g + 1));
+        let path = b.inner.chunk_path(chunk.id);
+        b.cleanup_chunks();
+        assert!(path.exists(), "a fresh claim is its claimer's");
+        // The grace period is max(TTL, 1 s).
+        std::thread::sleep(Duration::from_millis(1_100));
+        b.cleanup_chunks();
+        assert!(!path.exists(), "a claim past the grace period is finished");
+        assert_eq!(b.chunk_count(), before);
+    }
 }
