@@ -428,11 +428,25 @@ impl ChunkRegion {
             if !entry_in_generation(st, generation) || !accept(entry_kind(st)) {
                 break; // Not yet written (a writer in flight, or dead), or not acknowledged.
             }
-            let Some(fp) = entry_footprint(e.len.load(Ordering::Relaxed) as usize) else {
+            let len = e.len.load(Ordering::Relaxed);
+            let Some(fp) = entry_footprint(len as usize) else {
                 break;
             };
             if off + fp > used {
                 break; // Scribbled: the chunk never completes; TTL retires it.
+            }
+            // The keyed tag (written before the state's Release store):
+            // bytes of an earlier life that imitate a header of this one —
+            // a payload crafted to — do not have it.
+            let tag = entry_tag(
+                h.incarnation.load(Ordering::Relaxed),
+                h.chunk_id.load(Ordering::Relaxed),
+                generation,
+                off as u32,
+                len,
+            );
+            if e.tag.load(Ordering::Relaxed) != tag {
+                break;
             }
             off += fp;
         }
@@ -848,7 +862,7 @@ mod tests {
             Reserve::Reserved {
                 offset, generation, ..
             } => {
-                let tag = entry_tag(7, 0, generation, offset, data.len() as u32, now);
+                let tag = entry_tag(7, 0, generation, offset, data.len() as u32);
                 // SAFETY: offset was just reserved for this data.
                 unsafe { r.commit(offset, generation, data, tag, now) };
                 Some((generation, offset, tag))
@@ -923,13 +937,65 @@ mod tests {
             "cursor at the writer"
         );
         // SAFETY: offset was reserved above for 3 bytes.
-        unsafe { r.commit(offset, generation, b"two", 9, 1) };
+        unsafe {
+            r.commit(
+                offset,
+                generation,
+                b"two",
+                entry_tag(7, 0, generation, offset, 3),
+                1,
+            )
+        };
         assert!(r.walk(1), "resumes and completes");
         assert!(!r.all_acknowledged(1));
         // Entries of another generation never count, and a cursor of one
         // generation is never resumed by a walk of another.
         assert!(!r.walk(2));
         assert_eq!(id_of(r.header().walked.load(Ordering::Relaxed)), 128);
+    }
+
+    #[test]
+    fn a_payload_imitating_the_next_lifes_headers_never_passes_the_walk() {
+        let m = Mem::new(4096);
+        let r = m.region();
+        r.format(0, 1, 0, 7, 1);
+        assert!(r.activate(1, 2, 1));
+        // Every handle discloses its generation, and the next one is
+        // predictable: a producer fills its payload with what a committed
+        // entry header of generation 3 looks like, [len 8, state, tag].
+        // (8 bytes first: the next life's second entry starts 8 bytes into
+        // this payload.)
+        let mut crafted = vec![0u8; 8];
+        while crafted.len() < 3000 {
+            crafted.extend_from_slice(&8u32.to_le_bytes());
+            crafted.extend_from_slice(&entry_state(3, ENTRY_COMMITTED).to_le_bytes());
+            crafted.extend_from_slice(&0x5eed_u64.to_le_bytes());
+        }
+        let (g, off, tag) = append(&r, &crafted, 1).unwrap();
+        r.seal(2, 1);
+        assert!(r.acknowledge(g, off, crafted.len() as u32, tag));
+        assert!(matches!(r.assess(5, 1_000, 0), Verdict::Reclaim { .. }));
+        assert!(r.claim(2));
+        assert!(r.recycle(2, 3, 5));
+        assert!(r.activate(3, 3, 6));
+        // Life 3: a writer reserves at an offset where the old payload left
+        // a perfect imitation of a committed header, and is still copying.
+        let first = append(&r, &[1u8; 8], 7).unwrap();
+        assert_eq!(first.0, 3);
+        let fp = entry_footprint(8).unwrap() as u32;
+        let Reserve::Reserved { offset, .. } = r.reserve(fp, 7) else {
+            panic!()
+        };
+        let e = r.entry(offset as usize).unwrap();
+        assert_eq!(
+            e.state.load(Ordering::Relaxed),
+            entry_state(3, ENTRY_COMMITTED)
+        );
+        assert_eq!(e.len.load(Ordering::Relaxed), 8);
+        r.seal(3, 8);
+        // The walk must not take the imitation for a committed entry: the
+        // chunk would then be recycled under the writer in flight.
+        assert!(!r.walk(3), "an unwritten reservation passed for committed");
     }
 
     #[test]
@@ -1014,7 +1080,7 @@ mod tests {
         r.seal(r.state().1, 1);
         // Everything committed is acknowledged (nothing is), decay 0: still kept.
         assert_eq!(r.assess(10, 1_000, 0), Verdict::Keep);
-        let tag = entry_tag(7, 0, generation, offset, 8, 1);
+        let tag = entry_tag(7, 0, generation, offset, 8);
         // SAFETY: offset was reserved above for 8 bytes.
         unsafe { r.commit(offset, generation, &[9; 8], tag, 1) };
         assert_eq!(
@@ -1231,7 +1297,7 @@ mod loom_tests {
             Reserve::Reserved {
                 offset, generation, ..
             } => {
-                let tag = entry_tag(7, 0, generation, offset, 8, 1);
+                let tag = entry_tag(7, 0, generation, offset, 8);
                 // SAFETY: offset was just reserved for 8 bytes.
                 unsafe { r.commit(offset, generation, &[byte; 8], tag, 1) };
                 Some((generation, offset, tag))

@@ -61,14 +61,7 @@ impl Policy {
     pub(crate) const MAX_BLOB: usize = MAX_CHUNK_SIZE - CHUNK_HEADER_SIZE - ENTRY_HEADER_SIZE;
 
     fn tag(&self, loc: &Loc) -> u64 {
-        entry_tag(
-            self.key,
-            loc.id,
-            loc.generation,
-            loc.offset,
-            loc.size,
-            loc.timestamp,
-        )
+        entry_tag(self.key, loc.id, loc.generation, loc.offset, loc.size)
     }
 }
 

@@ -1,4 +1,4 @@
-//! The byte layout of the shared-memory format, version 2: every offset of
+//! The byte layout of the shared-memory format, version 3: every offset of
 //! every structure lives here and nowhere else.
 //!
 //! A namespace `ns` is a set of files in the shm directory (`/dev/shm`):
@@ -85,7 +85,7 @@ pub const CTRL_MAGIC: u64 = u64::from_le_bytes(*b"SFB_CTL2");
 /// `"SFB_CHK2"` read as a little-endian u64.
 pub const CHUNK_MAGIC: u64 = u64::from_le_bytes(*b"SFB_CHK2");
 /// Version of this layout.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Bytes of the control header before the registry.
 pub const CTRL_HEADER_SIZE: usize = 256;
@@ -328,20 +328,18 @@ pub const fn entry_footprint(len: usize) -> Option<usize> {
     Some(total & !(ENTRY_ALIGN - 1))
 }
 
-/// The keyed tag of an entry: a handle must reproduce it to resolve.
+/// The keyed tag of an entry: a handle must reproduce it to resolve, and
+/// the reclaimers' walk checks it before counting an entry as written (so
+/// payload bytes that imitate entry headers of a later generation cannot
+/// pass for a committed entry: they would need the namespace's key).
 ///
-/// Not cryptographic: it makes a forged or corrupted handle resolve to
-/// nothing with overwhelming probability, and it is cheap (two multiplies).
-pub const fn entry_tag(
-    key: u64,
-    chunk: u32,
-    generation: u32,
-    offset: u32,
-    len: u32,
-    ts: u64,
-) -> u64 {
+/// Not cryptographic: it makes a forged or corrupted handle, or a crafted
+/// payload, pass with probability 2⁻⁶⁴, and it is cheap (three multiplies).
+/// Format 3: it covers what the walker knows (key, chunk, generation,
+/// offset, length); format 2 also mixed in the handle's timestamp.
+pub const fn entry_tag(key: u64, chunk: u32, generation: u32, offset: u32, len: u32) -> u64 {
     let a = key ^ ((chunk as u64) << 32 | generation as u64);
-    let b = ts ^ ((offset as u64) << 32 | len as u64);
+    let b = (offset as u64) << 32 | len as u64;
     mix(mix(a) ^ b)
 }
 
@@ -437,13 +435,12 @@ mod tests {
 
     #[test]
     fn tags_depend_on_every_input() {
-        let base = entry_tag(1, 2, 3, 4, 5, 6);
-        assert_ne!(base, entry_tag(9, 2, 3, 4, 5, 6));
-        assert_ne!(base, entry_tag(1, 9, 3, 4, 5, 6));
-        assert_ne!(base, entry_tag(1, 2, 9, 4, 5, 6));
-        assert_ne!(base, entry_tag(1, 2, 3, 9, 5, 6));
-        assert_ne!(base, entry_tag(1, 2, 3, 4, 9, 6));
-        assert_ne!(base, entry_tag(1, 2, 3, 4, 5, 9));
+        let base = entry_tag(1, 2, 3, 4, 5);
+        assert_ne!(base, entry_tag(9, 2, 3, 4, 5));
+        assert_ne!(base, entry_tag(1, 9, 3, 4, 5));
+        assert_ne!(base, entry_tag(1, 2, 9, 4, 5));
+        assert_ne!(base, entry_tag(1, 2, 3, 9, 5));
+        assert_ne!(base, entry_tag(1, 2, 3, 4, 9));
     }
 
     #[test]

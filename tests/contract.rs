@@ -167,7 +167,7 @@ fn layout_matches_the_documented_offsets() {
     let ctrl = std::fs::read(dir.join(format!("{}_ctrl", ns.as_str()))).unwrap();
     assert_eq!(ctrl.len(), CTRL_SIZE);
     assert_eq!(&ctrl[0..8], b"SFB_CTL2");
-    assert_eq!(u32_at(&ctrl, 8), 2);
+    assert_eq!(u32_at(&ctrl, 8), 3, "format version 3");
     assert_eq!(u32_at(&ctrl, 12), CTRL_SIZE as u32);
     assert_eq!(u32_at(&ctrl, 16), CHUNK as u32);
     assert_eq!(u32_at(&ctrl, 20), 7);
