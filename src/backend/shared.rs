@@ -696,7 +696,7 @@ impl Inner {
         let id = ctrl
             .next_chunk_id
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                (n < NO_CHUNK - 1).then_some(n + 1)
+                n.checked_add(1).filter(|&m| m < NO_CHUNK)
             })
             .map_err(|_| BlobError::Corrupt {
                 file: self.ctrl_path.clone(),
