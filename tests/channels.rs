@@ -931,3 +931,37 @@ fn a_queue_message_acknowledges_its_entry_when_dropped_even_behind_a_held_one() 
     drop(held);
     assert_eq!(acknowledged(), 2);
 }
+
+#[test]
+fn endpoints_are_send_and_sync_and_messages_are_send() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<stable_fragmented_buffer::Publisher>();
+    send_sync::<stable_fragmented_buffer::Subscriber>();
+    send_sync::<stable_fragmented_buffer::Sender>();
+    send_sync::<stable_fragmented_buffer::Receiver>();
+    send_sync::<stable_fragmented_buffer::Message>();
+    send_sync::<stable_fragmented_buffer::Loan>();
+    // And used so: one receiver shared by threads, messages moved across.
+    let ns = Ns::new("chsendsync");
+    let store = shared(&ns);
+    let rx = std::sync::Arc::new(store.receiver("s").unwrap());
+    let tx = store.sender("s").unwrap();
+    for i in 0..8u8 {
+        tx.send(&[i; 5000]).unwrap();
+    }
+    let got: Vec<stable_fragmented_buffer::Message> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let rx = std::sync::Arc::clone(&rx);
+                s.spawn(move || (0..4).map(|_| rx.recv().unwrap()).collect::<Vec<_>>())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let mut firsts: Vec<u8> = got.iter().map(|m| m[0]).collect();
+    firsts.sort_unstable();
+    assert_eq!(firsts, (0..8).collect::<Vec<u8>>());
+}
