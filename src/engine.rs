@@ -320,21 +320,29 @@ pub(crate) fn append<C: Chunks>(c: &C, data: &[u8]) -> Result<Loc> {
 /// A blob too large for a standard chunk gets a chunk of its own size,
 /// sealed at once and retired (never pooled) when reclaimed.
 fn append_dedicated<C: Chunks>(c: &C, data: &[u8], footprint: usize) -> Result<Loc> {
-    let r = reserve_dedicated(c, data.len(), footprint)?;
-    let region = r.chunk.region();
-    let now_ms = clock::now_ms().max(1);
-    // SAFETY: `r.loc.offset` was reserved just now for `data.len()` bytes.
-    unsafe {
-        region.commit(
-            r.loc.offset,
-            r.loc.generation,
-            data,
-            c.policy().tag(&r.loc),
-            now_ms,
-        )
-    };
-    region.seal(r.loc.generation, now_ms);
-    Ok(r.loc)
+    for _ in 0..3 {
+        let r = reserve_dedicated(c, data.len(), footprint)?;
+        let region = r.chunk.region();
+        let now_ms = clock::now_ms().max(1);
+        // SAFETY: `r.loc.offset` was reserved just now for `data.len()` bytes.
+        unsafe {
+            region.commit(
+                r.loc.offset,
+                r.loc.generation,
+                data,
+                c.policy().tag(&r.loc),
+                now_ms,
+            )
+        };
+        region.seal(r.loc.generation, now_ms);
+        // As for a standard chunk: a copy that outlived the TTL may find
+        // its chunk reclaimed under it; write it again rather than return
+        // a dead handle.
+        if region.state() == (STATE_IN_USE, r.loc.generation) {
+            return Ok(r.loc);
+        }
+    }
+    Err(BlobError::Expired { size: data.len() })
 }
 
 /// A fresh dedicated chunk of its own size with the one entry reserved.

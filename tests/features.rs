@@ -348,3 +348,32 @@ fn store_full_says_what_holds_the_chunks() {
     }
     assert!(store.append_shared(&[1u8; 1000]).is_ok());
 }
+
+#[test]
+fn a_dedicated_write_that_outlives_the_ttl_never_returns_a_dead_handle() {
+    // A blob larger than a chunk gets a dedicated chunk; a writer that takes
+    // longer than max(decay, 1 s) + the TTL to fill it finds it sealed and
+    // reclaimed by a pass. It must get an error, not a handle that resolves
+    // to nothing.
+    let ns = Ns::new("dedlate");
+    let store = Arc::new(PinnedBlobStore::new_shared(cfg(0, 100), ns.as_str(), CHUNK).unwrap());
+    let cleaner = store.start_cleanup(Duration::from_millis(20));
+    let r = store.append_shared_with(2 * CHUNK, |buf| {
+        std::thread::sleep(Duration::from_millis(2_000));
+        buf.fill(7);
+    });
+    cleaner.stop();
+    match r {
+        Err(BlobError::Expired { .. }) => {}
+        Ok(h) => panic!(
+            "a handle came back: resolves to {:?}",
+            store.resolve(&h).map(|v| v.len())
+        ),
+        Err(e) => panic!("{e}"),
+    }
+    // A prompt writer is unaffected.
+    let h = store
+        .append_shared_with(2 * CHUNK, |buf| buf.fill(8))
+        .unwrap();
+    assert_eq!(store.resolve(&h).map(|v| v.len()), Some(2 * CHUNK));
+}
