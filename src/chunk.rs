@@ -270,10 +270,6 @@ impl ChunkRegion {
     pub(crate) fn reserve(&self, footprint: u32, now_ms: u64) -> Reserve {
         let h = self.header();
         let mut cur = h.alloc.load(Ordering::Relaxed);
-        // The life we reserve in (read before the alloc CAS: a successful
-        // CAS on `alloc` proves the chunk was not reactivated since, which
-        // resets it).
-        let life = self.state().1;
         loop {
             if alloc_sealed(cur) {
                 return Reserve::Sealed;
@@ -281,7 +277,11 @@ impl ChunkRegion {
             let used = alloc_used(cur) as usize;
             let end = used + footprint as usize;
             if used < CHUNK_HEADER_SIZE || used % ENTRY_ALIGN != 0 || end > self.len {
-                // Full (or a corrupt offset): seal so everyone moves on.
+                // Full (or a corrupt offset): seal so everyone moves on. The
+                // life we seal, read before the alloc CAS (off the append
+                // path): a successful CAS on `alloc` proves the chunk was
+                // not reactivated since, which resets it.
+                let life = self.state().1;
                 match h.alloc.compare_exchange_weak(
                     cur,
                     cur | ALLOC_SEALED,
@@ -342,6 +342,18 @@ impl ChunkRegion {
         tag: u64,
         now_ms: u64,
     ) {
+        // SAFETY: forwarded contract.
+        unsafe { self.write_payload(offset, data) };
+        // SAFETY: the caller's reservation, now holding `data.len()` bytes.
+        unsafe { self.commit_written(offset, generation, data.len() as u32, tag, now_ms) };
+    }
+
+    /// Copies `data` into the payload of the entry reserved at `offset`,
+    /// without publishing it.
+    ///
+    /// # Safety
+    /// As for [`commit`](Self::commit).
+    pub(crate) unsafe fn write_payload(&self, offset: u32, data: &[u8]) {
         if self.entry(offset as usize).is_none() {
             return; // Unreachable for a valid reservation.
         }
@@ -356,8 +368,6 @@ impl ChunkRegion {
                 self.len,
             );
         }
-        // SAFETY: the caller's reservation, now holding `data.len()` bytes.
-        unsafe { self.commit_written(offset, generation, data.len() as u32, tag, now_ms) };
     }
 
     /// Start of the payload of the entry reserved at `offset` (header

@@ -259,17 +259,12 @@ pub(crate) fn append<C: Chunks>(c: &C, data: &[u8]) -> Result<Loc> {
             None
         } else {
             c.with_region(id, |region| {
-                // Only into the life of the chunk that `active` names (heap
-                // page ids are reused; a stale `active` must not lead here).
-                if region.state() != (STATE_IN_USE, generation_of(active)) {
-                    return None;
-                }
-                match region.reserve(footprint as u32, now_ms) {
-                    Reserve::Reserved {
+                match reserve_in(region, active, footprint, now_ms) {
+                    Some(Reserve::Reserved {
                         offset,
                         end,
                         generation,
-                    } => {
+                    }) => {
                         let loc = Loc {
                             id,
                             generation,
@@ -286,7 +281,7 @@ pub(crate) fn append<C: Chunks>(c: &C, data: &[u8]) -> Result<Loc> {
                         let live = region.state() == (STATE_IN_USE, generation);
                         Some((loc, end, live))
                     }
-                    Reserve::Sealed => None,
+                    _ => None,
                 }
             })
             .ok()
@@ -294,10 +289,7 @@ pub(crate) fn append<C: Chunks>(c: &C, data: &[u8]) -> Result<Loc> {
         };
         match attempt {
             Some((loc, end, live)) => {
-                if loc.offset < policy.prefetch_at && end >= policy.prefetch_at && pool_len(c) == 0
-                {
-                    c.request_prefetch();
-                }
+                prefetch_if_crossed(c, loc.offset, end);
                 if live {
                     return Ok(loc);
                 }
@@ -317,29 +309,36 @@ pub(crate) fn append<C: Chunks>(c: &C, data: &[u8]) -> Result<Loc> {
     }
 }
 
+/// Reserves `footprint` bytes in `region`, only in the life of the chunk
+/// that `active` names (heap page ids are reused; a stale `active` must not
+/// lead here). `None` if the region is not that life.
+fn reserve_in(region: &ChunkRegion, active: u64, footprint: usize, now_ms: u64) -> Option<Reserve> {
+    (region.state() == (STATE_IN_USE, generation_of(active)))
+        .then(|| region.reserve(footprint as u32, now_ms))
+}
+
+/// Asks for the next chunk to be prepared when a reservation crossed the
+/// prefetch threshold and the pool is empty (once per chunk).
+fn prefetch_if_crossed<C: Chunks>(c: &C, offset: u32, end: u32) {
+    let at = c.policy().prefetch_at;
+    if offset < at && end >= at && pool_len(c) == 0 {
+        c.request_prefetch();
+    }
+}
+
 /// A blob too large for a standard chunk gets a chunk of its own size,
 /// sealed at once and retired (never pooled) when reclaimed.
 fn append_dedicated<C: Chunks>(c: &C, data: &[u8], footprint: usize) -> Result<Loc> {
     for _ in 0..3 {
         let r = reserve_dedicated(c, data.len(), footprint)?;
-        let region = r.chunk.region();
-        let now_ms = clock::now_ms().max(1);
         // SAFETY: `r.loc.offset` was reserved just now for `data.len()` bytes.
-        unsafe {
-            region.commit(
-                r.loc.offset,
-                r.loc.generation,
-                data,
-                c.policy().tag(&r.loc),
-                now_ms,
-            )
-        };
-        region.seal(r.loc.generation, now_ms);
+        unsafe { r.chunk.region().write_payload(r.loc.offset, data) };
         // As for a standard chunk: a copy that outlived the TTL may find
         // its chunk reclaimed under it; write it again rather than return
         // a dead handle.
-        if region.state() == (STATE_IN_USE, r.loc.generation) {
-            return Ok(r.loc);
+        match commit_reserved(c, &r) {
+            Err(BlobError::Expired { .. }) => continue,
+            done => return done,
         }
     }
     Err(BlobError::Expired { size: data.len() })
@@ -427,32 +426,27 @@ pub(crate) fn reserve<C: Chunks>(c: &C, len: usize) -> Result<Reserved<C::Chunk>
         };
         if let Some(chunk) = chunk {
             let region = chunk.region();
-            if region.state() == (STATE_IN_USE, generation_of(active)) {
-                if let Reserve::Reserved {
-                    offset,
-                    end,
+            if let Some(Reserve::Reserved {
+                offset,
+                end,
+                generation,
+            }) = reserve_in(region, active, footprint, now_ms)
+            {
+                prefetch_if_crossed(c, offset, end);
+                let loc = Loc {
+                    id,
                     generation,
-                } = region.reserve(footprint as u32, now_ms)
-                {
-                    if offset < policy.prefetch_at && end >= policy.prefetch_at && pool_len(c) == 0
-                    {
-                        c.request_prefetch();
-                    }
-                    let loc = Loc {
-                        id,
-                        generation,
-                        offset,
-                        size: len as u32,
-                        timestamp,
-                    };
-                    let ptr = region.payload_mut(offset);
-                    return Ok(Reserved {
-                        chunk,
-                        loc,
-                        ptr,
-                        dedicated: false,
-                    });
-                }
+                    offset,
+                    size: len as u32,
+                    timestamp,
+                };
+                let ptr = region.payload_mut(offset);
+                return Ok(Reserved {
+                    chunk,
+                    loc,
+                    ptr,
+                    dedicated: false,
+                });
             }
         }
         rollover(c, active)?;

@@ -229,15 +229,14 @@ impl PinnedBlobStore {
         let Mode::Shared(shared) = &self.mode else {
             return Err(self.wrong("append_shared_with", "shared"));
         };
-        let link = shared.link();
-        let r = link.reserve(len)?;
+        let r = shared.reserve(len)?;
         // SAFETY: the reservation's `len` bytes at `ptr` are initialised
         // (file pages) and belong to this writer alone until committed;
         // `r.chunk` keeps them mapped for the closure's duration.
         let buf = unsafe { std::slice::from_raw_parts_mut(r.ptr, len) };
         // If `fill` panics the entry stays uncommitted: the TTL reclaims it.
         fill(buf);
-        let h = link.commit(&r)?;
+        let h = shared.commit(&r)?;
         self.profiler.on_append(len);
         Ok(h)
     }

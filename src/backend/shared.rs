@@ -147,7 +147,7 @@ impl SharedBackend {
         let file = open_existing_ctrl(&path, ns)?;
         let map = map_ctrl(&file, &path)?;
         let inner = Inner::new(ns, dir, file, map, false, config)?;
-        if inner.ctrl().closed.load(Ordering::Acquire) != 0 {
+        if inner.is_closed() {
             return Err(BlobError::Closed {
                 namespace: ns.to_owned(),
             });
@@ -183,10 +183,17 @@ impl SharedBackend {
     /// recycles it in place (it may be unlinked; this process's mapping
     /// stays until the view is dropped).
     pub fn resolve_ref(&self, handle: &OverflowHandle) -> Option<BlobView> {
-        let (chunk, ptr, len) = engine::pin_bytes(&*self.inner, &handle.loc())?;
-        // SAFETY: pin_bytes pinned the chunk once and returned a pointer to
-        // `len` committed bytes inside the memory `chunk` keeps mapped.
-        Some(unsafe { BlobView::new(ViewOwner::Shared(chunk), ptr, len) })
+        self.inner.resolve_ref(handle)
+    }
+
+    /// Reserves an entry of `len` bytes to be filled in place (a loan).
+    pub(crate) fn reserve(&self, len: usize) -> Result<SharedReservation> {
+        engine::reserve(&*self.inner, len)
+    }
+
+    /// Publishes a reservation filled in place.
+    pub(crate) fn commit(&self, r: &SharedReservation) -> Result<OverflowHandle> {
+        engine::commit_reserved(&*self.inner, r).map(OverflowHandle::from_loc)
     }
 
     /// Marks the blob consumed. `true` the first time only; `false` for a
@@ -321,13 +328,7 @@ impl Drop for SharedBackend {
             {
                 let _ = os::unlink(&inner.ctrl_path);
             }
-            let _ = remove_chunk_files(&inner.dir, &inner.ns, Some(inner.policy.key), false);
-            let _ = crate::channel::remove_channel_files(
-                &inner.dir,
-                &inner.ns,
-                Some(inner.policy.key),
-                false,
-            );
+            let _ = remove_data_files(&inner.dir, &inner.ns, Some(inner.policy.key), false);
         }
     }
 }
@@ -365,14 +366,17 @@ impl StoreLink {
     }
 
     pub(crate) fn resolve_ref(&self, handle: &OverflowHandle) -> Option<BlobView> {
-        let (chunk, ptr, len) = engine::pin_bytes(&*self.0, &handle.loc())?;
-        // SAFETY: pin_bytes pinned the chunk once and returned a pointer to
-        // `len` committed bytes inside the memory `chunk` keeps mapped.
-        Some(unsafe { BlobView::new(ViewOwner::Shared(chunk), ptr, len) })
+        self.0.resolve_ref(handle)
     }
 
     pub(crate) fn acknowledge(&self, handle: &OverflowHandle) -> bool {
         engine::acknowledge(&*self.0, &handle.loc())
+    }
+
+    /// Acknowledges the entry of a handle in its 24-byte form (as a
+    /// channel slot carries it).
+    pub(crate) fn acknowledge_bytes(&self, handle: [u8; 24]) {
+        self.acknowledge(&OverflowHandle::from_bytes(&handle));
     }
 
     /// One reclamation pass (as `cleanup_chunks`).
@@ -394,7 +398,7 @@ impl StoreLink {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.0.ctrl().closed.load(Ordering::Acquire) != 0
+        self.0.is_closed()
     }
 }
 
@@ -408,7 +412,7 @@ impl Maintain for Inner {
     fn maintain(&self) -> usize {
         // A closed namespace is being (or has been) removed: its chunk
         // names may already belong to a new incarnation.
-        let n = if self.ctrl().closed.load(Ordering::Acquire) == 0 {
+        let n = if !self.is_closed() {
             engine::reclaim(self)
         } else {
             0
@@ -473,32 +477,26 @@ impl Chunks for Inner {
         // it), and never once the namespace is closed (the name may belong
         // to a new incarnation by now).
         let path = self.chunk_path(chunk.id);
-        if self.ctrl().closed.load(Ordering::Acquire) == 0
+        if !self.is_closed()
             && chunk.ident.is_some()
             && os::path_identity(&path).map(|(i, _)| i) == chunk.ident
         {
             let _ = os::unlink(&path);
         }
-        if self.unregister(chunk.id) {
-            self.ctrl().live_chunks.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.count_out(chunk.id);
         self.chunks.remove(chunk.id);
     }
 
+    // Reclamation passes run only while the namespace is open (`maintain`).
     fn finish_release(&self, chunk: &Arc<ChunkMap>) {
-        if self.ctrl().closed.load(Ordering::Acquire) == 0 {
-            self.release(chunk);
-        }
+        self.release(chunk);
     }
 
     fn forget_missing(&self, id: u32) {
         // Only a file that is really gone (not one we failed to open for
-        // another reason), in a namespace that is not being removed.
-        if self.ctrl().closed.load(Ordering::Acquire) == 0
-            && os::path_identity(&self.chunk_path(id)).is_none()
-            && self.unregister(id)
-        {
-            self.ctrl().live_chunks.fetch_sub(1, Ordering::Relaxed);
+        // another reason).
+        if os::path_identity(&self.chunk_path(id)).is_none() {
+            self.count_out(id);
         }
     }
 
@@ -579,6 +577,26 @@ impl Inner {
         })
     }
 
+    /// Whether the namespace was closed (removed, or being removed).
+    fn is_closed(&self) -> bool {
+        self.ctrl().closed.load(Ordering::Acquire) != 0
+    }
+
+    fn resolve_ref(&self, handle: &OverflowHandle) -> Option<BlobView> {
+        let (chunk, ptr, len) = engine::pin_bytes(self, &handle.loc())?;
+        // SAFETY: pin_bytes pinned the chunk once and returned a pointer to
+        // `len` committed bytes inside the memory `chunk` keeps mapped.
+        Some(unsafe { BlobView::new(ViewOwner::Shared(chunk), ptr, len) })
+    }
+
+    /// Clears chunk `id`'s registry slot and counts it out of
+    /// `live_chunks` — only for the one caller whose CAS cleared it.
+    fn count_out(&self, id: u32) {
+        if self.unregister(id) {
+            self.ctrl().live_chunks.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     fn ctrl(&self) -> &CtrlHeader {
         // SAFETY: the mapping holds CTRL_SIZE bytes for the life of self (see new).
         unsafe { &*(self.ctrl_map.base().as_ptr() as *const CtrlHeader) }
@@ -649,7 +667,7 @@ impl Inner {
     /// starts FREE and sealed, owned by the caller.
     fn create_chunk(&self, size: usize, flags: u32, populate: bool) -> Result<Arc<ChunkMap>> {
         let ctrl = self.ctrl();
-        if ctrl.closed.load(Ordering::Acquire) != 0 {
+        if self.is_closed() {
             return Err(self.closed_error());
         }
         // Count the file against max_chunks before it exists.
@@ -744,7 +762,7 @@ impl Inner {
             .region
             .format(id, generation, flags, self.policy.key, clock::now_ms());
         self.register(id).map_err(undo)?;
-        if ctrl.closed.load(Ordering::Acquire) != 0 {
+        if self.is_closed() {
             self.unregister(id);
             return Err(undo(self.closed_error()));
         }
@@ -809,7 +827,7 @@ impl Inner {
                 }
                 std::mem::take(&mut s.prefetch)
             };
-            if prefetch && self.ctrl().closed.load(Ordering::Acquire) == 0 {
+            if prefetch && !self.is_closed() {
                 engine::prefetch(&*self);
             }
             self.evict_retired();
@@ -954,8 +972,7 @@ fn create_ctrl(
             Ok(()) => {
                 // We own the name now: chunk files left by an earlier
                 // incarnation are orphans (files of ours carry our key).
-                files_removed += remove_chunk_files(dir, ns, Some(key), true)?;
-                files_removed += crate::channel::remove_channel_files(dir, ns, Some(key), true)?;
+                files_removed += remove_data_files(dir, ns, Some(key), true)?;
                 let recovery = (dead_pid.is_some() || files_removed > 0).then_some(Recovery {
                     dead_pid,
                     files_removed,
@@ -1017,8 +1034,7 @@ fn remove_namespace(dir: &Path, ns: &str, force: bool) -> Result<usize> {
             Ok(f) => f,
             // No control block: whatever chunk files remain are orphans.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(remove_chunk_files(dir, ns, None, false)?
-                    + crate::channel::remove_channel_files(dir, ns, None, false)?)
+                return remove_data_files(dir, ns, None, false)
             }
             Err(e) => return Err(BlobError::os("open", &path, e)),
         };
@@ -1048,8 +1064,7 @@ fn remove_namespace(dir: &Path, ns: &str, force: bool) -> Result<usize> {
             Err(_) => None,
         };
         let mut removed = usize::from(os::unlink(&path)?);
-        removed += remove_chunk_files(dir, ns, key, false)?;
-        removed += crate::channel::remove_channel_files(dir, ns, key, false)?;
+        removed += remove_data_files(dir, ns, key, false)?;
         return Ok(removed);
     }
     Err(BlobError::Corrupt {
@@ -1083,6 +1098,13 @@ fn current_key(dir: &Path, ns: &str) -> Option<u64> {
         return None;
     }
     Some(u64::from_le_bytes(head[40..48].try_into().ok()?))
+}
+
+/// Unlinks the chunk files and the channel files of `ns` (selection as in
+/// [`remove_chunk_files`]); returns how many.
+fn remove_data_files(dir: &Path, ns: &str, key: Option<u64>, keep_key: bool) -> Result<usize> {
+    Ok(remove_chunk_files(dir, ns, key, keep_key)?
+        + crate::channel::remove_channel_files(dir, ns, key, keep_key)?)
 }
 
 /// Unlinks chunk files of `ns`. With `key` and `!keep_key`: the files of

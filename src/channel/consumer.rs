@@ -7,7 +7,7 @@ use super::file::{ChanFile, Role};
 use super::layout::*;
 use super::producer::wake_producers;
 use super::ring::{Read, Take};
-use super::wait::{self, Sleeper};
+use super::wait::{self, Sleeper, Throttle};
 use crate::backend::shared::StoreLink;
 use crate::handle::OverflowHandle;
 use crate::sync::Ordering;
@@ -24,6 +24,8 @@ pub(crate) struct Consumer {
     store: StoreLink,
     index: usize,
     sleeper: Sleeper,
+    /// Paces its looks for dead producers.
+    liveness: Throttle,
     state: Mutex<State>,
 }
 
@@ -33,8 +35,6 @@ struct State {
     cursor: u64,
     /// Sequences handed out, in order, with whether each was dropped.
     held: VecDeque<(u64, bool)>,
-    /// Last liveness check of the producers.
-    checked: Instant,
     /// Messages passed over because their store entry had expired.
     expired: u64,
 }
@@ -48,22 +48,18 @@ enum Attempt {
 
 impl Consumer {
     pub(crate) fn open(chan: ChanFile, store: StoreLink) -> crate::Result<Arc<Self>> {
-        let ack = |h: [u8; 24]| ack(&store, h);
+        let ack = |h: [u8; 24]| store.acknowledge_bytes(h);
         let index = chan.register(Role::Consumer, &ack)?;
         let cursor = chan.ring.join(index);
-        chan.ring
-            .record(MAX_PRODUCERS + index)
-            .count
-            .store(0, Ordering::Relaxed);
         Ok(Arc::new(Self {
             chan,
             store,
             index,
             sleeper: Sleeper::new(index),
+            liveness: Throttle::new(),
             state: Mutex::new(State {
                 cursor,
                 held: VecDeque::new(),
-                checked: Instant::now(),
                 expired: 0,
             }),
         }))
@@ -90,7 +86,7 @@ impl Consumer {
     }
 
     fn release_ring(&self) {
-        if self.chan.ring.release(|h| ack(&self.store, h)) > 0 {
+        if self.chan.ring.release(|h| self.store.acknowledge_bytes(h)) > 0 {
             wake_producers(&self.chan);
         }
     }
@@ -188,25 +184,17 @@ impl Consumer {
 
     /// Whether the channel counts as disconnected: it has had a producer,
     /// and none is alive now. Producers found dead are evicted first (at
-    /// most once per liveness tick unless `now`).
-    fn disconnected(&self, now: bool) -> bool {
+    /// most once per liveness tick).
+    fn disconnected(&self) -> bool {
         let h = self.chan.ring.header();
         if h.producers_ever.load(Ordering::SeqCst) == 0 {
             return false;
         }
         if h.producer_mask.load(Ordering::SeqCst) & MASK_BITS != 0 {
-            let due = {
-                let mut st = self.lock();
-                let due = now || st.checked.elapsed() >= wait::LIVENESS_TICK;
-                if due {
-                    st.checked = Instant::now();
-                }
-                due
-            };
-            if !due {
+            if !self.liveness.due() {
                 return false;
             }
-            let ack = |x: [u8; 24]| ack(&self.store, x);
+            let ack = |h: [u8; 24]| self.store.acknowledge_bytes(h);
             if self.chan.evict_dead(Role::Producer, None, &ack) > 0 {
                 // Slots a dead producer left pending are skipped now.
                 self.release_ring();
@@ -230,7 +218,7 @@ impl Consumer {
             Attempt::Got(m) => Ok(m),
             Attempt::Expired => Err(TryRecvError::Expired),
             Attempt::Empty => {
-                if self.disconnected(false) {
+                if self.disconnected() {
                     // A message published just before the last producer left.
                     match self.attempt() {
                         Attempt::Got(m) => Ok(m),
@@ -290,10 +278,6 @@ impl Drop for Consumer {
         // What only we held can go now.
         self.release_ring();
     }
-}
-
-fn ack(store: &StoreLink, h: [u8; 24]) {
-    store.acknowledge(&OverflowHandle::from_bytes(&h));
 }
 
 enum Body {

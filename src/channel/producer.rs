@@ -4,13 +4,13 @@
 use super::error::{SendError, TrySendError};
 use super::file::{ChanFile, Role};
 use super::layout::*;
-use super::wait::{self, Sleeper};
+use super::wait::{self, Sleeper, Throttle};
 use crate::backend::shared::{SharedReservation, StoreLink};
 use crate::error::BlobError;
 use crate::handle::OverflowHandle;
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// State shared by a producer endpoint and its loans.
 #[derive(Debug)]
@@ -19,13 +19,13 @@ pub(crate) struct Producer {
     store: StoreLink,
     index: usize,
     sleeper: Sleeper,
-    /// When this producer last looked for dead participants (ms).
-    last_liveness: AtomicU64,
+    /// Paces its looks for dead participants.
+    liveness: Throttle,
 }
 
 impl Producer {
     pub(crate) fn open(chan: ChanFile, store: StoreLink) -> crate::Result<Self> {
-        let ack = |h: [u8; 24]| ack(&store, h);
+        let ack = |h: [u8; 24]| store.acknowledge_bytes(h);
         let index = chan.register(Role::Producer, &ack)?;
         // A new producer reconnects consumers that saw the channel disconnected.
         wake_consumers(&chan, true);
@@ -34,7 +34,7 @@ impl Producer {
             store,
             index,
             sleeper: Sleeper::new(index),
-            last_liveness: AtomicU64::new(0),
+            liveness: Throttle::new(),
         })
     }
 
@@ -44,7 +44,7 @@ impl Producer {
 
     /// Frees what consumers released; wakes producers waiting for space.
     fn help_release(&self) -> u64 {
-        let freed = self.chan.ring.release(|h| ack(&self.store, h));
+        let freed = self.chan.ring.release(|h| self.store.acknowledge_bytes(h));
         if freed > 0 {
             wake_producers(&self.chan);
         }
@@ -54,7 +54,7 @@ impl Producer {
     /// Evicts dead consumers (which may hold the ring full) and dead
     /// producers (whose unpublished claim may stop the frontier).
     fn evict_dead(&self) -> usize {
-        let ack = |x: [u8; 24]| ack(&self.store, x);
+        let ack = |h: [u8; 24]| self.store.acknowledge_bytes(h);
         let n = self.chan.evict_dead(Role::Consumer, None, &ack)
             + self.chan.evict_dead(Role::Producer, Some(self.index), &ack);
         if n > 0 {
@@ -68,7 +68,6 @@ impl Producer {
         let ring = &self.chan.ring;
         let h = ring.header();
         let mut spins = 0u32;
-        let mut last_check = Instant::now();
         loop {
             if let super::ring::Claim::Claimed(seq) = ring.try_claim(self.me()) {
                 return Ok(seq);
@@ -84,7 +83,7 @@ impl Producer {
             if !block {
                 // A dead participant may be what holds the ring full (looked
                 // for at most once per tick: it costs a system call each).
-                if self.liveness_due() && self.evict_dead() > 0 {
+                if self.liveness.due() && self.evict_dead() > 0 {
                     continue;
                 }
                 return Err(TrySendError::Full);
@@ -94,16 +93,26 @@ impl Producer {
                 std::hint::spin_loop();
                 continue;
             }
-            if last_check.elapsed() >= wait::LIVENESS_TICK {
-                last_check = Instant::now();
-                if self.evict_dead() > 0 {
-                    continue;
-                }
+            if self.liveness.due() && self.evict_dead() > 0 {
+                continue;
             }
             self.sleeper
                 .park(&h.space_seq, &h.space_waiters, wait::LIVENESS_TICK, || {
                     ring.has_space()
                 });
+        }
+    }
+
+    /// The error of a blocking send: a blocking claim waits instead of
+    /// reporting `Full`, so that arm is only reachable on a ring that a
+    /// scribbler keeps from ever freeing a slot.
+    fn blocking_error(&self, e: TrySendError) -> SendError {
+        match e {
+            TrySendError::Send(e) => e,
+            TrySendError::Full => SendError::Store(BlobError::Corrupt {
+                file: self.chan.path.clone(),
+                detail: "the ring never frees a slot".into(),
+            }),
         }
     }
 
@@ -129,14 +138,12 @@ impl Producer {
     /// is backpressure like a full ring.
     fn append(&self, data: &[u8], block: bool) -> Result<OverflowHandle, TrySendError> {
         let mut pause = Duration::from_micros(20);
-        let mut last_check = Instant::now();
         loop {
             match self.store.append(data) {
                 Ok(h) => return Ok(h),
                 Err(BlobError::StoreFull { .. }) if block => {
                     // A dead consumer may be what keeps entries unacknowledged.
-                    if last_check.elapsed() >= wait::LIVENESS_TICK {
-                        last_check = Instant::now();
+                    if self.liveness.due() {
                         self.evict_dead();
                     }
                     self.help_release();
@@ -179,21 +186,9 @@ impl Producer {
             .fetch_add(1, Ordering::Relaxed);
         // A waiter bit of a consumer killed while asleep would make every
         // send a system call: look for dead ones now and then.
-        if wake_consumers(&self.chan, false) && self.liveness_due() {
+        if wake_consumers(&self.chan, false) && self.liveness.due() {
             self.evict_dead();
         }
-    }
-
-    /// Whether a liveness tick has passed since this producer last looked
-    /// for dead participants (and if so, it is now looking).
-    fn liveness_due(&self) -> bool {
-        let now = crate::clock::now_ms();
-        let last = self.last_liveness.load(Ordering::Relaxed);
-        now.saturating_sub(last) >= wait::LIVENESS_TICK.as_millis() as u64
-            && self
-                .last_liveness
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
     }
 
     pub(crate) fn loan(self: &Arc<Self>, len: usize) -> Result<Loan, SendError> {
@@ -219,10 +214,6 @@ impl Drop for Producer {
         // Consumers learn at once that this producer is gone.
         wake_consumers(&self.chan, true);
     }
-}
-
-fn ack(store: &StoreLink, h: [u8; 24]) {
-    store.acknowledge(&OverflowHandle::from_bytes(&h));
 }
 
 /// Wakes consumers sleeping on the ring, if any announced itself (or
@@ -262,15 +253,9 @@ macro_rules! producer_endpoint {
             /// their handle travels instead. An empty message is delivered
             /// as an empty message.
             pub fn send(&self, data: &[u8]) -> Result<(), SendError> {
-                match self.inner.send(data, true) {
-                    Ok(()) => Ok(()),
-                    Err(TrySendError::Send(e)) => Err(e),
-                    // A blocking claim never reports Full.
-                    Err(TrySendError::Full) => Err(SendError::Store(BlobError::Corrupt {
-                        file: self.inner.chan.path.clone(),
-                        detail: "the ring never frees a slot".into(),
-                    })),
-                }
+                self.inner
+                    .send(data, true)
+                    .map_err(|e| self.inner.blocking_error(e))
             }
 
             /// Sends `data` if the channel has room now; otherwise
@@ -330,13 +315,8 @@ unsafe impl Sync for Loan {}
 impl Loan {
     /// Publishes the loaned bytes, blocking while the channel is full.
     pub fn send(mut self) -> Result<(), SendError> {
-        self.publish(true).map_err(|e| match e {
-            TrySendError::Send(e) => e,
-            TrySendError::Full => SendError::Store(BlobError::Corrupt {
-                file: self.producer.chan.path.clone(),
-                detail: "the ring never frees a slot".into(),
-            }),
-        })
+        self.publish(true)
+            .map_err(|e| self.producer.blocking_error(e))
     }
 
     /// Publishes the loaned bytes if the channel has room now; otherwise

@@ -7,7 +7,7 @@
 //! a waiter killed while asleep leaves nothing behind that the repair of
 //! its record does not clear.
 
-use crate::sync::{fence, AtomicU32, Ordering};
+use crate::sync::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Spins before parking (each a `spin_loop` hint, a few microseconds in all).
@@ -15,6 +15,35 @@ pub(crate) const SPINS: u32 = 2_000;
 
 /// Longest sleep between liveness checks of the other side.
 pub(crate) const LIVENESS_TICK: Duration = Duration::from_millis(100);
+
+/// At most one liveness check per tick for one endpoint (each check costs
+/// a system call per participant record), shared by its threads: a coarse
+/// clock read and, when due, one CAS. No lock, so an empty poll stays cheap.
+#[derive(Debug)]
+pub(crate) struct Throttle {
+    last_ms: AtomicU64,
+}
+
+impl Throttle {
+    /// Due at once the first time.
+    pub(crate) fn new() -> Self {
+        Self {
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a tick has passed since the last check (and if so, the
+    /// caller is now the one checking).
+    pub(crate) fn due(&self) -> bool {
+        let now = crate::clock::now_ms();
+        let last = self.last_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= LIVENESS_TICK.as_millis() as u64
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
 
 /// One endpoint's place in a waiter mask: its bit, and how many of its
 /// threads sleep (the bit stays set while any does).
