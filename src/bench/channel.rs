@@ -30,8 +30,9 @@ fn paced(opts: &Options, blocking: bool, size: usize) -> (u64, Duration) {
 /// In-flight messages of a ring sized to the message: 32 (the depth of
 /// iceoryx2's queue in its cell), fewer for large messages so the ring
 /// stays within 4 MiB, the L2 of the development machine (the memory a
-/// stream cycles through is what decides whether it stays in cache; 8 MiB
-/// measured 8.6 k msg/s at 1 MiB, 4 MiB 12.4–15.5 k).
+/// stream cycles through is what decides whether it stays in cache; the
+/// runs that compared 4 and 8 slots at 1 MiB are in BENCHMARKS.md, and did
+/// not separate them beyond noise).
 pub fn sized_in_flight(size: usize) -> u32 {
     ((4usize << 20) / size.max(1)).clamp(4, 32) as u32
 }
