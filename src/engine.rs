@@ -123,6 +123,10 @@ pub(crate) trait Chunks {
     /// (its releaser died between the unlink and the unregistration),
     /// forgets it (shared mode).
     fn forget_missing(&self, _id: u32) {}
+    /// Finishes chunk creations whose creator made no step for `grace_ms`
+    /// (it died between registering the creation and publishing the chunk):
+    /// removes their files and frees their places (shared mode).
+    fn sweep_creations(&self, _grace_ms: u64) {}
     /// Asks for a chunk to be prepared off the append path.
     fn request_prefetch(&self) {}
     /// Counts a reclamation event.
@@ -525,6 +529,7 @@ pub(crate) fn reclaim<C: Chunks>(c: &C) -> usize {
     let policy = *c.policy();
     let now = clock::now_ms();
     let idle = policy.decay_ms.max(POOL_IDLE_MIN_MS);
+    c.sweep_creations(claim_grace(&policy));
     let mut ids = Vec::new();
     c.ids(&mut ids);
     // Acquire: pairs with the AcqRel CAS in `rollover`.
@@ -617,8 +622,10 @@ fn reuse_decay<C: Chunks>(c: &C, policy: &Policy) -> u64 {
     }
 }
 
-/// How long a claim may stay unfinished before a pass presumes its claimer
-/// dead: the TTL (a live claimer finishes in microseconds), at least 1 s.
+/// How long a claim (or a chunk creation's step) may stay unfinished before
+/// a pass presumes its maker dead: the TTL (a live claimer finishes in
+/// microseconds, a creator's longest step — sizing or faulting one chunk —
+/// in milliseconds), at least 1 s.
 fn claim_grace(policy: &Policy) -> u64 {
     policy.ttl_ms.max(1_000)
 }

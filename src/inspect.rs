@@ -25,6 +25,7 @@ use crate::error::{BlobError, Result};
 use crate::layout::*;
 use crate::namespace;
 use crate::os;
+use crate::registry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs::{File, Metadata};
@@ -194,9 +195,11 @@ pub struct ControlBlock {
     pub ttl_ms: u64,
     /// The append target, if there is one.
     pub active: Option<ActiveChunk>,
-    /// Next id for a new chunk file.
+    /// The id the next chunk creation takes (the first free registry slot,
+    /// at its epoch); `u32::MAX` if every slot is taken.
     pub next_chunk_id: u32,
-    /// Chunk files in existence, as counted by the control block.
+    /// Registry slots taken: chunk files, creations in progress and
+    /// creations whose creator died (counted against `max_chunks`).
     pub live_chunks: u32,
     /// Global generation counter.
     pub generation: u32,
@@ -212,8 +215,15 @@ pub struct ControlBlock {
     pub retired: u64,
     /// Chunks reclaimed by TTL so far.
     pub expired: u64,
-    /// Chunk ids in the registry (empty if the file is too short to hold it).
+    /// Ids of the published chunks in the registry (empty if the file is
+    /// too short to hold it).
     pub registry: Vec<u32>,
+    /// Ids of chunk creations registered but not published: in progress,
+    /// or left by a creator that died (a reclamation pass removes those
+    /// after the grace period).
+    pub creating: Vec<u32>,
+    /// Registry slots with bits set that no valid slot word sets.
+    pub bad_slots: Vec<usize>,
 }
 
 /// The fields of a chunk header (`{ns}_data_{id}`), decoded from a copy.
@@ -725,13 +735,7 @@ fn inspect_names(dir: &Path, ns: &str, names: &Names, walk: bool) -> NamespaceRe
     let control = report.control.clone();
     let mut ids: BTreeSet<u32> = names.chunks.clone();
     if let Some(c) = &control {
-        // Ids never given out are reported as corruption, not as chunks.
-        ids.extend(
-            c.registry
-                .iter()
-                .copied()
-                .filter(|&id| id < c.next_chunk_id),
-        );
+        ids.extend(c.registry.iter().copied());
     }
     for id in ids {
         let has_file = names.chunks.contains(&id);
@@ -883,13 +887,28 @@ fn decode_ctrl(head: &[u8]) -> ControlBlock {
         .filter(|&v| v != 0)
         .map(|v| v - 1)
         .collect();
-    let registry = (0..REGISTRY_SLOTS)
-        .map(|i| CTRL_HEADER_SIZE + 4 * i)
-        .take_while(|&off| off + 4 <= head.len())
-        .map(|off| u32_at(head, off))
-        .filter(|&v| v != 0)
-        .map(|v| v - 1)
-        .collect();
+    let (mut registry, mut creating, mut bad_slots) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut taken, mut next_chunk_id) = (0u32, None);
+    for slot in 0..REGISTRY_SLOTS {
+        let off = CTRL_HEADER_SIZE + 8 * slot;
+        if off + 8 > head.len() {
+            break;
+        }
+        let word = u64_at(head, off);
+        let s = registry::Slot::decode(word);
+        let id = registry::id_at(slot, s.epoch);
+        if registry::Slot::reserved_bits(word) != 0 {
+            bad_slots.push(slot);
+        }
+        match s.state {
+            SLOT_FREE => {
+                next_chunk_id.get_or_insert(id);
+            }
+            SLOT_READY => registry.push(id),
+            _ => creating.push(id),
+        }
+        taken += u32::from(s.state != SLOT_FREE);
+    }
     ControlBlock {
         version: u32f!(version),
         ctrl_size: u32f!(ctrl_size),
@@ -904,8 +923,8 @@ fn decode_ctrl(head: &[u8]) -> ControlBlock {
             id: id_of(active),
             generation: generation_of(active),
         }),
-        next_chunk_id: u32f!(next_chunk_id),
-        live_chunks: u32f!(live_chunks),
+        next_chunk_id: next_chunk_id.unwrap_or(NO_CHUNK),
+        live_chunks: taken,
         generation: u32f!(generation),
         closed: u32f!(closed) != 0,
         created_unix_ms: u64f!(created_unix_ms),
@@ -914,6 +933,8 @@ fn decode_ctrl(head: &[u8]) -> ControlBlock {
         retired: u64f!(retired),
         expired: u64f!(expired),
         registry,
+        creating,
+        bad_slots,
     }
 }
 
@@ -949,43 +970,13 @@ fn check_ctrl(c: &ControlBlock, read: usize, path: &Path, problems: &mut Vec<Str
             c.pool_capacity
         ));
     }
-    if c.live_chunks as usize > REGISTRY_SLOTS {
+    if !c.bad_slots.is_empty() {
+        let slots: BTreeSet<u32> = c.bad_slots.iter().map(|&s| s as u32).collect();
         problems.push(format!(
-            "{file}: live_chunks {} exceeds the {REGISTRY_SLOTS} registry slots",
-            c.live_chunks
+            "{file}: {} registry slot(s) have reserved bits set: {}",
+            slots.len(),
+            some_ids(&slots)
         ));
-    }
-    let mut seen = BTreeSet::new();
-    let mut never_made = BTreeSet::new();
-    let mut twice = BTreeSet::new();
-    for &id in &c.registry {
-        if id >= c.next_chunk_id {
-            never_made.insert(id);
-        } else if !seen.insert(id) {
-            twice.insert(id);
-        }
-    }
-    if !never_made.is_empty() {
-        problems.push(format!(
-            "{file}: the registry names {} chunk id(s) never given out (next id is {}): {}",
-            never_made.len(),
-            c.next_chunk_id,
-            some_ids(&never_made)
-        ));
-    }
-    if !twice.is_empty() {
-        problems.push(format!(
-            "{file}: the registry names {} chunk id(s) more than once: {}",
-            twice.len(),
-            some_ids(&twice)
-        ));
-    }
-    for &id in &c.pool {
-        if id >= c.next_chunk_id {
-            problems.push(format!(
-                "{file}: the warm pool names chunk {id}, which was never made"
-            ));
-        }
     }
 }
 
@@ -1013,6 +1004,7 @@ fn inspect_chunk(
     walk: bool,
 ) -> (Option<ChunkReport>, bool) {
     let registered = control.is_some_and(|c| c.registry.contains(&id));
+    let being_made = control.is_some_and(|c| c.creating.contains(&id));
     let mut r = ChunkReport {
         id,
         file: None,
@@ -1137,8 +1129,13 @@ fn inspect_chunk(
         r.note = Some(
             "made by another incarnation of the namespace (an orphan; cleanup removes it)".into(),
         );
+    } else if being_made {
+        r.note = Some(
+            "being made (or left by a creator that died: a pass removes it after the grace period)"
+                .into(),
+        );
     } else if incarnation.is_some() && !registered {
-        r.note = Some("not in the registry (being made, or left by a killed process)".into());
+        r.note = Some("not in the registry (left by a killed process)".into());
     }
     r.header = Some(h);
     (Some(r), false)

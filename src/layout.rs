@@ -1,4 +1,4 @@
-//! The byte layout of the shared-memory format, version 3: every offset of
+//! The byte layout of the shared-memory format, version 4: every offset of
 //! every structure lives here and nowhere else.
 //!
 //! A namespace `ns` is a set of files in the shm directory (`/dev/shm`):
@@ -15,10 +15,10 @@
 //! local mapping before use.
 //!
 //! ```text
-//! Control block `{ns}_ctrl` (CTRL_SIZE = 16 640 bytes)
+//! Control block `{ns}_ctrl` (CTRL_SIZE = 33 024 bytes)
 //! off  size field            meaning
 //!   0     8 magic            "SFB_CTL2"
-//!   8     4 version          2
+//!   8     4 version          4
 //!  12     4 ctrl_size        CTRL_SIZE
 //!  16     4 chunk_size       bytes per standard chunk file (header included)
 //!  20     4 max_chunks       live chunk files allowed, 0 = unlimited
@@ -29,8 +29,7 @@
 //!  48     8 decay_ms         grace period after the last acknowledgement
 //!  56     8 ttl_ms           unacknowledged data expires after this
 //!  64     8 active           (generation << 32) | chunk id of the append chunk
-//!  72     4 next_chunk_id    next id for a new chunk file (ids are never reused)
-//!  76     4 live_chunks      chunk files in existence (counted against max_chunks)
+//!  72     8 (reserved)       chunk files are counted by their registry slots
 //!  80     4 generation       global generation counter
 //!  84     4 closed           1 once the namespace is being removed
 //!  88     8 created_unix_ms  creation wall-clock time (display)
@@ -40,7 +39,13 @@
 //! 136     8 retired          chunks unlinked
 //! 144     8 expired          chunks reclaimed by TTL
 //! 152   104 (reserved)
-//! 256 16384 registry[4096]   live chunk ids: id + 1, 0 = empty slot
+//! 256 32768 registry[4096]   one u64 word per slot (see crate::registry):
+//!                            bits 0-1 state (0 FREE, 1 CREATING, 2 READY,
+//!                            3 ABANDONED), bits 2-21 epoch, bits 22-31 0,
+//!                            bits 32-63 low 32 bits of the coarse-monotonic
+//!                            ms of a creation's last step (CREATING and
+//!                            ABANDONED only). The chunk in slot s at epoch e
+//!                            has id e << 12 | s.
 //!
 //! Chunk file `{ns}_data_{id}` (CHUNK_HEADER_SIZE = 128, then entries)
 //! off  size field            meaning
@@ -65,7 +70,9 @@
 //!  88     8 walked           bits 0-31 offset up to which every entry is
 //!                            known committed, 32-63 the generation walked
 //!  96     8 acked            the same for acknowledged entries
-//! 104    24 (reserved)
+//! 104     8 claimed_ms       time of the RECLAIMING claim (its claimer is
+//!                            presumed dead after the grace period)
+//! 112    16 (reserved)
 //!
 //! Entry at an 8-aligned offset inside a chunk (ENTRY_HEADER_SIZE = 16)
 //! off  size field            meaning
@@ -73,8 +80,9 @@
 //!   4     4 state            bits 0-1: 1 committed, 2 acknowledged (anything
 //!                            else: not yet written); bits 2-31: the low 30
 //!                            bits of the chunk generation it was written in
-//!   8     8 tag              keyed hash of (key, chunk, generation, offset, len,
-//!                            timestamp): a handle must reproduce it
+//!   8     8 tag              keyed hash of (key, chunk, generation, offset,
+//!                            len): a handle must reproduce it, and a walk
+//!                            accepts an entry only with a matching tag
 //!  16   len payload          then zero to seven padding bytes
 //! ```
 
@@ -85,14 +93,32 @@ pub const CTRL_MAGIC: u64 = u64::from_le_bytes(*b"SFB_CTL2");
 /// `"SFB_CHK2"` read as a little-endian u64.
 pub const CHUNK_MAGIC: u64 = u64::from_le_bytes(*b"SFB_CHK2");
 /// Version of this layout.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Bytes of the control header before the registry.
 pub const CTRL_HEADER_SIZE: usize = 256;
 /// Slots in the chunk registry: the most chunk files one namespace can hold.
-pub const REGISTRY_SLOTS: usize = 4096;
+pub const REGISTRY_SLOTS: usize = 1 << SLOT_BITS;
+/// Bits of a chunk id that name its registry slot.
+pub const SLOT_BITS: u32 = 12;
 /// Size of the control file.
-pub const CTRL_SIZE: usize = CTRL_HEADER_SIZE + REGISTRY_SLOTS * 4;
+pub const CTRL_SIZE: usize = CTRL_HEADER_SIZE + REGISTRY_SLOTS * 8;
+/// Registry slot word: the state bits.
+pub const SLOT_STATE_MASK: u64 = 0b11;
+/// Registry slot state: no chunk.
+pub const SLOT_FREE: u64 = 0;
+/// Registry slot state: a chunk file is being created (stamped).
+pub const SLOT_CREATING: u64 = 1;
+/// Registry slot state: a formatted chunk file.
+pub const SLOT_READY: u64 = 2;
+/// Registry slot state: a creation presumed dead; its file must be unlinked.
+pub const SLOT_ABANDONED: u64 = 3;
+/// Registry slot word: first bit of the epoch.
+pub const SLOT_EPOCH_SHIFT: u32 = 2;
+/// Registry slot word: bits of the epoch (ids are 32 bits: 20 + 12).
+pub const SLOT_EPOCH_BITS: u32 = 32 - SLOT_BITS;
+/// Registry slot word: first bit of the creation stamp.
+pub const SLOT_STAMP_SHIFT: u32 = 32;
 /// Slots of the warm pool (chunks kept mapped and faulted for reuse).
 pub const POOL_SLOTS: usize = 4;
 
@@ -158,10 +184,8 @@ pub struct CtrlHeader {
     pub ttl_ms: AtomicU64,
     /// `(generation << 32) | chunk id` of the append chunk.
     pub active: AtomicU64,
-    /// Next chunk id.
-    pub next_chunk_id: AtomicU32,
-    /// Chunk files in existence.
-    pub live_chunks: AtomicU32,
+    /// Reserved (chunk files are counted by their registry slots).
+    pub _reserved0: [AtomicU32; 2],
     /// Global generation counter.
     pub generation: AtomicU32,
     /// Non-zero once the namespace is being removed.
@@ -264,7 +288,8 @@ const _: () = {
     assert!(offset_of!(ChunkHeader, claimed_ms) == 104);
     assert!(size_of::<EntryHeader>() == ENTRY_HEADER_SIZE);
     assert!(offset_of!(EntryHeader, tag) == 8);
-    assert!(CTRL_SIZE == 16_640);
+    assert!(CTRL_SIZE == 33_024);
+    assert!(REGISTRY_SLOTS == 1 << SLOT_BITS);
 };
 
 /// Packs a chunk state and generation into a `state_gen` word.

@@ -51,6 +51,7 @@ pub mod namespace;
 mod os;
 mod stats;
 mod store;
+mod registry;
 mod sync;
 mod table;
 mod view;

@@ -14,6 +14,7 @@ use crate::layout::*;
 use crate::lifecycle::Maintain;
 use crate::namespace;
 use crate::os::{self, Mapping};
+use crate::registry::{self, Claim, Registry};
 use crate::stats::StoreStats;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::table::ChunkTable;
@@ -209,8 +210,11 @@ impl SharedBackend {
     }
 
     /// Chunk files currently in existence in the namespace (all processes).
+    ///
+    /// Counted from the registry: creations in progress, and creations whose
+    /// creator died until a pass finishes them, count too.
     pub fn chunk_count(&self) -> usize {
-        self.inner.ctrl().live_chunks.load(Ordering::Relaxed) as usize
+        self.inner.registry().taken()
     }
 
     /// Bytes of a standard chunk available to entries (chunk size minus the
@@ -501,13 +505,20 @@ impl Chunks for Inner {
     }
 
     fn ids(&self, out: &mut Vec<u32>) {
-        for slot in self.registry() {
-            // Acquire: pairs with the Release CAS in `register`, so the
-            // chunk file of an id we see is formatted.
-            let v = slot.load(Ordering::Acquire);
-            if v != 0 {
-                out.push(v - 1);
-            }
+        self.registry().ids(out);
+    }
+
+    fn sweep_creations(&self, grace_ms: u64) {
+        let mut abandoned = Vec::new();
+        self.registry()
+            .sweep(clock::now_ms(), grace_ms, &mut abandoned);
+        for a in abandoned {
+            // The creator died (or stalled past the grace period) between
+            // claiming the slot and publishing the chunk: the file, if it
+            // made one, is unlinked before the slot is freed, so that a
+            // pass killed in between leaves the slot ABANDONED for the next.
+            self.unlink_own(&self.chunk_path(a.id));
+            self.registry().forget(&a);
         }
     }
 
@@ -589,12 +600,10 @@ impl Inner {
         Some(unsafe { BlobView::new(ViewOwner::Shared(chunk), ptr, len) })
     }
 
-    /// Clears chunk `id`'s registry slot and counts it out of
-    /// `live_chunks` — only for the one caller whose CAS cleared it.
+    /// Frees chunk `id`'s registry slot, which counts it out of the
+    /// namespace's chunks (exactly one caller's CAS does it).
     fn count_out(&self, id: u32) {
-        if self.unregister(id) {
-            self.ctrl().live_chunks.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.registry().unregister(id);
     }
 
     fn ctrl(&self) -> &CtrlHeader {
@@ -602,14 +611,31 @@ impl Inner {
         unsafe { &*(self.ctrl_map.base().as_ptr() as *const CtrlHeader) }
     }
 
-    fn registry(&self) -> &[AtomicU32] {
-        // SAFETY: the registry is REGISTRY_SLOTS u32 words right after the
-        // 256-byte header, inside the CTRL_SIZE mapping, 4-aligned.
+    fn registry(&self) -> Registry<'_> {
+        Registry::new(self.registry_words())
+    }
+
+    fn registry_words(&self) -> &[AtomicU64] {
+        // SAFETY: the registry is REGISTRY_SLOTS u64 words right after the
+        // 256-byte header, inside the CTRL_SIZE mapping (checked by
+        // map_ctrl), 8-aligned (the mapping is page-aligned).
         unsafe {
             std::slice::from_raw_parts(
-                self.ctrl_map.base().as_ptr().add(CTRL_HEADER_SIZE) as *const AtomicU32,
+                self.ctrl_map.base().as_ptr().add(CTRL_HEADER_SIZE) as *const AtomicU64,
                 REGISTRY_SLOTS,
             )
+        }
+    }
+
+    /// Unlinks a chunk file name if it is a regular file of ours (never
+    /// another user's file squatting the name).
+    fn unlink_own(&self, path: &Path) {
+        if let Ok(file) = os::open_ro(path) {
+            if os::check_owner(&file, path).is_ok()
+                && os::path_identity(path).is_some_and(|(_, regular)| regular)
+            {
+                let _ = os::unlink(path);
+            }
         }
     }
 
@@ -639,7 +665,9 @@ impl Inner {
     /// header after) and caches the mapping.
     fn open_chunk(&self, id: u32) -> Result<Arc<ChunkMap>> {
         let path = self.chunk_path(id);
-        if id >= self.ctrl().next_chunk_id.load(Ordering::Acquire) {
+        // Only a published chunk: never a name being created, or one a
+        // forged handle makes up.
+        if !self.registry().is_ready(id) {
             return Err(BlobError::os(
                 "open",
                 path,
@@ -665,143 +693,133 @@ impl Inner {
 
     /// Creates, sizes, maps, formats and registers a new chunk file. It
     /// starts FREE and sealed, owned by the caller.
+    ///
+    /// The registry slot is claimed first (CREATING, stamped), so the chunk
+    /// counts against `max_chunks` before its file exists, and a creator
+    /// killed at any step leaves a slot that a later pass finishes.
     fn create_chunk(&self, size: usize, flags: u32, populate: bool) -> Result<Arc<ChunkMap>> {
-        let ctrl = self.ctrl();
-        if self.is_closed() {
-            return Err(self.closed_error());
-        }
-        // Count the file against max_chunks before it exists.
-        let limit = if self.max_chunks == 0 {
-            REGISTRY_SLOTS as u32
-        } else {
-            self.max_chunks
-        };
-        let mut live = ctrl.live_chunks.load(Ordering::Relaxed);
-        loop {
-            if live >= limit {
-                return Err(if self.max_chunks == 0 {
-                    BlobError::RegistryFull {
+        // A creation abandoned by a pass (this process stalled past the
+        // grace period mid-creation) is retried; the third such stall is
+        // reported.
+        for _ in 0..3 {
+            if self.is_closed() {
+                return Err(self.closed_error());
+            }
+            let limit = if self.max_chunks == 0 {
+                REGISTRY_SLOTS
+            } else {
+                self.max_chunks as usize
+            };
+            let mut claim = self
+                .registry()
+                .claim(clock::now_ms(), limit)
+                .map_err(|full| match full {
+                    registry::Full::Registry => BlobError::RegistryFull {
                         namespace: self.ns.clone(),
                         slots: REGISTRY_SLOTS,
-                    }
-                } else {
-                    BlobError::StoreFull {
+                    },
+                    registry::Full::Limit => BlobError::StoreFull {
                         namespace: self.ns.clone(),
                         max_chunks: self.max_chunks,
                         held: engine::census(self),
-                    }
-                });
-            }
-            match ctrl.live_chunks.compare_exchange_weak(
-                live,
-                live + 1,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(v) => live = v,
+                    },
+                })?;
+            let path = self.chunk_path(claim.id());
+            match self.create_chunk_file(&mut claim, &path, size, flags, populate) {
+                Ok(Some(chunk)) => return Ok(chunk),
+                Ok(None) => {
+                    let _ = os::unlink(&path);
+                    self.registry().cancel(&claim);
+                }
+                Err(e) => {
+                    self.registry().cancel(&claim);
+                    return Err(e);
+                }
             }
         }
-        let result = self.create_chunk_file(size, flags, populate);
-        if result.is_err() {
-            ctrl.live_chunks.fetch_sub(1, Ordering::Relaxed);
-        }
-        result
+        Err(BlobError::os(
+            "create chunk",
+            self.dir.clone(),
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "chunk creation stalled past the grace period three times",
+            ),
+        ))
     }
 
-    fn create_chunk_file(&self, size: usize, flags: u32, populate: bool) -> Result<Arc<ChunkMap>> {
-        let ctrl = self.ctrl();
-        let id = ctrl
-            .next_chunk_id
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                n.checked_add(1).filter(|&m| m < NO_CHUNK)
-            })
-            .map_err(|_| BlobError::Corrupt {
-                file: self.ctrl_path.clone(),
-                detail: "chunk id space exhausted".into(),
-            })?;
-        let path = self.chunk_path(id);
-        let file = match os::create_exclusive(&path) {
+    /// The steps of a creation whose slot is claimed. `Ok(None)` if a pass
+    /// presumed this creation dead meanwhile (the caller removes the file
+    /// and retries); on an error the file is already removed.
+    fn create_chunk_file(
+        &self,
+        claim: &mut Claim,
+        path: &Path,
+        size: usize,
+        flags: u32,
+        populate: bool,
+    ) -> Result<Option<Arc<ChunkMap>>> {
+        let id = claim.id();
+        let file = match os::create_exclusive(path) {
             Ok(f) => f,
             Err(BlobError::Os { source, .. })
                 if source.kind() == std::io::ErrorKind::AlreadyExists =>
             {
                 // Another user's file under our name: refuse it, never use
                 // or remove it.
-                if let Ok(existing) = os::open_ro(&path) {
-                    os::check_owner(&existing, &path)?;
+                if let Ok(existing) = os::open_ro(path) {
+                    os::check_owner(&existing, path)?;
                 }
-                // Ids are unique within an incarnation, so a regular file
-                // under this name is an orphan of an earlier one: replace
+                // Our claim of the slot makes the name ours, so a regular
+                // file under it is an orphan (of an earlier incarnation, or
+                // of a creation abandoned past its grace period): replace
                 // it. Anything else (a symlink...) is not ours to touch.
-                if os::path_identity(&path).is_some_and(|(_, regular)| regular)
-                    && chunk_file_incarnation(&path) != Some(self.policy.key)
-                {
-                    os::unlink(&path)?;
-                    os::create_exclusive(&path)?
+                if os::path_identity(path).is_some_and(|(_, regular)| regular) {
+                    os::unlink(path)?;
+                    os::create_exclusive(path)?
                 } else {
-                    return Err(BlobError::os("open(O_CREAT|O_EXCL)", &path, source));
+                    return Err(BlobError::os("open(O_CREAT|O_EXCL)", path, source));
                 }
             }
             Err(e) => return Err(e),
         };
         let undo = |e: BlobError| {
-            let _ = os::unlink(&path);
+            let _ = os::unlink(path);
             e
         };
-        os::reserve_space(&file, size as u64, &path).map_err(undo)?;
-        let chunk = map_chunk(&file, size, &path, id).map_err(undo)?;
+        os::reserve_space(&file, size as u64, path).map_err(undo)?;
+        let chunk = map_chunk(&file, size, path, id).map_err(undo)?;
+        if !self.registry().heartbeat(claim, clock::now_ms()) {
+            return Ok(None);
+        }
         if populate {
             chunk._map.populate_write();
+            if !self.registry().heartbeat(claim, clock::now_ms()) {
+                return Ok(None);
+            }
         }
-        let generation = ctrl
+        let generation = self
+            .ctrl()
             .generation
             .fetch_add(1, Ordering::Relaxed)
             .wrapping_add(1);
         chunk
             .region
             .format(id, generation, flags, self.policy.key, clock::now_ms());
-        self.register(id).map_err(undo)?;
+        if !self.registry().publish(claim) {
+            return Ok(None);
+        }
         if self.is_closed() {
-            self.unregister(id);
-            return Err(undo(self.closed_error()));
+            // Published after the namespace closed: the name may belong to
+            // a new incarnation by now, so only our slot is freed.
+            self.registry().unregister(id);
+            if os::path_identity(path).map(|(i, _)| i) == chunk.ident {
+                let _ = os::unlink(path);
+            }
+            return Err(self.closed_error());
         }
         let chunk = Arc::new(chunk);
         self.chunks.insert(id, Arc::clone(&chunk));
-        Ok(chunk)
-    }
-
-    fn register(&self, id: u32) -> Result<()> {
-        for slot in self.registry() {
-            // Release: pairs with the Acquire load in `ids`, so a
-            // process that finds the id finds a formatted chunk file.
-            if slot.load(Ordering::Relaxed) == 0
-                && slot
-                    .compare_exchange(0, id + 1, Ordering::Release, Ordering::Relaxed)
-                    .is_ok()
-            {
-                return Ok(());
-            }
-        }
-        Err(BlobError::RegistryFull {
-            namespace: self.ns.clone(),
-            slots: REGISTRY_SLOTS,
-        })
-    }
-
-    /// Clears chunk `id`'s registry slot; `true` for the one caller whose
-    /// CAS did it (ids are never reused within an incarnation: no ABA).
-    fn unregister(&self, id: u32) -> bool {
-        for slot in self.registry() {
-            if slot.load(Ordering::Relaxed) == id + 1
-                && slot
-                    .compare_exchange(id + 1, 0, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-            {
-                return true;
-            }
-        }
-        false
+        Ok(Some(chunk))
     }
 
     /// Drops this process's mappings of chunks retired by any process.
@@ -1214,6 +1232,103 @@ mod tests {
         other.cleanup_chunks();
         b.cleanup_chunks();
         assert_eq!(b.chunk_count(), before, "counted out exactly once");
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "real shared memory: Miri cannot run it")]
+    fn a_producer_killed_while_creating_a_chunk_leaks_nothing() {
+        let ns = namespace("creating");
+        let config = Config {
+            default_ttl_ms: 200,
+            ..Config::default()
+        };
+        let b = SharedBackend::create_with_limit(&ns, 64 << 10, Some(3), &config).unwrap();
+        let before = b.chunk_count();
+        // What a producer killed between claiming a chunk and publishing it
+        // leaves, once at each step: a claim without a file, a file not yet
+        // sized, a sized and mapped file.
+        let mut left = Vec::new();
+        for step in 0..3 {
+            let claim = b.inner.registry().claim(clock::now_ms(), 3);
+            let Ok(claim) = claim else {
+                // The limit of 3 is reached by the earlier kills: what the
+                // bug did forever (StoreFull) lasts only the grace period.
+                assert_eq!(step, 2);
+                break;
+            };
+            let path = b.inner.chunk_path(claim.id());
+            if step > 0 {
+                let file = os::create_exclusive(&path).unwrap();
+                os::reserve_space(&file, 64 << 10, &path).unwrap();
+            }
+            left.push(path);
+        }
+        assert!(b.chunk_count() > before, "the claims count at once");
+        b.cleanup_chunks();
+        assert!(
+            left.iter().skip(1).all(|p| p.exists()),
+            "a young creation is its creator's"
+        );
+        // The grace period is max(TTL, 1 s).
+        std::thread::sleep(Duration::from_millis(1_100));
+        let other = SharedBackend::attach(&ns, &Config::default()).unwrap();
+        other.cleanup_chunks();
+        assert!(left.iter().all(|p| !p.exists()), "the files are removed");
+        assert_eq!(b.chunk_count(), before, "and their places freed");
+        b.cleanup_chunks();
+        assert_eq!(b.chunk_count(), before, "exactly once");
+        // The store can grow to its limit again.
+        let c1 = b.inner.create_chunk(64 << 10, 0, false).unwrap();
+        let c2 = b.inner.create_chunk(64 << 10, 0, false).unwrap();
+        assert_eq!(b.chunk_count(), 3);
+        for c in [c1, c2] {
+            c.region.mark_retired();
+            b.inner.release(&c);
+        }
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "real shared memory: Miri cannot run it")]
+    fn chunk_ids_never_run_out_in_a_store() {
+        use crate::registry::Slot;
+        let ns = namespace("ids");
+        let b = SharedBackend::create(&ns, 64 << 10, &Config::default()).unwrap();
+        // Start every free slot's id counter (its epoch) at the last one.
+        let top = (1u64 << SLOT_EPOCH_BITS) - 2;
+        let words = b.inner.registry_words();
+        for w in words {
+            if Slot::decode(w.load(Ordering::Relaxed)).state == SLOT_FREE {
+                w.store(top << SLOT_EPOCH_SHIFT, Ordering::Relaxed);
+            }
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for round in 0..6u8 {
+            let c = b.inner.create_chunk(64 << 10, 0, false).unwrap();
+            assert_ne!(c.id, NO_CHUNK);
+            ids.insert(c.id);
+            // A standard append through it resolves from another process's
+            // view of the namespace.
+            let other = SharedBackend::attach(&ns, &Config::default()).unwrap();
+            assert!(other.inner.registry().is_ready(c.id));
+            assert!(other.inner.chunk(c.id).is_ok(), "round {round}");
+            c.region.mark_retired();
+            b.inner.release(&c);
+            assert!(!b.inner.chunk_path(c.id).exists());
+        }
+        assert_eq!(ids.len(), 6, "a fresh id every time: {ids:?}");
+        assert!(
+            ids.iter().any(|&id| id >> SLOT_BITS == 0),
+            "the epoch wrapped to 0: {ids:?}"
+        );
+        // Appends keep working across the wrap.
+        for i in 0..2_000u32 {
+            let h = b.append(&i.to_le_bytes().repeat(64)).unwrap();
+            assert_eq!(b.resolve(&h).unwrap(), i.to_le_bytes().repeat(64));
+            assert!(b.acknowledge(&h));
+            if i % 100 == 0 {
+                b.cleanup_chunks();
+            }
+        }
     }
 
     #[test]

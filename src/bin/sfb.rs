@@ -541,6 +541,7 @@ fn report_json(r: &NamespaceReport) -> Value {
             "retired": c.retired,
             "expired": c.expired,
             "registry": c.registry,
+            "creating": c.creating,
         })
     });
     json!({
