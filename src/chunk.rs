@@ -238,7 +238,10 @@ impl ChunkRegion {
         h.sealed_ms.store(SEALED_ACTIVATING, Ordering::Release);
         h.acks.store(0, Ordering::Relaxed);
         h.first_write_ms.store(0, Ordering::Relaxed);
-        h.empty_since_ms.store(0, Ordering::Relaxed);
+        // Release: pairs with the Acquire load in `free_since`, so a pass
+        // that sees this reset sees this activation's `activated_ms` too
+        // (and does not take the chunk, FREE for a moment more, for idle).
+        h.empty_since_ms.store(0, Ordering::Release);
         // AcqRel: publishes the resets above to whoever sees IN_USE; fails
         // if `retire_free` won the chunk.
         if h.state_gen
@@ -814,6 +817,20 @@ impl ChunkRegion {
         h.alloc.fetch_or(ALLOC_SEALED, Ordering::Relaxed);
         h.state_gen
             .store(state_gen(STATE_RETIRED, generation), Ordering::Release);
+    }
+
+    /// Since when a FREE chunk has been idle: its freeing (or making), or a
+    /// later activation attempt. An activation resets `empty_since_ms` a
+    /// moment before its CAS takes the chunk out of FREE; measured from
+    /// `empty_since_ms` alone, a pass would find the chunk idle for ever
+    /// in that moment and retire it under its activator. An activator
+    /// that dies in that moment leaves the chunk idle from its
+    /// `activated_ms`, so the pass still releases it later.
+    pub(crate) fn free_since(&self) -> u64 {
+        let h = self.header();
+        // Acquire: pairs with the Release reset in `activate`.
+        let freed = h.empty_since_ms.load(Ordering::Acquire);
+        freed.max(h.activated_ms.load(Ordering::Relaxed))
     }
 
     /// Retires a FREE chunk of generation `generation` (pooled and idle).

@@ -566,7 +566,7 @@ pub(crate) fn reclaim<C: Chunks>(c: &C) -> usize {
                 // before publishing it): seal it so it can be reclaimed.
                 region.seal(generation, now);
             } else if state == STATE_FREE
-                && now.saturating_sub(h.empty_since_ms.load(Ordering::Relaxed)) >= idle
+                && now.saturating_sub(region.free_since()) >= idle
                 && region.retire_free(generation)
             {
                 // A FREE chunk that fell out of the pool.
@@ -736,9 +736,8 @@ fn shrink_pool<C: Chunks>(c: &C, now: u64) {
         let Ok(chunk) = c.chunk(v - 1) else { continue };
         let region = chunk.region();
         let (state, generation) = region.state();
-        let freed = region.header().empty_since_ms.load(Ordering::Relaxed);
         if state == STATE_FREE
-            && now.saturating_sub(freed) >= idle
+            && now.saturating_sub(region.free_since()) >= idle
             && s.compare_exchange(v, 0, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
             && region.retire_free(generation)

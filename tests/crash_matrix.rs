@@ -1,9 +1,15 @@
 //! Crash matrix: real processes — a creator (running reclamation), an
-//! attached producer and an attached consumer (holding views) — and one of
-//! them SIGKILLed at a random moment in each round, with a recorded seed.
+//! attached producer (some of its blobs larger than a chunk, so it creates
+//! chunk files all the time), an attached consumer (holding views) and an
+//! attached reclaimer (running passes back to back) — and one of them
+//! SIGKILLed at a random moment in each round, with a recorded seed.
 //! After each round: every payload a consumer received resolved to exactly
-//! the appended bytes or to nothing, no process hung, and after the
-//! survivors exit `cleanup_namespace` leaves nothing in the shm directory.
+//! the appended bytes or to nothing, no process hung; then, before anything
+//! removes the namespace, reclamation past the TTL brings it back to its
+//! steady state — every chunk file registered and every registered chunk a
+//! file, no creation or claim left unfinished, no more files than the
+//! append target and the warm pool — and `cleanup_namespace` leaves nothing
+//! in the shm directory.
 //!
 //! Bounded by default (CI); the long run is
 //! `SFB_CRASH_ROUNDS=500 cargo test --release --test crash_matrix -- --nocapture`
@@ -12,6 +18,7 @@
 mod common;
 
 use common::{env, hex, payload, say, spawn_peer, unhex, Ns, Peer};
+use stable_fragmented_buffer::inspect::{inspect_namespace, ChunkState};
 use stable_fragmented_buffer::{
     BlobError, BlobStoreLifecycleExt, BlobView, Config, PinnedBlobStore, SharedBackend,
 };
@@ -40,6 +47,7 @@ fn peer_process_entry_point() {
         "creator" => creator(),
         "producer" => producer(),
         "consumer" => consumer(),
+        "reclaimer" => reclaimer(),
         other => panic!("unknown role {other}"),
     }
 }
@@ -67,14 +75,46 @@ fn producer() {
         s.store(true, Ordering::Relaxed);
     });
     let base: u64 = env("SFB_SEED").parse().unwrap();
+    let big = env("SFB_BIG") == "1";
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut n = 0u64;
+    // In "big" rounds every blob is larger than a 64 KiB chunk: a dedicated
+    // chunk file is made for each, so a kill often lands inside a creation.
+    // Four payloads made once, so that making them takes no time. Otherwise
+    // one blob in eight is larger than a chunk.
+    let bigs: Vec<(u64, Vec<u8>)> = (0..4u64)
+        .map(|i| (base ^ i, payload(base ^ i, (65 << 10) + (i as usize) * (60 << 10))))
+        .collect();
     while !stop.load(Ordering::Relaxed) {
-        let seed = base.wrapping_mul(1_000_003).wrapping_add(n);
-        let len = 1 + (seed as usize).wrapping_mul(7919) % 6000;
-        match store.append_shared(&payload(seed, len)) {
+        let mut seed = base.wrapping_mul(1_000_003).wrapping_add(n);
+        let made;
+        let data = if big {
+            let (s, p) = &bigs[n as usize % bigs.len()];
+            seed = *s;
+            p
+        } else {
+            let len = if seed % 8 == 3 {
+                (64 << 10) + (seed as usize).wrapping_mul(7919) % (200 << 10)
+            } else {
+                1 + (seed as usize).wrapping_mul(7919) % 6000
+            };
+            made = payload(seed, len);
+            &made
+        };
+        let len = data.len();
+        match store.append_shared(data) {
             Ok(h) => {
-                writeln!(out, "SFB h {} {seed} {len}", hex(&h)).unwrap();
+                // In big rounds the blobs are acknowledged at once and one
+                // in 64 goes to the consumer (which finds it gone or
+                // intact), so that neither the store's limit nor the relay
+                // holds the producer back: most of its time goes to making
+                // chunk files.
+                if big {
+                    store.acknowledge_shared(&h);
+                }
+                if !big || n % 64 == 0 {
+                    writeln!(out, "SFB h {} {seed} {len}", hex(&h)).unwrap();
+                }
                 n += 1;
                 if n % 4 == 0 {
                     out.flush().unwrap();
@@ -89,6 +129,23 @@ fn producer() {
         }
     }
     out.flush().unwrap();
+}
+
+/// Runs reclamation passes back to back until stdin closes, so a kill is
+/// likely to land inside one.
+fn reclaimer() {
+    let store = PinnedBlobStore::attach_shared(store_config(), &env("SFB_NS")).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = Arc::clone(&stop);
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        s.store(true, Ordering::Relaxed);
+    });
+    say("ready");
+    while !stop.load(Ordering::Relaxed) {
+        store.cleanup_shared();
+    }
 }
 
 /// Resolves, verifies and acknowledges handles from stdin, holding some as
@@ -144,6 +201,15 @@ fn consumer() {
 /// A small deterministic generator (xorshift) for the schedule.
 struct Rng(u64);
 impl Rng {
+    /// Seeds from a round's seed, scrambled (splitmix64) so that rounds
+    /// with consecutive seeds get unrelated schedules.
+    fn new(seed: u64) -> Self {
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Self((z ^ (z >> 31)) | 1)
+    }
+
     fn next(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
@@ -155,9 +221,16 @@ impl Rng {
 #[derive(Default, Debug)]
 struct Totals {
     rounds: u64,
-    kills: [u64; 3],
+    kills: [u64; 4],
     verified: u64,
     gone: u64,
+    /// Kills that left a chunk creation unfinished (seen in the registry
+    /// right after the kill).
+    creations_cut: u64,
+    /// Kills that left a reclamation claim unfinished.
+    claims_cut: u64,
+    /// Passes the namespace took to settle, summed over rounds.
+    settle_passes: u64,
 }
 
 fn start_consumer(ns: &Ns) -> Peer {
@@ -209,24 +282,47 @@ fn finish_consumer(mut k: Peer, t: &mut Totals, seed: u64) {
 
 fn round(seed: u64, t: &mut Totals) {
     let ns = Ns::new("crash");
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let mut c = spawn_peer(ENTRY, "creator", &[("SFB_NS", ns.0.clone())]);
     c.expect("ready");
     let mut p = spawn_peer(
         ENTRY,
         "producer",
-        &[("SFB_NS", ns.0.clone()), ("SFB_SEED", seed.to_string())],
+        &[
+            ("SFB_NS", ns.0.clone()),
+            ("SFB_SEED", seed.to_string()),
+            ("SFB_BIG", rng.next(2).to_string()),
+        ],
     );
     let mut k = start_consumer(&ns);
+    let mut r = spawn_peer(ENTRY, "reclaimer", &[("SFB_NS", ns.0.clone())]);
+    r.expect("ready");
     relay(&mut p, &mut k, Duration::from_millis(50 + rng.next(300)));
-    let victim = rng.next(3);
+    let victim = rng.next(4);
     t.kills[victim as usize] += 1;
     match victim {
         0 => c.kill9(),
         1 => p.kill9(),
-        _ => {
+        2 => {
             k.kill9();
             k = start_consumer(&ns);
+        }
+        _ => r.kill9(),
+    }
+    // What the kill interrupted, as the registry and the chunk headers show
+    // it (another process may finish the same steps meanwhile, so this
+    // undercounts; it is a record, not an assertion).
+    if let Ok(report) = inspect_namespace(ns.as_str()) {
+        if victim == 1 && report.control.as_ref().is_some_and(|c| !c.creating.is_empty()) {
+            t.creations_cut += 1;
+        }
+        if victim == 3
+            && report
+                .chunks
+                .iter()
+                .any(|c| c.header.as_ref().is_some_and(|h| h.state == ChunkState::Reclaiming))
+        {
+            t.claims_cut += 1;
         }
     }
     // The survivors keep working.
@@ -237,6 +333,13 @@ fn round(seed: u64, t: &mut Totals) {
         p.wait_ok();
     }
     finish_consumer(k, t, seed);
+    if victim != 3 {
+        drop(r.child.stdin.take());
+        r.wait_ok();
+    }
+    // Before anything removes the namespace: reclamation past the TTL (and
+    // the grace period of unfinished claims and creations) settles it.
+    t.settle_passes += settle(ns.as_str(), seed);
     if victim != 0 {
         drop(c.child.stdin.take());
         c.wait_ok();
@@ -250,6 +353,52 @@ fn round(seed: u64, t: &mut Totals) {
         ns.files()
     );
     t.rounds += 1;
+}
+
+/// Runs reclamation passes from this process until the namespace is in its
+/// steady state (see the module documentation); panics with what is left
+/// if it is not within TTL + grace + margin. Returns the passes it took.
+fn settle(ns: &str, seed: u64) -> u64 {
+    let store = SharedBackend::attach(ns, &store_config())
+        .unwrap_or_else(|e| panic!("seed {seed}: attach to settle: {e}"));
+    let deadline = Instant::now() + Duration::from_millis(2 * 1_500 + 3_000);
+    let mut passes = 0;
+    loop {
+        store.cleanup_chunks();
+        passes += 1;
+        let report = inspect_namespace(ns).unwrap();
+        let control = report.control.as_ref().expect("control block");
+        let files = report.chunks.iter().filter(|c| c.file.is_some()).count();
+        let unsettled: Vec<String> = report
+            .chunks
+            .iter()
+            .filter(|c| {
+                !c.registered
+                    || c.file.is_none()
+                    || !c
+                        .header
+                        .as_ref()
+                        .is_some_and(|h| matches!(h.state, ChunkState::Free | ChunkState::InUse))
+            })
+            .map(|c| format!("{c:?}"))
+            .collect();
+        let settled = unsettled.is_empty()
+            && control.creating.is_empty()
+            && control.live_chunks as usize == files
+            && files <= 1 + control.pool_capacity as usize;
+        if settled {
+            return passes;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "seed {seed}: the namespace did not settle: {files} chunk files, {} counted, creations {:?}, {} pooled of {}; unsettled chunks: {unsettled:#?}",
+            control.live_chunks,
+            control.creating,
+            control.pool.len(),
+            control.pool_capacity,
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -275,14 +424,18 @@ fn crash_matrix_bounded() {
         round(seed, &mut t);
     }
     println!(
-        "crash matrix: {} rounds in {:.1} s; killed creator {}, producer {}, consumer {}; {} payloads verified byte for byte, {} already reclaimed, 0 wrong",
+        "crash matrix: {} rounds in {:.1} s; killed creator {}, producer {} ({} inside a chunk creation), consumer {}, reclaimer {} ({} inside a claim); {} payloads verified byte for byte, {} already reclaimed, 0 wrong; settled every round before removal ({:.1} passes on average)",
         t.rounds,
         started.elapsed().as_secs_f64(),
         t.kills[0],
         t.kills[1],
+        t.creations_cut,
         t.kills[2],
+        t.kills[3],
+        t.claims_cut,
         t.verified,
-        t.gone
+        t.gone,
+        t.settle_passes as f64 / t.rounds.max(1) as f64
     );
     assert!(t.verified > 0);
 }

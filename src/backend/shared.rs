@@ -1289,6 +1289,38 @@ mod tests {
 
     #[test]
     #[cfg_attr(miri, ignore = "real shared memory: Miri cannot run it")]
+    fn a_chunk_being_activated_is_not_retired_as_idle_under_its_activator() {
+        let ns = namespace("activating");
+        let config = Config {
+            decay_timeout_ms: 0,
+            ..Config::default()
+        };
+        let b = SharedBackend::create(&ns, 64 << 10, &config).unwrap();
+        let chunk = b.inner.create_chunk(64 << 10, 0, false).unwrap();
+        let path = b.inner.chunk_path(chunk.id);
+        // The moment inside `activate` between its resets and its CAS (a
+        // fresh dedicated chunk, or one just popped from the pool): FREE,
+        // outside the pool, `empty_since_ms` reset to 0.
+        let h = chunk.region.header();
+        h.activated_ms.store(clock::now_ms(), Ordering::Relaxed);
+        h.empty_since_ms.store(0, Ordering::Release);
+        b.cleanup_chunks();
+        assert_eq!(
+            chunk.region.state().0,
+            STATE_FREE,
+            "not retired under its activator"
+        );
+        assert!(path.exists());
+        // An activator that died there: idle from its activation, released
+        // after the pool's idle period (at least 1 s).
+        std::thread::sleep(Duration::from_millis(1_100));
+        b.cleanup_chunks();
+        assert_eq!(chunk.region.state().0, STATE_RETIRED);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "real shared memory: Miri cannot run it")]
     fn chunk_ids_never_run_out_in_a_store() {
         use crate::registry::Slot;
         let ns = namespace("ids");
