@@ -91,6 +91,14 @@ fn next_epoch(slot: usize, epoch: u32) -> u32 {
     }
 }
 
+/// Whether a stamp is more than `grace_ms` before `now_ms`, on the 32-bit
+/// wrapping clock. A stamp after `now_ms` (a creation that began after the
+/// pass read the clock) is young, not 4 billion ms old.
+fn older_than(now_ms: u64, stamp: u32, grace_ms: u64) -> bool {
+    let age = (now_ms as u32).wrapping_sub(stamp);
+    age < 1 << 31 && u64::from(age) > grace_ms
+}
+
 /// A creation in progress: the slot this process claimed and the word it
 /// last wrote there.
 #[derive(Debug)]
@@ -277,7 +285,7 @@ impl<'a> Registry<'a> {
             let id = id_at(slot, s.epoch);
             match s.state {
                 SLOT_ABANDONED => out.push(Abandoned { id }),
-                SLOT_CREATING if u64::from((now_ms as u32).wrapping_sub(s.stamp)) > grace_ms => {
+                SLOT_CREATING if older_than(now_ms, s.stamp, grace_ms) => {
                     let abandoned = Slot {
                         state: SLOT_ABANDONED,
                         ..s
@@ -436,6 +444,17 @@ mod tests {
         r.cancel(&c);
         assert_eq!(r.taken(), 0, "freed exactly once");
         assert_eq!(r.claim(4_000, 4).unwrap().id(), 1 << SLOT_BITS);
+    }
+
+    #[test]
+    fn a_creation_that_began_after_the_pass_read_the_clock_is_young() {
+        let words = slots(1);
+        let r = Registry::new(&words);
+        let c = r.claim(2_000, 1).unwrap();
+        let mut out = Vec::new();
+        r.sweep(1_990, 1_000, &mut out);
+        assert!(out.is_empty(), "a stamp ahead of the pass's clock");
+        assert!(r.publish(&c));
     }
 
     #[test]
