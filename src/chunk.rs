@@ -65,6 +65,15 @@ pub(crate) enum Reserve {
     Sealed,
 }
 
+/// Why a handle finds no entry in its chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unlocated {
+    /// The chunk is in another life (recycled, or being reclaimed).
+    Stale,
+    /// The chunk is in the handle's life but holds no such entry.
+    Invalid(&'static str),
+}
+
 /// What [`ChunkRegion::assess`] concluded about a chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
@@ -610,6 +619,44 @@ impl ChunkRegion {
             return None;
         }
         Some(offset + ENTRY_HEADER_SIZE)
+    }
+
+    /// Why [`locate`](Self::locate) finds no entry for a handle, read at
+    /// this moment (the slow path of a checked resolve): `Ok(())` if it
+    /// would find one now.
+    pub(crate) fn why_unlocated(
+        &self,
+        generation: u32,
+        offset: u32,
+        size: u32,
+        tag: u64,
+    ) -> Result<(), Unlocated> {
+        let w = self.header().state_gen.load(Ordering::SeqCst);
+        if state_of(w) != STATE_IN_USE || generation_of(w) != generation {
+            return Err(Unlocated::Stale);
+        }
+        let offset = offset as usize;
+        let Some(footprint) = entry_footprint(size as usize) else {
+            return Err(Unlocated::Invalid("its size is out of range"));
+        };
+        if offset.checked_add(footprint).is_none_or(|end| end > self.len) {
+            return Err(Unlocated::Invalid("it points past the end of its chunk"));
+        }
+        let Some(e) = self.entry(offset) else {
+            return Err(Unlocated::Invalid("its offset is not an entry offset"));
+        };
+        let st = e.state.load(Ordering::Acquire);
+        if !entry_in_generation(st, generation)
+            || !matches!(entry_kind(st), ENTRY_COMMITTED | ENTRY_ACKED)
+        {
+            return Err(Unlocated::Invalid("no entry was written at its offset"));
+        }
+        if e.len.load(Ordering::Relaxed) != size || e.tag.load(Ordering::Relaxed) != tag {
+            return Err(Unlocated::Invalid(
+                "it does not match the entry at its offset (forged, corrupted, or from another store)",
+            ));
+        }
+        Ok(())
     }
 
     /// Acknowledges an entry: `true` the first time for a live entry,

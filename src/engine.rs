@@ -4,7 +4,7 @@
 //! written once over the [`Chunks`] trait and used by shared mode (chunk
 //! files in `/dev/shm`) and heap mode (pages in process memory).
 
-use crate::chunk::{ChunkRegion, Deactivate, Reserve, Verdict};
+use crate::chunk::{ChunkRegion, Deactivate, Reserve, Unlocated, Verdict};
 use crate::clock;
 use crate::error::{BlobError, Result};
 use crate::layout::*;
@@ -127,6 +127,14 @@ pub(crate) trait Chunks {
     /// (it died between registering the creation and publishing the chunk):
     /// removes their files and frees their places (shared mode).
     fn sweep_creations(&self, _grace_ms: u64) {}
+    /// Whether chunk `id` is listed as live (its file published, in shared
+    /// mode), so that a failure to open it is not a reclamation.
+    fn is_listed(&self, id: u32) -> bool;
+    /// The error to report when the store was closed under its user (shared
+    /// mode: the creator removed the namespace).
+    fn closed(&self) -> Option<BlobError> {
+        None
+    }
     /// Asks for a chunk to be prepared off the append path.
     fn request_prefetch(&self) {}
     /// Counts a reclamation event.
@@ -513,6 +521,40 @@ pub(crate) fn pin_bytes<C: Chunks>(c: &C, loc: &Loc) -> Option<(C::Chunk, *const
     let ptr = region.payload_ptr(at);
     std::mem::forget(pin);
     Some((chunk, ptr, loc.size as usize))
+}
+
+/// Why the handle `loc` does not resolve (the slow path after a resolve
+/// returned nothing), as read at this moment.
+pub(crate) fn why_unresolved<C: Chunks>(c: &C, loc: &Loc) -> BlobError {
+    if let Some(closed) = c.closed() {
+        return closed;
+    }
+    let ttl_ns = c.policy().ttl_ms.saturating_mul(1_000_000);
+    let stale = || BlobError::Reclaimed {
+        chunk: loc.id,
+        generation: loc.generation,
+        older_than_ttl: clock::now_ns().saturating_sub(loc.timestamp) > ttl_ns,
+    };
+    if !c.is_listed(loc.id) {
+        return stale();
+    }
+    let chunk = match c.chunk(loc.id) {
+        Ok(chunk) => chunk,
+        // Released between the two looks.
+        Err(_) if !c.is_listed(loc.id) => return stale(),
+        Err(e) => return e,
+    };
+    let tag = c.policy().tag(loc);
+    match chunk
+        .region()
+        .why_unlocated(loc.generation, loc.offset, loc.size, tag)
+    {
+        Err(Unlocated::Invalid(reason)) => BlobError::InvalidHandle { reason },
+        // Stale, or it resolves now: it was reclaimed, or (a blob's entry
+        // never goes back to unwritten) the first look met a chunk
+        // changing life.
+        Err(Unlocated::Stale) | Ok(()) => stale(),
+    }
 }
 
 /// Acknowledges the entry at `loc`: `true` the first time only.

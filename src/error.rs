@@ -191,6 +191,28 @@ pub enum BlobError {
         ours: u32,
     },
 
+    /// A handle's blob is gone: its chunk no longer holds the handle's
+    /// generation, because it was reclaimed — after every entry in it was
+    /// acknowledged, or by the TTL. (A made-up handle naming a chunk that
+    /// does not exist reads the same.)
+    #[error("the blob is gone: chunk {chunk} no longer holds generation {generation}; it was reclaimed {}", if *older_than_ttl { "(the handle is older than the TTL: most likely expired unacknowledged; acknowledge sooner or raise default_ttl_ms)" } else { "after its entries were acknowledged (a handle is valid until then)" })]
+    Reclaimed {
+        /// The handle's chunk id.
+        chunk: u32,
+        /// The handle's generation.
+        generation: u32,
+        /// The handle is older than the store's TTL.
+        older_than_ttl: bool,
+    },
+
+    /// A handle names no blob of this store although its chunk is in the
+    /// handle's generation: it was forged, corrupted, or made by another store.
+    #[error("invalid handle: {reason}")]
+    InvalidHandle {
+        /// What does not match.
+        reason: &'static str,
+    },
+
     /// A system call failed.
     #[error("{op} failed on {}: {source}", file.display())]
     Os {

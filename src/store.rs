@@ -199,6 +199,32 @@ impl PinnedBlobStore {
         view
     }
 
+    /// [`resolve`](Self::resolve) that says why a handle does not resolve:
+    /// [`BlobError::Reclaimed`] (acknowledged and reclaimed, or expired by
+    /// the TTL — see its `older_than_ttl`), [`BlobError::InvalidHandle`]
+    /// (forged, corrupted, or another store's), [`BlobError::Closed`] (the
+    /// creator dropped the namespace), or why the chunk file could not be
+    /// read. The reason is read after the resolve failed, at that moment.
+    pub fn resolve_checked(&self, handle: &OverflowHandle) -> Result<Vec<u8>> {
+        let Mode::Shared(shared) = &self.mode else {
+            return Err(self.wrong("resolve_checked", "shared"));
+        };
+        let out = shared.resolve_checked(handle);
+        self.profiler.on_read(out.is_ok());
+        out
+    }
+
+    /// [`resolve_ref`](Self::resolve_ref) that says why a handle does not
+    /// resolve (see [`resolve_checked`](Self::resolve_checked)).
+    pub fn resolve_ref_checked(&self, handle: &OverflowHandle) -> Result<BlobView> {
+        let Mode::Shared(shared) = &self.mode else {
+            return Err(self.wrong("resolve_ref_checked", "shared"));
+        };
+        let out = shared.resolve_ref_checked(handle);
+        self.profiler.on_read(out.is_ok());
+        out
+    }
+
     /// Marks the blob consumed: `true` the first time, `false` for a repeat
     /// or a stale or forged handle.
     pub fn acknowledge_shared(&self, handle: &OverflowHandle) -> bool {

@@ -5,7 +5,7 @@ mod common;
 
 use common::{payload, Ns};
 use stable_fragmented_buffer::layout::*;
-use stable_fragmented_buffer::{BlobError, Config, PinnedBlobStore, SharedBackend};
+use stable_fragmented_buffer::{BlobError, Config, OverflowHandle, PinnedBlobStore, SharedBackend};
 use std::os::unix::fs::PermissionsExt;
 
 const CHUNK: usize = 64 << 10;
@@ -292,4 +292,125 @@ fn files_of_another_user_under_our_names_are_refused() {
     let c = std::ffi::CString::new(ctrl.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: as above; back to root so the creator's drop removes it.
     assert_eq!(unsafe { libc::chown(c.as_ptr(), 0, 0) }, 0);
+}
+
+/// Each reason a resolve can fail, named by the checked variant; the plain
+/// `resolve` says `None` for all of them.
+#[test]
+fn resolve_checked_says_why_a_handle_does_not_resolve() {
+    let ns = Ns::new("why");
+    let cfg = Config {
+        decay_timeout_ms: 0,
+        default_ttl_ms: 300,
+        ..Config::default()
+    };
+    let store = PinnedBlobStore::new_shared(cfg.clone(), ns.as_str(), CHUNK).unwrap();
+    let fill = |store: &PinnedBlobStore| {
+        // Enough to seal the chunk the handles are in, acknowledged.
+        for _ in 0..(CHUNK / 4096 + 2) {
+            let h = store.append_shared(&[7u8; 4000]).unwrap();
+            store.acknowledge_shared(&h);
+        }
+    };
+
+    // Resolves: the same bytes as `resolve`.
+    let live = store.append_shared(b"alive").unwrap();
+    assert_eq!(store.resolve_checked(&live).unwrap(), b"alive");
+    assert_eq!(&store.resolve_ref_checked(&live).unwrap()[..], b"alive");
+
+    // Forged in the handle's own chunk and generation: invalid, and why.
+    for (forged, why) in [
+        (
+            OverflowHandle { size: 6, ..live },
+            "does not match the entry",
+        ),
+        (
+            OverflowHandle {
+                offset: live.offset + 8,
+                ..live
+            },
+            "no entry was written",
+        ),
+        (
+            OverflowHandle {
+                offset: (CHUNK - 16) as u32,
+                ..live
+            },
+            "past the end",
+        ),
+        (OverflowHandle { offset: 3, ..live }, "not an entry offset"),
+    ] {
+        assert_eq!(store.resolve(&forged), None);
+        match store.resolve_checked(&forged) {
+            Err(BlobError::InvalidHandle { reason }) => {
+                assert!(reason.contains(why), "{forged:?}: {reason}")
+            }
+            other => panic!("{forged:?}: {other:?}"),
+        }
+    }
+
+    // Acknowledged and reclaimed: gone, and not for the TTL.
+    assert!(store.acknowledge_shared(&live));
+    fill(&store);
+    store.cleanup_shared();
+    let mut acked = store.append_shared(b"acked").unwrap();
+    assert!(store.acknowledge_shared(&acked));
+    fill(&store);
+    for _ in 0..3 {
+        store.cleanup_shared();
+    }
+    assert_eq!(store.resolve(&acked), None);
+    match store.resolve_checked(&acked) {
+        Err(BlobError::Reclaimed {
+            chunk,
+            older_than_ttl: false,
+            ..
+        }) => assert_eq!(chunk, acked.page_id),
+        other => panic!("{other:?}"),
+    }
+
+    // Never acknowledged, reclaimed by the TTL: gone, older than the TTL.
+    let expired = store.append_shared(b"unread").unwrap();
+    fill(&store);
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    store.cleanup_shared();
+    store.cleanup_shared();
+    assert_eq!(store.resolve(&expired), None);
+    assert!(
+        matches!(
+            store.resolve_ref_checked(&expired),
+            Err(BlobError::Reclaimed {
+                older_than_ttl: true,
+                ..
+            })
+        ),
+        "{:?}",
+        store.resolve_checked(&expired)
+    );
+
+    // A chunk id that is not live: gone (a made-up id reads the same).
+    acked.page_id = 4000;
+    assert!(matches!(
+        store.resolve_checked(&acked),
+        Err(BlobError::Reclaimed { .. })
+    ));
+
+    // The creator dropped the namespace under an attached process.
+    let attached = PinnedBlobStore::attach_shared(cfg, ns.as_str()).unwrap();
+    // (An oversized blob: a chunk file the attached process never mapped.)
+    let h = store.append_shared(&payload(3, 2 * CHUNK)).unwrap();
+    drop(store);
+    assert_eq!(attached.resolve(&h), None);
+    assert!(
+        matches!(attached.resolve_checked(&h), Err(BlobError::Closed { .. })),
+        "{:?}",
+        attached.resolve_checked(&h)
+    );
+
+    // Heap mode has no such call.
+    let heap = PinnedBlobStore::new(Config::default()).unwrap();
+    assert!(matches!(
+        heap.resolve_checked(&h),
+        Err(BlobError::WrongMode { .. })
+    ));
 }

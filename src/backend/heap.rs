@@ -285,6 +285,10 @@ impl Chunks for HeapPages {
         self.pages.ids(out);
     }
 
+    fn is_listed(&self, id: u32) -> bool {
+        self.pages.with(id, |_| ()).is_some()
+    }
+
     fn count(&self, event: Event) {
         let c = &self.counters;
         let counter = match event {

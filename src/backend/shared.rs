@@ -187,6 +187,23 @@ impl SharedBackend {
         self.inner.resolve_ref(handle)
     }
 
+    /// [`resolve`](Self::resolve) that says why a handle does not resolve:
+    /// [`BlobError::Reclaimed`] (acknowledged and reclaimed, or expired by
+    /// the TTL), [`BlobError::InvalidHandle`] (forged or corrupted),
+    /// [`BlobError::Closed`] (the creator removed the namespace), or the
+    /// error that kept the chunk file from being read.
+    pub fn resolve_checked(&self, handle: &OverflowHandle) -> Result<Vec<u8>> {
+        self.resolve(handle)
+            .ok_or_else(|| engine::why_unresolved(&*self.inner, &handle.loc()))
+    }
+
+    /// [`resolve_ref`](Self::resolve_ref) that says why a handle does not
+    /// resolve (see [`resolve_checked`](Self::resolve_checked)).
+    pub fn resolve_ref_checked(&self, handle: &OverflowHandle) -> Result<BlobView> {
+        self.resolve_ref(handle)
+            .ok_or_else(|| engine::why_unresolved(&*self.inner, &handle.loc()))
+    }
+
     /// Reserves an entry of `len` bytes to be filled in place (a loan).
     pub(crate) fn reserve(&self, len: usize) -> Result<SharedReservation> {
         engine::reserve(&*self.inner, len)
@@ -506,6 +523,14 @@ impl Chunks for Inner {
 
     fn ids(&self, out: &mut Vec<u32>) {
         self.registry().ids(out);
+    }
+
+    fn is_listed(&self, id: u32) -> bool {
+        self.registry().is_ready(id)
+    }
+
+    fn closed(&self) -> Option<BlobError> {
+        self.is_closed().then(|| self.closed_error())
     }
 
     fn sweep_creations(&self, grace_ms: u64) {
