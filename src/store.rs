@@ -59,6 +59,15 @@ impl PinnedBlobStore {
 
     /// Creates shared namespace `namespace` with chunks of `chunk_size`
     /// bytes (e.g. [`DEFAULT_CHUNK_SIZE`](crate::backend::shared::DEFAULT_CHUNK_SIZE)).
+    ///
+    /// This process becomes the namespace's creator, and **dropping the
+    /// store removes the namespace**: its files are unlinked, attached
+    /// processes' appends fail with [`BlobError::Closed`], and their
+    /// resolves find only what they already have mapped
+    /// ([`resolve_checked`](Self::resolve_checked) says `Closed`). Views
+    /// already taken stay valid. If the name is held by a creator that died,
+    /// its files are removed first and [`recovered`](Self::recovered) says
+    /// so; a live creator's name gives [`BlobError::AlreadyExists`].
     pub fn new_shared(config: Config, namespace: &str, chunk_size: usize) -> Result<Self> {
         Self::new_shared_with_limit(config, namespace, chunk_size, None)
     }
