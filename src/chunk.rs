@@ -639,7 +639,10 @@ impl ChunkRegion {
         let Some(footprint) = entry_footprint(size as usize) else {
             return Err(Unlocated::Invalid("its size is out of range"));
         };
-        if offset.checked_add(footprint).is_none_or(|end| end > self.len) {
+        if offset
+            .checked_add(footprint)
+            .is_none_or(|end| end > self.len)
+        {
             return Err(Unlocated::Invalid("it points past the end of its chunk"));
         }
         let Some(e) = self.entry(offset) else {

@@ -813,7 +813,7 @@ pub(crate) fn prefetch<C: Chunks>(c: &C) {
 /// The engine's protocol (rollover, activation, the warm pool, claim,
 /// recycle, retire) under loom, over the smallest backend it can run: a
 /// few chunk regions in leaked memory, created on demand.
-#[cfg(loom)]
+#[cfg(all(loom, test))]
 mod loom_tests {
     use super::*;
     use std::ptr::NonNull;

@@ -485,7 +485,7 @@ mod tests {
     }
 }
 
-#[cfg(loom)]
+#[cfg(all(loom, test))]
 mod loom_models {
     use super::*;
     use loom::sync::Arc;

@@ -138,7 +138,10 @@ fn files_are_created_0600_exclusively_and_checked_before_mapping() {
     }
     for p in &planted {
         assert!(
-            std::fs::symlink_metadata(p).unwrap().file_type().is_symlink(),
+            std::fs::symlink_metadata(p)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
             "{p:?} left alone"
         );
         std::fs::remove_file(p).unwrap();
@@ -190,7 +193,11 @@ fn layout_matches_the_documented_offsets() {
     assert_eq!(u32_at(&ctrl, 84), 0, "not closed");
     assert_eq!(h.page_id, 0, "the first chunk is slot 0 at epoch 0");
     assert_eq!(u64_at(&ctrl, CTRL_HEADER_SIZE), 2, "registry slot 0: READY");
-    assert_eq!(u64_at(&ctrl, CTRL_HEADER_SIZE + 8), 0, "registry slot 1: FREE");
+    assert_eq!(
+        u64_at(&ctrl, CTRL_HEADER_SIZE + 8),
+        0,
+        "registry slot 1: FREE"
+    );
 
     let read_chunk =
         || std::fs::read(dir.join(format!("{}_data_{}", ns.as_str(), h.page_id))).unwrap();
@@ -304,7 +311,7 @@ fn resolve_checked_says_why_a_handle_does_not_resolve() {
         default_ttl_ms: 300,
         ..Config::default()
     };
-    let store = PinnedBlobStore::new_shared(cfg.clone(), ns.as_str(), CHUNK).unwrap();
+    let store = PinnedBlobStore::new_shared(cfg, ns.as_str(), CHUNK).unwrap();
     let fill = |store: &PinnedBlobStore| {
         // Enough to seal the chunk the handles are in, acknowledged.
         for _ in 0..(CHUNK / 4096 + 2) {

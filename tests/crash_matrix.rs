@@ -83,7 +83,12 @@ fn producer() {
     // Four payloads made once, so that making them takes no time. Otherwise
     // one blob in eight is larger than a chunk.
     let bigs: Vec<(u64, Vec<u8>)> = (0..4u64)
-        .map(|i| (base ^ i, payload(base ^ i, (65 << 10) + (i as usize) * (60 << 10))))
+        .map(|i| {
+            (
+                base ^ i,
+                payload(base ^ i, (65 << 10) + (i as usize) * (60 << 10)),
+            )
+        })
         .collect();
     while !stop.load(Ordering::Relaxed) {
         let mut seed = base.wrapping_mul(1_000_003).wrapping_add(n);
@@ -313,14 +318,20 @@ fn round(seed: u64, t: &mut Totals) {
     // it (another process may finish the same steps meanwhile, so this
     // undercounts; it is a record, not an assertion).
     if let Ok(report) = inspect_namespace(ns.as_str()) {
-        if victim == 1 && report.control.as_ref().is_some_and(|c| !c.creating.is_empty()) {
+        if victim == 1
+            && report
+                .control
+                .as_ref()
+                .is_some_and(|c| !c.creating.is_empty())
+        {
             t.creations_cut += 1;
         }
         if victim == 3
-            && report
-                .chunks
-                .iter()
-                .any(|c| c.header.as_ref().is_some_and(|h| h.state == ChunkState::Reclaiming))
+            && report.chunks.iter().any(|c| {
+                c.header
+                    .as_ref()
+                    .is_some_and(|h| h.state == ChunkState::Reclaiming)
+            })
         {
             t.claims_cut += 1;
         }

@@ -735,20 +735,20 @@ impl Inner {
             } else {
                 self.max_chunks as usize
             };
-            let mut claim = self
-                .registry()
-                .claim(clock::now_ms(), limit)
-                .map_err(|full| match full {
-                    registry::Full::Registry => BlobError::RegistryFull {
-                        namespace: self.ns.clone(),
-                        slots: REGISTRY_SLOTS,
-                    },
-                    registry::Full::Limit => BlobError::StoreFull {
-                        namespace: self.ns.clone(),
-                        max_chunks: self.max_chunks,
-                        held: engine::census(self),
-                    },
-                })?;
+            let mut claim =
+                self.registry()
+                    .claim(clock::now_ms(), limit)
+                    .map_err(|full| match full {
+                        registry::Full::Registry => BlobError::RegistryFull {
+                            namespace: self.ns.clone(),
+                            slots: REGISTRY_SLOTS,
+                        },
+                        registry::Full::Limit => BlobError::StoreFull {
+                            namespace: self.ns.clone(),
+                            max_chunks: self.max_chunks,
+                            held: engine::census(self),
+                        },
+                    })?;
             let path = self.chunk_path(claim.id());
             match self.create_chunk_file(&mut claim, &path, size, flags, populate) {
                 Ok(Some(chunk)) => return Ok(chunk),
