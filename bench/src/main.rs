@@ -11,6 +11,25 @@ fn main() {
         return;
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // `--stream [rounds]`: camera-sized frames on the documented defaults,
+    // against the same with no decay, alternating.
+    if let Some(i) = args.iter().position(|a| a == "--stream") {
+        let rounds = args
+            .get(i + 1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(5usize)
+            .max(1);
+        println!(
+            "Machine: {}
+",
+            bench::machine()
+        );
+        println!(
+            "{}",
+            bench::stream_compare(rounds, std::time::Duration::from_secs(3))
+        );
+        return;
+    }
     let opts = if args.iter().any(|a| a == "--quick") {
         Options::quick()
     } else {

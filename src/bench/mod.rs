@@ -10,12 +10,14 @@ mod channel;
 mod cross;
 mod ring;
 mod stats;
+mod stream;
 mod workloads;
 
 pub use channel::touch;
 pub use cross::{mono_ns, run_peer_if_asked, PEER_ENV};
 pub use ring::Ring;
 pub use stats::{markdown_table, size_label, Cell, Latency};
+pub use stream::{compare as stream_compare, stream, StreamRun};
 
 /// Payload sizes of the table.
 pub const PAYLOADS: [usize; 4] = [64, 4096, 64 << 10, 1 << 20];
