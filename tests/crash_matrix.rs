@@ -64,9 +64,8 @@ fn creator() {
     let _ = std::io::stdin().read_line(&mut s);
 }
 
-/// Appends seeded payloads and reports each handle until stdin closes.
-fn producer() {
-    let store = PinnedBlobStore::attach_shared(store_config(), &env("SFB_NS")).unwrap();
+/// A flag raised when stdin gives a line or closes (the parent's stop).
+fn stop_on_stdin() -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let s = Arc::clone(&stop);
     std::thread::spawn(move || {
@@ -74,6 +73,13 @@ fn producer() {
         let _ = std::io::stdin().read_line(&mut line);
         s.store(true, Ordering::Relaxed);
     });
+    stop
+}
+
+/// Appends seeded payloads and reports each handle until stdin closes.
+fn producer() {
+    let store = PinnedBlobStore::attach_shared(store_config(), &env("SFB_NS")).unwrap();
+    let stop = stop_on_stdin();
     let base: u64 = env("SFB_SEED").parse().unwrap();
     let big = env("SFB_BIG") == "1";
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -140,13 +146,7 @@ fn producer() {
 /// likely to land inside one.
 fn reclaimer() {
     let store = PinnedBlobStore::attach_shared(store_config(), &env("SFB_NS")).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = Arc::clone(&stop);
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = std::io::stdin().read_line(&mut line);
-        s.store(true, Ordering::Relaxed);
-    });
+    let stop = stop_on_stdin();
     say("ready");
     while !stop.load(Ordering::Relaxed) {
         store.cleanup_shared();
