@@ -7,6 +7,7 @@
 use crate::chunk::{ChunkRegion, Deactivate, Reserve, Unlocated, Verdict};
 use crate::clock;
 use crate::error::{BlobError, Result};
+use crate::hooks::{self, Point};
 use crate::layout::*;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
@@ -182,6 +183,7 @@ fn next_generation<C: Chunks>(c: &C) -> u32 {
 /// Retires a chunk already claimed or exclusively owned, and releases it.
 fn retire<C: Chunks>(c: &C, chunk: &C::Chunk) {
     chunk.region().mark_retired();
+    hooks::at(Point::Retired);
     c.release(chunk);
     c.count(Event::Retired);
 }
@@ -226,6 +228,7 @@ pub(crate) fn rollover<C: Chunks>(c: &C, seen: u64) -> Result<()> {
         // A fresh generation for every life as the append target.
         let fresh = next_generation(c);
         if state == STATE_FREE && ch.region().activate(generation, fresh, now) {
+            hooks::at(Point::Activated);
             break (ch, fresh);
         }
     };
@@ -284,10 +287,12 @@ pub(crate) fn append<C: Chunks>(c: &C, data: &[u8]) -> Result<Loc> {
                             size: data.len() as u32,
                             timestamp,
                         };
+                        hooks::at(Point::Reserved);
                         // SAFETY: `offset` was reserved just now for `data.len()` bytes.
                         unsafe {
                             region.commit(offset, generation, data, policy.tag(&loc), now_ms)
                         };
+                        hooks::at(Point::Committed);
                         // A writer stalled past the TTL may find its chunk
                         // reclaimed under it: its entry is then unreachable.
                         let live = region.state() == (STATE_IN_USE, generation);
@@ -627,6 +632,7 @@ pub(crate) fn reclaim<C: Chunks>(c: &C) -> usize {
         if !region.claim(generation) {
             continue;
         }
+        hooks::at(Point::Claimed);
         reclaimed += 1;
         if expired {
             c.count(Event::Expired);
@@ -1030,5 +1036,207 @@ mod loom_tests {
             }
             m.check_places();
         });
+    }
+}
+
+/// The engine's recovery and re-append paths, each staged at the step it
+/// guards (with the test hooks) on a heap store.
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::backend::heap::{HeapBackend, HeapPages};
+    use crate::chunk::SEALED_ACTIVATING;
+    use crate::Config;
+    use std::sync::Arc;
+
+    fn store(ttl_ms: u64) -> (HeapBackend, Arc<HeapPages>) {
+        let b = HeapBackend::new(&Config {
+            page_size: 4096,
+            decay_timeout_ms: 0,
+            default_ttl_ms: ttl_ms,
+            ..Config::default()
+        })
+        .unwrap();
+        let c = b.pages();
+        (b, c)
+    }
+
+    fn target(c: &HeapPages) -> (u32, u32) {
+        let a = c.active().load(Ordering::SeqCst);
+        (id_of(a), generation_of(a))
+    }
+
+    fn read(c: &HeapPages, loc: &Loc) -> Option<Vec<u8>> {
+        with_bytes(c, loc, <[u8]>::to_vec)
+    }
+
+    /// Invariant 2's other half: a writer whose chunk a pass reclaimed
+    /// while it copied (it stalled past the TTL) appends again rather than
+    /// return a handle to a dead chunk.
+    #[test]
+    fn a_writer_whose_chunk_was_reclaimed_under_it_appends_again() {
+        let (_b, c) = store(60_000);
+        append(&*c, b"first").unwrap();
+        let (id, generation) = target(&c);
+        let pass = Arc::clone(&c);
+        let mut once = true;
+        hooks::set(move |p| {
+            if p == Point::Committed && std::mem::take(&mut once) {
+                // A pass that presumed this writer dead: seal, claim, retire.
+                let chunk = pass.chunk(id).unwrap();
+                chunk.region().seal(generation, clock::now_ms());
+                assert!(chunk.region().claim(generation));
+                retire(&*pass, &chunk);
+            }
+        });
+        let loc = append(&*c, b"second").unwrap();
+        hooks::clear();
+        assert_ne!((loc.id, loc.generation), (id, generation), "written again");
+        assert_eq!(read(&c, &loc).as_deref(), Some(&b"second"[..]));
+    }
+
+    /// A copy (`resolve`, `get`) holds its pin until it is done: a pass
+    /// that reclaims the chunk in the middle of the copy retires it rather
+    /// than recycle it, so the appends that follow never rewrite the bytes
+    /// being copied.
+    #[test]
+    fn a_copy_holds_its_pin_until_it_is_done() {
+        let (_b, c) = store(60_000);
+        let loc = append(&*c, &[1u8; 1000]).unwrap();
+        assert!(acknowledge(&*c, &loc));
+        let (id, generation) = target(&c);
+        let copy = with_bytes(&*c, &loc, |bytes| {
+            // In the middle of the copy: the chunk is sealed, a pass
+            // reclaims it (every entry is acknowledged), and the writer
+            // goes on through chunks the pool hands out.
+            c.chunk(id)
+                .unwrap()
+                .region()
+                .seal(generation, clock::now_ms());
+            reclaim(&*c);
+            for _ in 0..16 {
+                append(&*c, &[2u8; 1000]).unwrap();
+            }
+            bytes.to_vec()
+        })
+        .unwrap();
+        assert_eq!(copy, vec![1u8; 1000], "the bytes changed under the copy");
+    }
+
+    /// Every activation takes a fresh generation, also for a chunk a
+    /// rollover's loser gave back to the pool: its next life as the target
+    /// is not the life it was given back in.
+    #[test]
+    fn every_activation_takes_a_fresh_generation() {
+        let (_b, c) = store(60_000);
+        let inner = Arc::clone(&c);
+        let mut once = true;
+        // The outer rollover activates a chunk; before it publishes it, a
+        // racing rollover wins; the outer one gives its chunk back.
+        hooks::set(move |p| {
+            if p == Point::Activated && std::mem::take(&mut once) {
+                rollover(&*inner, NO_CHUNK as u64).unwrap();
+            }
+        });
+        rollover(&*c, NO_CHUNK as u64).unwrap();
+        hooks::clear();
+        let pooled = pool_pop(&*c).expect("the loser's chunk is pooled");
+        let (state, given_back) = c.chunk(pooled).unwrap().region().state();
+        assert_eq!(state, STATE_FREE);
+        assert!(pool_push(&*c, pooled));
+        // The next rollover takes it from the pool.
+        let seen = c.active().load(Ordering::SeqCst);
+        rollover(&*c, seen).unwrap();
+        let (id, generation) = target(&c);
+        assert_eq!(id, pooled, "the pooled chunk became the target");
+        assert_ne!(generation, given_back, "in a fresh generation");
+    }
+
+    /// A producer killed mid-rollover left an activated chunk that nobody
+    /// points at: a pass seals it after max(decay, 1 s) so it can be
+    /// reclaimed.
+    #[test]
+    fn a_pass_seals_an_append_chunk_abandoned_by_its_activator() {
+        let (_b, c) = store(60_000);
+        let chunk = c.create(4096, 0, false).unwrap();
+        let (_, g) = chunk.region().state();
+        let long_ago = clock::now_ms().saturating_sub(2_000);
+        assert!(chunk.region().activate(g, g + 1, long_ago));
+        reclaim(&*c);
+        let alloc = chunk.region().header().alloc.load(Ordering::SeqCst);
+        assert!(alloc_sealed(alloc), "sealed by the pass");
+    }
+
+    /// A sealer killed between its seal and its time stamp: a pass starts
+    /// the TTL clock, and the TTL then reclaims the chunk.
+    #[test]
+    fn a_seal_that_lost_its_time_gets_one_and_expires() {
+        let (_b, c) = store(50);
+        let chunk = c.create(4096, 0, false).unwrap();
+        let (_, g) = chunk.region().state();
+        assert!(chunk.region().activate(g, g + 1, clock::now_ms()));
+        let h = chunk.region().header();
+        h.alloc.fetch_or(ALLOC_SEALED, Ordering::SeqCst);
+        assert_eq!(h.sealed_ms.load(Ordering::SeqCst), 0);
+        reclaim(&*c);
+        assert_ne!(h.sealed_ms.load(Ordering::SeqCst), 0, "stamped by the pass");
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        reclaim(&*c);
+        assert_ne!(chunk.region().state(), (STATE_IN_USE, g + 1), "expired");
+    }
+
+    /// An activator killed between its state CAS and unsealing left the
+    /// chunk IN_USE, sealed, marked "being activated": after a TTL a pass
+    /// treats it as sealed, and the TTL then reclaims it.
+    #[test]
+    fn a_chunk_half_activated_by_a_dead_process_is_recovered() {
+        let (_b, c) = store(50);
+        let chunk = c.create(4096, 0, false).unwrap();
+        let (_, g) = chunk.region().state();
+        let h = chunk.region().header();
+        // What `activate` leaves when killed right after its CAS.
+        h.activated_ms
+            .store(clock::now_ms().saturating_sub(1_000), Ordering::SeqCst);
+        h.sealed_ms.store(SEALED_ACTIVATING, Ordering::SeqCst);
+        h.state_gen
+            .store(state_gen(STATE_IN_USE, g), Ordering::SeqCst);
+        reclaim(&*c);
+        let sealed = h.sealed_ms.load(Ordering::SeqCst);
+        assert!(
+            sealed != 0 && sealed != SEALED_ACTIVATING,
+            "sealed for real"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        reclaim(&*c);
+        assert_ne!(chunk.region().state(), (STATE_IN_USE, g), "expired");
+    }
+
+    /// A pass that takes a chunk (its TTL expired) while a writer is
+    /// between its reservation and its commit retires it, never recycles
+    /// it in place (the writer would then write into the chunk's next
+    /// life); the writer appends again.
+    #[test]
+    fn a_chunk_with_a_writer_in_flight_is_never_recycled_in_place() {
+        let (_b, c) = store(0);
+        append(&*c, b"first").unwrap();
+        let (id, generation) = target(&c);
+        let pass = Arc::clone(&c);
+        let mut once = true;
+        hooks::set(move |p| {
+            if p == Point::Reserved && std::mem::take(&mut once) {
+                let chunk = pass.chunk(id).unwrap();
+                chunk.region().seal(generation, clock::now_ms());
+                reclaim(&*pass);
+                assert_eq!(
+                    chunk.region().state().0,
+                    STATE_RETIRED,
+                    "retired, not recycled, under the writer"
+                );
+                assert!(!is_pooled(&*pass, id));
+            }
+        });
+        let loc = append(&*c, b"second").unwrap();
+        hooks::clear();
+        assert_eq!(read(&c, &loc).as_deref(), Some(&b"second"[..]));
     }
 }

@@ -907,7 +907,7 @@ fn decode_ctrl(head: &[u8]) -> ControlBlock {
             SLOT_READY => registry.push(id),
             _ => creating.push(id),
         }
-        taken += u32::from(s.state != SLOT_FREE);
+        taken += u32::from(s.state != SLOT_FREE && !registry::Slot::is_tentative(word));
     }
     ControlBlock {
         version: u32f!(version),

@@ -41,7 +41,9 @@
 //! 152   104 (reserved)
 //! 256 32768 registry[4096]   one u64 word per slot (see crate::registry):
 //!                            bits 0-1 state (0 FREE, 1 CREATING, 2 READY,
-//!                            3 ABANDONED), bits 2-21 epoch, bits 22-31 0,
+//!                            3 ABANDONED), bits 2-21 epoch, bit 22 a
+//!                            claim not yet counted against max_chunks,
+//!                            bits 23-31 0,
 //!                            bits 32-63 low 32 bits of the coarse-monotonic
 //!                            ms of a creation's last step (CREATING and
 //!                            ABANDONED only). The chunk in slot s at epoch e
@@ -113,6 +115,9 @@ pub const SLOT_CREATING: u64 = 1;
 pub const SLOT_READY: u64 = 2;
 /// Registry slot state: a creation presumed dead; its file must be unlinked.
 pub const SLOT_ABANDONED: u64 = 3;
+/// Registry slot word: a claim not yet counted against `max_chunks`
+/// (given back at once if over it).
+pub const SLOT_TENTATIVE: u64 = 1 << 22;
 /// Registry slot word: first bit of the epoch.
 pub const SLOT_EPOCH_SHIFT: u32 = 2;
 /// Registry slot word: bits of the epoch (ids are 32 bits: 20 + 12).

@@ -44,6 +44,8 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handle;
+#[doc(hidden)]
+pub mod hooks;
 pub mod inspect;
 pub mod layout;
 mod lifecycle;

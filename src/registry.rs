@@ -29,7 +29,7 @@
 
 use crate::layout::{
     NO_CHUNK, REGISTRY_SLOTS, SLOT_ABANDONED, SLOT_BITS, SLOT_CREATING, SLOT_EPOCH_BITS,
-    SLOT_EPOCH_SHIFT, SLOT_FREE, SLOT_READY, SLOT_STAMP_SHIFT, SLOT_STATE_MASK,
+    SLOT_EPOCH_SHIFT, SLOT_FREE, SLOT_READY, SLOT_STAMP_SHIFT, SLOT_STATE_MASK, SLOT_TENTATIVE,
 };
 use crate::sync::{AtomicU64, Ordering};
 
@@ -66,7 +66,13 @@ impl Slot {
     pub(crate) fn reserved_bits(word: u64) -> u64 {
         word & !(SLOT_STATE_MASK
             | EPOCH_MASK << SLOT_EPOCH_SHIFT
+            | SLOT_TENTATIVE
             | u64::from(u32::MAX) << SLOT_STAMP_SHIFT)
+    }
+
+    /// Whether a word is a claim not yet checked against the limit.
+    pub(crate) fn is_tentative(word: u64) -> bool {
+        word & SLOT_TENTATIVE != 0
     }
 }
 
@@ -150,9 +156,19 @@ impl<'a> Registry<'a> {
         // Two creators racing for the last place may both see the other's
         // claim and both back off; retrying a few times settles it.
         for _ in 0..4 {
-            let claim = self.claim_any(now_ms)?;
+            let mut claim = self.claim_any(now_ms)?;
             if self.taken() <= limit {
-                return Ok(claim);
+                // Confirmed: from now on it counts as a chunk file of the
+                // namespace (`files`). Fails only if a pass abandoned it
+                // meanwhile (a creator stalled past the grace period).
+                let confirmed = claim.word & !SLOT_TENTATIVE;
+                if self.slots[claim.slot]
+                    .compare_exchange(claim.word, confirmed, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    claim.word = confirmed;
+                    return Ok(claim);
+                }
             }
             self.cancel(&claim);
             if self.taken() >= limit {
@@ -172,12 +188,15 @@ impl<'a> Registry<'a> {
             if s.state != SLOT_FREE {
                 continue;
             }
+            // Tentative until counted against the limit, so that `files`
+            // never reports a claim that is about to be given back.
             let claimed = Slot {
                 state: SLOT_CREATING,
                 epoch: s.epoch,
                 stamp: now_ms as u32,
             }
-            .encode();
+            .encode()
+                | SLOT_TENTATIVE;
             if word
                 .compare_exchange(seen, claimed, Ordering::SeqCst, Ordering::Relaxed)
                 .is_ok()
@@ -197,6 +216,17 @@ impl<'a> Registry<'a> {
         self.slots
             .iter()
             .filter(|w| Slot::decode(w.load(Ordering::SeqCst)).state != SLOT_FREE)
+            .count()
+    }
+
+    /// Chunk files of the namespace as a count should report them: slots
+    /// taken, less claims not yet confirmed against the limit (a racing
+    /// creator's, about to be kept or given back within microseconds).
+    pub(crate) fn files(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed))
+            .filter(|&w| Slot::decode(w).state != SLOT_FREE && !Slot::is_tentative(w))
             .count()
     }
 
@@ -407,6 +437,20 @@ mod tests {
         r.cancel(&a);
         assert!(r.claim(1, 2).is_ok(), "a cancelled claim frees its place");
         assert_eq!(r.taken(), 2);
+    }
+
+    #[test]
+    fn a_claim_counts_against_the_limit_at_once_and_as_a_file_once_confirmed() {
+        let words = slots(4);
+        let r = Registry::new(&words);
+        let a = r.claim(1, 4).unwrap();
+        assert_eq!((r.taken(), r.files()), (1, 1), "confirmed");
+        // A racing creator's claim, not yet checked against the limit.
+        words[3].store(SLOT_CREATING | SLOT_TENTATIVE, Ordering::Relaxed);
+        assert_eq!(r.taken(), 2, "the limit sees it");
+        assert_eq!(r.files(), 1, "the count does not report it");
+        r.cancel(&a);
+        assert_eq!(r.files(), 0);
     }
 
     #[test]

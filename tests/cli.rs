@@ -27,6 +27,7 @@ const CHUNK: usize = 64 << 10;
 /// Not a test of its own: the entry point of peer processes. Without
 /// `SFB_PEER_ROLE` (a normal test run) it has nothing to do.
 #[test]
+#[ignore = "not a test: the entry point of this file's peer processes (common::spawn_peer runs it)"]
 fn peer_process_entry_point() {
     let Some(role) = common::peer_role() else {
         return;

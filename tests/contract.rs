@@ -75,7 +75,7 @@ fn errors_are_typed_and_distinct() {
 }
 
 #[test]
-fn namespace_rules_are_checked_before_any_system_call() {
+fn invalid_namespaces_are_refused_by_every_call_with_a_typed_error() {
     for bad in [
         "",
         ".",
@@ -108,7 +108,7 @@ fn namespace_rules_are_checked_before_any_system_call() {
 }
 
 #[test]
-fn files_are_created_0600_exclusively_and_checked_before_mapping() {
+fn files_are_created_0600_exclusively_and_never_through_a_link() {
     let ns = Ns::new("files");
     let store = PinnedBlobStore::new_shared(Config::default(), ns.as_str(), CHUNK).unwrap();
     store.append_shared(&payload(1, 200_000)).unwrap(); // a dedicated chunk too
@@ -420,4 +420,21 @@ fn resolve_checked_says_why_a_handle_does_not_resolve() {
         heap.resolve_checked(&h),
         Err(BlobError::WrongMode { .. })
     ));
+}
+
+/// Attaching to a namespace that is being removed (its `closed` flag set,
+/// the files not yet gone) is refused with `Closed`.
+#[test]
+fn attaching_to_a_closed_namespace_is_refused() {
+    let ns = Ns::new("closed");
+    let store = PinnedBlobStore::new_shared(Config::default(), ns.as_str(), CHUNK).unwrap();
+    let ctrl = common::shm_dir().join(format!("{}_ctrl", ns.as_str()));
+    let f = std::fs::OpenOptions::new().write(true).open(&ctrl).unwrap();
+    let closed = std::mem::offset_of!(CtrlHeader, closed) as u64;
+    std::os::unix::fs::FileExt::write_all_at(&f, &1u32.to_le_bytes(), closed).unwrap();
+    let e = PinnedBlobStore::attach_shared(Config::default(), ns.as_str()).unwrap_err();
+    assert!(matches!(e, BlobError::Closed { .. }), "{e}");
+    // The creator's own appends stop too once they need a new chunk.
+    let e = store.append_shared(&payload(1, 2 * CHUNK)).unwrap_err();
+    assert!(matches!(e, BlobError::Closed { .. }), "{e}");
 }

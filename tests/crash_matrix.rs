@@ -18,6 +18,7 @@
 mod common;
 
 use common::{env, hex, payload, say, spawn_peer, unhex, Ns, Peer};
+use stable_fragmented_buffer::hooks::{Point, STOP_AT_ENV};
 use stable_fragmented_buffer::inspect::{inspect_namespace, ChunkState};
 use stable_fragmented_buffer::{
     BlobError, BlobStoreLifecycleExt, BlobView, Config, PinnedBlobStore, SharedBackend,
@@ -39,6 +40,7 @@ fn store_config() -> Config {
 
 /// Not a test of its own: the entry point of peer processes.
 #[test]
+#[ignore = "not a test: the entry point of this file's peer processes (common::spawn_peer runs it)"]
 fn peer_process_entry_point() {
     let Some(role) = common::peer_role() else {
         return;
@@ -236,7 +238,21 @@ struct Totals {
     claims_cut: u64,
     /// Passes the namespace took to settle, summed over rounds.
     settle_passes: u64,
+    /// Kills at each named step.
+    points: std::collections::BTreeMap<&'static str, u64>,
 }
+
+/// The named steps a round can kill a peer at: (step, victim — 1 producer,
+/// 3 reclaimer —, whether every blob gets its own chunk file).
+const POINTS: [(Point, u64, bool); 7] = [
+    (Point::Reserved, 1, false),
+    (Point::Committed, 1, false),
+    (Point::Activated, 1, false),
+    (Point::CreationClaimed, 1, true),
+    (Point::CreationSized, 1, true),
+    (Point::Claimed, 3, true),
+    (Point::Retired, 3, true),
+];
 
 fn start_consumer(ns: &Ns) -> Peer {
     let mut k = spawn_peer(ENTRY, "consumer", &[("SFB_NS", ns.0.clone())]);
@@ -266,7 +282,10 @@ fn relay(from: &mut Peer, to: &mut Peer, budget: Duration) {
     }
 }
 
-fn finish_consumer(mut k: Peer, t: &mut Totals, seed: u64) {
+/// Collects the consumer's report. Outside "big" rounds (where the producer
+/// acknowledges its blobs at once) every handle must resolve: nothing in
+/// a round waits past the TTL, so none may be gone.
+fn finish_consumer(mut k: Peer, t: &mut Totals, seed: u64, big: bool) {
     drop(k.child.stdin.take());
     let report = k
         .line()
@@ -280,6 +299,9 @@ fn finish_consumer(mut k: Peer, t: &mut Totals, seed: u64) {
         v[2], 0,
         "seed {seed}: a consumer saw bytes that were not appended"
     );
+    if !big {
+        assert_eq!(v[1], 0, "seed {seed}: handles resolved to nothing");
+    }
     t.verified += v[0];
     t.gone += v[1];
     k.wait_ok();
@@ -288,22 +310,63 @@ fn finish_consumer(mut k: Peer, t: &mut Totals, seed: u64) {
 fn round(seed: u64, t: &mut Totals) {
     let ns = Ns::new("crash");
     let mut rng = Rng::new(seed);
+    // Odd seeds stop one peer at a named step and kill it there, cycling
+    // through the steps with consecutive seeds; even seeds kill at random.
+    let pointed = (seed % 2 == 1).then(|| POINTS[(seed / 2 % POINTS.len() as u64) as usize]);
+    let big = match pointed {
+        Some((_, _, big)) => big,
+        None => rng.next(2) == 1,
+    };
+    let stop_at = |role: u64| -> Vec<(&str, String)> {
+        match pointed {
+            Some((point, victim, _)) if victim == role => {
+                vec![(STOP_AT_ENV, point.name().to_owned())]
+            }
+            _ => Vec::new(),
+        }
+    };
     let mut c = spawn_peer(ENTRY, "creator", &[("SFB_NS", ns.0.clone())]);
     c.expect("ready");
-    let mut p = spawn_peer(
-        ENTRY,
-        "producer",
-        &[
-            ("SFB_NS", ns.0.clone()),
-            ("SFB_SEED", seed.to_string()),
-            ("SFB_BIG", rng.next(2).to_string()),
-        ],
-    );
+    let mut env = vec![
+        ("SFB_NS", ns.0.clone()),
+        ("SFB_SEED", seed.to_string()),
+        ("SFB_BIG", u8::from(big).to_string()),
+    ];
+    env.extend(stop_at(1));
+    let mut p = spawn_peer(ENTRY, "producer", &env);
     let mut k = start_consumer(&ns);
-    let mut r = spawn_peer(ENTRY, "reclaimer", &[("SFB_NS", ns.0.clone())]);
+    let mut env = vec![("SFB_NS", ns.0.clone())];
+    env.extend(stop_at(3));
+    let mut r = spawn_peer(ENTRY, "reclaimer", &env);
     r.expect("ready");
-    relay(&mut p, &mut k, Duration::from_millis(50 + rng.next(300)));
-    let victim = rng.next(4);
+    let victim = match pointed {
+        Some((point, victim, _)) => {
+            // Traffic until the victim stops itself at the step.
+            let until = Instant::now() + Duration::from_secs(20);
+            loop {
+                relay(&mut p, &mut k, Duration::from_millis(10));
+                let stopped = if victim == 1 {
+                    p.is_stopped()
+                } else {
+                    r.is_stopped()
+                };
+                if stopped {
+                    break;
+                }
+                assert!(
+                    Instant::now() < until,
+                    "seed {seed}: no peer reached step {}",
+                    point.name()
+                );
+            }
+            *t.points.entry(point.name()).or_default() += 1;
+            victim
+        }
+        None => {
+            relay(&mut p, &mut k, Duration::from_millis(50 + rng.next(300)));
+            rng.next(4)
+        }
+    };
     t.kills[victim as usize] += 1;
     match victim {
         0 => c.kill9(),
@@ -343,7 +406,7 @@ fn round(seed: u64, t: &mut Totals) {
         relay(&mut p, &mut k, Duration::from_secs(5));
         p.wait_ok();
     }
-    finish_consumer(k, t, seed);
+    finish_consumer(k, t, seed, big);
     if victim != 3 {
         drop(r.child.stdin.take());
         r.wait_ok();
@@ -448,5 +511,16 @@ fn crash_matrix_bounded() {
         t.gone,
         t.settle_passes as f64 / t.rounds.max(1) as f64
     );
+    println!("kills at named steps: {:?}", t.points);
     assert!(t.verified > 0);
+    if fixed.is_none() && rounds >= 2 * POINTS.len() as u64 {
+        for (point, _, _) in POINTS {
+            assert!(
+                t.points.get(point.name()).is_some_and(|&n| n > 0),
+                "no kill at step {}: {:?}",
+                point.name(),
+                t.points
+            );
+        }
+    }
 }

@@ -175,10 +175,12 @@ fn feature_ack_reclamation_recycles_at_once_and_the_decay_governs_release() {
 #[test]
 fn feature_ttl_reclaims_when_consumers_crash() {
     let ns = Ns::new("ttl");
-    let store = PinnedBlobStore::new_shared(cfg(5_000, 200), ns.as_str(), CHUNK).unwrap();
+    // A TTL long enough that filling a chunk on a loaded two-core machine
+    // cannot outlast it before the first pass.
+    let store = PinnedBlobStore::new_shared(cfg(5_000, 1_500), ns.as_str(), CHUNK).unwrap();
     let first = fill_first_chunk(&store, 500);
     assert_eq!(store.cleanup_shared(), 0);
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(1_600));
     assert_eq!(
         store.cleanup_shared(),
         1,

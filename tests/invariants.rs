@@ -303,14 +303,19 @@ fn invariant_7_memory_really_returns() {
         files.len() <= 1 + 1 + 4,
         "ctrl + active + warm pool (4) at most, got {files:?}"
     );
-    // ...and every attached process drops its mappings within a tick.
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(store.shared_backend().unwrap().mapped_chunks() <= 5);
-    assert!(
-        reader.shared_backend().unwrap().mapped_chunks() <= 5,
-        "{}",
-        reader.shared_backend().unwrap().mapped_chunks()
-    );
+    // ...and every attached process drops its mappings within a tick
+    // (100 ms; waited for up to 5 s on a loaded machine).
+    let mapped = || {
+        (
+            store.shared_backend().unwrap().mapped_chunks(),
+            reader.shared_backend().unwrap().mapped_chunks(),
+        )
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while mapped().0.max(mapped().1) > 5 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(mapped().0 <= 5 && mapped().1 <= 5, "{:?}", mapped());
     // The pool itself decays when idle for max(decay, 1 s): only ctrl + active stay.
     std::thread::sleep(Duration::from_millis(1100));
     store.cleanup_shared();
@@ -318,7 +323,7 @@ fn invariant_7_memory_really_returns() {
 }
 
 #[test]
-fn invariant_8_max_chunks_is_shared_by_every_process() {
+fn invariant_8_max_chunks_is_shared_by_every_attached_store() {
     let ns = Ns::new("inv8");
     let store =
         PinnedBlobStore::new_shared_with_limit(cfg(0, 60_000), ns.as_str(), 8192, Some(3)).unwrap();
@@ -413,7 +418,7 @@ fn invariant_10_creation_is_exclusive() {
 }
 
 #[test]
-fn invariant_10_concurrent_creators_exactly_one_wins() {
+fn invariant_10_concurrent_creator_threads_exactly_one_wins() {
     let ns = Ns::new("inv10-race");
     let name = ns.0.clone();
     let results: Vec<_> = (0..4)

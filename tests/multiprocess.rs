@@ -14,6 +14,7 @@ const CHUNK: usize = 64 << 10;
 /// Not a test of its own: the entry point of peer processes. Without
 /// `SFB_PEER_ROLE` (a normal test run) it has nothing to do.
 #[test]
+#[ignore = "not a test: the entry point of this file's peer processes (common::spawn_peer runs it)"]
 fn peer_process_entry_point() {
     let Some(role) = common::peer_role() else {
         return;
@@ -22,6 +23,8 @@ fn peer_process_entry_point() {
         "consumer" => role_consumer(),
         "creator" => role_creator(),
         "producer" => role_producer(),
+        "racer" => role_racer(),
+        "filler" => role_filler(),
         other => panic!("unknown role {other}"),
     }
 }
@@ -59,6 +62,40 @@ fn role_creator() {
     let mut s = String::new();
     let _ = std::io::stdin().read_line(&mut s);
     std::thread::sleep(Duration::from_secs(3600));
+}
+
+/// Waits for "go", tries to create the namespace, says "won" or "exists",
+/// and (a winner) holds it until stdin closes.
+fn role_racer() {
+    say("ready");
+    let mut s = String::new();
+    std::io::stdin().read_line(&mut s).unwrap();
+    match PinnedBlobStore::new_shared(Config::default(), &env("SFB_NS"), CHUNK) {
+        Ok(store) => {
+            let h = store.append_shared(b"winner").unwrap();
+            say(format!("won {}", hex(&h)));
+            let _ = std::io::stdin().read_line(&mut s);
+        }
+        Err(BlobError::AlreadyExists { .. }) => say("exists"),
+        Err(e) => say(format!("error {e}")),
+    }
+}
+
+/// Attaches and appends 2000-byte blobs until the store is full; reports
+/// how many it appended and the error's limit.
+fn role_filler() {
+    let store = PinnedBlobStore::attach_shared(Config::default(), &env("SFB_NS")).unwrap();
+    let mut n = 0;
+    loop {
+        match store.append_shared(&[1u8; 2000]) {
+            Ok(_) => n += 1,
+            Err(BlobError::StoreFull { max_chunks, .. }) => {
+                say(format!("full {n} {max_chunks}"));
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
 }
 
 /// Attaches and appends checksummable blobs as fast as it can, reporting
@@ -255,4 +292,64 @@ fn creating_a_free_name_reports_no_recovery() {
     assert_eq!(store.recovered(), None);
     let attached = PinnedBlobStore::attach_shared(Config::default(), ns.as_str()).unwrap();
     assert_eq!(attached.recovered(), None);
+}
+
+/// Invariant 10 across processes: four processes race to create one
+/// namespace at the same moment; exactly one wins, the others are told
+/// `AlreadyExists`, and the winner's store works for an attached process.
+#[test]
+fn concurrent_creator_processes_exactly_one_wins() {
+    let ns = Ns::new("race");
+    let mut racers: Vec<_> = (0..4)
+        .map(|_| spawn_peer(ENTRY, "racer", &[("SFB_NS", ns.0.clone())]))
+        .collect();
+    for r in &mut racers {
+        r.expect("ready");
+    }
+    for r in &mut racers {
+        writeln!(r.child.stdin.as_mut().unwrap(), "go").unwrap();
+    }
+    let said: Vec<String> = racers.iter_mut().map(|r| r.line().unwrap()).collect();
+    let won: Vec<&String> = said.iter().filter(|l| l.starts_with("won ")).collect();
+    assert_eq!(won.len(), 1, "{said:?}");
+    assert_eq!(
+        said.iter().filter(|l| *l == "exists").count(),
+        3,
+        "{said:?}"
+    );
+    let h = unhex(won[0].strip_prefix("won ").unwrap());
+    let other = PinnedBlobStore::attach_shared(Config::default(), ns.as_str()).unwrap();
+    assert_eq!(other.resolve(&h).as_deref(), Some(&b"winner"[..]));
+    drop(other);
+    for r in racers {
+        let mut r = r;
+        drop(r.child.stdin.take());
+        r.wait_ok();
+    }
+}
+
+/// Invariant 8 across processes: a limit set by the creator stops an
+/// attached process's appends, and the creator's count agrees.
+#[test]
+fn max_chunks_stops_every_process() {
+    let ns = Ns::new("limit");
+    let store =
+        PinnedBlobStore::new_shared_with_limit(Config::default(), ns.as_str(), 8192, Some(3))
+            .unwrap();
+    let mut filler = spawn_peer(ENTRY, "filler", &[("SFB_NS", ns.0.clone())]);
+    let said = filler.line().unwrap();
+    filler.wait_ok();
+    let v: Vec<usize> = said
+        .strip_prefix("full ")
+        .unwrap_or_else(|| panic!("{said}"))
+        .split(' ')
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert_eq!(v[1], 3, "the limit as the other process saw it");
+    assert!(v[0] >= 6, "{} appends before the limit", v[0]);
+    assert_eq!(store.shared_backend().unwrap().chunk_count(), 3);
+    assert!(matches!(
+        store.append_shared(&[1u8; 2000]),
+        Err(BlobError::StoreFull { max_chunks: 3, .. })
+    ));
 }

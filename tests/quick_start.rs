@@ -4,12 +4,29 @@
 
 mod common;
 
+/// Removes this run's shm directory.
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn process(data: &[u8]) {
     assert_eq!(data, b"hello world");
 }
 
 #[test]
 fn quick_start_compiles_and_runs_unchanged() -> Result<(), Box<dyn std::error::Error>> {
+    // The Quick Start's namespace is the fixed "myapp": in a directory of
+    // this run's own on the same tmpfs (the only test of this binary, so the process-wide
+    // variable is ours), two overlapping test runs, or a real "myapp" on
+    // the host, cannot collide with it.
+    let dir = common::shm_dir().join(format!("sfbt-quickstart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::env::set_var("SFB_SHM_DIR", &dir);
+    let _remove = RemoveDir(dir.clone());
     // "Call this at application startup" (Crash Recovery section).
     {
         use stable_fragmented_buffer::SharedBackend;
@@ -45,8 +62,8 @@ fn quick_start_compiles_and_runs_unchanged() -> Result<(), Box<dyn std::error::E
     store.acknowledge_shared(&handle);
     // ---- end of creator part ----
 
-    assert!(std::path::Path::new("/dev/shm/myapp_ctrl").exists());
-    assert!(std::path::Path::new("/dev/shm/myapp_data_0").exists());
+    assert!(dir.join("myapp_ctrl").exists());
+    assert!(dir.join("myapp_data_0").exists());
     let creator = Arc::clone(&store);
 
     {

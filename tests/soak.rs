@@ -30,6 +30,7 @@ fn config() -> Config {
 
 /// Not a test of its own: the entry point of peer processes.
 #[test]
+#[ignore = "not a test: the entry point of this file's peer processes (common::spawn_peer runs it)"]
 fn peer_process_entry_point() {
     let Some(role) = common::peer_role() else {
         return;
@@ -261,6 +262,13 @@ fn soak_bounded() {
     assert!(stats.expired > 0, "the TTL path was exercised");
     assert_eq!(bad, 0, "wrong bytes");
     assert_eq!(ok + gone, produced, "every produced handle was consumed");
+    // Only a chunk holding an entry the test left unacknowledged (one in
+    // fifty) expires, and only a handle not yet read when its chunk
+    // expired is gone: far fewer than the unacknowledged ones.
+    assert!(
+        gone <= produced / 50,
+        "{gone} of {produced} handles were gone before they were read"
+    );
     assert!(ok > 0);
     assert_eq!(final_bytes, 0);
     assert!(

@@ -14,6 +14,7 @@ const ENTRY: &str = "peer_process_entry_point";
 
 /// Not a test of its own: the entry point of peer processes (see common).
 #[test]
+#[ignore = "not a test: the entry point of this file's peer processes (common::spawn_peer runs it)"]
 fn peer_process_entry_point() {
     let Some(role) = common::peer_role() else {
         return;

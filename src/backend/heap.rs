@@ -155,6 +155,13 @@ impl HeapBackend {
         engine::reclaim(&*self.inner)
     }
 
+    /// The engine's view of this store (unit tests drive the protocol
+    /// through it).
+    #[cfg(test)]
+    pub(crate) fn pages(&self) -> Arc<HeapPages> {
+        Arc::clone(&self.inner)
+    }
+
     /// Pages currently allocated (in use, pooled or dedicated).
     pub fn page_count(&self) -> usize {
         self.inner.pages.len()

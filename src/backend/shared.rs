@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::engine::{self, ChunkRef, Chunks, Event, Policy};
 use crate::error::{BlobError, Result};
 use crate::handle::OverflowHandle;
+use crate::hooks::{self, Point};
 use crate::layout::*;
 use crate::lifecycle::Maintain;
 use crate::namespace;
@@ -231,7 +232,7 @@ impl SharedBackend {
     /// Counted from the registry: creations in progress, and creations whose
     /// creator died until a pass finishes them, count too.
     pub fn chunk_count(&self) -> usize {
-        self.inner.registry().taken()
+        self.inner.registry().files()
     }
 
     /// Bytes of a standard chunk available to entries (chunk size minus the
@@ -749,6 +750,7 @@ impl Inner {
                             held: engine::census(self),
                         },
                     })?;
+            hooks::at(Point::CreationClaimed);
             let path = self.chunk_path(claim.id());
             match self.create_chunk_file(&mut claim, &path, size, flags, populate) {
                 Ok(Some(chunk)) => return Ok(chunk),
@@ -813,6 +815,7 @@ impl Inner {
         };
         os::reserve_space(&file, size as u64, path).map_err(undo)?;
         let chunk = map_chunk(&file, size, path, id).map_err(undo)?;
+        hooks::at(Point::CreationSized);
         if !self.registry().heartbeat(claim, clock::now_ms()) {
             return Ok(None);
         }
@@ -1342,6 +1345,40 @@ mod tests {
         b.cleanup_chunks();
         assert_eq!(chunk.region.state().0, STATE_RETIRED);
         assert!(!path.exists());
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "real shared memory: Miri cannot run it")]
+    fn a_full_registry_is_reported_as_registry_full() {
+        use crate::registry::Slot;
+        let ns = namespace("regfull");
+        let b = SharedBackend::create(&ns, 64 << 10, &Config::default()).unwrap();
+        // Every free slot taken by a creation in progress (stamped now, so
+        // no pass presumes them dead during the test).
+        let stamp = (clock::now_ms() as u32 as u64) << SLOT_STAMP_SHIFT;
+        let mut taken = Vec::new();
+        for (i, w) in b.inner.registry_words().iter().enumerate() {
+            if Slot::decode(w.load(Ordering::Relaxed)).state == SLOT_FREE {
+                w.store(SLOT_CREATING | stamp, Ordering::Relaxed);
+                taken.push(i);
+            }
+        }
+        let e = b.append(&vec![1u8; 100 << 10]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                BlobError::RegistryFull {
+                    slots: REGISTRY_SLOTS,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("larger chunks"), "{e}");
+        for i in taken {
+            b.inner.registry_words()[i].store(0, Ordering::Relaxed);
+        }
+        assert!(b.append(&vec![1u8; 100 << 10]).is_ok(), "works again");
     }
 
     #[test]

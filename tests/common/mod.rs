@@ -100,11 +100,17 @@ pub fn unhex(s: &str) -> OverflowHandle {
 /// lines starting with "SFB " (libtest's own lines are skipped).
 pub fn spawn_peer(entry: &str, role: &str, env: &[(&str, String)]) -> Peer {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", entry, "--nocapture", "--test-threads=1"])
-        .env("SFB_PEER_ROLE", role)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    cmd.args([
+        "--exact",
+        entry,
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("SFB_PEER_ROLE", role)
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -183,9 +189,35 @@ impl Peer {
         let _ = self.child.wait();
     }
 
+    /// Waits for the peer to exit successfully; a peer still running after
+    /// [`PEER_TIMEOUT`] fails the test (and is killed by `Drop`) instead of
+    /// hanging the suite.
     pub fn wait_ok(mut self) {
-        let st = self.child.wait().unwrap();
-        assert!(st.success(), "peer failed: {st}");
+        let until = std::time::Instant::now() + PEER_TIMEOUT;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                assert!(st.success(), "peer failed: {st}");
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "peer {} still running after {PEER_TIMEOUT:?}",
+                self.child.id()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Whether the peer has stopped itself (`SIGSTOP` at a hook point, see
+    /// `hooks::STOP_AT_ENV`).
+    pub fn is_stopped(&self) -> bool {
+        let stat = format!("/proc/{}/stat", self.child.id());
+        // The state follows the parenthesised command name.
+        std::fs::read_to_string(stat).is_ok_and(|s| {
+            s.rsplit_once(") ")
+                .and_then(|(_, r)| r.chars().next())
+                .is_some_and(|c| c == 'T' || c == 't')
+        })
     }
 }
 
