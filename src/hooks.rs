@@ -25,11 +25,14 @@ pub enum Point {
     Claimed,
     /// A retirement marked a chunk RETIRED and has not released it.
     Retired,
+    /// A namespace removal locked the control file it opened and has not
+    /// checked that the name still names that file.
+    RemovalLocked,
 }
 
 impl Point {
     /// Every point, for tools that iterate over them.
-    pub const ALL: [Point; 7] = [
+    pub const ALL: [Point; 8] = [
         Point::Reserved,
         Point::Committed,
         Point::Activated,
@@ -37,6 +40,7 @@ impl Point {
         Point::CreationSized,
         Point::Claimed,
         Point::Retired,
+        Point::RemovalLocked,
     ];
 
     /// The point's name, as `SFB_TEST_STOP_AT` takes it.
@@ -49,6 +53,7 @@ impl Point {
             Point::CreationSized => "creation-sized",
             Point::Claimed => "claimed",
             Point::Retired => "retired",
+            Point::RemovalLocked => "removal-locked",
         }
     }
 }

@@ -1094,6 +1094,7 @@ fn remove_namespace(dir: &Path, ns: &str, force: bool) -> Result<usize> {
                 pid: recorded_pid(&file, &path),
             });
         }
+        hooks::at(Point::RemovalLocked);
         // The name may have been replaced between our open and our lock.
         if os::path_identity(&path).map(|(id, _)| id) != os::file_identity(&file) {
             continue;
@@ -1379,6 +1380,47 @@ mod tests {
             b.inner.registry_words()[i].store(0, Ordering::Relaxed);
         }
         assert!(b.append(&vec![1u8; 100 << 10]).is_ok(), "works again");
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "real shared memory: Miri cannot run it")]
+    fn removal_never_removes_a_control_block_that_replaced_the_one_it_locked() {
+        let live = namespace("removal-live");
+        let dead = namespace("removal-dead");
+        let dir = os::shm_dir();
+        // A dead namespace: a valid control block that nobody holds.
+        let source = SharedBackend::create(&live, 64 << 10, &Config::default()).unwrap();
+        let bytes = std::fs::read(dir.join(ctrl_file_name(&live))).unwrap();
+        std::fs::write(dir.join(ctrl_file_name(&dead)), &bytes).unwrap();
+        drop(source);
+        // Between the removal's lock and its check, the dead control block
+        // is taken over: a new creator makes a new incarnation of the name.
+        let newcomer = std::rc::Rc::new(std::cell::RefCell::new(None));
+        let slot = std::rc::Rc::clone(&newcomer);
+        let name = dead.clone();
+        hooks::set(move |p| {
+            if p == Point::RemovalLocked && slot.borrow().is_none() {
+                let dir = os::shm_dir();
+                std::fs::rename(
+                    dir.join(ctrl_file_name(&name)),
+                    dir.join(format!("{name}_aside")),
+                )
+                .unwrap();
+                let b = SharedBackend::create(&name, 64 << 10, &Config::default()).unwrap();
+                *slot.borrow_mut() = Some(b);
+            }
+        });
+        let result = SharedBackend::cleanup_namespace(&dead);
+        hooks::clear();
+        let _ = std::fs::remove_file(dir.join(format!("{dead}_aside")));
+        assert!(
+            matches!(result, Err(BlobError::InUse { .. })),
+            "the new incarnation's live creator is refused: {result:?}"
+        );
+        let b = newcomer.borrow_mut().take().unwrap();
+        let h = b.append(b"still here").unwrap();
+        assert_eq!(b.resolve(&h).as_deref(), Some(&b"still here"[..]));
+        assert!(dir.join(ctrl_file_name(&dead)).exists());
     }
 
     #[test]
