@@ -454,6 +454,37 @@ mod tests {
     }
 
     #[test]
+    fn a_creator_that_gives_up_frees_its_slot_even_if_a_pass_abandoned_it() {
+        let words = slots(2);
+        let r = Registry::new(&words);
+        let c = r.claim(1_000, 2).unwrap();
+        let mut out = Vec::new();
+        r.sweep(5_000, 1_000, &mut out);
+        assert_eq!(out.len(), 1, "the pass marked it abandoned");
+        // The creator (only slow) removes its file and gives up first.
+        r.cancel(&c);
+        assert_eq!(r.taken(), 0, "freed by the creator");
+        assert!(!r.forget(&out[0]), "the pass frees nothing more");
+        assert_eq!(r.taken(), 0);
+    }
+
+    #[test]
+    fn a_stale_id_never_frees_the_slots_next_chunk() {
+        let words = slots(1);
+        let r = Registry::new(&words);
+        let old = r.claim(1, 1).unwrap();
+        assert!(r.publish(&old));
+        assert!(r.unregister(old.id()));
+        let new = r.claim(1, 1).unwrap();
+        assert!(r.publish(&new));
+        assert_ne!(new.id(), old.id());
+        // A late release of the old chunk (same slot, older epoch).
+        assert!(!r.unregister(old.id()));
+        r.cancel(&old);
+        assert!(r.is_ready(new.id()), "the new chunk keeps its slot");
+    }
+
+    #[test]
     fn a_full_registry_is_reported() {
         let words = slots(2);
         let r = Registry::new(&words);
