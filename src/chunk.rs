@@ -955,6 +955,33 @@ mod tests {
         Some(unsafe { std::slice::from_raw_parts(r.payload_ptr(p), len) }.to_vec())
     }
 
+    /// A freshly made chunk is FREE and sealed: nothing can reserve in it
+    /// before an activation opens it.
+    #[test]
+    fn a_fresh_chunk_takes_no_reservation_before_activation() {
+        let m = Mem::new(4096);
+        let r = m.region();
+        r.format(3, 9, 0, 7, 1);
+        assert_eq!(r.state(), (STATE_FREE, 9));
+        assert!(matches!(r.reserve(64, 1), Reserve::Sealed));
+        assert!(r.activate(9, 10, 1));
+        assert!(matches!(r.reserve(64, 1), Reserve::Reserved { .. }));
+    }
+
+    /// The header check refuses a wrong magic, id, size or incarnation.
+    #[test]
+    fn the_header_check_refuses_every_mismatch() {
+        let m = Mem::new(4096);
+        let r = m.region();
+        assert!(r.check_header(3, 7).is_err(), "no magic yet");
+        r.format(3, 9, 0, 7, 1);
+        assert_eq!(r.check_header(3, 7), Ok(()));
+        assert!(r.check_header(4, 7).is_err(), "another id");
+        assert!(r.check_header(3, 8).is_err(), "another incarnation");
+        r.header().size.store(8192, Ordering::Relaxed);
+        assert!(r.check_header(3, 7).is_err(), "another size");
+    }
+
     #[test]
     fn reserve_commit_locate_round_trip() {
         let m = Mem::new(4096);

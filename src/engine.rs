@@ -1123,6 +1123,21 @@ mod tests {
         assert_eq!(copy, vec![1u8; 1000], "the bytes changed under the copy");
     }
 
+    /// A dedicated chunk (one oversized blob) is never pooled or recycled:
+    /// once its blob is acknowledged, a pass retires it.
+    #[test]
+    fn a_dedicated_chunk_is_retired_never_recycled() {
+        let (_b, c) = store(60_000);
+        let loc = append(&*c, &[5u8; 10_000]).unwrap();
+        let chunk = c.chunk(loc.id).unwrap();
+        assert!(chunk.region().is_dedicated());
+        assert!(acknowledge(&*c, &loc));
+        reclaim(&*c);
+        assert_eq!(chunk.region().state().0, STATE_RETIRED);
+        assert!(!is_pooled(&*c, loc.id));
+        assert_eq!(read(&c, &loc), None);
+    }
+
     /// Every activation takes a fresh generation, also for a chunk a
     /// rollover's loser gave back to the pool: its next life as the target
     /// is not the life it was given back in.
