@@ -968,6 +968,26 @@ mod tests {
         assert!(matches!(r.reserve(64, 1), Reserve::Reserved { .. }));
     }
 
+    /// An entry header is read only at an aligned offset past the chunk
+    /// header with a whole header before the end: anything else (a forged
+    /// offset) is refused before any reference is made.
+    #[test]
+    fn entry_headers_are_read_only_at_valid_offsets() {
+        let m = Mem::new(4096);
+        let r = m.region();
+        r.format(0, 1, 0, 7, 1);
+        assert!(r.activate(1, 1, 1));
+        let (g, off, tag) = append(&r, b"x", 1).unwrap();
+        assert!(r.entry(off as usize).is_some());
+        for bad in [0, 8, 120, off as usize + 3, 4096 - 8, 4096, usize::MAX - 4] {
+            assert!(r.entry(bad).is_none(), "offset {bad}");
+        }
+        for bad in [0u32, 120, off + 3, 4096 - 8, u32::MAX - 4] {
+            assert!(r.locate(g, bad, 1, tag).is_none(), "offset {bad}");
+            assert!(r.why_unlocated(g, bad, 1, tag).is_err(), "offset {bad}");
+        }
+    }
+
     /// The header check refuses a wrong magic, id, size or incarnation.
     #[test]
     fn the_header_check_refuses_every_mismatch() {
