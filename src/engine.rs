@@ -1138,6 +1138,100 @@ mod tests {
         assert_eq!(read(&c, &loc), None);
     }
 
+    /// The largest blob is exactly `MAX_BLOB`: its entry fills the largest
+    /// chunk file to the byte; one more byte is `BlobTooLarge`.
+    #[test]
+    fn the_largest_blob_fills_the_largest_chunk_file() {
+        let f = footprint_of(Policy::MAX_BLOB).unwrap();
+        assert_eq!(CHUNK_HEADER_SIZE + f, MAX_CHUNK_SIZE);
+        assert!(matches!(
+            footprint_of(Policy::MAX_BLOB + 1),
+            Err(BlobError::BlobTooLarge { .. })
+        ));
+        assert!(matches!(footprint_of(0), Err(BlobError::EmptyBlob)));
+    }
+
+    /// A rollover seals the target it replaces (it normally is already),
+    /// so that it can be reclaimed.
+    #[test]
+    fn a_rollover_seals_the_target_it_replaces() {
+        let (_b, c) = store(60_000);
+        append(&*c, b"one").unwrap();
+        let (id, _) = target(&c);
+        let seen = c.active().load(Ordering::SeqCst);
+        rollover(&*c, seen).unwrap();
+        assert_ne!(target(&c).0, id);
+        let alloc = c
+            .chunk(id)
+            .unwrap()
+            .region()
+            .header()
+            .alloc
+            .load(Ordering::SeqCst);
+        assert!(alloc_sealed(alloc));
+    }
+
+    /// A stream whose consumer acknowledges as it goes cycles through a few
+    /// warm chunks without any reclamation thread: a rollover with an empty
+    /// pool reclaims once before it creates.
+    #[test]
+    fn a_rollover_recycles_before_it_creates() {
+        let (b, c) = store(60_000);
+        for i in 0..400u32 {
+            let loc = append(&*c, &[i as u8; 1000]).unwrap();
+            assert!(acknowledge(&*c, &loc));
+        }
+        assert!(b.page_count() <= 3, "{} pages", b.page_count());
+    }
+
+    /// A pool word naming a dedicated chunk (scribbled on, in shared mode)
+    /// is dropped, never made the append target. (Its `is_dedicated` guard
+    /// is redundant with the FREE check here, since a dedicated chunk is
+    /// IN_USE once its blob is in; the guard covers the moment before.)
+    #[test]
+    fn a_rollover_never_activates_a_dedicated_chunk_from_the_pool() {
+        let (_b, c) = store(60_000);
+        append(&*c, b"one").unwrap();
+        let big = append(&*c, &[1u8; 10_000]).unwrap();
+        assert!(pool_push(&*c, big.id));
+        let seen = c.active().load(Ordering::SeqCst);
+        rollover(&*c, seen).unwrap();
+        assert_ne!(target(&c).0, big.id);
+        assert_eq!(read(&c, &big).as_deref(), Some(&[1u8; 10_000][..]));
+    }
+
+    /// With the warm pool full, a fully acknowledged chunk waits out the
+    /// decay before it is released (reuse is immediate only while the pool
+    /// has room).
+    #[test]
+    fn with_the_pool_full_the_decay_governs_release() {
+        let b = HeapBackend::new(&Config {
+            page_size: 4096,
+            decay_timeout_ms: 60_000,
+            default_ttl_ms: 60_000,
+            ..Config::default()
+        })
+        .unwrap();
+        let c = b.pages();
+        let loc = append(&*c, b"acked").unwrap();
+        // Fill every pool slot (counted here, not with `pool_len`, which
+        // the decay decision itself uses).
+        let full = || c.pool().iter().all(|s| s.load(Ordering::SeqCst) != 0);
+        while !full() {
+            let free = c.create(4096, 0, false).unwrap();
+            assert!(pool_push(&*c, free.id()));
+        }
+        assert!(acknowledge(&*c, &loc));
+        let chunk = c.chunk(loc.id).unwrap();
+        chunk.region().seal(loc.generation, clock::now_ms());
+        reclaim(&*c);
+        assert_eq!(
+            chunk.region().state(),
+            (STATE_IN_USE, loc.generation),
+            "kept for the decay"
+        );
+    }
+
     /// Every activation takes a fresh generation, also for a chunk a
     /// rollover's loser gave back to the pool: its next life as the target
     /// is not the life it was given back in.
