@@ -1232,6 +1232,70 @@ mod tests {
         );
     }
 
+    /// A handle that points into a payload crafted to look like an entry
+    /// (length, a committed state of the right generation, and a guessed
+    /// tag) never resolves: the tag is keyed with the store's secret key.
+    #[test]
+    fn a_forged_handle_into_a_crafted_payload_never_resolves() {
+        let (_b, c) = store(60_000);
+        let first = append(&*c, b"x").unwrap();
+        for guess in [0u64, 1, u64::MAX] {
+            let mut crafted = Vec::new();
+            crafted.extend_from_slice(&8u32.to_le_bytes());
+            crafted
+                .extend_from_slice(&entry_state(first.generation, ENTRY_COMMITTED).to_le_bytes());
+            crafted.extend_from_slice(&guess.to_le_bytes());
+            crafted.extend_from_slice(b"forged!!");
+            let real = append(&*c, &crafted).unwrap();
+            assert_eq!(real.generation, first.generation, "same chunk life");
+            let forged = Loc {
+                offset: real.offset + ENTRY_HEADER_SIZE as u32,
+                size: 8,
+                ..real
+            };
+            assert_eq!(read(&c, &forged), None, "tag guess {guess}");
+            assert!(!acknowledge(&*c, &forged));
+            assert_eq!(read(&c, &real).as_deref(), Some(&crafted[..]));
+        }
+    }
+
+    /// A blob one entry-alignment too large for a standard chunk gets a
+    /// dedicated chunk (the threshold is the chunk's capacity exactly).
+    #[test]
+    fn a_blob_just_over_a_chunks_capacity_gets_a_dedicated_chunk() {
+        let (_b, c) = store(60_000);
+        let capacity = 4096 - CHUNK_HEADER_SIZE;
+        let len = capacity + ENTRY_ALIGN - ENTRY_HEADER_SIZE;
+        assert_eq!(footprint_of(len).unwrap(), capacity + ENTRY_ALIGN);
+        let loc = append(&*c, &vec![3u8; len]).unwrap();
+        assert!(c.chunk(loc.id).unwrap().region().is_dedicated());
+        assert_eq!(read(&c, &loc), Some(vec![3u8; len]));
+        // And one that fills a standard chunk exactly stays standard.
+        let fits = capacity - ENTRY_HEADER_SIZE;
+        let loc = append(&*c, &vec![4u8; fits]).unwrap();
+        assert!(!c.chunk(loc.id).unwrap().region().is_dedicated());
+        assert_eq!(read(&c, &loc), Some(vec![4u8; fits]));
+    }
+
+    /// The TTL runs from the seal an append stamps (in milliseconds): not
+    /// expired just after it, expired once the TTL has passed.
+    #[test]
+    fn the_ttl_runs_from_the_seal_an_append_stamps() {
+        let (_b, c) = store(300);
+        let first = append(&*c, &[1u8; 2000]).unwrap();
+        // The second blob does not fit: this append seals the first chunk.
+        append(&*c, &[2u8; 2000]).unwrap();
+        let chunk = c.chunk(first.id).unwrap();
+        assert!(alloc_sealed(
+            chunk.region().header().alloc.load(Ordering::SeqCst)
+        ));
+        reclaim(&*c);
+        assert_eq!(read(&c, &first), Some(vec![1u8; 2000]), "not yet expired");
+        std::thread::sleep(std::time::Duration::from_millis(350));
+        reclaim(&*c);
+        assert_eq!(read(&c, &first), None, "expired");
+    }
+
     /// Every activation takes a fresh generation, also for a chunk a
     /// rollover's loser gave back to the pool: its next life as the target
     /// is not the life it was given back in.
