@@ -23,7 +23,10 @@ const THREADS: u64 = 2;
 fn config() -> Config {
     Config {
         decay_timeout_ms: 0,
-        default_ttl_ms: 150,
+        // Long enough that consumers slowed by a loaded machine read every
+        // handle in time (the bound on handles gone relies on it), short
+        // enough that the never-acknowledged ones expire many times a run.
+        default_ttl_ms: 1_000,
         ..Config::default()
     }
 }
