@@ -694,7 +694,14 @@ impl ChunkRegion {
     /// reserved entry is committed and acknowledged and the decay period has
     /// passed since that was first seen, or `ttl_ms` has passed since it was
     /// sealed (writers that never committed are presumed dead then).
+    ///
+    /// Pinned for its whole walk: a chunk recycled and rewritten while a
+    /// pass walked it would have the pass read a new life's payload bytes
+    /// as entry headers (atomic reads racing the writer's plain copy, a data
+    /// race ThreadSanitizer reported). With the pin, a reclaimer that claims
+    /// the chunk meanwhile retires it instead of recycling it.
     pub(crate) fn assess(&self, now_ms: u64, ttl_ms: u64, decay_ms: u64) -> Verdict {
+        let _pin = self.pin();
         let h = self.header();
         let (state, generation) = self.state();
         if state != STATE_IN_USE {
