@@ -1184,6 +1184,21 @@ mod tests {
         assert!(b.page_count() <= 3, "{} pages", b.page_count());
     }
 
+    /// A pass never seals the live append target, however long ago it was
+    /// activated (only an activated chunk nobody points at is sealed).
+    #[test]
+    fn a_pass_never_seals_the_live_append_target() {
+        let (_b, c) = store(60_000);
+        append(&*c, b"one").unwrap();
+        let (id, _) = target(&c);
+        let chunk = c.chunk(id).unwrap();
+        let h = chunk.region().header();
+        h.activated_ms.store(clock::now_ms().saturating_sub(5_000), Ordering::SeqCst);
+        reclaim(&*c);
+        assert!(!alloc_sealed(h.alloc.load(Ordering::SeqCst)));
+        assert_eq!(target(&c).0, id);
+    }
+
     /// A pool word naming a dedicated chunk (scribbled on, in shared mode)
     /// is dropped, never made the append target. (Its `is_dedicated` guard
     /// is redundant with the FREE check here, since a dedicated chunk is
