@@ -1193,7 +1193,8 @@ mod tests {
         let (id, _) = target(&c);
         let chunk = c.chunk(id).unwrap();
         let h = chunk.region().header();
-        h.activated_ms.store(clock::now_ms().saturating_sub(5_000), Ordering::SeqCst);
+        h.activated_ms
+            .store(clock::now_ms().saturating_sub(5_000), Ordering::SeqCst);
         reclaim(&*c);
         assert!(!alloc_sealed(h.alloc.load(Ordering::SeqCst)));
         assert_eq!(target(&c).0, id);
