@@ -597,28 +597,7 @@ impl ChunkRegion {
         size: u32,
         tag: u64,
     ) -> Option<usize> {
-        // SeqCst: pairs with the SeqCst pin increment and the claim CAS.
-        let w = self.header().state_gen.load(Ordering::SeqCst);
-        if state_of(w) != STATE_IN_USE || generation_of(w) != generation {
-            return None;
-        }
-        let offset = offset as usize;
-        let footprint = entry_footprint(size as usize)?;
-        if offset.checked_add(footprint)? > self.len {
-            return None;
-        }
-        let e = self.entry(offset)?;
-        // Acquire: pairs with the Release store of COMMITTED in `commit`.
-        let st = e.state.load(Ordering::Acquire);
-        if !entry_in_generation(st, generation)
-            || !matches!(entry_kind(st), ENTRY_COMMITTED | ENTRY_ACKED)
-        {
-            return None;
-        }
-        if e.len.load(Ordering::Relaxed) != size || e.tag.load(Ordering::Relaxed) != tag {
-            return None;
-        }
-        Some(offset + ENTRY_HEADER_SIZE)
+        self.find(generation, offset, size, tag).ok()
     }
 
     /// Why [`locate`](Self::locate) finds no entry for a handle, read at
@@ -631,6 +610,14 @@ impl ChunkRegion {
         size: u32,
         tag: u64,
     ) -> Result<(), Unlocated> {
+        self.find(generation, offset, size, tag).map(|_| ())
+    }
+
+    /// The checks of [`locate`](Self::locate), each failure named: the
+    /// payload offset of the entry, or which check refused the handle.
+    #[inline]
+    fn find(&self, generation: u32, offset: u32, size: u32, tag: u64) -> Result<usize, Unlocated> {
+        // SeqCst: pairs with the SeqCst pin increment and the claim CAS.
         let w = self.header().state_gen.load(Ordering::SeqCst);
         if state_of(w) != STATE_IN_USE || generation_of(w) != generation {
             return Err(Unlocated::Stale);
@@ -648,6 +635,7 @@ impl ChunkRegion {
         let Some(e) = self.entry(offset) else {
             return Err(Unlocated::Invalid("its offset is not an entry offset"));
         };
+        // Acquire: pairs with the Release store of COMMITTED in `commit`.
         let st = e.state.load(Ordering::Acquire);
         if !entry_in_generation(st, generation)
             || !matches!(entry_kind(st), ENTRY_COMMITTED | ENTRY_ACKED)
@@ -659,7 +647,7 @@ impl ChunkRegion {
                 "it does not match the entry at its offset (forged, corrupted, or from another store)",
             ));
         }
-        Ok(())
+        Ok(offset + ENTRY_HEADER_SIZE)
     }
 
     /// Acknowledges an entry: `true` the first time for a live entry,

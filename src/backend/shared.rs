@@ -492,8 +492,8 @@ impl Chunks for Inner {
     /// Unlinks a retired chunk and forgets it; mappings elsewhere stay
     /// valid. Idempotent, so that any process can finish a release its
     /// retirer did not (it died): the unlink checks the file's identity,
-    /// and only the party whose CAS clears the registry slot counts the
-    /// chunk out of `live_chunks`.
+    /// and only the party whose CAS frees the registry slot counts the
+    /// chunk out.
     fn release(&self, chunk: &Arc<ChunkMap>) {
         // Unlink only our own file (the identity recorded when we mapped
         // it), and never once the namespace is closed (the name may belong
