@@ -127,6 +127,11 @@ impl ChunkRegion {
         }
     }
 
+    /// Length of the region (the chunk's size) in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     /// The header.
     pub(crate) fn header(&self) -> &ChunkHeader {
         #[cfg(loom)]
@@ -673,6 +678,15 @@ impl ChunkRegion {
         }
         // Release: pairs with the Acquire load of `acks` in `assess`.
         self.header().acks.fetch_add(1, Ordering::Release);
+        // The decay runs from the last acknowledgement: each one moves the
+        // stamp forward, so when the last entry is acknowledged the stamp is
+        // that moment, not the first pass that notices it. Safe in this
+        // life only: the pin keeps the chunk from being recycled and
+        // reactivated (which zeroes the word) under us. Relaxed: the stamp
+        // is a time, read with the `acks` it follows (Release above).
+        self.header()
+            .empty_since_ms
+            .fetch_max(crate::clock::now_ms().max(1), Ordering::Relaxed);
         true
     }
 
@@ -680,7 +694,9 @@ impl ChunkRegion {
     ///
     /// A chunk qualifies when it is IN_USE and sealed, and either every
     /// reserved entry is committed and acknowledged and the decay period has
-    /// passed since that was first seen, or `ttl_ms` has passed since it was
+    /// passed since the last acknowledgement (stamped by `acknowledge`; a
+    /// chunk with no entries is stamped by the first pass that sees it), or
+    /// `ttl_ms` has passed since it was
     /// sealed (writers that never committed are presumed dead then).
     ///
     /// Pinned for its whole walk: a chunk recycled and rewritten while a
@@ -1066,6 +1082,11 @@ mod tests {
             )
         };
         assert!(r.walk(1), "resumes and completes");
+        assert_eq!(
+            r.header().walked.load(Ordering::Relaxed),
+            (1u64 << 32) | u64::from(alloc_used(r.header().alloc.load(Ordering::Relaxed))),
+            "the cursor moved to the end: the next walk starts there"
+        );
         assert!(!r.all_acknowledged(1));
         // Entries of another generation never count, and a cursor of one
         // generation is never resumed by a walk of another.
@@ -1316,6 +1337,37 @@ mod tests {
         assert!(r.recycle(g, g + 1, 9));
         assert_eq!(read(&r, g, off, 4, tag), None, "stale after recycle");
         assert_eq!(r.state(), (STATE_FREE, g + 1));
+        // Reactivated, and nothing written over the old entry yet: its
+        // header still names the old generation, and the handle must still
+        // find nothing (the chunk's life is checked, not only the entry's).
+        assert!(r.activate(g + 1, g + 1, 10));
+        assert_eq!(r.state(), (STATE_IN_USE, g + 1));
+        assert_eq!(read(&r, g, off, 4, tag), None, "stale after reactivation");
+        assert!(!r.acknowledge(g, off, 4, tag));
+    }
+
+    /// The decay runs from the last acknowledgement, not from the first
+    /// pass that notices the chunk is fully acknowledged.
+    #[test]
+    fn the_decay_runs_from_the_last_acknowledgement() {
+        let m = Mem::new(4096);
+        let r = m.region();
+        r.format(0, 1, 0, 7, 1);
+        assert!(r.activate(1, 1, 1));
+        let (g, off, tag) = append(&r, b"one", 1).unwrap();
+        let (g2, off2, tag2) = append(&r, b"two", 1).unwrap();
+        r.seal(g, 1);
+        assert!(r.acknowledge(g, off, 3, tag));
+        assert!(r.acknowledge(g2, off2, 3, tag2));
+        let acked = crate::clock::now_ms();
+        let decay = 500;
+        assert!(
+            matches!(
+                r.assess(acked + decay, u64::MAX, decay),
+                Verdict::Reclaim { expired: false, .. }
+            ),
+            "the first pass after the decay reclaims"
+        );
     }
 
     #[test]
@@ -1340,6 +1392,11 @@ mod tests {
         r.header().alloc.store(4090, Ordering::Relaxed);
         assert_eq!(r.reserve(24, 1), Reserve::Sealed);
         r.header().alloc.store(3, Ordering::Relaxed);
+        assert_eq!(r.reserve(24, 1), Reserve::Sealed);
+        // Inside the chunk, room to spare, but not an entry boundary.
+        r.header()
+            .alloc
+            .store(CHUNK_HEADER_SIZE as u64 + 4, Ordering::Relaxed);
         assert_eq!(r.reserve(24, 1), Reserve::Sealed);
     }
 }

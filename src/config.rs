@@ -67,6 +67,22 @@ impl Config {
     }
 }
 
+/// Which storage a store uses (the original crate's type); see
+/// [`PinnedBlobStore::backend_mode`](crate::PinnedBlobStore::backend_mode).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum BackendMode {
+    /// Pages in this process's memory.
+    #[default]
+    Heap,
+    /// A namespace in POSIX shared memory.
+    Shared {
+        /// The namespace.
+        namespace: String,
+        /// Size of a standard chunk file.
+        chunk_size: usize,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

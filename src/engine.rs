@@ -573,6 +573,39 @@ pub(crate) fn acknowledge<C: Chunks>(c: &C, loc: &Loc) -> bool {
 
 /// One reclamation pass over every chunk; returns how many were reclaimed.
 pub(crate) fn reclaim<C: Chunks>(c: &C) -> usize {
+    let policy = c.policy();
+    reclaim_with(
+        c,
+        Rules {
+            ttl_ms: policy.ttl_ms,
+            decay_ms: policy.decay_ms,
+            pool: true,
+        },
+    )
+}
+
+/// The rules of one reclamation pass: the store's own ([`reclaim`]), or a
+/// caller's explicit ones (the original crate's `cleanup_chunks(ttl,
+/// decay)`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rules {
+    /// Chunks sealed longer ago than this are reclaimed, acknowledged or not.
+    pub ttl_ms: u64,
+    /// Fully acknowledged chunks are reclaimed this long after their last
+    /// acknowledgement (at once while the warm pool has room, if `pool`).
+    pub decay_ms: u64,
+    /// Whether reclaimed chunks may be recycled into the warm pool; if not,
+    /// every reclaimed chunk is retired (its file removed).
+    pub pool: bool,
+}
+
+/// One reclamation pass by `rules`; returns the chunks reclaimed.
+///
+/// The crash-recovery steps (finishing dead claimers' and creators' work,
+/// sealing an abandoned append target) keep the store's own periods
+/// whatever the rules: they judge whether a process died, not whether
+/// data may go.
+pub(crate) fn reclaim_with<C: Chunks>(c: &C, rules: Rules) -> usize {
     let policy = *c.policy();
     let now = clock::now_ms();
     let idle = policy.decay_ms.max(POOL_IDLE_MIN_MS);
@@ -622,10 +655,15 @@ pub(crate) fn reclaim<C: Chunks>(c: &C) -> usize {
                 continue;
             }
         }
+        let decay = if rules.pool {
+            reuse_decay(c, &policy, rules.decay_ms)
+        } else {
+            rules.decay_ms
+        };
         let Verdict::Reclaim {
             generation,
             expired,
-        } = region.assess(now, policy.ttl_ms, reuse_decay(c, &policy))
+        } = region.assess(now, rules.ttl_ms, decay)
         else {
             continue;
         };
@@ -637,7 +675,7 @@ pub(crate) fn reclaim<C: Chunks>(c: &C) -> usize {
         if expired {
             c.count(Event::Expired);
         }
-        if region.recyclable() && pool_len(c) < policy.pool_capacity {
+        if rules.pool && region.recyclable() && pool_len(c) < policy.pool_capacity {
             let fresh = next_generation(c);
             if !region.recycle(generation, fresh, now) {
                 // Presumed dead by a pass while we stalled: retired by it.
@@ -662,11 +700,11 @@ pub(crate) fn reclaim<C: Chunks>(c: &C) -> usize {
 /// a stream reuses its memory instead of growing), the decay otherwise (it
 /// governs when memory goes back to the system: unlinking, and the pool's
 /// own idle release in `shrink_pool`).
-fn reuse_decay<C: Chunks>(c: &C, policy: &Policy) -> u64 {
+fn reuse_decay<C: Chunks>(c: &C, policy: &Policy, decay_ms: u64) -> u64 {
     if pool_len(c) < policy.pool_capacity {
         0
     } else {
-        policy.decay_ms
+        decay_ms
     }
 }
 
@@ -676,6 +714,53 @@ fn reuse_decay<C: Chunks>(c: &C, policy: &Policy) -> u64 {
 /// in milliseconds), at least 1 s.
 fn claim_grace(policy: &Policy) -> u64 {
     policy.ttl_ms.max(1_000)
+}
+
+/// Id of the append target (`NO_CHUNK` before the first append).
+pub(crate) fn target_id<C: Chunks>(c: &C) -> u32 {
+    // Acquire: pairs with the AcqRel CAS in `rollover`.
+    id_of(c.active().load(Ordering::Acquire))
+}
+
+/// One line per chunk (id, generation, state, bytes used, acknowledgements,
+/// pins), for the original crate's `debug_chunks`.
+pub(crate) fn describe<C: Chunks>(c: &C) -> Vec<String> {
+    let active = target_id(c);
+    let mut ids = Vec::new();
+    c.ids(&mut ids);
+    ids.sort_unstable();
+    let mut out = vec![format!(
+        "write_head={}, chunks={}",
+        if active == NO_CHUNK {
+            "none".to_owned()
+        } else {
+            active.to_string()
+        },
+        ids.len()
+    )];
+    for id in ids {
+        let line = c.with_region(id, |r| {
+            let (state, generation) = r.state();
+            let h = r.header();
+            let used = alloc_used(h.alloc.load(Ordering::Relaxed));
+            let state = match state {
+                STATE_FREE => "free",
+                STATE_IN_USE => "in use",
+                STATE_RECLAIMING => "reclaiming",
+                _ => "retired",
+            };
+            format!(
+                "chunk[{id}]: gen={generation} {state} used={used}/{} acked={} pins={}{}{}",
+                r.len(),
+                h.acks.load(Ordering::Relaxed),
+                h.pins.load(Ordering::Relaxed),
+                if is_pooled(c, id) { " pooled" } else { "" },
+                if id == active { " <-- ACTIVE" } else { "" },
+            )
+        });
+        out.push(line.unwrap_or_else(|e| format!("chunk[{id}]: unreadable ({e})")));
+    }
+    out
 }
 
 /// What holds the chunks of a store, for an error that says so.
@@ -759,7 +844,7 @@ fn any_reclaimable<C: Chunks>(c: &C) -> bool {
     ids.into_iter().any(|id| {
         c.with_region(id, |r| {
             matches!(
-                r.assess(now, policy.ttl_ms, reuse_decay(c, &policy)),
+                r.assess(now, policy.ttl_ms, reuse_decay(c, &policy, policy.decay_ms)),
                 Verdict::Reclaim { .. }
             )
         })

@@ -77,7 +77,7 @@ pub fn handles(live: &Live, input: &[u8]) -> Result<(), String> {
     for (i, raw) in input.chunks_exact(24).enumerate() {
         let mut b = [0u8; 24];
         b.copy_from_slice(raw);
-        let mut candidates = vec![OverflowHandle::from_bytes(&b)];
+        let mut candidates = vec![OverflowHandle::from_array(&b)];
         // Also the nearest real handle with this input's offset and size.
         let mut near = real[i % real.len()];
         near.offset = u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]);

@@ -27,22 +27,47 @@ pub struct OverflowHandle {
 const _: () = assert!(std::mem::size_of::<OverflowHandle>() == 24);
 
 impl OverflowHandle {
-    /// The handle as 24 little-endian bytes.
-    pub fn as_bytes(&self) -> [u8; 24] {
+    /// A handle with these fields, stamped now (the original crate's
+    /// constructor). Whether it is valid is decided when resolving.
+    pub fn new(page_id: u32, offset: u32, size: u32, generation: u32) -> Self {
+        Self {
+            page_id,
+            offset,
+            size,
+            generation,
+            timestamp: clock::now_ns(),
+        }
+    }
+
+    /// The handle's 24 bytes, as laid out in memory (`#[repr(C)]`, native
+    /// byte order: handles travel between processes of one host).
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: `Self` is `#[repr(C)]` with four `u32` and one `u64`
+        // (24 bytes, no padding: asserted above), so all 24 bytes are
+        // initialised plain integers; the slice borrows `self`.
+        unsafe { std::slice::from_raw_parts((self as *const Self).cast::<u8>(), 24) }
+    }
+
+    /// Reads a handle back from [`as_bytes`](Self::as_bytes) output:
+    /// `None` unless `bytes` is exactly 24 bytes long. Any 24 bytes make a
+    /// handle; whether it is valid is decided when resolving.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let array: &[u8; 24] = bytes.try_into().ok()?;
+        Some(Self::from_array(array))
+    }
+
+    /// The handle as an owned 24-byte array (the same bytes as
+    /// [`as_bytes`](Self::as_bytes)).
+    pub fn to_array(&self) -> [u8; 24] {
         let mut out = [0u8; 24];
-        out[0..4].copy_from_slice(&self.page_id.to_le_bytes());
-        out[4..8].copy_from_slice(&self.offset.to_le_bytes());
-        out[8..12].copy_from_slice(&self.size.to_le_bytes());
-        out[12..16].copy_from_slice(&self.generation.to_le_bytes());
-        out[16..24].copy_from_slice(&self.timestamp.to_le_bytes());
+        out.copy_from_slice(self.as_bytes());
         out
     }
 
-    /// Reads a handle back from [`as_bytes`](Self::as_bytes) output. Any 24
-    /// bytes make a handle; whether it is valid is decided when resolving.
-    pub fn from_bytes(bytes: &[u8; 24]) -> Self {
+    /// [`from_bytes`](Self::from_bytes) for exactly 24 bytes: cannot fail.
+    pub fn from_array(bytes: &[u8; 24]) -> Self {
         let u32_at =
-            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+            |i: usize| u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
         let mut ts = [0u8; 8];
         ts.copy_from_slice(&bytes[16..24]);
         Self {
@@ -50,7 +75,7 @@ impl OverflowHandle {
             offset: u32_at(4),
             size: u32_at(8),
             generation: u32_at(12),
-            timestamp: u64::from_le_bytes(ts),
+            timestamp: u64::from_ne_bytes(ts),
         }
     }
 
@@ -100,8 +125,12 @@ mod tests {
             generation: 4,
             timestamp: 5,
         };
-        assert_eq!(OverflowHandle::from_bytes(&h.as_bytes()), h);
-        assert_eq!(h.as_bytes()[16], 5);
+        assert_eq!(OverflowHandle::from_bytes(h.as_bytes()), Some(h));
+        assert_eq!(OverflowHandle::from_array(&h.to_array()), h);
+        assert_eq!(h.to_array()[..], *h.as_bytes());
+        assert_eq!(h.as_bytes()[16], 5u64.to_ne_bytes()[0]);
+        assert_eq!(OverflowHandle::from_bytes(&h.as_bytes()[..23]), None);
+        assert_eq!(OverflowHandle::from_bytes(&[0u8; 25]), None);
     }
 
     #[test]
@@ -166,8 +195,8 @@ impl BlobHandle {
     }
 
     /// Total payload length in bytes (equal to `size()`: blobs are contiguous).
-    pub fn total_size(&self) -> usize {
-        self.loc.size as usize
+    pub fn total_size(&self) -> u64 {
+        u64::from(self.loc.size)
     }
 
     /// Append time, nanoseconds on the host's coarse monotonic clock.

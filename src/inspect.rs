@@ -953,9 +953,9 @@ fn check_ctrl(c: &ControlBlock, read: usize, path: &Path, problems: &mut Vec<Str
         ));
     }
     let cs = c.chunk_size as usize;
-    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&cs) || cs % ENTRY_ALIGN != 0 {
+    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&cs) {
         problems.push(format!(
-            "{file}: chunk_size {cs} is out of range (a multiple of {ENTRY_ALIGN} in {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE})"
+            "{file}: chunk_size {cs} is out of range ({MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE})"
         ));
     }
     if c.max_chunks as usize > REGISTRY_SLOTS {
@@ -1264,7 +1264,7 @@ mod tests {
     #[test]
     fn a_live_store_is_reported_and_left_byte_for_byte_unchanged() {
         let ns = ns("live");
-        let store = SharedBackend::create(&ns, 64 << 10, &Config::default()).unwrap();
+        let store = SharedBackend::create_with_config(&ns, 64 << 10, &Config::default()).unwrap();
         let h = store.append(&[7u8; 1000]).unwrap();
         store.append(&[8u8; 100]).unwrap();
         assert!(store.acknowledge(&h));

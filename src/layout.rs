@@ -62,8 +62,9 @@
 //!  36     4 acks             acknowledged entries of this generation
 //!  40     8 first_write_ms   coarse-monotonic time of the first append
 //!  48     8 sealed_ms        time the chunk was sealed (TTL starts here)
-//!  56     8 empty_since_ms   time all entries were seen acknowledged (decay),
-//!                            or the time a pooled chunk was freed
+//!  56     8 empty_since_ms   time of the last acknowledgement (the decay runs
+//!                            from it once all entries are acknowledged), or
+//!                            the time a pooled chunk was freed
 //!  64     4 pins             readers (views, copies, acks) in any process
 //!  68     4 flags            bit 0 DEDICATED (one oversized blob)
 //!  72     8 activated_ms     when the chunk last became the append target
@@ -133,8 +134,10 @@ pub const CHUNK_HEADER_SIZE: usize = 128;
 pub const ENTRY_HEADER_SIZE: usize = 16;
 /// Entries start at multiples of this.
 pub const ENTRY_ALIGN: usize = 8;
-/// Smallest chunk size accepted.
-pub const MIN_CHUNK_SIZE: usize = 4096;
+/// Smallest chunk (or page) size accepted: room for one 1-byte blob. Sizes
+/// need not be multiples of [`ENTRY_ALIGN`]: entries start aligned and end
+/// at or before the chunk's end.
+pub const MIN_CHUNK_SIZE: usize = CHUNK_HEADER_SIZE + ENTRY_HEADER_SIZE + 1;
 /// Largest chunk file: offsets and sizes are u32.
 pub const MAX_CHUNK_SIZE: usize = (u32::MAX as usize) & !(ENTRY_ALIGN - 1);
 /// Id meaning "no chunk" in the `active` word.

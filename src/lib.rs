@@ -17,7 +17,8 @@
 //!
 //! // In another process (here the same one, for the example):
 //! let consumer = PinnedBlobStore::attach_shared(Config::default(), &ns)?;
-//! let bytes = consumer.resolve(&OverflowHandle::from_bytes(&handle.as_bytes()));
+//! let wire: [u8; 24] = handle.to_array(); // send these bytes any way you like
+//! let bytes = consumer.resolve(&OverflowHandle::from_array(&wire));
 //! assert_eq!(bytes.as_deref(), Some(&b"hello"[..]));
 //! assert!(consumer.acknowledge_shared(&handle));
 //! assert!(!consumer.acknowledge_shared(&handle)); // counted once
@@ -48,9 +49,10 @@ mod handle;
 pub mod hooks;
 pub mod inspect;
 pub mod layout;
-mod lifecycle;
+pub mod lifecycle;
 pub mod namespace;
 mod os;
+pub mod profiling;
 mod registry;
 mod stats;
 mod store;
@@ -70,11 +72,35 @@ pub use channel::{
     ChannelConfig, Loan, Message, Publisher, Receiver, RecvError, RecvTimeoutError, SendError,
     Sender, Subscriber, TryRecvError, TrySendError,
 };
-pub use config::Config;
+pub use config::{BackendMode, Config};
 pub use error::{BlobError, Result};
 pub use handle::{BlobHandle, OverflowHandle};
-pub use lifecycle::{CleanupHandle, LifecycleManager, Maintain};
+pub use lifecycle::{BlobStoreLifecycleExt, CleanupHandle, LifecycleManager, Maintain};
 pub use os::{SHM_DIR, SHM_DIR_ENV};
-pub use stats::{ProfileSnapshot, Profiler, StoreStats};
-pub use store::{BlobStoreLifecycleExt, PinnedBlobStore};
+pub use profiling::{ProfileSnapshot, ProfileStats, Profiler};
+pub use stats::{BlobStats, StoreStats};
+pub use store::PinnedBlobStore;
+
+/// The store under the original crate's module path (`page::PinnedBlobStore`,
+/// `page::BlobStats`).
+pub mod page {
+    pub use crate::stats::BlobStats;
+    pub use crate::store::PinnedBlobStore;
+}
+
+/// The handle, configuration and error types under the original crate's
+/// module path, with its `now_ms`.
+pub mod types {
+    pub use crate::config::{BackendMode, Config};
+    pub use crate::error::{BlobError, Result};
+    pub use crate::handle::{BlobHandle, OverflowHandle};
+
+    /// Milliseconds since the Unix epoch (the original crate's clock).
+    /// Handles carry this crate's own clock, the host's coarse monotonic
+    /// nanoseconds: compare handle times with
+    /// [`OverflowHandle::age_ms`], not with this.
+    pub fn now_ms() -> u64 {
+        crate::clock::unix_ms()
+    }
+}
 pub use view::BlobView;

@@ -2,6 +2,8 @@
 //! target weakly (so it never keeps a store alive), stops by itself when the
 //! store is dropped, and can be stopped and joined explicitly.
 
+use crate::profiling::ChunkTotals;
+use crate::store::PinnedBlobStore;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
@@ -11,23 +13,50 @@ use std::time::Duration;
 pub trait Maintain: Send + Sync {
     /// One reclamation pass; returns the number of chunks reclaimed.
     fn maintain(&self) -> usize;
+    /// Its chunk totals (for the profiler's report).
+    fn totals(&self) -> ChunkTotals {
+        ChunkTotals::default()
+    }
 }
 
-/// Runs maintenance passes and counts what they did.
-#[derive(Debug, Default)]
+/// Runs reclamation passes on one store (held weakly) and counts them.
 pub struct LifecycleManager {
+    target: Weak<dyn Maintain>,
     cycles: AtomicU64,
     reclaimed: AtomicU64,
 }
 
+impl std::fmt::Debug for LifecycleManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LifecycleManager")
+            .field("cycles", &self.cycles())
+            .field("reclaimed", &self.reclaimed())
+            .finish_non_exhaustive()
+    }
+}
+
 impl LifecycleManager {
-    /// A manager with zeroed counters.
-    pub fn new() -> Self {
-        Self::default()
+    /// A manager of `store` (held weakly: it never keeps the store alive).
+    pub fn new(store: &Arc<PinnedBlobStore>) -> Self {
+        Self::for_target(store.maintenance_target())
     }
 
-    /// Runs one pass on `target`; returns the chunks it reclaimed.
-    pub fn maintenance_cycle(&self, target: &dyn Maintain) -> usize {
+    /// A manager of any [`Maintain`] target, e.g. a backend's
+    /// `maintenance_target()`.
+    pub fn for_target(target: Weak<dyn Maintain>) -> Self {
+        Self {
+            target,
+            cycles: AtomicU64::new(0),
+            reclaimed: AtomicU64::new(0),
+        }
+    }
+
+    /// Runs one pass; returns the chunks it reclaimed (0 once the store is
+    /// gone).
+    pub fn maintenance_cycle(&self) -> usize {
+        let Some(target) = self.target.upgrade() else {
+            return 0;
+        };
         let n = target.maintain();
         // `reclaimed` first: whoever sees a cycle counted sees its chunks.
         self.reclaimed.fetch_add(n as u64, Ordering::Release);
@@ -46,13 +75,17 @@ impl LifecycleManager {
         self.reclaimed.load(Ordering::Acquire)
     }
 
-    /// Starts a thread that runs a pass every `interval` until the target is
-    /// dropped or [`CleanupHandle::stop`] is called.
-    pub fn start_background_cleanup(
-        self,
-        target: Weak<dyn Maintain>,
-        interval: Duration,
-    ) -> CleanupHandle {
+    /// Starts a thread that runs a pass every `interval` until the store is
+    /// dropped (the original crate's signature; [`start`](Self::start)
+    /// also returns a handle that can stop and join it).
+    pub fn start_background_cleanup(self, interval: Duration) {
+        let _detached = self.start(interval);
+    }
+
+    /// Starts a thread that runs a pass every `interval` until the store is
+    /// dropped or [`CleanupHandle::stop`] is called. Dropping the handle
+    /// leaves the thread running.
+    pub fn start(self, interval: Duration) -> CleanupHandle {
         let manager = Arc::new(self);
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let (m, s) = (Arc::clone(&manager), Arc::clone(&stop));
@@ -72,12 +105,10 @@ impl LifecycleManager {
                         return;
                     }
                 }
-                match target.upgrade() {
-                    Some(t) => {
-                        m.maintenance_cycle(&*t);
-                    }
-                    None => return,
+                if m.target.strong_count() == 0 {
+                    return;
                 }
+                m.maintenance_cycle();
             })
             .ok();
         CleanupHandle {
@@ -123,6 +154,27 @@ impl CleanupHandle {
     }
 }
 
+/// Background reclamation for a store held in an `Arc`.
+pub trait BlobStoreLifecycleExt {
+    /// Starts a thread that runs a reclamation pass every `interval`; it
+    /// stops when the store is dropped (the original crate's signature).
+    fn start_cleanup(&self, interval: Duration);
+
+    /// Like [`start_cleanup`](Self::start_cleanup), returning a handle whose
+    /// [`stop`](CleanupHandle::stop) ends the thread and joins it.
+    fn start_cleanup_thread(&self, interval: Duration) -> CleanupHandle;
+}
+
+impl BlobStoreLifecycleExt for Arc<PinnedBlobStore> {
+    fn start_cleanup(&self, interval: Duration) {
+        LifecycleManager::new(self).start_background_cleanup(interval);
+    }
+
+    fn start_cleanup_thread(&self, interval: Duration) -> CleanupHandle {
+        LifecycleManager::new(self).start(interval)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,8 +190,8 @@ mod tests {
     #[test]
     fn runs_until_stopped_and_joins() {
         let target: Arc<dyn Maintain> = Arc::new(Counter(AtomicU64::new(0)));
-        let h = LifecycleManager::new()
-            .start_background_cleanup(Arc::downgrade(&target), Duration::from_millis(1));
+        let h =
+            LifecycleManager::for_target(Arc::downgrade(&target)).start(Duration::from_millis(1));
         while h.manager().cycles() < 3 {
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -151,8 +203,8 @@ mod tests {
     #[test]
     fn exits_when_the_target_is_dropped() {
         let target: Arc<dyn Maintain> = Arc::new(Counter(AtomicU64::new(0)));
-        let h = LifecycleManager::new()
-            .start_background_cleanup(Arc::downgrade(&target), Duration::from_millis(1));
+        let h =
+            LifecycleManager::for_target(Arc::downgrade(&target)).start(Duration::from_millis(1));
         drop(target);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while h.is_running() && std::time::Instant::now() < deadline {

@@ -3,14 +3,14 @@
 use crate::backend::heap::HeapBackend;
 use crate::backend::shared::SharedBackend;
 use crate::channel::{self, ChannelConfig, Publisher, Receiver, Sender, Subscriber};
-use crate::config::Config;
+use crate::config::{BackendMode, Config};
 use crate::error::{BlobError, Result};
 use crate::handle::{BlobHandle, OverflowHandle};
-use crate::lifecycle::{CleanupHandle, LifecycleManager, Maintain};
-use crate::stats::{Profiler, StoreStats};
+use crate::lifecycle::Maintain;
+use crate::profiling::Profiler;
+use crate::stats::BlobStats;
 use crate::view::{BlobView, ViewOwner};
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::Weak;
 
 /// A store of byte blobs whose bytes never move once written.
 ///
@@ -48,13 +48,8 @@ impl PinnedBlobStore {
     }
 
     /// A heap-mode store with [`Config::default`].
-    pub fn with_defaults() -> Self {
-        let config = Config::default();
-        match HeapBackend::new(&config) {
-            Ok(heap) => Self::with_mode(config, Mode::Heap(heap)),
-            // The default page size is always valid.
-            Err(_) => unreachable!("Config::default() has a valid page size"),
-        }
+    pub fn with_defaults() -> Result<Self> {
+        Self::new(Config::default())
     }
 
     /// Creates shared namespace `namespace` with chunks of `chunk_size`
@@ -79,23 +74,32 @@ impl PinnedBlobStore {
         config: Config,
         namespace: &str,
         chunk_size: usize,
-        max_chunks: Option<usize>,
+        max_chunks: Option<u32>,
     ) -> Result<Self> {
-        let shared = SharedBackend::create_with_limit(namespace, chunk_size, max_chunks, &config)?;
+        let shared = SharedBackend::create_with_limit(
+            namespace,
+            chunk_size,
+            max_chunks.map(|n| n as usize),
+            &config,
+        )?;
         Ok(Self::with_mode(config, Mode::Shared(shared)))
     }
 
     /// Attaches to shared namespace `namespace` created by another process.
     pub fn attach_shared(config: Config, namespace: &str) -> Result<Self> {
-        let shared = SharedBackend::attach(namespace, &config)?;
+        let shared = SharedBackend::attach_with_config(namespace, &config)?;
         Ok(Self::with_mode(config, Mode::Shared(shared)))
     }
 
     fn with_mode(config: Config, mode: Mode) -> Self {
+        let target = match &mode {
+            Mode::Heap(h) => h.maintenance_target(),
+            Mode::Shared(s) => s.maintenance_target(),
+        };
         Self {
             config,
             mode,
-            profiler: Profiler::default(),
+            profiler: Profiler::for_store(target),
         }
     }
 
@@ -134,7 +138,7 @@ impl PinnedBlobStore {
             return None;
         };
         let out = heap.get(handle.loc());
-        self.profiler.on_read(out.is_some());
+        self.profiler.on_read(out.as_ref().map(Vec::len));
         out
     }
 
@@ -149,7 +153,7 @@ impl PinnedBlobStore {
             // a pointer to `len` committed bytes inside the page it keeps alive.
             unsafe { BlobView::new(ViewOwner::Heap(page), ptr, len) }
         });
-        self.profiler.on_read(view.is_some());
+        self.profiler.on_read(view.as_ref().map(|v| v.len()));
         view
     }
 
@@ -168,7 +172,10 @@ impl PinnedBlobStore {
     /// recycled. Returns the pages reclaimed.
     pub fn cleanup_acknowledged(&self) -> usize {
         match &self.mode {
-            Mode::Heap(heap) => heap.reclaim(),
+            Mode::Heap(heap) => {
+                self.profiler.on_cleanup();
+                heap.reclaim()
+            }
             Mode::Shared(_) => 0,
         }
     }
@@ -192,8 +199,8 @@ impl PinnedBlobStore {
         let Mode::Shared(shared) = &self.mode else {
             return None;
         };
-        let out = shared.resolve(handle);
-        self.profiler.on_read(out.is_some());
+        let out = shared.resolve_copy(handle);
+        self.profiler.on_read(out.as_ref().map(Vec::len));
         out
     }
 
@@ -204,7 +211,7 @@ impl PinnedBlobStore {
             return None;
         };
         let view = shared.resolve_ref(handle);
-        self.profiler.on_read(view.is_some());
+        self.profiler.on_read(view.as_ref().map(|v| v.len()));
         view
     }
 
@@ -219,7 +226,7 @@ impl PinnedBlobStore {
             return Err(self.wrong("resolve_checked", "shared"));
         };
         let out = shared.resolve_checked(handle);
-        self.profiler.on_read(out.is_ok());
+        self.profiler.on_read(out.as_ref().ok().map(Vec::len));
         out
     }
 
@@ -230,7 +237,7 @@ impl PinnedBlobStore {
             return Err(self.wrong("resolve_ref_checked", "shared"));
         };
         let out = shared.resolve_ref_checked(handle);
-        self.profiler.on_read(out.is_ok());
+        self.profiler.on_read(out.as_ref().ok().map(|v| v.len()));
         out
     }
 
@@ -248,7 +255,10 @@ impl PinnedBlobStore {
     /// One reclamation pass (shared mode); returns the chunks reclaimed.
     pub fn cleanup_shared(&self) -> usize {
         match &self.mode {
-            Mode::Shared(shared) => shared.cleanup_chunks(),
+            Mode::Shared(shared) => {
+                self.profiler.on_cleanup();
+                shared.reclaim_pass()
+            }
             Mode::Heap(_) => 0,
         }
     }
@@ -362,12 +372,15 @@ impl PinnedBlobStore {
     }
 
     /// Chunk (page) counts and reclamation counters.
-    pub fn stats(&self) -> StoreStats {
+    pub fn stats(&self) -> BlobStats {
         match &self.mode {
             Mode::Heap(h) => {
                 let (recycled, retired, expired) = h.counters();
-                StoreStats {
-                    chunks: h.page_count(),
+                let chunks = h.page_count();
+                BlobStats {
+                    page_count: chunks,
+                    current_page_id: h.current_page_id(),
+                    chunks,
                     pooled: h.pooled_pages(),
                     recycled,
                     retired,
@@ -378,7 +391,29 @@ impl PinnedBlobStore {
         }
     }
 
-    /// The operation profiler of this store (off until enabled).
+    /// Prints one line per chunk (generation, state, bytes used,
+    /// acknowledgements, pins, which one is the append target) to stderr.
+    pub fn debug_chunks(&self) {
+        match &self.mode {
+            Mode::Heap(h) => h.debug_chunks(),
+            Mode::Shared(s) => s.debug_chunks(),
+        }
+    }
+
+    /// Which mode the store is in (the original crate's [`BackendMode`]).
+    pub fn backend_mode(&self) -> BackendMode {
+        match &self.mode {
+            Mode::Heap(_) => BackendMode::Heap,
+            Mode::Shared(s) => BackendMode::Shared {
+                namespace: s.namespace().to_owned(),
+                chunk_size: s.chunk_size(),
+            },
+        }
+    }
+
+    /// The profiler of this store: [`Profiler::stats`] reports its chunk
+    /// totals at any time; operation counts count once
+    /// [`enable`](Profiler::enable)d.
     pub fn profiler(&self) -> &Profiler {
         &self.profiler
     }
@@ -388,24 +423,10 @@ impl PinnedBlobStore {
         &self.config
     }
 
-    fn maintenance_target(&self) -> Weak<dyn Maintain> {
+    pub(crate) fn maintenance_target(&self) -> Weak<dyn Maintain> {
         match &self.mode {
             Mode::Heap(h) => h.maintenance_target(),
             Mode::Shared(s) => s.maintenance_target(),
         }
-    }
-}
-
-/// Background reclamation for a store held in an `Arc`.
-pub trait BlobStoreLifecycleExt {
-    /// Starts a thread that runs a reclamation pass every `interval`. It
-    /// stops when the store is dropped, or when the returned handle's
-    /// [`stop`](CleanupHandle::stop) is called.
-    fn start_cleanup(&self, interval: Duration) -> CleanupHandle;
-}
-
-impl BlobStoreLifecycleExt for Arc<PinnedBlobStore> {
-    fn start_cleanup(&self, interval: Duration) -> CleanupHandle {
-        LifecycleManager::new().start_background_cleanup(self.maintenance_target(), interval)
     }
 }

@@ -574,7 +574,7 @@ fn append_shared_with_writes_in_place() {
         .append_shared_with(5000, |b| b.copy_from_slice(&payload(5, 5000)))
         .unwrap();
     assert_eq!(store.resolve(&h).unwrap(), payload(5, 5000));
-    let heap = PinnedBlobStore::with_defaults();
+    let heap = PinnedBlobStore::with_defaults().unwrap();
     assert!(matches!(
         heap.append_shared_with(10, |_| {}),
         Err(BlobError::WrongMode { .. })
@@ -608,7 +608,7 @@ fn opening_a_name_as_the_other_kind_or_in_heap_mode_is_a_clear_error() {
         ),
         Err(BlobError::InvalidConfig { .. })
     ));
-    let heap = PinnedBlobStore::with_defaults();
+    let heap = PinnedBlobStore::with_defaults().unwrap();
     assert!(matches!(
         heap.subscriber("x"),
         Err(BlobError::WrongMode { .. })
@@ -708,7 +708,7 @@ fn channel_files_go_with_the_namespace() {
     creator.expect("ready");
     assert!(ns.files().iter().any(|f| f.ends_with("_chan+c")));
     creator.kill9();
-    let removed = stable_fragmented_buffer::SharedBackend::cleanup_namespace(ns.as_str()).unwrap();
+    let removed = stable_fragmented_buffer::SharedBackend::remove_namespace(ns.as_str()).unwrap();
     assert!(removed >= 3, "removed {removed}");
     assert!(ns.files().is_empty(), "{:?}", ns.files());
 }

@@ -60,7 +60,7 @@ fn creator() {
         PinnedBlobStore::new_shared_with_limit(store_config(), &env("SFB_NS"), 64 << 10, Some(48))
             .unwrap(),
     );
-    let _cleaner = store.start_cleanup(Duration::from_millis(5));
+    let _cleaner = store.start_cleanup_thread(Duration::from_millis(5));
     say("ready");
     let mut s = String::new();
     let _ = std::io::stdin().read_line(&mut s);
@@ -419,7 +419,7 @@ fn round(seed: u64, t: &mut Totals) {
         c.wait_ok();
     }
     // Whatever the dead left behind goes with the namespace.
-    let _ = SharedBackend::cleanup_namespace(ns.as_str())
+    SharedBackend::cleanup_namespace(ns.as_str())
         .unwrap_or_else(|e| panic!("seed {seed}: cleanup after the round: {e}"));
     assert!(
         ns.files().is_empty(),
@@ -433,12 +433,12 @@ fn round(seed: u64, t: &mut Totals) {
 /// steady state (see the module documentation); panics with what is left
 /// if it is not within TTL + grace + margin. Returns the passes it took.
 fn settle(ns: &str, seed: u64) -> u64 {
-    let store = SharedBackend::attach(ns, &store_config())
+    let store = SharedBackend::attach_with_config(ns, &store_config())
         .unwrap_or_else(|e| panic!("seed {seed}: attach to settle: {e}"));
     let deadline = Instant::now() + Duration::from_millis(2 * 1_500 + 3_000);
     let mut passes = 0;
     loop {
-        store.cleanup_chunks();
+        store.reclaim_pass();
         passes += 1;
         let report = inspect_namespace(ns).unwrap();
         let control = report.control.as_ref().expect("control block");

@@ -226,7 +226,7 @@ fn feature_background_lifecycle_thread_reclaims_stops_and_joins() {
         ..cfg(0, 60_000)
     };
     let store = Arc::new(PinnedBlobStore::new_shared(config, ns.as_str(), CHUNK).unwrap());
-    let handle = store.start_cleanup(Duration::from_millis(5));
+    let handle = store.start_cleanup_thread(Duration::from_millis(5));
     let first = fill_first_chunk(&store, 500);
     for (h, _) in &first {
         store.acknowledge_shared(h);
@@ -239,7 +239,7 @@ fn feature_background_lifecycle_thread_reclaims_stops_and_joins() {
     handle.stop();
 
     // A thread whose store is dropped ends by itself.
-    let handle = store.start_cleanup(Duration::from_millis(5));
+    let handle = store.start_cleanup_thread(Duration::from_millis(5));
     drop(store);
     wait_until("the lifecycle thread to end", || !handle.is_running());
     assert!(ns.files().is_empty());
@@ -253,16 +253,11 @@ fn feature_lifecycle_manager_runs_cycles_on_a_backend() {
     for (h, _) in &first {
         store.acknowledge_shared(h);
     }
-    let manager = LifecycleManager::new();
-    let target = store
-        .shared_backend()
-        .unwrap()
-        .maintenance_target()
-        .upgrade()
-        .unwrap();
+    let manager =
+        LifecycleManager::for_target(store.shared_backend().unwrap().maintenance_target());
     let mut total = 0;
     for _ in 0..3 {
-        total += manager.maintenance_cycle(&*target);
+        total += manager.maintenance_cycle();
     }
     assert_eq!(total, 1);
     assert_eq!(manager.cycles(), 3);
@@ -359,7 +354,7 @@ fn a_dedicated_write_that_outlives_the_ttl_never_returns_a_dead_handle() {
     // to nothing.
     let ns = Ns::new("dedlate");
     let store = Arc::new(PinnedBlobStore::new_shared(cfg(0, 100), ns.as_str(), CHUNK).unwrap());
-    let cleaner = store.start_cleanup(Duration::from_millis(20));
+    let cleaner = store.start_cleanup_thread(Duration::from_millis(20));
     let r = store.append_shared_with(2 * CHUNK, |buf| {
         std::thread::sleep(Duration::from_millis(2_000));
         buf.fill(7);

@@ -50,7 +50,7 @@ fn fill_page(store: &PinnedBlobStore, size: usize) -> Vec<BlobHandle> {
 
 #[test]
 fn heap_api_round_trip_and_handle_getters() {
-    let store = PinnedBlobStore::with_defaults();
+    let store = PinnedBlobStore::with_defaults().unwrap();
     assert!(!store.is_shared());
     let h = store.append(b"hello heap").unwrap();
     assert_eq!(store.get(&h).as_deref(), Some(&b"hello heap"[..]));
@@ -73,7 +73,7 @@ fn heap_api_round_trip_and_handle_getters() {
 
 #[test]
 fn heap_and_shared_calls_on_the_wrong_mode_are_clear() {
-    let store = PinnedBlobStore::with_defaults();
+    let store = PinnedBlobStore::with_defaults().unwrap();
     assert!(matches!(
         store.append_shared(b"x"),
         Err(BlobError::WrongMode {
@@ -200,7 +200,7 @@ fn views_are_send_sync_and_readable_from_another_thread() {
 
 #[test]
 fn heap_stats_and_profiler_count() {
-    let store = PinnedBlobStore::with_defaults();
+    let store = PinnedBlobStore::with_defaults().unwrap();
     store.profiler().enable();
     let h = store.append(&[1; 100]).unwrap();
     store.get(&h);
@@ -221,7 +221,7 @@ fn heap_stats_and_profiler_count() {
 #[test]
 fn heap_background_cleanup_thread_works_and_stops() {
     let store = Arc::new(PinnedBlobStore::new(cfg(4096, 0, 60_000)).unwrap());
-    let cleaner = store.start_cleanup(Duration::from_millis(1));
+    let cleaner = store.start_cleanup_thread(Duration::from_millis(1));
     let first = fill_page(&store, 300);
     for h in &first {
         store.acknowledge(h);

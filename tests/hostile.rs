@@ -41,7 +41,7 @@ proptest! {
         let (store, known) = live(&ns);
         let handles: Vec<OverflowHandle> = known.keys().copied().collect();
         // Fully random handles, and real handles with one field changed.
-        let mut candidates: Vec<OverflowHandle> = raw.iter().map(OverflowHandle::from_bytes).collect();
+        let mut candidates: Vec<OverflowHandle> = raw.iter().map(OverflowHandle::from_array).collect();
         for (i, field, v) in tweaks {
             let mut h = handles[i % handles.len()];
             match field {

@@ -120,7 +120,7 @@ fn invariant_1_forged_handles_resolve_to_nothing_and_ack_false() {
         if x & 1 == 0 {
             b[0..4].copy_from_slice(&good.page_id.to_le_bytes());
         }
-        let h = OverflowHandle::from_bytes(&b);
+        let h = OverflowHandle::from_array(&b);
         assert_eq!(store.resolve(&h), None);
     }
     assert_eq!(store.resolve(&good), Some(payload(1, 300)));
@@ -393,7 +393,7 @@ fn invariant_9_cleanup_refuses_a_live_creator_unless_forced() {
     assert!(matches!(err, Some(BlobError::Closed { .. })), "{err:?}");
     assert!(ns.files().is_empty(), "a closed store creates no file");
     // Cleaning a namespace that does not exist is fine.
-    assert_eq!(SharedBackend::cleanup_namespace(ns.as_str()).unwrap(), 0);
+    assert_eq!(SharedBackend::remove_namespace(ns.as_str()).unwrap(), 0);
 }
 
 #[test]

@@ -191,7 +191,7 @@ fn creator_killed_with_sigkill_then_cleanup_namespace_from_another_process() {
     );
     // Survivors keep their data.
     assert_eq!(reader.resolve(&h), Some(payload(7, 1000)));
-    let removed = SharedBackend::cleanup_namespace(ns.as_str()).unwrap();
+    let removed = SharedBackend::remove_namespace(ns.as_str()).unwrap();
     assert!(removed >= 2);
     assert!(ns.files().is_empty());
     // The existing mapping stays valid after the unlink.

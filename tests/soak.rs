@@ -166,7 +166,7 @@ fn soak_bounded() {
     let store = Arc::new(
         PinnedBlobStore::new_shared_with_limit(config(), ns.as_str(), 256 << 10, Some(24)).unwrap(),
     );
-    let cleaner = store.start_cleanup(Duration::from_millis(5));
+    let cleaner = store.start_cleanup_thread(Duration::from_millis(5));
     let mut consumers: Vec<Peer> = (0..2)
         .map(|_| spawn_peer(ENTRY, "consumer", &[("SFB_NS", ns.0.clone())]))
         .collect();
@@ -423,7 +423,7 @@ fn soak_channels_bounded() {
         PinnedBlobStore::new_shared_with_limit(Config::default(), ns.as_str(), 256 << 10, Some(24))
             .unwrap(),
     );
-    let cleaner = store.start_cleanup(Duration::from_millis(5));
+    let cleaner = store.start_cleanup_thread(Duration::from_millis(5));
     let spawn = |role: &str, queue: bool, id: u64| {
         let mut p = spawn_peer(
             ENTRY,

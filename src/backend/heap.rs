@@ -15,6 +15,7 @@ use crate::error::{BlobError, Result};
 use crate::layout::*;
 use crate::lifecycle::Maintain;
 use crate::os;
+use crate::profiling::ChunkTotals;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::table::ChunkTable;
 use std::alloc::Layout;
@@ -107,10 +108,10 @@ impl HeapBackend {
     /// A heap store with pages of `config.page_size` bytes.
     pub fn new(config: &Config) -> Result<Self> {
         let size = config.page_size;
-        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&size) || size % ENTRY_ALIGN != 0 {
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&size) {
             return Err(BlobError::InvalidConfig {
                 reason: format!(
-                    "page size {size} must be a multiple of {ENTRY_ALIGN} between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}"
+                    "page size {size} must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes"
                 ),
             });
         }
@@ -167,6 +168,19 @@ impl HeapBackend {
         self.inner.pages.len()
     }
 
+    /// Id of the page appends currently go to (`u32::MAX` before the first).
+    pub fn current_page_id(&self) -> u32 {
+        engine::target_id(&*self.inner)
+    }
+
+    /// Prints one line per page to stderr (see
+    /// [`PinnedBlobStore::debug_chunks`](crate::PinnedBlobStore::debug_chunks)).
+    pub fn debug_chunks(&self) {
+        for line in engine::describe(&*self.inner) {
+            eprintln!("  [heap] {line}");
+        }
+    }
+
     /// Warm pages waiting in the pool.
     pub fn pooled_pages(&self) -> usize {
         engine::pool_len(&*self.inner) as usize
@@ -211,6 +225,17 @@ impl HeapPages {
 impl Maintain for HeapPages {
     fn maintain(&self) -> usize {
         engine::reclaim(self)
+    }
+
+    fn totals(&self) -> ChunkTotals {
+        ChunkTotals {
+            live: self.pages.len() as u64,
+            released: self
+                .counters
+                .retired
+                .load(std::sync::atomic::Ordering::Relaxed),
+            chunk_size: u64::from(self.policy.chunk_size),
+        }
     }
 }
 

@@ -15,8 +15,9 @@ use crate::layout::*;
 use crate::lifecycle::Maintain;
 use crate::namespace;
 use crate::os::{self, Mapping};
+use crate::profiling::ChunkTotals;
 use crate::registry::{self, Claim, Registry};
-use crate::stats::StoreStats;
+use crate::stats::BlobStats;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::table::ChunkTable;
 use crate::view::{BlobView, ViewOwner};
@@ -28,6 +29,14 @@ use std::time::Duration;
 
 /// Default size of a chunk file: 32 MiB.
 pub const DEFAULT_CHUNK_SIZE: usize = 32 << 20;
+
+/// Per-chunk overhead of a standard chunk: its header (128 bytes) plus
+/// the header of one entry (16 bytes). `chunk_size - CHUNK_HEADER_SIZE` is
+/// the largest blob one standard chunk holds ([`SharedBackend::data_capacity`]);
+/// every further blob in the same chunk takes its own 16-byte entry header
+/// and padding to 8 bytes. A chunk size must exceed it (so the smallest
+/// chunk holds one 1-byte blob); larger blobs get dedicated chunks.
+pub const CHUNK_HEADER_SIZE: usize = crate::layout::CHUNK_HEADER_SIZE + ENTRY_HEADER_SIZE;
 
 /// Chunks kept warm (mapped, faulted, ready) for reuse.
 const WARM_POOL: u32 = 4;
@@ -94,9 +103,23 @@ struct Signal {
 }
 
 impl SharedBackend {
-    /// Creates namespace `ns` with chunks of `chunk_size` bytes and no chunk
-    /// limit. See [`create_with_limit`](Self::create_with_limit).
-    pub fn create(ns: &str, chunk_size: usize, config: &Config) -> Result<Self> {
+    /// Creates namespace `ns` with chunks of `chunk_size` bytes, at most
+    /// `max_chunks` chunk files (`None` = no limit), and the default
+    /// [`Config`] (the original crate's signature). See
+    /// [`create_with_limit`](Self::create_with_limit).
+    pub fn create(ns: &str, chunk_size: usize, max_chunks: Option<u32>) -> Result<Self> {
+        Self::create_with_limit(
+            ns,
+            chunk_size,
+            max_chunks.map(|n| n as usize),
+            &Config::default(),
+        )
+    }
+
+    /// Creates namespace `ns` with chunks of `chunk_size` bytes, no chunk
+    /// limit, and `config`'s decay, TTL and prefetch threshold. See
+    /// [`create_with_limit`](Self::create_with_limit).
+    pub fn create_with_config(ns: &str, chunk_size: usize, config: &Config) -> Result<Self> {
         Self::create_with_limit(ns, chunk_size, None, config)
     }
 
@@ -112,11 +135,10 @@ impl SharedBackend {
         config: &Config,
     ) -> Result<Self> {
         namespace::validate(ns)?;
-        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) || chunk_size % ENTRY_ALIGN != 0
-        {
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
             return Err(BlobError::InvalidConfig {
                 reason: format!(
-                    "chunk size {chunk_size} must be a multiple of {ENTRY_ALIGN} between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}"
+                    "chunk size {chunk_size} must be between {MIN_CHUNK_SIZE} (CHUNK_HEADER_SIZE + 1) and {MAX_CHUNK_SIZE} bytes"
                 ),
             });
         }
@@ -140,9 +162,20 @@ impl SharedBackend {
     }
 
     /// Attaches to an existing namespace created by another process (or
+    /// this one), with the default [`Config`] (the original crate's
+    /// signature). `max_chunks` is accepted for compatibility and ignored:
+    /// the limit is the creator's, kept in the control block and enforced
+    /// by every process alike.
+    pub fn attach(ns: &str, max_chunks: Option<u32>) -> Result<Self> {
+        let _ = max_chunks;
+        Self::attach_with_config(ns, &Config::default())
+    }
+
+    /// Attaches to an existing namespace created by another process (or
     /// this one). Checks the magic, version and size of the control block
-    /// before mapping it.
-    pub fn attach(ns: &str, config: &Config) -> Result<Self> {
+    /// before mapping it. `config.prefetch_threshold` applies to this
+    /// process's appends; decay and TTL are the creator's.
+    pub fn attach_with_config(ns: &str, config: &Config) -> Result<Self> {
         namespace::validate(ns)?;
         let dir = os::shm_dir();
         let path = dir.join(ctrl_file_name(ns));
@@ -173,9 +206,20 @@ impl SharedBackend {
         engine::append(&*self.inner, data).map(OverflowHandle::from_loc)
     }
 
+    /// A copy of the blob, or `None` if the handle is older than `ttl_ms`
+    /// (by its own timestamp), stale, reclaimed, forged or out of bounds
+    /// (the original crate's signature). See [`resolve_copy`](Self::resolve_copy).
+    pub fn resolve(&self, handle: &OverflowHandle, ttl_ms: u64) -> Option<Vec<u8>> {
+        if handle.is_expired(ttl_ms) {
+            return None;
+        }
+        self.resolve_copy(handle)
+    }
+
     /// A copy of the blob, or `None` if the handle is stale, reclaimed,
-    /// forged or out of bounds.
-    pub fn resolve(&self, handle: &OverflowHandle) -> Option<Vec<u8>> {
+    /// forged or out of bounds. The copy is taken under a pin, so it is
+    /// exactly the appended bytes even if a reclamation runs meanwhile.
+    pub fn resolve_copy(&self, handle: &OverflowHandle) -> Option<Vec<u8>> {
         engine::with_bytes(&*self.inner, &handle.loc(), <[u8]>::to_vec)
     }
 
@@ -194,7 +238,7 @@ impl SharedBackend {
     /// [`BlobError::Closed`] (the creator removed the namespace), or the
     /// error that kept the chunk file from being read.
     pub fn resolve_checked(&self, handle: &OverflowHandle) -> Result<Vec<u8>> {
-        self.resolve(handle)
+        self.resolve_copy(handle)
             .ok_or_else(|| engine::why_unresolved(&*self.inner, &handle.loc()))
     }
 
@@ -222,9 +266,29 @@ impl SharedBackend {
     }
 
     /// One reclamation pass over every chunk of the namespace (any attached
-    /// process may run it); returns the number of chunks reclaimed.
-    pub fn cleanup_chunks(&self) -> usize {
+    /// process may run it) by the namespace's own TTL and decay; returns the
+    /// number of chunks reclaimed (recycled into the warm pool or removed).
+    pub fn reclaim_pass(&self) -> usize {
         self.inner.maintain()
+    }
+
+    /// One reclamation pass with this call's own rules (the original
+    /// crate's signature): chunks whose entries are all acknowledged since
+    /// at least `decay_timeout_ms` (counted from the last acknowledgement),
+    /// and chunks sealed more than `ttl_ms` ago whatever their state, are
+    /// removed — their files unlinked, not kept in the warm pool. The
+    /// append target, chunks with a write in flight and chunks pinned by a
+    /// view are never recycled under their users (a pinned chunk's file is
+    /// unlinked; its mappings stay valid). Returns the chunks removed.
+    pub fn cleanup_chunks(&self, ttl_ms: u64, decay_timeout_ms: u64) -> usize {
+        engine::reclaim_with(
+            &*self.inner,
+            engine::Rules {
+                ttl_ms,
+                decay_ms: decay_timeout_ms,
+                pool: false,
+            },
+        )
     }
 
     /// Chunk files currently in existence in the namespace (all processes).
@@ -275,14 +339,26 @@ impl SharedBackend {
     }
 
     /// Chunk counts and the namespace's reclamation counters.
-    pub fn stats(&self) -> StoreStats {
+    pub fn stats(&self) -> BlobStats {
         let c = self.inner.ctrl();
-        StoreStats {
-            chunks: self.chunk_count(),
+        let chunks = self.chunk_count();
+        BlobStats {
+            page_count: chunks,
+            current_page_id: engine::target_id(&*self.inner),
+            chunks,
             pooled: self.pooled_chunks(),
             recycled: c.recycled.load(Ordering::Relaxed),
             retired: c.retired.load(Ordering::Relaxed),
             expired: c.expired.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Prints one line per chunk of the namespace (generation, state, bytes
+    /// used, acknowledgements, pins, which one is the append target) to
+    /// stderr.
+    pub fn debug_chunks(&self) {
+        for line in engine::describe(&*self.inner) {
+            eprintln!("  [{}] {line}", self.inner.ns);
         }
     }
 
@@ -304,10 +380,17 @@ impl SharedBackend {
     }
 
     /// Removes namespace `ns` left behind by a creator that died (crash
-    /// recovery at startup). Returns the number of files removed; a namespace
-    /// that does not exist is not an error. Refuses with
-    /// [`BlobError::InUse`] while the creator is alive.
-    pub fn cleanup_namespace(ns: &str) -> Result<usize> {
+    /// recovery at startup); a namespace that does not exist is not an
+    /// error. Refuses with [`BlobError::InUse`] while the creator is alive.
+    /// (The original crate's signature; [`remove_namespace`](Self::remove_namespace)
+    /// also says how many files it removed.)
+    pub fn cleanup_namespace(ns: &str) -> Result<()> {
+        Self::remove_namespace(ns).map(|_| ())
+    }
+
+    /// [`cleanup_namespace`](Self::cleanup_namespace), returning the number
+    /// of files removed.
+    pub fn remove_namespace(ns: &str) -> Result<usize> {
         remove_namespace(&os::shm_dir(), ns, false)
     }
 
@@ -398,7 +481,7 @@ impl StoreLink {
     /// Acknowledges the entry of a handle in its 24-byte form (as a
     /// channel slot carries it).
     pub(crate) fn acknowledge_bytes(&self, handle: [u8; 24]) {
-        self.acknowledge(&OverflowHandle::from_bytes(&handle));
+        self.acknowledge(&OverflowHandle::from_array(&handle));
     }
 
     /// One reclamation pass (as `cleanup_chunks`).
@@ -441,6 +524,14 @@ impl Maintain for Inner {
         };
         self.evict_retired();
         n
+    }
+
+    fn totals(&self) -> ChunkTotals {
+        ChunkTotals {
+            live: self.registry().files() as u64,
+            released: self.ctrl().retired.load(Ordering::Relaxed),
+            chunk_size: u64::from(self.policy.chunk_size),
+        }
     }
 }
 
@@ -578,9 +669,7 @@ impl Inner {
         // page-aligned and CtrlHeader is only atomics.
         let ctrl = unsafe { &*(map.base().as_ptr() as *const CtrlHeader) };
         let chunk_size = ctrl.chunk_size.load(Ordering::Relaxed);
-        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&(chunk_size as usize))
-            || chunk_size as usize % ENTRY_ALIGN != 0
-        {
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&(chunk_size as usize)) {
             return Err(BlobError::Corrupt {
                 file: ctrl_path,
                 detail: format!("chunk size {chunk_size} is out of range"),
@@ -1224,7 +1313,7 @@ mod tests {
     #[cfg_attr(miri, ignore = "real shared memory: Miri cannot run it")]
     fn a_chunk_left_retired_by_a_killed_process_is_released_by_the_next_pass() {
         let ns = namespace("retired");
-        let b = SharedBackend::create(&ns, 64 << 10, &Config::default()).unwrap();
+        let b = SharedBackend::create_with_config(&ns, 64 << 10, &Config::default()).unwrap();
         let before = b.chunk_count();
         // What a retirer killed between marking a chunk and releasing it
         // leaves: a registered chunk file marked RETIRED.
@@ -1233,12 +1322,12 @@ mod tests {
         chunk.region.mark_retired();
         let path = b.inner.chunk_path(chunk.id);
         assert!(path.exists());
-        b.cleanup_chunks();
+        b.reclaim_pass();
         assert!(!path.exists(), "the next pass unlinks it");
         assert_eq!(b.chunk_count(), before, "and counts it out");
         // The retirer's own late release counts nothing more.
         b.inner.release(&chunk);
-        b.cleanup_chunks();
+        b.reclaim_pass();
         assert_eq!(b.chunk_count(), before, "counted out exactly once");
     }
 
@@ -1246,7 +1335,7 @@ mod tests {
     #[cfg_attr(miri, ignore = "real shared memory: Miri cannot run it")]
     fn a_chunk_unlinked_by_a_killed_releaser_is_unregistered_by_the_next_pass() {
         let ns = namespace("unlinked");
-        let b = SharedBackend::create(&ns, 64 << 10, &Config::default()).unwrap();
+        let b = SharedBackend::create_with_config(&ns, 64 << 10, &Config::default()).unwrap();
         let before = b.chunk_count();
         let chunk = b.inner.create_chunk(64 << 10, 0, false).unwrap();
         // Killed between the unlink and the unregistration: the file is
@@ -1255,11 +1344,11 @@ mod tests {
         os::unlink(&b.inner.chunk_path(chunk.id)).unwrap();
         assert_eq!(b.chunk_count(), before + 1);
         // Another process (no mapping of it) runs a pass.
-        let other = SharedBackend::attach(&ns, &Config::default()).unwrap();
-        other.cleanup_chunks();
+        let other = SharedBackend::attach_with_config(&ns, &Config::default()).unwrap();
+        other.reclaim_pass();
         assert_eq!(b.chunk_count(), before, "the stale slot is cleared");
-        other.cleanup_chunks();
-        b.cleanup_chunks();
+        other.reclaim_pass();
+        b.reclaim_pass();
         assert_eq!(b.chunk_count(), before, "counted out exactly once");
     }
 
@@ -1293,18 +1382,18 @@ mod tests {
             left.push(path);
         }
         assert!(b.chunk_count() > before, "the claims count at once");
-        b.cleanup_chunks();
+        b.reclaim_pass();
         assert!(
             left.iter().skip(1).all(|p| p.exists()),
             "a young creation is its creator's"
         );
         // The grace period is max(TTL, 1 s).
         std::thread::sleep(Duration::from_millis(1_100));
-        let other = SharedBackend::attach(&ns, &Config::default()).unwrap();
-        other.cleanup_chunks();
+        let other = SharedBackend::attach_with_config(&ns, &Config::default()).unwrap();
+        other.reclaim_pass();
         assert!(left.iter().all(|p| !p.exists()), "the files are removed");
         assert_eq!(b.chunk_count(), before, "and their places freed");
-        b.cleanup_chunks();
+        b.reclaim_pass();
         assert_eq!(b.chunk_count(), before, "exactly once");
         // The store can grow to its limit again.
         let c1 = b.inner.create_chunk(64 << 10, 0, false).unwrap();
@@ -1324,7 +1413,7 @@ mod tests {
             decay_timeout_ms: 0,
             ..Config::default()
         };
-        let b = SharedBackend::create(&ns, 64 << 10, &config).unwrap();
+        let b = SharedBackend::create_with_config(&ns, 64 << 10, &config).unwrap();
         let chunk = b.inner.create_chunk(64 << 10, 0, false).unwrap();
         let path = b.inner.chunk_path(chunk.id);
         // The moment inside `activate` between its resets and its CAS (a
@@ -1333,7 +1422,7 @@ mod tests {
         let h = chunk.region.header();
         h.activated_ms.store(clock::now_ms(), Ordering::Relaxed);
         h.empty_since_ms.store(0, Ordering::Release);
-        b.cleanup_chunks();
+        b.reclaim_pass();
         assert_eq!(
             chunk.region.state().0,
             STATE_FREE,
@@ -1343,7 +1432,7 @@ mod tests {
         // An activator that died there: idle from its activation, released
         // after the pool's idle period (at least 1 s).
         std::thread::sleep(Duration::from_millis(1_100));
-        b.cleanup_chunks();
+        b.reclaim_pass();
         assert_eq!(chunk.region.state().0, STATE_RETIRED);
         assert!(!path.exists());
     }
@@ -1353,7 +1442,7 @@ mod tests {
     fn a_full_registry_is_reported_as_registry_full() {
         use crate::registry::Slot;
         let ns = namespace("regfull");
-        let b = SharedBackend::create(&ns, 64 << 10, &Config::default()).unwrap();
+        let b = SharedBackend::create_with_config(&ns, 64 << 10, &Config::default()).unwrap();
         // Every free slot taken by a creation in progress (stamped now, so
         // no pass presumes them dead during the test).
         let stamp = (clock::now_ms() as u32 as u64) << SLOT_STAMP_SHIFT;
@@ -1389,7 +1478,8 @@ mod tests {
         let dead = namespace("removal-dead");
         let dir = os::shm_dir();
         // A dead namespace: a valid control block that nobody holds.
-        let source = SharedBackend::create(&live, 64 << 10, &Config::default()).unwrap();
+        let source =
+            SharedBackend::create_with_config(&live, 64 << 10, &Config::default()).unwrap();
         let bytes = std::fs::read(dir.join(ctrl_file_name(&live))).unwrap();
         std::fs::write(dir.join(ctrl_file_name(&dead)), &bytes).unwrap();
         drop(source);
@@ -1406,7 +1496,8 @@ mod tests {
                     dir.join(format!("{name}_aside")),
                 )
                 .unwrap();
-                let b = SharedBackend::create(&name, 64 << 10, &Config::default()).unwrap();
+                let b =
+                    SharedBackend::create_with_config(&name, 64 << 10, &Config::default()).unwrap();
                 *slot.borrow_mut() = Some(b);
             }
         });
@@ -1419,7 +1510,7 @@ mod tests {
         );
         let b = newcomer.borrow_mut().take().unwrap();
         let h = b.append(b"still here").unwrap();
-        assert_eq!(b.resolve(&h).as_deref(), Some(&b"still here"[..]));
+        assert_eq!(b.resolve_copy(&h).as_deref(), Some(&b"still here"[..]));
         assert!(dir.join(ctrl_file_name(&dead)).exists());
     }
 
@@ -1428,7 +1519,7 @@ mod tests {
     fn chunk_ids_never_run_out_in_a_store() {
         use crate::registry::Slot;
         let ns = namespace("ids");
-        let b = SharedBackend::create(&ns, 64 << 10, &Config::default()).unwrap();
+        let b = SharedBackend::create_with_config(&ns, 64 << 10, &Config::default()).unwrap();
         // Start every free slot's id counter (its epoch) at the last one.
         let top = (1u64 << SLOT_EPOCH_BITS) - 2;
         let words = b.inner.registry_words();
@@ -1444,7 +1535,7 @@ mod tests {
             ids.insert(c.id);
             // A standard append through it resolves from another process's
             // view of the namespace.
-            let other = SharedBackend::attach(&ns, &Config::default()).unwrap();
+            let other = SharedBackend::attach_with_config(&ns, &Config::default()).unwrap();
             assert!(other.inner.registry().is_ready(c.id));
             assert!(other.inner.chunk(c.id).is_ok(), "round {round}");
             c.region.mark_retired();
@@ -1459,10 +1550,10 @@ mod tests {
         // Appends keep working across the wrap.
         for i in 0..2_000u32 {
             let h = b.append(&i.to_le_bytes().repeat(64)).unwrap();
-            assert_eq!(b.resolve(&h).unwrap(), i.to_le_bytes().repeat(64));
+            assert_eq!(b.resolve_copy(&h).unwrap(), i.to_le_bytes().repeat(64));
             assert!(b.acknowledge(&h));
             if i % 100 == 0 {
-                b.cleanup_chunks();
+                b.reclaim_pass();
             }
         }
     }
@@ -1475,7 +1566,7 @@ mod tests {
             default_ttl_ms: 200,
             ..Config::default()
         };
-        let b = SharedBackend::create(&ns, 64 << 10, &config).unwrap();
+        let b = SharedBackend::create_with_config(&ns, 64 << 10, &config).unwrap();
         let before = b.chunk_count();
         let chunk = b.inner.create_chunk(64 << 10, 0, false).unwrap();
         let (_, g) = chunk.region.state();
@@ -1484,11 +1575,11 @@ mod tests {
         // A reclaimer claims it and is killed before recycling or retiring.
         assert!(chunk.region.claim(g + 1));
         let path = b.inner.chunk_path(chunk.id);
-        b.cleanup_chunks();
+        b.reclaim_pass();
         assert!(path.exists(), "a fresh claim is its claimer's");
         // The grace period is max(TTL, 1 s).
         std::thread::sleep(Duration::from_millis(1_100));
-        b.cleanup_chunks();
+        b.reclaim_pass();
         assert!(!path.exists(), "a claim past the grace period is finished");
         assert_eq!(b.chunk_count(), before);
     }

@@ -105,7 +105,7 @@ pub fn store_cycle(opts: &Options, size: usize) -> Cell {
         PinnedBlobStore::new_shared_with_limit(config, &ns, cycle_chunk(size), Some(64))
             .expect("store"),
     );
-    let cleaner = store.start_cleanup(Duration::from_millis(1));
+    let cleaner = store.start_cleanup_thread(Duration::from_millis(1));
     let ring_path = crate::os::shm_dir().join(format!("{ns}-ring"));
     let ring = Ring::create(&ring_path, IN_FLIGHT).expect("ring");
     let (mut child, mut out) = spawn_peer(
@@ -129,7 +129,7 @@ pub fn store_cycle(opts: &Options, size: usize) -> Cell {
             }
         };
         let b = h.as_bytes();
-        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+        let w = |i: usize| u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or_default());
         ring.push([w(0), w(1), w(2), ts]);
     }
     ring.close();
@@ -170,9 +170,9 @@ fn store_consumer() {
     while let Some(m) = ring.pop() {
         let mut b = [0u8; 24];
         for i in 0..3 {
-            b[i * 8..i * 8 + 8].copy_from_slice(&m[i].to_le_bytes());
+            b[i * 8..i * 8 + 8].copy_from_slice(&m[i].to_ne_bytes());
         }
-        let h = OverflowHandle::from_bytes(&b);
+        let h = OverflowHandle::from_array(&b);
         let view = store.resolve_ref(&h).expect("a live handle resolves");
         sink = sink.wrapping_add(view[0] as u64 + view[view.len() - 1] as u64);
         drop(view);

@@ -64,10 +64,15 @@ fn shm_bytes(ns: &str) -> u64 {
 pub fn stream(config: Config, max_chunks: Option<usize>, duration: Duration) -> StreamRun {
     let ns = bench_namespace();
     let store = Arc::new(
-        PinnedBlobStore::new_shared_with_limit(config, &ns, DEFAULT_CHUNK_SIZE, max_chunks)
-            .expect("create the store"),
+        PinnedBlobStore::new_shared_with_limit(
+            config,
+            &ns,
+            DEFAULT_CHUNK_SIZE,
+            max_chunks.map(|n| n as u32),
+        )
+        .expect("create the store"),
     );
-    let _cleanup = store.start_cleanup(Duration::from_millis(100));
+    let _cleanup = store.start_cleanup_thread(Duration::from_millis(100));
     let frames = sizes(4096);
     let source: Vec<u8> = (0..8 << 20).map(|i| (i * 31 + 7) as u8).collect();
     let (tx, rx) = std::sync::mpsc::sync_channel::<(crate::OverflowHandle, Instant)>(64);

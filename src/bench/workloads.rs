@@ -46,7 +46,12 @@ fn steady_config() -> Config {
 }
 
 fn store(config: Config, max_chunks: Option<usize>) -> Arc<PinnedBlobStore> {
-    match PinnedBlobStore::new_shared_with_limit(config, &bench_namespace(), CHUNK, max_chunks) {
+    match PinnedBlobStore::new_shared_with_limit(
+        config,
+        &bench_namespace(),
+        CHUNK,
+        max_chunks.map(|n| n as u32),
+    ) {
         Ok(s) => Arc::new(s),
         Err(e) => panic!("benchmark store: {e}"),
     }
@@ -102,7 +107,7 @@ pub fn append_cold(opts: &Options, size: usize) -> Cell {
 pub fn append_steady(opts: &Options, size: usize, threads: usize) -> Cell {
     let ops = ops_for(opts, size).max((3 * CHUNK / size) as u64);
     let s = store(steady_config(), None);
-    let cleaner = s.start_cleanup(Duration::from_millis(1));
+    let cleaner = s.start_cleanup_thread(Duration::from_millis(1));
     // Warm-up: cycle a few chunks so the pool holds faulted chunks.
     run_appenders(&s, size, 1, (3 * CHUNK / size) as u64, 0);
     let (secs, lat) = run_appenders(&s, size, threads, ops, ops.min(opts.latency_samples));

@@ -92,7 +92,7 @@ enum Cmd {
         chunk_size: usize,
         /// Most chunk files at once (backpressure).
         #[arg(long, default_value_t = 8)]
-        max_chunks: usize,
+        max_chunks: u32,
     },
     /// Runs the benchmark suite (append, resolve, acknowledge, full cycle
     /// between two processes; memcpy and Unix-socket baselines) and prints
@@ -892,7 +892,7 @@ fn cleanup(ns: &str, force: bool, dry_run: bool) -> AnyResult {
     let mut removed = if force {
         SharedBackend::cleanup_namespace_forced(ns)
     } else {
-        SharedBackend::cleanup_namespace(ns)
+        SharedBackend::remove_namespace(ns)
     }
     .map_err(explain)?;
     removed += remove_leftover_orphans(ns)?;
@@ -908,7 +908,7 @@ fn cleanup(ns: &str, force: bool, dry_run: bool) -> AnyResult {
 fn remove_leftover_orphans(ns: &str) -> Result<usize, Box<dyn std::error::Error>> {
     match inspect::inspect_namespace(ns) {
         Ok(r) if r.health == Health::Orphaned && r.foreign_files().is_empty() => {
-            match SharedBackend::cleanup_namespace(ns) {
+            match SharedBackend::remove_namespace(ns) {
                 Ok(n) => Ok(n),
                 Err(BlobError::InUse { .. }) => Ok(0),
                 Err(e) => Err(explain(e)),
@@ -967,7 +967,7 @@ fn cleanup_dead(dry_run: bool) -> AnyResult {
         }
         // The library takes the creator lock itself: a namespace whose
         // creator came back to life since the listing is refused, not removed.
-        let removed = SharedBackend::cleanup_namespace(&info.namespace)
+        let removed = SharedBackend::remove_namespace(&info.namespace)
             .map(|n| n + remove_leftover_orphans(&info.namespace).unwrap_or(0));
         match removed {
             Ok(n) => {
@@ -1056,7 +1056,7 @@ const PACED: u64 = 1 << 63;
 const PACED_MESSAGES: u64 = 2_000;
 const PACED_INTERVAL: Duration = Duration::from_micros(200);
 
-fn demo(messages: u64, size: usize, chunk_size: usize, max_chunks: usize) -> AnyResult {
+fn demo(messages: u64, size: usize, chunk_size: usize, max_chunks: u32) -> AnyResult {
     if size < 16 {
         return Err("--size must be at least 16 bytes (sequence number and timestamp)".into());
     }
@@ -1067,7 +1067,7 @@ fn demo(messages: u64, size: usize, chunk_size: usize, max_chunks: usize) -> Any
         chunk_size,
         Some(max_chunks),
     )?);
-    let cleaner = store.start_cleanup(Duration::from_millis(2));
+    let cleaner = store.start_cleanup_thread(Duration::from_millis(2));
     let tx = store.sender("demo")?;
     println!(
         "namespace {ns}: chunk {chunk_size} B, at most {max_chunks} chunks; work queue \"demo\" (messages up to {} B inline in the ring, larger through the store)",

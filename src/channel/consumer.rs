@@ -129,7 +129,7 @@ impl Consumer {
                 .fetch_add(1, Ordering::Relaxed);
             let mut owned = None;
             let body = if flags & FLAG_OVERFLOW != 0 {
-                let handle = OverflowHandle::from_bytes(&ring.read_handle(seq));
+                let handle = OverflowHandle::from_array(&ring.read_handle(seq));
                 // A queue message has one receiver: its entry is
                 // acknowledged when the message is dropped. (A broadcast
                 // entry, when every subscriber has released it.)

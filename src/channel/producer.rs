@@ -172,7 +172,7 @@ impl Producer {
                 return Err(e);
             }
         };
-        ring.write_handle(seq, &handle.as_bytes());
+        ring.write_handle(seq, &handle.to_array());
         ring.publish(seq, self.me(), len as u32, FLAG_OVERFLOW);
         self.sent();
         Ok(())

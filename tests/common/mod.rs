@@ -92,7 +92,7 @@ pub fn unhex(s: &str) -> OverflowHandle {
     for (i, byte) in b.iter_mut().enumerate() {
         *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
     }
-    OverflowHandle::from_bytes(&b)
+    OverflowHandle::from_array(&b)
 }
 
 /// Starts this test binary again, running only the test `entry`, with
