@@ -69,6 +69,10 @@ impl Policy {
 /// A pooled chunk idle for longer than max(decay, this) is released.
 pub(crate) const POOL_IDLE_MIN_MS: u64 = 1_000;
 
+/// How long an appender refused by the chunk limit waits for a creation in
+/// flight (a prefetch) to land in the pool.
+const CREATION_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Rollovers one append may go through before giving up (only reachable if
 /// another process keeps corrupting the shared words).
 const MAX_ROLLOVERS: u32 = 10_000;
@@ -138,6 +142,12 @@ pub(crate) trait Chunks {
     }
     /// Asks for a chunk to be prepared off the append path.
     fn request_prefetch(&self) {}
+    /// Whether a chunk is being created right now (by any process), so that
+    /// an appender refused by the chunk limit may wait for it to land in the
+    /// pool (a prefetch in flight) instead of failing.
+    fn creation_in_flight(&self) -> bool {
+        false
+    }
     /// Counts a reclamation event.
     fn count(&self, _event: Event) {}
 }
@@ -206,6 +216,7 @@ pub(crate) fn rollover<C: Chunks>(c: &C, seen: u64) -> Result<()> {
         }
     }
     let mut reclaimed_once = false;
+    let mut waiting_since: Option<std::time::Instant> = None;
     let (chunk, generation) = loop {
         let ch = match pool_pop(c) {
             Some(id) => match c.chunk(id) {
@@ -221,7 +232,26 @@ pub(crate) fn rollover<C: Chunks>(c: &C, seen: u64) -> Result<()> {
                 reclaim(c);
                 continue;
             }
-            None => c.create(c.policy().chunk_size as usize, 0, false)?,
+            None => match c.create(c.policy().chunk_size as usize, 0, false) {
+                Ok(ch) => ch,
+                // At the limit while another creation is in flight (this or
+                // another process's prefetch), or just landed: it reaches the
+                // pool within milliseconds, so wait for it rather than fail
+                // (once at least: a creation published a moment ago may be a
+                // few instructions from the pool). Bounded: a creator that
+                // died leaves its claim until a pass sweeps it.
+                Err(BlobError::StoreFull { .. })
+                    if (waiting_since.is_none() || c.creation_in_flight() || pool_len(c) > 0)
+                        && waiting_since
+                            .get_or_insert_with(std::time::Instant::now)
+                            .elapsed()
+                            < CREATION_WAIT =>
+                {
+                    std::thread::sleep(std::time::Duration::from_micros(50));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            },
         };
         let (state, generation) = ch.region().state();
         // `activate` fails if a reclaimer retired the chunk meanwhile.

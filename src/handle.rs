@@ -35,7 +35,7 @@ impl OverflowHandle {
             offset,
             size,
             generation,
-            timestamp: clock::now_ns(),
+            timestamp: clock::precise_now_ns(),
         }
     }
 
@@ -99,9 +99,10 @@ impl OverflowHandle {
         }
     }
 
-    /// Milliseconds since the blob was appended.
+    /// Milliseconds since the blob was appended (read on the precise
+    /// clock: an age is not rounded down to the coarse clock's last tick).
     pub fn age_ms(&self) -> u64 {
-        clock::now_ns().saturating_sub(self.timestamp) / 1_000_000
+        clock::precise_now_ns().saturating_sub(self.timestamp) / 1_000_000
     }
 
     /// Whether the blob is older than `ttl_ms`. Its chunk may still hold it
@@ -206,6 +207,6 @@ impl BlobHandle {
 
     /// Milliseconds since the blob was appended.
     pub fn age_ms(&self) -> u64 {
-        clock::now_ns().saturating_sub(self.loc.timestamp) / 1_000_000
+        clock::precise_now_ns().saturating_sub(self.loc.timestamp) / 1_000_000
     }
 }

@@ -953,9 +953,9 @@ fn check_ctrl(c: &ControlBlock, read: usize, path: &Path, problems: &mut Vec<Str
         ));
     }
     let cs = c.chunk_size as usize;
-    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&cs) {
+    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&cs) || cs % ENTRY_ALIGN != 0 {
         problems.push(format!(
-            "{file}: chunk_size {cs} is out of range ({MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE})"
+            "{file}: chunk_size {cs} is out of range (a multiple of {ENTRY_ALIGN} in {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE})"
         ));
     }
     if c.max_chunks as usize > REGISTRY_SLOTS {

@@ -134,9 +134,8 @@ pub const CHUNK_HEADER_SIZE: usize = 128;
 pub const ENTRY_HEADER_SIZE: usize = 16;
 /// Entries start at multiples of this.
 pub const ENTRY_ALIGN: usize = 8;
-/// Smallest chunk (or page) size accepted: room for one 1-byte blob. Sizes
-/// need not be multiples of [`ENTRY_ALIGN`]: entries start aligned and end
-/// at or before the chunk's end.
+/// Smallest chunk (or page) size accepted: room for one small blob. A size
+/// that is not a multiple of [`ENTRY_ALIGN`] is rounded up to one.
 pub const MIN_CHUNK_SIZE: usize = CHUNK_HEADER_SIZE + ENTRY_HEADER_SIZE + 1;
 /// Largest chunk file: offsets and sizes are u32.
 pub const MAX_CHUNK_SIZE: usize = (u32::MAX as usize) & !(ENTRY_ALIGN - 1);

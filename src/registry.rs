@@ -219,6 +219,15 @@ impl<'a> Registry<'a> {
             .count()
     }
 
+    /// Slots whose chunk is being created now (or whose creator died before
+    /// a pass noticed).
+    pub(crate) fn creating(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|w| Slot::decode(w.load(Ordering::SeqCst)).state == SLOT_CREATING)
+            .count()
+    }
+
     /// Chunk files of the namespace as a count should report them: slots
     /// taken, less claims not yet confirmed against the limit (a racing
     /// creator's, about to be kept or given back within microseconds).

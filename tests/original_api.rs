@@ -117,26 +117,29 @@ fn a_chunk_one_byte_larger_than_its_header_holds_a_one_byte_blob() {
         );
     }
     let b = SharedBackend::create(ns.as_str(), CHUNK_HEADER_SIZE + 1, None).unwrap();
-    assert_eq!(b.data_capacity(), 1);
+    assert_eq!(b.data_capacity(), 8, "rounded up to whole 8-byte units");
     let h = b.append(b"x").unwrap();
     assert_eq!(h.page_id, 0);
     assert_eq!(b.resolve(&h, 30_000).as_deref(), Some(&b"x"[..]));
+    let h = b.append(b"next chunk").unwrap();
+    assert_ne!(h.page_id, 0);
 }
 
 #[test]
 fn data_capacity_is_the_largest_blob_a_standard_chunk_holds() {
     let ns = Ns::new("orig-cap");
     let b = SharedBackend::create(ns.as_str(), CHUNK_HEADER_SIZE + 100, None).unwrap();
-    assert_eq!(b.data_capacity(), 100);
-    let full = b.append(&[7u8; 100]).unwrap();
+    let cap = b.data_capacity();
+    assert_eq!(cap, 104, "rounded up to whole 8-byte units");
+    let full = b.append(&vec![7u8; cap]).unwrap();
     assert_eq!(
         full.page_id, 0,
         "exactly data_capacity bytes fit the first chunk"
     );
-    let bigger = b.append(&[8u8; 101]).unwrap();
+    let bigger = b.append(&vec![8u8; cap + 1]).unwrap();
     assert_ne!(bigger.page_id, 0);
-    assert_eq!(b.resolve(&full, 30_000).unwrap(), vec![7u8; 100]);
-    assert_eq!(b.resolve(&bigger, 30_000).unwrap(), vec![8u8; 101]);
+    assert_eq!(b.resolve(&full, 30_000).unwrap(), vec![7u8; cap]);
+    assert_eq!(b.resolve(&bigger, 30_000).unwrap(), vec![8u8; cap + 1]);
 }
 
 #[test]
@@ -267,16 +270,25 @@ fn the_store_path_decay_also_counts_from_the_last_acknowledgement() {
     };
     let store = PinnedBlobStore::new_shared(config, ns.as_str(), CHUNK_HEADER_SIZE + 128).unwrap();
     let mut handles = Vec::new();
-    for i in 0..12u8 {
+    for i in 0..14u8 {
         handles.push(store.append_shared(&[i; 100]).unwrap());
     }
-    for h in &handles[..4] {
-        assert!(store.acknowledge_shared(h));
+    // Let the prefetch worker finish: its chunks wait in the pool too.
+    std::thread::sleep(Duration::from_millis(100));
+    let backend = store.shared_backend().unwrap();
+    let mut next = 0;
+    while backend.pooled_chunks() < 4 {
+        assert!(store.acknowledge_shared(&handles[next]));
+        next += 1;
+        assert_eq!(
+            store.cleanup_shared(),
+            1,
+            "recycled at once while the pool has room"
+        );
     }
-    assert_eq!(store.cleanup_shared(), 4, "fills the warm pool");
-    assert_eq!(store.shared_backend().unwrap().pooled_chunks(), 4);
-    // No pass between these acknowledgements and the one after the decay.
-    for h in &handles[4..10] {
+    // The pool is full: now the decay governs. No pass runs between these
+    // acknowledgements and the one after the decay.
+    for h in &handles[next..next + 4] {
         assert!(store.acknowledge_shared(h));
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -298,13 +310,22 @@ fn overflow_handles_have_the_original_byte_api() {
     assert!(h.age_ms() < 1_000);
     std::thread::sleep(Duration::from_millis(2));
     assert!(h.is_expired(0));
-    // A made-up handle resolves to nothing.
+    // A handle rebuilt from a real one's fields names the same blob; a
+    // made-up one resolves to nothing.
     let ns = Ns::new("orig-forged");
     let b = SharedBackend::create(ns.as_str(), 4096, None).unwrap();
     let real = b.append(b"real").unwrap();
-    let forged = OverflowHandle::new(real.page_id, real.offset, real.size, real.generation);
-    assert_eq!(b.resolve(&forged, 30_000), None, "the timestamp is keyed");
-    assert!(!b.acknowledge(&forged));
+    let rebuilt = OverflowHandle::new(real.page_id, real.offset, real.size, real.generation);
+    assert_eq!(b.resolve(&rebuilt, 30_000).as_deref(), Some(&b"real"[..]));
+    for forged in [
+        OverflowHandle::new(real.page_id, real.offset, real.size + 1, real.generation),
+        OverflowHandle::new(real.page_id, real.offset + 8, real.size, real.generation),
+        OverflowHandle::new(real.page_id, real.offset, real.size, real.generation + 1),
+        OverflowHandle::new(real.page_id + 1, real.offset, real.size, real.generation),
+    ] {
+        assert_eq!(b.resolve(&forged, 30_000), None, "{forged:?}");
+        assert!(!b.acknowledge(&forged));
+    }
 }
 
 #[test]
@@ -465,12 +486,12 @@ fn difference_the_warm_pool_keeps_recycled_chunk_files() {
     store.append_shared(&[0xBB; 100]).unwrap();
     std::thread::sleep(Duration::from_millis(50));
     let backend = store.shared_backend().unwrap();
-    let before = backend.chunk_count();
+    let (before, pooled) = (backend.chunk_count(), backend.pooled_chunks());
     store.acknowledge_shared(&h0);
     assert_eq!(store.cleanup_shared(), 1);
     assert_eq!(store.resolve(&h0), None, "its data is gone");
     assert_eq!(backend.chunk_count(), before, "its file is kept warm");
-    assert_eq!(backend.pooled_chunks(), 1);
+    assert_eq!(backend.pooled_chunks(), pooled + 1);
     let other = SharedBackend::attach(ns.as_str(), None).unwrap();
     assert_eq!(
         other.chunk_count(),

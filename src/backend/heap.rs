@@ -115,6 +115,8 @@ impl HeapBackend {
                 ),
             });
         }
+        // Whole 8-byte units, as in shared mode.
+        let size = size.next_multiple_of(ENTRY_ALIGN);
         let policy = Policy::new(
             os::random_u64(),
             size as u32,

@@ -34,8 +34,9 @@ pub const DEFAULT_CHUNK_SIZE: usize = 32 << 20;
 /// the header of one entry (16 bytes). `chunk_size - CHUNK_HEADER_SIZE` is
 /// the largest blob one standard chunk holds ([`SharedBackend::data_capacity`]);
 /// every further blob in the same chunk takes its own 16-byte entry header
-/// and padding to 8 bytes. A chunk size must exceed it (so the smallest
-/// chunk holds one 1-byte blob); larger blobs get dedicated chunks.
+/// and padding to 8 bytes. A chunk size must exceed it, and is rounded up
+/// to a multiple of 8 (so the largest blob is at least
+/// `chunk_size - CHUNK_HEADER_SIZE`); larger blobs get dedicated chunks.
 pub const CHUNK_HEADER_SIZE: usize = crate::layout::CHUNK_HEADER_SIZE + ENTRY_HEADER_SIZE;
 
 /// Chunks kept warm (mapped, faulted, ready) for reuse.
@@ -142,6 +143,10 @@ impl SharedBackend {
                 ),
             });
         }
+        // Entries are 8-aligned: a chunk is a whole number of 8-byte units,
+        // so a blob of `chunk_size - CHUNK_HEADER_SIZE` bytes (padding
+        // included) always fits.
+        let chunk_size = chunk_size.next_multiple_of(ENTRY_ALIGN);
         let max_chunks = match max_chunks {
             None => 0,
             Some(n) if (1..=REGISTRY_SLOTS).contains(&n) => n as u32,
@@ -617,6 +622,10 @@ impl Chunks for Inner {
         self.registry().ids(out);
     }
 
+    fn creation_in_flight(&self) -> bool {
+        self.registry().creating() > 0
+    }
+
     fn is_listed(&self, id: u32) -> bool {
         self.registry().is_ready(id)
     }
@@ -669,7 +678,9 @@ impl Inner {
         // page-aligned and CtrlHeader is only atomics.
         let ctrl = unsafe { &*(map.base().as_ptr() as *const CtrlHeader) };
         let chunk_size = ctrl.chunk_size.load(Ordering::Relaxed);
-        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&(chunk_size as usize)) {
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&(chunk_size as usize))
+            || chunk_size as usize % ENTRY_ALIGN != 0
+        {
             return Err(BlobError::Corrupt {
                 file: ctrl_path,
                 detail: format!("chunk size {chunk_size} is out of range"),
