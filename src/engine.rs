@@ -1363,6 +1363,168 @@ mod tests {
         );
     }
 
+    /// The census a `StoreFull` error carries names every kind of holder,
+    /// counted, and only the kinds present; the TTL hint is for the oldest
+    /// seal among chunks holding unacknowledged entries.
+    #[test]
+    fn the_census_counts_what_holds_the_chunks() {
+        let (_b, c) = store(60_000);
+        assert_eq!(
+            census(&*c),
+            "no chunk found",
+            "no target before the first append"
+        );
+        // Only the append target at first.
+        append(&*c, b"x").unwrap();
+        assert_eq!(census(&*c), "1 is the append target");
+        // One 3000-byte blob per 4 KiB page: each append seals the last page.
+        let big = |c: &HeapPages| append(c, &[7u8; 3000]).unwrap();
+        let (u1, u2, unstamped, pinned, acked) = (big(&c), big(&c), big(&c), big(&c), big(&c));
+        big(&c); // the target
+        let now = clock::now_ms();
+        let region = |id| c.chunk(id).unwrap();
+        let sealed = |id, at| {
+            region(id)
+                .region()
+                .header()
+                .sealed_ms
+                .store(at, Ordering::Relaxed)
+        };
+        sealed(u1.id, now - 5_000);
+        sealed(u2.id, now - 1_000);
+        // A seal never stamped gives no TTL hint of its own.
+        sealed(unstamped.id, 0);
+        let pinned_chunk = region(pinned.id);
+        let _pin = pinned_chunk.region().pin();
+        assert!(acknowledge(&*c, &acked));
+        for _ in 0..2 {
+            let free = c.create(4096, 0, false).unwrap();
+            assert!(pool_push(&*c, free.id()));
+        }
+        // FREE outside the pool counts as warm too.
+        let _loose = c.create(4096, 0, false).unwrap();
+        let gone = c.create(4096, 0, false).unwrap();
+        gone.region().mark_retired();
+        let text = census(&*c);
+        let (head, tail) = text
+            .split_once("frees the oldest in ")
+            .unwrap_or_else(|| panic!("no TTL hint: {text}"));
+        assert_eq!(
+            head, "3 hold unacknowledged entries; the TTL (60000 ms) ",
+            "{text}"
+        );
+        let (ms, rest) = tail.split_once(" ms").unwrap();
+        let ms: u64 = ms.parse().unwrap();
+        assert!((54_000..=55_000).contains(&ms), "the oldest seal: {text}");
+        assert_eq!(
+            rest,
+            " if its consumer died, 1 pinned by views, 1 fully acknowledged, waiting for a reclamation pass, 1 is the append target, 3 warm in the pool, 1 being reclaimed or unreadable"
+        );
+    }
+
+    /// A pass recycles a fully acknowledged chunk into the pool at once
+    /// while the pool has room, whatever the decay, and counts it.
+    #[test]
+    fn a_pass_recycles_at_once_while_the_pool_has_room() {
+        let b = HeapBackend::new(&Config {
+            page_size: 4096,
+            decay_timeout_ms: 60_000,
+            default_ttl_ms: 60_000,
+            ..Config::default()
+        })
+        .unwrap();
+        let c = b.pages();
+        let loc = append(&*c, &[1u8; 3000]).unwrap();
+        append(&*c, &[2u8; 3000]).unwrap();
+        assert!(acknowledge(&*c, &loc));
+        assert_eq!(reclaim(&*c), 1);
+        assert_eq!(pool_len(&*c), 1);
+        assert!(is_pooled(&*c, loc.id));
+        assert_eq!(c.chunk(loc.id).unwrap().region().state().0, STATE_FREE);
+    }
+
+    /// A claim younger than the grace period belongs to a live reclaimer: a
+    /// pass leaves it alone (it would otherwise retire a chunk its claimer is
+    /// about to recycle).
+    #[test]
+    fn a_live_claim_is_left_to_its_claimer() {
+        let (_b, c) = store(60_000);
+        let loc = append(&*c, &[1u8; 3000]).unwrap();
+        append(&*c, &[2u8; 3000]).unwrap();
+        assert!(acknowledge(&*c, &loc));
+        let chunk = c.chunk(loc.id).unwrap();
+        assert!(chunk.region().claim(loc.generation));
+        reclaim(&*c);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        reclaim(&*c);
+        assert_eq!(
+            chunk.region().state(),
+            (STATE_RECLAIMING, loc.generation),
+            "still its claimer's"
+        );
+    }
+
+    /// Prefetch prepares a chunk only when none is waiting and none can be
+    /// reclaimed, and parks it in the pool, FREE.
+    #[test]
+    fn prefetch_creates_only_when_nothing_can_be_reused() {
+        let (b, c) = store(60_000);
+        let loc = append(&*c, &[1u8; 3000]).unwrap();
+        append(&*c, &[2u8; 3000]).unwrap();
+        assert_eq!(b.page_count(), 2);
+        prefetch(&*c);
+        assert_eq!(
+            (b.page_count(), pool_len(&*c)),
+            (3, 1),
+            "prepared and pooled"
+        );
+        let pooled = c
+            .pool()
+            .iter()
+            .map(|s| s.load(Ordering::SeqCst))
+            .find(|&v| v != 0);
+        let chunk = c.chunk(pooled.unwrap() - 1).unwrap();
+        assert_eq!(chunk.region().state().0, STATE_FREE);
+        prefetch(&*c);
+        assert_eq!(b.page_count(), 3, "one is waiting in the pool");
+        // Empty the pool; a reclaimable chunk is as good as a new one.
+        for s in c.pool() {
+            s.store(0, Ordering::SeqCst);
+        }
+        assert!(acknowledge(&*c, &loc));
+        prefetch(&*c);
+        assert_eq!(b.page_count(), 3, "a chunk can be recycled instead");
+    }
+
+    /// Scale-down: a pooled chunk idle past max(decay, 1 s) is released and
+    /// leaves the pool; a fresh one stays.
+    #[test]
+    fn an_idle_pooled_chunk_is_released_and_a_fresh_one_stays() {
+        let (b, c) = store(60_000);
+        append(&*c, b"x").unwrap();
+        let idle = c.create(4096, 0, false).unwrap();
+        let fresh = c.create(4096, 0, false).unwrap();
+        assert!(pool_push(&*c, idle.id()) && pool_push(&*c, fresh.id()));
+        let now = clock::now_ms();
+        for (ch, at) in [(&idle, now - 10_000), (&fresh, now)] {
+            ch.region()
+                .header()
+                .empty_since_ms
+                .store(at, Ordering::SeqCst);
+            ch.region()
+                .header()
+                .activated_ms
+                .store(at, Ordering::SeqCst);
+        }
+        assert_eq!(b.page_count(), 3);
+        reclaim(&*c);
+        assert_eq!(b.page_count(), 2, "the idle one is released");
+        assert_eq!(pool_len(&*c), 1);
+        assert!(is_pooled(&*c, fresh.id()) && !is_pooled(&*c, idle.id()));
+        assert_eq!(fresh.region().state().0, STATE_FREE);
+        assert_eq!(idle.region().state().0, STATE_RETIRED);
+    }
+
     /// A handle that points into a payload crafted to look like an entry
     /// (length, a committed state of the right generation, and a guessed
     /// tag) never resolves: the tag is keyed with the store's secret key.
@@ -1406,6 +1568,57 @@ mod tests {
         let loc = append(&*c, &vec![4u8; fits]).unwrap();
         assert!(!c.chunk(loc.id).unwrap().region().is_dedicated());
         assert_eq!(read(&c, &loc), Some(vec![4u8; fits]));
+    }
+
+    /// Fills a loan (the in-place append path) and commits it.
+    fn loan(c: &HeapPages, data: &[u8]) -> Loc {
+        let r = reserve(c, data.len()).unwrap();
+        // SAFETY: the reservation holds `data.len()` writable bytes at `ptr`.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), r.ptr, data.len()) };
+        commit_reserved(c, &r).unwrap()
+    }
+
+    /// The loan path places blobs as `append` does: into the append target
+    /// while they fit, into a dedicated chunk of exactly their size beyond
+    /// the capacity, with times on the millisecond clock (the TTL of a
+    /// loaned blob runs from a real seal time).
+    #[test]
+    fn loans_are_placed_and_stamped_like_appends() {
+        let (_b, c) = store(300);
+        let capacity = 4096 - CHUNK_HEADER_SIZE;
+        let fits = capacity - ENTRY_HEADER_SIZE;
+        let first = loan(&c, &vec![1u8; fits]);
+        assert_eq!(first.id, target(&c).0, "into the append target");
+        assert!(!c.chunk(first.id).unwrap().region().is_dedicated());
+        let len = capacity + ENTRY_ALIGN - ENTRY_HEADER_SIZE;
+        let big = loan(&c, &vec![2u8; len]);
+        let dedicated = c.chunk(big.id).unwrap();
+        assert!(dedicated.region().is_dedicated());
+        assert_eq!(
+            dedicated.region().len(),
+            CHUNK_HEADER_SIZE + footprint_of(len).unwrap(),
+            "a dedicated chunk is exactly as large as its entry"
+        );
+        let now = clock::now_ms();
+        let activated = dedicated
+            .region()
+            .header()
+            .activated_ms
+            .load(Ordering::SeqCst);
+        assert!(
+            activated <= now && now - activated < 1_000,
+            "{activated} vs {now}"
+        );
+        assert_eq!(read(&c, &first), Some(vec![1u8; fits]));
+        assert_eq!(read(&c, &big), Some(vec![2u8; len]));
+        // The next loan seals the first chunk (full): its TTL runs from then.
+        let second = loan(&c, &[3u8; 100]);
+        assert_ne!(second.id, first.id);
+        reclaim(&*c);
+        assert_eq!(read(&c, &first), Some(vec![1u8; fits]), "not yet expired");
+        std::thread::sleep(std::time::Duration::from_millis(350));
+        reclaim(&*c);
+        assert_eq!(read(&c, &first), None, "expired");
     }
 
     /// The TTL runs from the seal an append stamps (in milliseconds): not

@@ -621,6 +621,39 @@ mod tests {
         assert_eq!(r.header().head.load(Ordering::SeqCst), 6);
     }
 
+    /// Where things are: every participant has its own record (an index out
+    /// of range clamps to the last one), slots follow each other, and a
+    /// consumer's mask bit is set while it is joined and only then.
+    #[test]
+    fn records_slots_and_mask_bits_are_each_participants_own() {
+        let m = mem(4, 128, false);
+        let r = &m.ring;
+        assert!(!r.is_queue() && mem(4, 128, true).ring.is_queue());
+        assert!(format!("{r:?}").contains("slots: 4"));
+        let at = |x: &Record| x as *const Record as usize;
+        assert_eq!(at(r.consumer(0)), at(r.record(MAX_PRODUCERS)));
+        assert_eq!(at(r.consumer(1)), at(r.record(MAX_PRODUCERS + 1)));
+        assert_eq!(at(r.record(RECORDS)), at(r.record(RECORDS - 1)));
+        assert_eq!(at(r.record(usize::MAX)), at(r.record(RECORDS - 1)));
+        assert_ne!(at(r.record(RECORDS - 2)), at(r.record(RECORDS - 1)));
+        assert_eq!(r.payload(1) as usize - r.payload(0) as usize, 128);
+        assert_eq!(r.payload(5), r.payload(1), "sequence 5 reuses slot 1");
+
+        assert!(r.has_space());
+        r.join(2);
+        assert_eq!(r.header().consumer_mask.load(Ordering::SeqCst), 1 << 2);
+        for b in 0..4 {
+            assert!(send(r, 0, b));
+        }
+        assert!(!r.has_space(), "consumer 2 holds all four");
+        assert_eq!(r.release(|_| {}), 0);
+        r.leave(2);
+        assert_eq!(r.header().consumer_mask.load(Ordering::SeqCst), 0);
+        assert_eq!(r.consumer(2).low.load(Ordering::SeqCst), LOW_NONE);
+        assert_eq!(r.release(|_| {}), 4, "nobody holds them any more");
+        assert!(r.has_space());
+    }
+
     #[test]
     fn without_subscribers_the_frontier_frees_everything_published() {
         let m = mem(2, 128, false);
