@@ -387,3 +387,21 @@ fn a_heap_handle_on_another_store_names_nothing() {
     assert!(b.acknowledge(&hb));
     assert_eq!(a.get(&ha).as_deref(), Some(&b"from a"[..]));
 }
+
+/// A dropped view releases its pin: the page is then recycled in place
+/// (kept warm) rather than retired, which is what a pin forces.
+#[test]
+fn a_dropped_view_lets_its_page_be_recycled_in_place() {
+    let store = PinnedBlobStore::new(cfg(4096, 0, 60_000)).unwrap();
+    let h = store.append(&[1; 3000]).unwrap();
+    store.append(&[2; 3000]).unwrap(); // seals the first page
+    let view = store.get_ref(&h).unwrap();
+    assert_eq!(view.len(), 3000);
+    drop(view);
+    assert!(store.acknowledge(&h));
+    let before = store.stats();
+    assert_eq!(store.cleanup_acknowledged(), 1);
+    let after = store.stats();
+    assert_eq!(after.recycled, before.recycled + 1, "recycled in place");
+    assert_eq!(after.retired, before.retired, "not retired");
+}
