@@ -33,8 +33,6 @@
 #![warn(missing_docs)]
 
 pub mod backend;
-#[cfg(feature = "bench")]
-pub mod bench;
 pub mod channel;
 mod chunk;
 mod clock;

@@ -6,7 +6,7 @@
 //! the same work as the store's full cycle (view, read, acknowledge).
 
 use iceoryx2::prelude::*;
-use stable_fragmented_buffer::bench::{mono_ns, touch, Cell, Latency, Options, PEER_ENV};
+use sfb_bench::{mono_ns, touch, Cell, Latency, Options, PEER_ENV};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 
 mod iceoryx;
 
-use stable_fragmented_buffer::bench::{self, Options, PAYLOADS};
+use sfb_bench::{self as bench, Options, PAYLOADS};
 
 fn main() {
     if bench::run_peer_if_asked() || iceoryx::run_peer_if_asked() {

@@ -9,8 +9,8 @@ use super::cross::{expect_line, mono_ns, parse_result, report, spawn_peer};
 use super::stats::Cell;
 use super::workloads::{bench_namespace, ops_for};
 use super::Options;
-use crate::backend::shared::DEFAULT_CHUNK_SIZE;
-use crate::{ChannelConfig, Config, PinnedBlobStore, TryRecvError};
+use stable_fragmented_buffer::DEFAULT_CHUNK_SIZE;
+use stable_fragmented_buffer::{ChannelConfig, Config, PinnedBlobStore, TryRecvError};
 use std::time::{Duration, Instant};
 
 /// Paced messages per cell, and their spacing, by consumer kind and size

@@ -2,8 +2,9 @@
 //! shared-memory file: the "any channel" that carries handles between the
 //! benchmark's processes. Spins (with `yield_now`) when empty or full.
 
-use crate::error::{BlobError, Result};
-use crate::os::{self, Mapping};
+use memmap2::MmapMut;
+use std::fs::{File, OpenOptions};
+use std::io::{Error, ErrorKind, Result};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -19,7 +20,7 @@ const SIZE: usize = SLOTS + MAX_CAPACITY as usize * SLOT_WORDS * 8;
 
 /// One end of a ring.
 pub struct Ring {
-    map: Mapping,
+    map: MmapMut,
     path: PathBuf,
     owner: bool,
 }
@@ -28,9 +29,13 @@ impl Ring {
     /// Creates the ring file at `path` with room for `capacity` messages in
     /// flight (1 to 4096); the producer's end, which removes the file on drop.
     pub fn create(path: &Path, capacity: u64) -> Result<Self> {
-        let file = os::create_exclusive(path)?;
-        os::reserve_space(&file, SIZE as u64, path)?;
-        let map = Mapping::new(&file, SIZE, path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        file.set_len(SIZE as u64)?;
+        let map = map(&file)?;
         let ring = Self {
             map,
             path: path.to_owned(),
@@ -49,14 +54,11 @@ impl Ring {
 
     /// Opens an existing ring (the consumer's end).
     pub fn open(path: &Path) -> Result<Self> {
-        let file = os::open_rw(path).map_err(|e| BlobError::os("open", path, e))?;
-        if os::file_len(&file, path)? != SIZE as u64 {
-            return Err(BlobError::Corrupt {
-                file: path.to_owned(),
-                detail: "not a benchmark ring".into(),
-            });
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        if file.metadata()?.len() != SIZE as u64 {
+            return Err(Error::new(ErrorKind::InvalidData, "not a benchmark ring"));
         }
-        let map = Mapping::new(&file, SIZE, path)?;
+        let map = map(&file)?;
         Ok(Self {
             map,
             path: path.to_owned(),
@@ -69,7 +71,7 @@ impl Ring {
         // SAFETY: every offset used is 8-aligned and inside the SIZE-byte
         // mapping (checked by the constants above); the mapping lives as
         // long as `self`; AtomicU64 is valid for any bit pattern.
-        unsafe { &*(self.map.base().as_ptr().add(byte_offset) as *const AtomicU64) }
+        unsafe { &*(self.map.as_ptr().add(byte_offset) as *const AtomicU64) }
     }
 
     fn slot(&self, index: u64, word: usize) -> &AtomicU64 {
@@ -125,10 +127,19 @@ impl Ring {
     }
 }
 
+/// Maps the ring file (checked to be SIZE bytes long by the caller).
+fn map(file: &File) -> Result<MmapMut> {
+    // SAFETY: the file is SIZE bytes long and only ever accessed through
+    // atomics (`Ring::word`), so a concurrent writer in another process
+    // cannot make a read see torn or invalid values; the benchmark's files
+    // are not truncated while mapped.
+    unsafe { MmapMut::map_mut(file) }
+}
+
 impl Drop for Ring {
     fn drop(&mut self) {
         if self.owner {
-            let _ = os::unlink(&self.path);
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
@@ -140,7 +151,8 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore = "real system calls: Miri cannot run them")]
     fn messages_cross_in_order_and_close_ends_the_stream() {
-        let path = os::shm_dir().join(format!("sfbtest-ring-{}", os::pid()));
+        let path = stable_fragmented_buffer::inspect::shm_dir()
+            .join(format!("sfbtest-ring-{}", std::process::id()));
         let tx = Ring::create(&path, 64).unwrap();
         let rx = Ring::open(&path).unwrap();
         let consumer = std::thread::spawn(move || {

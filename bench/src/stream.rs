@@ -9,8 +9,8 @@
 
 use super::channel::touch;
 use super::workloads::bench_namespace;
-use crate::backend::shared::DEFAULT_CHUNK_SIZE;
-use crate::{BlobError, BlobStoreLifecycleExt, Config, PinnedBlobStore};
+use stable_fragmented_buffer::DEFAULT_CHUNK_SIZE;
+use stable_fragmented_buffer::{BlobError, BlobStoreLifecycleExt, Config, PinnedBlobStore};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,7 +48,7 @@ fn sizes(n: usize) -> Vec<usize> {
 fn shm_bytes(ns: &str) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let prefix = format!("{ns}_");
-    std::fs::read_dir(crate::os::shm_dir())
+    std::fs::read_dir(stable_fragmented_buffer::inspect::shm_dir())
         .map(|d| {
             d.flatten()
                 .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
@@ -75,7 +75,8 @@ pub fn stream(config: Config, max_chunks: Option<usize>, duration: Duration) -> 
     let _cleanup = store.start_cleanup_thread(Duration::from_millis(100));
     let frames = sizes(4096);
     let source: Vec<u8> = (0..8 << 20).map(|i| (i * 31 + 7) as u8).collect();
-    let (tx, rx) = std::sync::mpsc::sync_channel::<(crate::OverflowHandle, Instant)>(64);
+    let (tx, rx) =
+        std::sync::mpsc::sync_channel::<(stable_fragmented_buffer::OverflowHandle, Instant)>(64);
     let stop = Arc::new(AtomicBool::new(false));
     let producer = {
         let store = Arc::clone(&store);

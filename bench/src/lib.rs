@@ -1,4 +1,5 @@
-//! The benchmark suite behind `sfb bench` and the `sfb-bench` comparison
+//! The benchmark suite of stable-fragmented-buffer, behind `sfb bench` and
+//! the `sfb-bench` comparison
 //! binary: every workload of the performance table, the memcpy bound and
 //! the Unix-socket baseline, measured in one run.
 //!

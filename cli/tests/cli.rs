@@ -7,6 +7,7 @@
 //! and the one test that removes every dead namespace does it in a private
 //! shm directory (`SFB_SHM_DIR`) holding only its own files.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::{env, hex, payload, say, spawn_peer, Ns, Peer};

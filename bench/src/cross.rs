@@ -8,7 +8,7 @@ use super::ring::Ring;
 use super::stats::{Cell, Latency};
 use super::workloads::{bench_namespace, ops_for};
 use super::Options;
-use crate::{BlobStoreLifecycleExt, Config, OverflowHandle, PinnedBlobStore};
+use stable_fragmented_buffer::{BlobStoreLifecycleExt, Config, OverflowHandle, PinnedBlobStore};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Child, Command, Stdio};
@@ -106,7 +106,7 @@ pub fn store_cycle(opts: &Options, size: usize) -> Cell {
             .expect("store"),
     );
     let cleaner = store.start_cleanup_thread(Duration::from_millis(1));
-    let ring_path = crate::os::shm_dir().join(format!("{ns}-ring"));
+    let ring_path = stable_fragmented_buffer::inspect::shm_dir().join(format!("{ns}-ring"));
     let ring = Ring::create(&ring_path, IN_FLIGHT).expect("ring");
     let (mut child, mut out) = spawn_peer(
         "store-consumer",
@@ -124,7 +124,9 @@ pub fn store_cycle(opts: &Options, size: usize) -> Cell {
         let h = loop {
             match store.append_shared(&data) {
                 Ok(h) => break h,
-                Err(crate::BlobError::StoreFull { .. }) => std::thread::yield_now(),
+                Err(stable_fragmented_buffer::BlobError::StoreFull { .. }) => {
+                    std::thread::yield_now()
+                }
                 Err(e) => panic!("append: {e}"),
             }
         };

@@ -121,7 +121,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     // The benchmark's cross-process cells re-run this binary as their consumer.
-    if stable_fragmented_buffer::bench::run_peer_if_asked() {
+    if sfb_bench::run_peer_if_asked() {
         return ExitCode::SUCCESS;
     }
     let cli = Cli::parse();
@@ -167,7 +167,7 @@ fn main() -> ExitCode {
 type AnyResult = Result<(), Box<dyn std::error::Error>>;
 
 fn bench(quick: bool, only: &[String]) -> AnyResult {
-    use stable_fragmented_buffer::bench::{self, Options};
+    use sfb_bench::{self as bench, Options};
     let opts = if quick {
         Options::quick()
     } else {
@@ -1026,16 +1026,8 @@ fn completions(shell: clap_complete::Shell) -> AnyResult {
 
 // ---------------------------------------------------------------- demo
 
-/// Precise monotonic nanoseconds, comparable between processes.
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid, writable timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+// Precise monotonic nanoseconds, comparable between processes.
+use sfb_bench::mono_ns;
 
 /// Deterministic payload of message `seq`: seq, send time, then bytes
 /// derived from seq, so the consumer can check every byte.

@@ -3,13 +3,13 @@
 
 use super::stats::{Cell, Latency};
 use super::Options;
-use crate::{BlobStoreLifecycleExt, Config, OverflowHandle, PinnedBlobStore};
+use stable_fragmented_buffer::{BlobStoreLifecycleExt, Config, OverflowHandle, PinnedBlobStore};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Chunk size of every benchmark store (the library default).
-pub const CHUNK: usize = crate::backend::shared::DEFAULT_CHUNK_SIZE;
+pub const CHUNK: usize = stable_fragmented_buffer::DEFAULT_CHUNK_SIZE;
 
 /// Operations timed together when measuring throughput (timing each one
 /// would cost more than a small append).
@@ -192,7 +192,7 @@ fn append_retrying(s: &PinnedBlobStore, data: &[u8]) -> OverflowHandle {
     loop {
         match s.append_shared(data) {
             Ok(h) => return h,
-            Err(crate::BlobError::StoreFull { .. }) => std::thread::yield_now(),
+            Err(stable_fragmented_buffer::BlobError::StoreFull { .. }) => std::thread::yield_now(),
             Err(e) => panic!("append: {e}"),
         }
     }
