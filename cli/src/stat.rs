@@ -1,0 +1,414 @@
+//! `sfb stat`: everything readable about one namespace, once or watched.
+
+use super::*;
+
+pub(crate) fn stat(ns: &str, as_json: bool, watch: Option<(Duration, Option<u64>)>) -> AnyResult {
+    // The first look decides the exit code: a namespace that is not there
+    // (or cannot be read) is an error, even with --watch.
+    let first = inspect::inspect_namespace(ns).map_err(explain)?;
+    let Some((interval, count)) = watch else {
+        emit(&stat_frame(&first, as_json, false))?;
+        return if first.health == Health::Foreign {
+            Err(foreign_refusal(&first).into())
+        } else {
+            Ok(())
+        };
+    };
+    let tty = std::io::stdout().is_terminal();
+    let mut report: Result<NamespaceReport, String> = Ok(first);
+    let mut frame = 0u64;
+    loop {
+        frame += 1;
+        let mut text = match &report {
+            Ok(r) => stat_frame(r, as_json, true),
+            Err(e) if as_json => {
+                format!("{}\n", json!({ "namespace": ns, "error": e.to_string() }))
+            }
+            Err(e) => format!("{e}\n"),
+        };
+        if tty && !as_json {
+            // Home the cursor and clear the screen: refresh in place.
+            text = format!("\x1b[H\x1b[2J{text}");
+        } else if !as_json {
+            text.push('\n');
+        }
+        emit(&text)?;
+        if count.is_some_and(|c| frame >= c) {
+            return Ok(());
+        }
+        std::thread::sleep(interval);
+        report = inspect::inspect_namespace(ns).map_err(|e| explain(e).to_string());
+    }
+}
+
+pub(crate) fn foreign_refusal(r: &NamespaceReport) -> String {
+    let files: Vec<String> = r
+        .foreign_files()
+        .iter()
+        .map(|f| r.dir.join(f).display().to_string())
+        .collect();
+    format!(
+        "namespace \"{}\" holds files that are not stable-fragmented-buffer's ({}); sfb leaves them alone: if you are sure they are garbage, remove them yourself (rm {})",
+        r.namespace,
+        r.problems.first().map(String::as_str).unwrap_or("foreign content"),
+        files.join(" ")
+    )
+}
+
+pub(crate) fn stat_frame(r: &NamespaceReport, as_json: bool, watching: bool) -> String {
+    if as_json {
+        let v = report_json(r);
+        // One object per line while watching (NDJSON), pretty otherwise.
+        let mut s = if watching {
+            v.to_string()
+        } else {
+            serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
+        };
+        s.push('\n');
+        s
+    } else {
+        report_text(r)
+    }
+}
+
+pub(crate) fn report_json(r: &NamespaceReport) -> Value {
+    let control = r.control.as_ref().map(|c| {
+        json!({
+            "version": c.version,
+            "ctrl_size": c.ctrl_size,
+            "chunk_size": c.chunk_size,
+            "max_chunks": c.max_chunks,
+            "creator_pid": c.creator_pid,
+            "creator_start_ticks": c.creator_start_ticks,
+            "pool_capacity": c.pool_capacity,
+            "decay_ms": c.decay_ms,
+            "ttl_ms": c.ttl_ms,
+            "active": c.active.map(|a| json!({ "id": a.id, "generation": a.generation })),
+            "next_chunk_id": c.next_chunk_id,
+            "live_chunks": c.live_chunks,
+            "generation": c.generation,
+            "closed": c.closed,
+            "created_unix_ms": c.created_unix_ms,
+            "pool": c.pool,
+            "recycled": c.recycled,
+            "retired": c.retired,
+            "expired": c.expired,
+            "registry": c.registry,
+            "creating": c.creating,
+        })
+    });
+    json!({
+        "namespace": r.namespace,
+        "dir": r.dir.display().to_string(),
+        "health": r.health.as_str(),
+        "creator": creator_json(&r.creator),
+        "dead": r.is_dead(),
+        "format_version": r.format_version,
+        "ctrl": { "present": r.ctrl_present, "bytes": r.ctrl_bytes, "tmpfs_bytes": r.ctrl_tmpfs_bytes },
+        "control": control,
+        "chunks": r.chunks.iter().map(chunk_json).collect::<Vec<_>>(),
+        "channels": r.channels.iter().map(|c| json!({
+            "name": c.name,
+            "file": c.file,
+            "kind": c.kind,
+            "slots": c.slots,
+            "slot_size": c.slot_size,
+            "depth": c.depth,
+            "published": c.published,
+            "skipped": c.skipped,
+            "evicted": c.evicted,
+            "producers_alive": c.producers_alive,
+            "producers_dead": c.producers_dead,
+            "consumers_alive": c.consumers_alive,
+            "consumers_dead": c.consumers_dead,
+            "tmpfs_bytes": c.tmpfs_bytes,
+            "problem": c.problem,
+        })).collect::<Vec<_>>(),
+        "chunk_files": r.chunk_files(),
+        "tmpfs_bytes": r.tmpfs_bytes(),
+        "age_ms": r.age_ms(),
+        "problems": r.problems,
+        "taken_unix_ms": r.taken_unix_ms,
+    })
+}
+
+pub(crate) fn chunk_json(c: &ChunkReport) -> Value {
+    let header = c.header.as_ref().map(|h| {
+        json!({
+            "chunk_id": h.chunk_id,
+            "generation": h.generation,
+            "state": h.state.as_str(),
+            "size": h.size,
+            "used": h.used,
+            "capacity": h.capacity,
+            "sealed": h.sealed,
+            "entries": h.entries,
+            "committed": h.committed(),
+            "pending_bytes": h.pending_bytes,
+            "walked": h.walked,
+            "acknowledged": h.acknowledged,
+            "pins": h.pins,
+            "dedicated": h.dedicated,
+            "activating": h.activating,
+            "age_ms": h.age_ms(),
+            "activated_ago_ms": h.activated_ago_ms,
+            "first_write_ago_ms": h.first_write_ago_ms,
+            "sealed_ago_ms": h.sealed_ago_ms,
+            "empty_since_ago_ms": h.empty_since_ago_ms,
+        })
+    });
+    json!({
+        "id": c.id,
+        "file": c.file,
+        "file_bytes": c.file_bytes,
+        "tmpfs_bytes": c.tmpfs_bytes,
+        "registered": c.registered,
+        "pooled": c.pooled,
+        "active": c.active,
+        "foreign": c.foreign,
+        "header": header,
+        "problem": c.problem,
+        "note": c.note,
+    })
+}
+
+pub(crate) fn report_text(r: &NamespaceReport) -> String {
+    let mut s = format!(
+        "namespace {} in {}: {}\n\n",
+        r.namespace,
+        r.dir.display(),
+        r.health
+    );
+    let mut kv = table(&["FIELD", "VALUE"], &[]);
+    let mut row = |k: &str, v: String| {
+        kv.add_row(vec![k.to_owned(), v]);
+    };
+    row("creator", creator_text(&r.creator));
+    row(
+        "format version",
+        r.format_version
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "-".into()),
+    );
+    if let Some(c) = &r.control {
+        row(
+            "created",
+            match r.age_ms() {
+                Some(age) => format!("{} ago (unix ms {})", duration(age), c.created_unix_ms),
+                None => "-".into(),
+            },
+        );
+        row(
+            "creator start",
+            format!("{} clock ticks after boot", c.creator_start_ticks),
+        );
+        row(
+            "chunk size",
+            format!("{} ({} B)", bytes(c.chunk_size.into()), c.chunk_size),
+        );
+        row(
+            "max chunks",
+            if c.max_chunks == 0 {
+                "unlimited".into()
+            } else {
+                c.max_chunks.to_string()
+            },
+        );
+        row("decay", format!("{} ms", c.decay_ms));
+        row("ttl", format!("{} ms", c.ttl_ms));
+        row(
+            "active",
+            c.active
+                .map(|a| format!("chunk {} (generation {})", a.id, a.generation))
+                .unwrap_or_else(|| "none".into()),
+        );
+        row("live chunks", c.live_chunks.to_string());
+        row("next chunk id", c.next_chunk_id.to_string());
+        row("generation", c.generation.to_string());
+        row(
+            "warm pool",
+            format!("{:?} of {} slot(s)", c.pool, c.pool_capacity),
+        );
+        row(
+            "reclaimed",
+            format!(
+                "recycled {}, retired {}, expired {}",
+                c.recycled, c.retired, c.expired
+            ),
+        );
+        row(
+            "closed",
+            if c.closed {
+                "yes (being removed)"
+            } else {
+                "no"
+            }
+            .into(),
+        );
+    }
+    row(
+        "tmpfs",
+        format!("{} in {} file(s)", bytes(r.tmpfs_bytes()), r.files().len()),
+    );
+    s.push_str(&render_kv(&kv));
+    if !r.chunks.is_empty() {
+        let mut t = table(
+            &[
+                "ID",
+                "GEN",
+                "STATE",
+                "USED / CAPACITY",
+                "ENTRIES",
+                "COMMITTED",
+                "ACKED",
+                "PINS",
+                "AGE",
+                "FLAGS",
+            ],
+            &[0, 1, 3, 4, 5, 6, 7, 8],
+        );
+        for c in &r.chunks {
+            t.add_row(chunk_row(c));
+        }
+        s.push('\n');
+        s.push_str(&render(&t));
+    }
+    let notes: Vec<String> = r
+        .chunks
+        .iter()
+        .filter_map(|c| c.note.as_ref().map(|n| format!("  chunk {}: {n}\n", c.id)))
+        .collect();
+    if !notes.is_empty() {
+        s.push_str("\nnotes:\n");
+        s.extend(notes);
+    }
+    if !r.channels.is_empty() {
+        let mut t = table(
+            &[
+                "NAME",
+                "KIND",
+                "SLOTS",
+                "DEPTH",
+                "PUBLISHED",
+                "PRODUCERS",
+                "CONSUMERS",
+                "PROBLEM",
+            ],
+            &[3, 4],
+        );
+        for c in &r.channels {
+            t.add_row(vec![
+                c.name.clone(),
+                if c.kind.is_empty() {
+                    "-".into()
+                } else {
+                    c.kind.to_owned()
+                },
+                format!("{} x {} B", c.slots, c.slot_size),
+                c.depth.to_string(),
+                c.published.to_string(),
+                format!("{} alive, {} dead", c.producers_alive, c.producers_dead),
+                format!("{} alive, {} dead", c.consumers_alive, c.consumers_dead),
+                c.problem.clone().unwrap_or_default(),
+            ]);
+        }
+        s.push_str(&format!("\nchannels:\n{t}\n"));
+    }
+    if !r.problems.is_empty() {
+        s.push_str("\nproblems:\n");
+        for p in &r.problems {
+            s.push_str(&format!("  {p}\n"));
+        }
+        match r.health {
+            Health::Foreign => s.push_str(
+                "sfb leaves files that are not its own alone; remove them yourself if they are garbage\n",
+            ),
+            _ if r.is_dead() => s.push_str(&format!(
+                "its creator is dead: `sfb cleanup {}` removes it\n",
+                r.namespace
+            )),
+            _ => {}
+        }
+    }
+    s
+}
+
+/// The key/value table without its header line.
+pub(crate) fn render_kv(t: &Table) -> String {
+    render(t)
+        .lines()
+        .skip(1)
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+pub(crate) fn chunk_row(c: &ChunkReport) -> Vec<String> {
+    let mut flags = Vec::new();
+    for (on, name) in [
+        (c.active, "active"),
+        (c.pooled, "pooled"),
+        (!c.registered && c.header.is_some(), "unregistered"),
+        (c.foreign, "foreign"),
+        (c.problem.is_some(), "CORRUPT"),
+    ] {
+        if on {
+            flags.push(name.to_owned());
+        }
+    }
+    let Some(h) = &c.header else {
+        let state = if c.file.is_none() {
+            "(no file)"
+        } else if c.foreign {
+            "(foreign)"
+        } else if c.problem.is_some() {
+            "(corrupt)"
+        } else {
+            "(unformatted)"
+        };
+        let dash = || "-".to_owned();
+        return vec![
+            c.id.to_string(),
+            dash(),
+            state.into(),
+            format!("{} file", bytes(c.file_bytes)),
+            dash(),
+            dash(),
+            dash(),
+            dash(),
+            dash(),
+            flags.join(","),
+        ];
+    };
+    if h.sealed {
+        flags.push("sealed".into());
+    }
+    if h.activating {
+        flags.push("activating".into());
+    }
+    if h.dedicated {
+        flags.push("dedicated".into());
+    }
+    if h.pending_bytes > 0 {
+        flags.push(format!(
+            "pending={}",
+            bytes(h.pending_bytes).replace(' ', "")
+        ));
+    }
+    let pct = if h.capacity == 0 {
+        0.0
+    } else {
+        h.used as f64 * 100.0 / h.capacity as f64
+    };
+    vec![
+        c.id.to_string(),
+        h.generation.to_string(),
+        h.state.to_string(),
+        format!("{} / {} ({pct:.0}%)", bytes(h.used), bytes(h.capacity)),
+        h.entries.to_string(),
+        h.committed().to_string(),
+        h.acknowledged.to_string(),
+        h.pins.to_string(),
+        opt_duration(h.age_ms()),
+        flags.join(","),
+    ]
+}
