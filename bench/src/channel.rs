@@ -120,6 +120,7 @@ pub fn channel_cycle(opts: &Options, size: usize, blocking: bool, sized: bool) -
             if sized { ", ring sized" } else { "" }
         ),
         payload: size,
+        copies: true,
         threads: 1,
         state: "steady",
         ops,

@@ -144,6 +144,7 @@ pub fn store_cycle(opts: &Options, size: usize) -> Cell {
     Cell {
         workload: "full cycle, 2 processes".into(),
         payload: size,
+        copies: true,
         threads: 1,
         state: "steady",
         ops,
@@ -218,6 +219,7 @@ pub fn socket_cycle(opts: &Options, size: usize) -> Cell {
     Cell {
         workload: "Unix socket, 2 processes".into(),
         payload: size,
+        copies: true,
         threads: 1,
         state: "-",
         ops,

@@ -122,6 +122,7 @@ pub fn cycle(opts: &Options, size: usize) -> Result<Cell, Box<dyn std::error::Er
     Ok(Cell {
         workload: "iceoryx2 pub/sub, 2 processes".into(),
         payload: size,
+        copies: true,
         threads: 1,
         state: "-",
         ops,

@@ -34,6 +34,10 @@ pub struct Cell {
     pub workload: String,
     /// Payload bytes per operation.
     pub payload: usize,
+    /// Whether each operation moves its payload (copies it in or out). An
+    /// operation that does not (a view, an acknowledgement) is O(1): its
+    /// table row has operations per second and no GB/s.
+    pub copies: bool,
     /// Producer threads.
     pub threads: usize,
     /// `cold` (fresh store), `steady` (reclaiming while running) or `-`.
@@ -58,9 +62,11 @@ impl Cell {
         }
     }
 
-    /// Payload gigabytes (1e9 bytes) per second.
-    pub fn gb_per_sec(&self) -> f64 {
-        self.ops_per_sec() * self.payload as f64 / 1e9
+    /// Payload gigabytes (1e9 bytes) per second; `None` for an operation
+    /// that moves no payload.
+    pub fn gb_per_sec(&self) -> Option<f64> {
+        self.copies
+            .then(|| self.ops_per_sec() * self.payload as f64 / 1e9)
     }
 }
 
@@ -106,13 +112,14 @@ pub fn markdown_table(cells: &[Cell]) -> String {
             None => ("-".into(), "-".into(), "-".into()),
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {:.2} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             c.workload,
             size_label(c.payload),
             c.threads,
             c.state,
             rate(c.ops_per_sec()),
-            c.gb_per_sec(),
+            c.gb_per_sec()
+                .map_or_else(|| "-".to_owned(), |g| format!("{g:.2}")),
             p50,
             p99,
             max,
@@ -138,6 +145,7 @@ mod tests {
         let c = Cell {
             workload: "x".into(),
             payload: 1000,
+            copies: true,
             threads: 1,
             state: "-",
             ops: 2_000_000,
@@ -146,7 +154,11 @@ mod tests {
             note: String::new(),
         };
         assert_eq!(c.ops_per_sec(), 1e6);
-        assert_eq!(c.gb_per_sec(), 1.0);
-        assert!(markdown_table(&[c]).contains("| x | 1000 B | 1 | - | 1.00 M | 1.00 |"));
+        assert_eq!(c.gb_per_sec(), Some(1.0));
+        assert!(markdown_table(std::slice::from_ref(&c))
+            .contains("| x | 1000 B | 1 | - | 1.00 M | 1.00 |"));
+        let o1 = Cell { copies: false, ..c };
+        assert_eq!(o1.gb_per_sec(), None);
+        assert!(markdown_table(&[o1]).contains("| x | 1000 B | 1 | - | 1.00 M | - |"));
     }
 }

@@ -91,6 +91,7 @@ pub fn append_cold(opts: &Options, size: usize) -> Cell {
     Cell {
         workload: "append".into(),
         payload: size,
+        copies: true,
         threads: 1,
         state: "cold",
         ops,
@@ -120,6 +121,7 @@ pub fn append_steady(opts: &Options, size: usize, threads: usize) -> Cell {
     Cell {
         workload: "append+ack".into(),
         payload: size,
+        copies: true,
         threads,
         state: "steady",
         ops: ops * threads as u64,
@@ -233,6 +235,8 @@ pub fn resolve(opts: &Options, size: usize, view: bool) -> Cell {
     Cell {
         workload: workload.into(),
         payload: size,
+        // A view is O(1): it moves no payload.
+        copies: !view,
         threads: 1,
         state: "-",
         ops,
@@ -263,6 +267,7 @@ pub fn acknowledge(opts: &Options, size: usize) -> Cell {
     Cell {
         workload: "acknowledge".into(),
         payload: size,
+        copies: false,
         threads: 1,
         state: "-",
         ops: half as u64,
@@ -290,6 +295,7 @@ pub fn memcpy_bound(opts: &Options, size: usize) -> Cell {
     Cell {
         workload: "memcpy bound".into(),
         payload: size,
+        copies: true,
         threads: 1,
         state: "faulted",
         ops,
