@@ -1,7 +1,20 @@
-//! Variable-size byte blobs in fixed-size chunks that never move — across
-//! processes on one host through POSIX shared memory.
+//! Variable-size byte blobs in fixed-size chunks that never move — inside
+//! one process (heap mode), or across processes on one host through POSIX
+//! shared memory (shared mode), with channels between processes on top.
 //!
-//! A producer appends bytes and gets a 24-byte [`OverflowHandle`]; it sends
+//! * **Heap mode** ([`PinnedBlobStore::new`]): [`append`](PinnedBlobStore::append)
+//!   returns a [`BlobHandle`]; [`get`](PinnedBlobStore::get) copies,
+//!   [`get_ref`](PinnedBlobStore::get_ref) gives a zero-copy [`BlobView`]
+//!   whose bytes stay put while it lives; acknowledged pages are recycled.
+//! * **Shared mode** ([`PinnedBlobStore::new_shared`] /
+//!   [`attach_shared`](PinnedBlobStore::attach_shared)): below.
+//! * **Channels** ([`channel`]): broadcast ([`Publisher`] / [`Subscriber`])
+//!   and work queues ([`Sender`] / [`Receiver`]) between processes, small
+//!   messages inline in a shared ring slot, large ones through the store.
+//! * The original crate's API is kept: its module paths ([`page`], [`types`],
+//!   [`profiling`], [`lifecycle`], [`backend::shared`]) and signatures.
+//!
+//! In shared mode a producer appends bytes and gets a 24-byte [`OverflowHandle`]; it sends
 //! the handle over any channel; any attached process resolves it; consumers
 //! acknowledge; chunks are reclaimed after everything in them is
 //! acknowledged (plus a decay period), or after a TTL when a consumer

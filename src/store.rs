@@ -9,7 +9,7 @@ use crate::handle::{BlobHandle, OverflowHandle};
 use crate::lifecycle::Maintain;
 use crate::profiling::Profiler;
 use crate::stats::BlobStats;
-use crate::view::{BlobView, ViewOwner};
+use crate::view::BlobView;
 use std::sync::Weak;
 
 /// A store of byte blobs whose bytes never move once written.
@@ -151,7 +151,7 @@ impl PinnedBlobStore {
         let view = heap.pin(handle.loc()).map(|(page, ptr, len)| {
             // SAFETY: `pin` pinned the page once for this view and returned
             // a pointer to `len` committed bytes inside the page it keeps alive.
-            unsafe { BlobView::new(ViewOwner::Heap(page), ptr, len) }
+            unsafe { BlobView::new(page, ptr, len) }
         });
         self.profiler.on_read(view.as_ref().map(|v| v.len()));
         view

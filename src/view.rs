@@ -1,25 +1,14 @@
 //! Zero-copy views of blobs, in both modes.
 
-use crate::backend::heap::HeapPage;
-use crate::backend::shared::ChunkMap;
-use crate::engine::ChunkRef;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-/// What keeps a view's memory alive: the chunk mapping (shared mode) or the
-/// page allocation (heap mode).
-pub(crate) enum ViewOwner {
-    Shared(Arc<ChunkMap>),
-    Heap(Arc<HeapPage>),
-}
-
-impl ViewOwner {
-    fn unpin(&self) {
-        match self {
-            ViewOwner::Shared(c) => c.region().unpin_raw(),
-            ViewOwner::Heap(p) => p.region().unpin_raw(),
-        }
-    }
+/// What keeps a view's memory alive and pinned: a chunk mapping (shared
+/// mode) or a page allocation (heap mode), each backend's own type. The
+/// view knows only this, so the backends depend on views, not the reverse.
+pub(crate) trait PinnedChunk: Send + Sync {
+    /// Removes the pin taken for the view.
+    fn unpin(&self);
 }
 
 /// A read-only, zero-copy view of one blob: `Deref<Target = [u8]>`.
@@ -33,14 +22,14 @@ impl ViewOwner {
 /// reclaimed while viewed stays readable here and resolves to nothing for
 /// new lookups.
 pub struct BlobView {
-    owner: ViewOwner,
+    owner: Arc<dyn PinnedChunk>,
     ptr: NonNull<u8>,
     len: usize,
 }
 
 // SAFETY: the bytes behind `ptr` are immutable while the view lives (the
 // chunk is pinned, so nobody recycles or rewrites them) and `owner` keeps
-// them allocated; both Arc owners are Send + Sync.
+// them allocated; the owner is Send + Sync.
 unsafe impl Send for BlobView {}
 // SAFETY: see Send; a view only ever hands out `&[u8]`.
 unsafe impl Sync for BlobView {}
@@ -50,7 +39,7 @@ impl BlobView {
     /// The chunk held by `owner` must have been pinned once for this view
     /// (the view unpins it on drop), and `ptr` must point to `len` committed
     /// bytes inside the memory `owner` keeps alive.
-    pub(crate) unsafe fn new(owner: ViewOwner, ptr: *const u8, len: usize) -> Self {
+    pub(crate) unsafe fn new(owner: Arc<dyn PinnedChunk>, ptr: *const u8, len: usize) -> Self {
         let ptr = NonNull::new(ptr as *mut u8).unwrap_or(NonNull::dangling());
         Self { owner, ptr, len }
     }

@@ -18,6 +18,7 @@ use crate::os;
 use crate::profiling::ChunkTotals;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::table::ChunkTable;
+use crate::view::PinnedChunk;
 use std::alloc::Layout;
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, Weak};
@@ -68,6 +69,12 @@ impl Drop for HeapPage {
     fn drop(&mut self) {
         // SAFETY: allocated in `new` with exactly this layout, freed once.
         unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+    }
+}
+
+impl PinnedChunk for HeapPage {
+    fn unpin(&self) {
+        self.region.unpin_raw();
     }
 }
 

@@ -20,7 +20,7 @@ use crate::registry::{self, Claim, Registry};
 use crate::stats::BlobStats;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::table::ChunkTable;
-use crate::view::{BlobView, ViewOwner};
+use crate::view::{BlobView, PinnedChunk};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, Weak};
@@ -540,6 +540,12 @@ impl Maintain for Inner {
     }
 }
 
+impl PinnedChunk for ChunkMap {
+    fn unpin(&self) {
+        self.region.unpin_raw();
+    }
+}
+
 impl ChunkRef for Arc<ChunkMap> {
     fn region(&self) -> &ChunkRegion {
         &self.region
@@ -723,7 +729,7 @@ impl Inner {
         let (chunk, ptr, len) = engine::pin_bytes(self, &handle.loc())?;
         // SAFETY: pin_bytes pinned the chunk once and returned a pointer to
         // `len` committed bytes inside the memory `chunk` keeps mapped.
-        Some(unsafe { BlobView::new(ViewOwner::Shared(chunk), ptr, len) })
+        Some(unsafe { BlobView::new(chunk, ptr, len) })
     }
 
     /// Frees chunk `id`'s registry slot, which counts it out of the
