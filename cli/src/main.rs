@@ -23,6 +23,7 @@ mod bench;
 mod cleanup;
 mod completions;
 mod demo;
+mod export;
 mod format;
 mod list;
 mod stat;
@@ -31,6 +32,7 @@ use bench::*;
 use cleanup::*;
 use completions::*;
 use demo::*;
+use export::*;
 use format::*;
 use list::*;
 use stat::*;
@@ -121,6 +123,16 @@ enum Cmd {
         #[arg(long, num_args = 1..)]
         only: Vec<String>,
     },
+    /// Prints every namespace's gauges and counters (chunk files, tmpfs
+    /// bytes, creator liveness, health, pool, recycled, retired, expired,
+    /// channel depths and participants) in the Prometheus text format, for
+    /// node_exporter's textfile collector.
+    #[command(group(ArgGroup::new("format").required(true).args(["prometheus"])))]
+    Export {
+        /// The Prometheus text exposition format.
+        #[arg(long)]
+        prometheus: bool,
+    },
     /// Prints a shell completion script, e.g. `sfb completions bash >
     /// /etc/bash_completion.d/sfb`.
     Completions {
@@ -167,6 +179,7 @@ fn main() -> ExitCode {
         } => demo(messages, size, chunk_size, max_chunks),
         Cmd::DemoConsumer { namespace } => demo_consumer(&namespace),
         Cmd::Completions { shell } => completions(shell),
+        Cmd::Export { prometheus: _ } => export_prometheus(),
         Cmd::Bench { quick, only } => bench(quick, &only),
     };
     match result {

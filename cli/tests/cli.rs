@@ -721,3 +721,68 @@ fn stat_and_list_show_each_channel_with_its_live_and_dead_participants() {
     assert!(n["files"].to_string().contains("_chan+jobs"), "{n}");
     assert!(!list["other_files"].to_string().contains("_chan+"));
 }
+
+/// `sfb export --prometheus` is valid exposition text (parsed by a
+/// Prometheus parser) with the gauges and counters of a live store with a
+/// channel, and of a dead one.
+#[test]
+fn export_prometheus_reports_every_namespace_in_the_text_format() {
+    let live = Ns::new("cli-prom");
+    let store = PinnedBlobStore::new_shared(Config::default(), live.as_str(), CHUNK).unwrap();
+    let publisher = store.publisher("frames").unwrap();
+    let subscriber = store.subscriber("frames").unwrap();
+    for i in 0..3u8 {
+        publisher.send(&[i; 100]).unwrap();
+    }
+    let dead = Ns::new("cli-prom-dead");
+    let mut creator = start_creator(dead.as_str(), None);
+    creator.kill9();
+
+    let r = sfb_in(None, &["export", "--prometheus"]);
+    assert_eq!(r.code, 0, "{}", r.err);
+    let scrape = prometheus_parse::Scrape::parse(r.out.lines().map(|l| Ok(l.to_owned())))
+        .unwrap_or_else(|e| panic!("not exposition text: {e}\n{}", r.out));
+    let value = |metric: &str, labels: &[(&str, &str)]| -> f64 {
+        let found: Vec<_> = scrape
+            .samples
+            .iter()
+            .filter(|s| {
+                s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "{metric} {labels:?} in\n{}", r.out);
+        match found[0].value {
+            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Counter(v) => v,
+            ref other => panic!("{metric}: {other:?}"),
+        }
+    };
+    let ns = [("namespace", live.as_str())];
+    assert!(value("sfb_namespace_chunk_files", &ns) >= 1.0);
+    assert!(value("sfb_namespace_tmpfs_bytes", &ns) > 0.0);
+    assert_eq!(value("sfb_namespace_creator_alive", &ns), 1.0);
+    assert_eq!(value("sfb_namespace_healthy", &ns), 1.0);
+    assert_eq!(value("sfb_namespace_max_chunks", &ns), 0.0);
+    assert_eq!(value("sfb_namespace_expired_total", &ns), 0.0);
+    let ch = [("namespace", live.as_str()), ("channel", "frames")];
+    assert_eq!(value("sfb_channel_depth", &ch), 3.0, "nothing received yet");
+    assert_eq!(value("sfb_channel_published_total", &ch), 3.0);
+    let role = |r: &'static str, s: &'static str| {
+        value(
+            "sfb_channel_participants",
+            &[ch[0], ch[1], ("role", r), ("state", s)],
+        )
+    };
+    assert_eq!(
+        (role("producer", "alive"), role("consumer", "alive")),
+        (1.0, 1.0)
+    );
+    assert_eq!(
+        value(
+            "sfb_namespace_creator_alive",
+            &[("namespace", dead.as_str())]
+        ),
+        0.0
+    );
+    assert!(scrape.docs.contains_key("sfb_channel_depth"));
+    drop((subscriber, publisher));
+}

@@ -1,0 +1,178 @@
+//! `sfb export --prometheus`: every namespace's gauges and counters in the
+//! Prometheus text exposition format (version 0.0.4), for node_exporter's
+//! textfile collector. Reads only, like `list` and `stat`.
+
+use super::*;
+use std::fmt::Write as _;
+
+/// One metric family: name, type, help, and its samples (labels, value).
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    samples: Vec<(Vec<(&'static str, String)>, f64)>,
+}
+
+impl Family {
+    fn new(name: &'static str, kind: &'static str, help: &'static str) -> Self {
+        Self {
+            name,
+            kind,
+            help,
+            samples: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, labels: Vec<(&'static str, String)>, value: f64) {
+        self.samples.push((labels, value));
+    }
+}
+
+/// A label value as the text format wants it: `\`, `"` and newlines escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn render_families(families: &[Family]) -> String {
+    let mut out = String::new();
+    for f in families {
+        let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
+        let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
+        for (labels, value) in &f.samples {
+            let labels: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .collect();
+            let _ = writeln!(out, "{}{{{}}} {}", f.name, labels.join(","), value);
+        }
+    }
+    out
+}
+
+/// The exposition text of every namespace in the shm directory.
+pub(crate) fn prometheus_text() -> Result<String, Box<dyn std::error::Error>> {
+    let listing = read_listing()?;
+    let mut chunks = Family::new(
+        "sfb_namespace_chunk_files",
+        "gauge",
+        "Chunk files of the namespace.",
+    );
+    let mut tmpfs = Family::new(
+        "sfb_namespace_tmpfs_bytes",
+        "gauge",
+        "Bytes the namespace's files occupy on tmpfs.",
+    );
+    let mut alive = Family::new(
+        "sfb_namespace_creator_alive",
+        "gauge",
+        "1 if the namespace's creator holds its lock, else 0.",
+    );
+    let mut healthy = Family::new(
+        "sfb_namespace_healthy",
+        "gauge",
+        "1 if the namespace's files are consistent, else 0 (see sfb stat).",
+    );
+    let mut max_chunks = Family::new(
+        "sfb_namespace_max_chunks",
+        "gauge",
+        "The namespace's chunk limit (0: none).",
+    );
+    let mut pooled = Family::new(
+        "sfb_namespace_pooled_chunks",
+        "gauge",
+        "Warm chunks waiting in the pool.",
+    );
+    let mut recycled = Family::new(
+        "sfb_namespace_recycled_total",
+        "counter",
+        "Chunks recycled in place.",
+    );
+    let mut retired = Family::new(
+        "sfb_namespace_retired_total",
+        "counter",
+        "Chunks released (files removed).",
+    );
+    let mut expired = Family::new(
+        "sfb_namespace_expired_total",
+        "counter",
+        "Chunks reclaimed by the TTL (unacknowledged data dropped).",
+    );
+    let mut depth = Family::new(
+        "sfb_channel_depth",
+        "gauge",
+        "Messages published and not yet released on the channel.",
+    );
+    let mut published = Family::new(
+        "sfb_channel_published_total",
+        "counter",
+        "Messages published on the channel.",
+    );
+    let mut participants = Family::new(
+        "sfb_channel_participants",
+        "gauge",
+        "Producers and consumers of the channel, by role and liveness.",
+    );
+    let dir = inspect::shm_dir();
+    for info in &listing.namespaces {
+        let ns = || ("namespace", info.namespace.clone());
+        chunks.add(vec![ns()], info.chunk_files as f64);
+        tmpfs.add(vec![ns()], info.tmpfs_bytes as f64);
+        let live = matches!(info.creator, Creator::Alive { .. });
+        alive.add(vec![ns()], f64::from(u8::from(live)));
+        healthy.add(vec![ns()], f64::from(u8::from(info.health == Health::Ok)));
+        // The full report for the control block's counters and the channels
+        // (a namespace removed since the listing is skipped).
+        let Ok(report) = inspect::inspect_namespace_in(&dir, &info.namespace) else {
+            continue;
+        };
+        if let Some(c) = &report.control {
+            max_chunks.add(vec![ns()], f64::from(c.max_chunks));
+            pooled.add(vec![ns()], c.pool.len() as f64);
+            recycled.add(vec![ns()], c.recycled as f64);
+            retired.add(vec![ns()], c.retired as f64);
+            expired.add(vec![ns()], c.expired as f64);
+        }
+        for ch in &report.channels {
+            let labels = || {
+                vec![
+                    ns(),
+                    ("channel", ch.name.clone()),
+                    ("kind", ch.kind.to_owned()),
+                ]
+            };
+            depth.add(labels(), ch.depth as f64);
+            published.add(labels(), ch.published as f64);
+            for (role, state, n) in [
+                ("producer", "alive", ch.producers_alive),
+                ("producer", "dead", ch.producers_dead),
+                ("consumer", "alive", ch.consumers_alive),
+                ("consumer", "dead", ch.consumers_dead),
+            ] {
+                let mut l = labels();
+                l.push(("role", role.to_owned()));
+                l.push(("state", state.to_owned()));
+                participants.add(l, f64::from(n));
+            }
+        }
+    }
+    Ok(render_families(&[
+        chunks,
+        tmpfs,
+        alive,
+        healthy,
+        max_chunks,
+        pooled,
+        recycled,
+        retired,
+        expired,
+        depth,
+        published,
+        participants,
+    ]))
+}
+
+pub(crate) fn export_prometheus() -> AnyResult {
+    emit(&prometheus_text()?)
+}
