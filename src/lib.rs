@@ -45,31 +45,45 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
-pub mod backend;
-pub mod channel;
-mod chunk;
-mod clock;
+// The module tree, top-down.
+
+// The facade: the store, its lifecycle thread, statistics, views, handles.
 mod config;
-mod copy;
-mod engine;
 mod error;
+mod handle;
+pub mod lifecycle;
+pub mod profiling;
+mod stats;
+mod store;
+mod view;
+
+// Channels between processes, on the store.
+pub mod channel;
+
+// The store protocol: the two backends, and the engine both run on.
+pub mod backend;
+mod engine;
+mod registry;
+mod table;
+
+// The chunk protocol, the byte layout, payload copies.
+mod chunk;
+mod copy;
+pub mod layout;
+
+// The operating system: system calls, the clock, atomics (loom's under
+// `--cfg loom`), namespace names.
+mod clock;
+pub mod namespace;
+mod os;
+mod sync;
+
+// Tools beside the store: read-only inspection, and test and fuzzing aids.
 #[doc(hidden)]
 pub mod fuzzing;
-mod handle;
 #[doc(hidden)]
 pub mod hooks;
 pub mod inspect;
-pub mod layout;
-pub mod lifecycle;
-pub mod namespace;
-mod os;
-pub mod profiling;
-mod registry;
-mod stats;
-mod store;
-mod sync;
-mod table;
-mod view;
 
 pub use backend::heap::HeapBackend;
 pub use backend::shared::{Recovery, SharedBackend, DEFAULT_CHUNK_SIZE};
