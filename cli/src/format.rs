@@ -54,16 +54,6 @@ pub(crate) fn render(t: &Table) -> String {
     s
 }
 
-pub(crate) fn creator_json(c: &Creator) -> Value {
-    let state = match c {
-        Creator::Alive { .. } => "alive",
-        Creator::Dead { .. } => "dead",
-        Creator::None => "none",
-        Creator::Unknown => "unknown",
-    };
-    json!({ "state": state, "pid": c.pid() })
-}
-
 pub(crate) fn creator_text(c: &Creator) -> String {
     match c {
         Creator::None => "-".into(),

@@ -16,40 +16,11 @@ pub(crate) fn read_listing() -> Result<inspect::Listing, String> {
 pub(crate) fn list(as_json: bool) -> AnyResult {
     let listing = read_listing()?;
     if as_json {
-        let mut v = serde_json::to_string_pretty(&listing_json(&listing))?;
+        let mut v = serde_json::to_string_pretty(&serde_json::to_value(&listing)?)?;
         v.push('\n');
         return emit(&v);
     }
     emit(&listing_text(&listing))
-}
-
-pub(crate) fn info_json(i: &NamespaceInfo) -> Value {
-    json!({
-        "namespace": i.namespace,
-        "health": i.health.as_str(),
-        "creator": creator_json(&i.creator),
-        "dead": i.dead,
-        "chunk_files": i.chunk_files,
-        "tmpfs_bytes": i.tmpfs_bytes,
-        "age_ms": i.age_ms,
-        "format_version": i.format_version,
-        "files": i.files,
-        "foreign_files": i.foreign_files,
-        "problems": i.problems,
-    })
-}
-
-pub(crate) fn listing_json(l: &Listing) -> Value {
-    json!({
-        "dir": l.dir.display().to_string(),
-        "namespaces": l.namespaces.iter().map(info_json).collect::<Vec<_>>(),
-        "other_files": l.other_files.iter().map(|f| json!({
-            "name": f.name,
-            "kind": f.kind,
-            "bytes": f.bytes,
-            "tmpfs_bytes": f.tmpfs_bytes,
-        })).collect::<Vec<_>>(),
-    })
 }
 
 pub(crate) fn listing_text(l: &Listing) -> String {

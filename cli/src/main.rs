@@ -7,7 +7,7 @@
 
 use clap::{ArgGroup, CommandFactory, Parser, Subcommand};
 use comfy_table::{presets, CellAlignment, Table};
-use serde_json::{json, Value};
+use serde_json::json;
 use stable_fragmented_buffer::inspect::{
     self, ChunkReport, Creator, Health, Listing, NamespaceInfo, NamespaceReport,
 };

@@ -57,7 +57,8 @@ pub(crate) fn foreign_refusal(r: &NamespaceReport) -> String {
 
 pub(crate) fn stat_frame(r: &NamespaceReport, as_json: bool, watching: bool) -> String {
     if as_json {
-        let v = report_json(r);
+        // Through a `Value`: its keys come out sorted, as they always have.
+        let v = serde_json::to_value(r).unwrap_or_else(|e| json!({ "error": e.to_string() }));
         // One object per line while watching (NDJSON), pretty otherwise.
         let mut s = if watching {
             v.to_string()
@@ -69,107 +70,6 @@ pub(crate) fn stat_frame(r: &NamespaceReport, as_json: bool, watching: bool) -> 
     } else {
         report_text(r)
     }
-}
-
-pub(crate) fn report_json(r: &NamespaceReport) -> Value {
-    let control = r.control.as_ref().map(|c| {
-        json!({
-            "version": c.version,
-            "ctrl_size": c.ctrl_size,
-            "chunk_size": c.chunk_size,
-            "max_chunks": c.max_chunks,
-            "creator_pid": c.creator_pid,
-            "creator_start_ticks": c.creator_start_ticks,
-            "pool_capacity": c.pool_capacity,
-            "decay_ms": c.decay_ms,
-            "ttl_ms": c.ttl_ms,
-            "active": c.active.map(|a| json!({ "id": a.id, "generation": a.generation })),
-            "next_chunk_id": c.next_chunk_id,
-            "live_chunks": c.live_chunks,
-            "generation": c.generation,
-            "closed": c.closed,
-            "created_unix_ms": c.created_unix_ms,
-            "pool": c.pool,
-            "recycled": c.recycled,
-            "retired": c.retired,
-            "expired": c.expired,
-            "registry": c.registry,
-            "creating": c.creating,
-        })
-    });
-    json!({
-        "namespace": r.namespace,
-        "dir": r.dir.display().to_string(),
-        "health": r.health.as_str(),
-        "creator": creator_json(&r.creator),
-        "dead": r.is_dead(),
-        "format_version": r.format_version,
-        "ctrl": { "present": r.ctrl_present, "bytes": r.ctrl_bytes, "tmpfs_bytes": r.ctrl_tmpfs_bytes },
-        "control": control,
-        "chunks": r.chunks.iter().map(chunk_json).collect::<Vec<_>>(),
-        "channels": r.channels.iter().map(|c| json!({
-            "name": c.name,
-            "file": c.file,
-            "kind": c.kind,
-            "slots": c.slots,
-            "slot_size": c.slot_size,
-            "depth": c.depth,
-            "published": c.published,
-            "skipped": c.skipped,
-            "evicted": c.evicted,
-            "producers_alive": c.producers_alive,
-            "producers_dead": c.producers_dead,
-            "consumers_alive": c.consumers_alive,
-            "consumers_dead": c.consumers_dead,
-            "tmpfs_bytes": c.tmpfs_bytes,
-            "problem": c.problem,
-        })).collect::<Vec<_>>(),
-        "chunk_files": r.chunk_files(),
-        "tmpfs_bytes": r.tmpfs_bytes(),
-        "age_ms": r.age_ms(),
-        "problems": r.problems,
-        "taken_unix_ms": r.taken_unix_ms,
-    })
-}
-
-pub(crate) fn chunk_json(c: &ChunkReport) -> Value {
-    let header = c.header.as_ref().map(|h| {
-        json!({
-            "chunk_id": h.chunk_id,
-            "generation": h.generation,
-            "state": h.state.as_str(),
-            "size": h.size,
-            "used": h.used,
-            "capacity": h.capacity,
-            "sealed": h.sealed,
-            "entries": h.entries,
-            "committed": h.committed(),
-            "pending_bytes": h.pending_bytes,
-            "walked": h.walked,
-            "acknowledged": h.acknowledged,
-            "pins": h.pins,
-            "dedicated": h.dedicated,
-            "activating": h.activating,
-            "age_ms": h.age_ms(),
-            "activated_ago_ms": h.activated_ago_ms,
-            "first_write_ago_ms": h.first_write_ago_ms,
-            "sealed_ago_ms": h.sealed_ago_ms,
-            "empty_since_ago_ms": h.empty_since_ago_ms,
-        })
-    });
-    json!({
-        "id": c.id,
-        "file": c.file,
-        "file_bytes": c.file_bytes,
-        "tmpfs_bytes": c.tmpfs_bytes,
-        "registered": c.registered,
-        "pooled": c.pooled,
-        "active": c.active,
-        "foreign": c.foreign,
-        "header": header,
-        "problem": c.problem,
-        "note": c.note,
-    })
 }
 
 pub(crate) fn report_text(r: &NamespaceReport) -> String {

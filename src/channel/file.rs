@@ -361,6 +361,7 @@ pub(crate) fn remove_channel_files(
 /// What `sfb stat` shows of one channel, read with `pread` (nothing mapped,
 /// nothing written).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct ChannelReport {
     /// Channel name.
     pub name: String,

@@ -37,6 +37,8 @@ mod chunk;
 mod control;
 mod files;
 mod report;
+#[cfg(feature = "serde")]
+mod serialize;
 #[cfg(all(test, not(miri), not(loom)))]
 mod tests;
 

@@ -134,6 +134,7 @@ impl fmt::Display for ChunkState {
 
 /// The append target named by the control block's `active` word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct ActiveChunk {
     /// Chunk id.
     pub id: u32,
@@ -143,6 +144,7 @@ pub struct ActiveChunk {
 
 /// The fields of a control block (`{ns}_ctrl`), decoded from a copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct ControlBlock {
     /// Format version (2).
     pub version: u32,
@@ -192,6 +194,7 @@ pub struct ControlBlock {
     /// after the grace period).
     pub creating: Vec<u32>,
     /// Registry slots with bits set that no valid slot word sets.
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub bad_slots: Vec<usize>,
 }
 
@@ -261,6 +264,7 @@ impl ChunkHeaderInfo {
 
 /// One chunk file (or one registered chunk id without a file).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct ChunkReport {
     /// Chunk id (from the file name, or the registry).
     pub id: u32,
@@ -392,6 +396,7 @@ impl NamespaceReport {
 
 /// A summary of one namespace, as `sfb list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct NamespaceInfo {
     /// The namespace.
     pub namespace: String,
@@ -419,6 +424,7 @@ pub struct NamespaceInfo {
 
 /// A file of the shm directory whose name is not one of this format's.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct OtherFile {
     /// File name.
     pub name: String,
@@ -432,6 +438,7 @@ pub struct OtherFile {
 
 /// Everything in one shm directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Listing {
     /// The directory.
     pub dir: PathBuf,
