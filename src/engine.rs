@@ -1422,6 +1422,61 @@ mod tests {
         );
     }
 
+    /// `debug_chunks`' lines: the append target, then one line per chunk
+    /// in id order with its state, use, acknowledgements and pins, the
+    /// pooled ones and the target marked.
+    #[test]
+    fn describe_lists_every_chunk_in_id_order() {
+        let (_b, c) = store(60_000);
+        assert_eq!(describe(&*c), vec!["write_head=none, chunks=0".to_owned()]);
+        // One 3000-byte blob per page: four pages, the last one the target.
+        let first = append(&*c, &[1u8; 3000]).unwrap();
+        append(&*c, &[2u8; 3000]).unwrap();
+        let claimed = append(&*c, &[3u8; 3000]).unwrap();
+        append(&*c, &[4u8; 3000]).unwrap();
+        assert!(acknowledge(&*c, &first));
+        assert!(c
+            .chunk(claimed.id)
+            .unwrap()
+            .region()
+            .claim(claimed.generation));
+        let pooled = c.create(4096, 0, false).unwrap();
+        assert!(pool_push(&*c, pooled.id()));
+        let (target, _) = target(&c);
+        let lines = describe(&*c);
+        assert_eq!(
+            lines[0],
+            format!("write_head={target}, chunks=5"),
+            "{lines:?}"
+        );
+        let line = |id: u32| {
+            lines
+                .iter()
+                .find(|l| l.starts_with(&format!("chunk[{id}]:")))
+                .unwrap_or_else(|| panic!("no line for {id}: {lines:?}"))
+                .clone()
+        };
+        assert!(
+            line(first.id).contains(" in use used=3144/4096 acked=1 pins=0"),
+            "{lines:?}"
+        );
+        assert!(line(pooled.id()).contains(" free ") && line(pooled.id()).ends_with(" pooled"));
+        assert!(line(claimed.id).contains(" reclaiming "));
+        assert!(line(target).ends_with(" <-- ACTIVE"));
+        let mut ids: Vec<u32> = lines[1..]
+            .iter()
+            .map(|l| l[6..l.find(']').unwrap()].parse().unwrap())
+            .collect();
+        let sorted = {
+            let mut v = ids.clone();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(ids, sorted);
+        ids.dedup();
+        assert_eq!(ids.len(), 5);
+    }
+
     /// A pass recycles a fully acknowledged chunk into the pool at once
     /// while the pool has room, whatever the decay, and counts it.
     #[test]
