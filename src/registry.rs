@@ -441,11 +441,19 @@ mod tests {
         let words = slots(16);
         let r = Registry::new(&words);
         let a = r.claim(1, 2).unwrap();
-        let _b = r.claim(1, 2).unwrap();
+        let b = r.claim(1, 2).unwrap();
+        assert_eq!(r.creating(), 2, "both in progress");
         assert_eq!(r.claim(1, 2).unwrap_err(), Full::Limit);
         r.cancel(&a);
+        assert_eq!(r.creating(), 1);
         assert!(r.claim(1, 2).is_ok(), "a cancelled claim frees its place");
         assert_eq!(r.taken(), 2);
+        assert!(r.publish(&b));
+        assert_eq!(
+            r.creating(),
+            1,
+            "a published chunk is no longer in progress"
+        );
     }
 
     #[test]
