@@ -1165,9 +1165,14 @@ mod tests {
     use std::sync::Arc;
 
     fn store(ttl_ms: u64) -> (HeapBackend, Arc<HeapPages>) {
+        store_with(0, ttl_ms)
+    }
+
+    /// A heap store of 4 KiB pages with this decay and TTL.
+    fn store_with(decay_ms: u64, ttl_ms: u64) -> (HeapBackend, Arc<HeapPages>) {
         let b = HeapBackend::new(&Config {
             page_size: 4096,
-            decay_timeout_ms: 0,
+            decay_timeout_ms: decay_ms,
             default_ttl_ms: ttl_ms,
             ..Config::default()
         })
@@ -1336,14 +1341,7 @@ mod tests {
     /// has room).
     #[test]
     fn with_the_pool_full_the_decay_governs_release() {
-        let b = HeapBackend::new(&Config {
-            page_size: 4096,
-            decay_timeout_ms: 60_000,
-            default_ttl_ms: 60_000,
-            ..Config::default()
-        })
-        .unwrap();
-        let c = b.pages();
+        let (_b, c) = store_with(60_000, 60_000);
         let loc = append(&*c, b"acked").unwrap();
         // Fill every pool slot (counted here, not with `pool_len`, which
         // the decay decision itself uses).
@@ -1481,14 +1479,7 @@ mod tests {
     /// while the pool has room, whatever the decay, and counts it.
     #[test]
     fn a_pass_recycles_at_once_while_the_pool_has_room() {
-        let b = HeapBackend::new(&Config {
-            page_size: 4096,
-            decay_timeout_ms: 60_000,
-            default_ttl_ms: 60_000,
-            ..Config::default()
-        })
-        .unwrap();
-        let c = b.pages();
+        let (_b, c) = store_with(60_000, 60_000);
         let loc = append(&*c, &[1u8; 3000]).unwrap();
         append(&*c, &[2u8; 3000]).unwrap();
         assert!(acknowledge(&*c, &loc));
