@@ -684,9 +684,13 @@ impl ChunkRegion {
         // life only: the pin keeps the chunk from being recycled and
         // reactivated (which zeroes the word) under us. Relaxed: the stamp
         // is a time, read with the `acks` it follows (Release above).
-        self.header()
-            .empty_since_ms
-            .fetch_max(crate::clock::now_ms().max(1), Ordering::Relaxed);
+        // Most acknowledgements land within the coarse clock's tick of the
+        // last stamp: a load spares them the read-modify-write.
+        let now = crate::clock::now_ms();
+        let stamp = &self.header().empty_since_ms;
+        if stamp.load(Ordering::Relaxed) < now {
+            stamp.fetch_max(now, Ordering::Relaxed);
+        }
         true
     }
 

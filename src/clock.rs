@@ -7,36 +7,29 @@
 
 /// Nanoseconds on the coarse monotonic clock.
 pub fn now_ns() -> u64 {
+    read(CLOCK).unwrap_or(0)
+}
+
+/// Nanoseconds on `clock`, `None` if it cannot be read.
+fn read(clock: libc::clockid_t) -> Option<u64> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid, writable timespec; clock_gettime only writes it.
-    let rc = unsafe { libc::clock_gettime(CLOCK, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    (rc == 0).then(|| {
+        (ts.tv_sec as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(ts.tv_nsec as u64)
+    })
 }
 
 /// Nanoseconds on the precise monotonic clock (`CLOCK_MONOTONIC`), the same
 /// clock as [`now_ns`] read between ticks: never behind it. For ages of
 /// handles, off the append path.
 pub fn precise_now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; clock_gettime only writes it.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    if rc != 0 {
-        return now_ns();
-    }
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
+    read(libc::CLOCK_MONOTONIC).unwrap_or_else(now_ns)
 }
 
 /// Milliseconds on the coarse monotonic clock (never 0 once the host is up,
