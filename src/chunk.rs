@@ -684,13 +684,12 @@ impl ChunkRegion {
         // life only: the pin keeps the chunk from being recycled and
         // reactivated (which zeroes the word) under us. Relaxed: the stamp
         // is a time, read with the `acks` it follows (Release above).
-        // Most acknowledgements land within the coarse clock's tick of the
-        // last stamp: a load spares them the read-modify-write.
-        let now = crate::clock::now_ms();
-        let stamp = &self.header().empty_since_ms;
-        if stamp.load(Ordering::Relaxed) < now {
-            stamp.fetch_max(now, Ordering::Relaxed);
-        }
+        // Always the read-modify-write, never a load-and-skip: whether to
+        // skip would depend on the wall clock, which loom's models cannot
+        // replay (they need the same operations on every run).
+        self.header()
+            .empty_since_ms
+            .fetch_max(crate::clock::now_ms(), Ordering::Relaxed);
         true
     }
 
