@@ -158,37 +158,46 @@ def test_a_killed_consumer_holding_messages_does_not_stop_producers(ns: str, kin
         ready = ctx.Event()
         child = ctx.Process(target=workers.hold_then_wait, args=(ns, "c", kind, 3, ready))
         child.start()
-        assert ready.wait(60)
-        tx = store.publisher("c") if kind == "broadcast" else store.sender("c")
-        for i in range(3):
-            tx.send(bytes([i]) * 100)
-        deadline = time.monotonic() + 30
-        while ready.is_set():  # cleared once the child holds its three
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
-        child.join(10)
-        # The queue needs a live receiver for what is sent after the kill.
-        mine = store.receiver("c") if kind == "queue" else None
-        # Several ringfuls (256 slots): a dead consumer must stop gating
-        # the producer.
-        total = 1000
-        sent = 0
-        t0 = time.monotonic()
-        received = 0
-        while sent < total:
-            assert time.monotonic() - t0 < 20, f"producer stuck after {sent} messages"
-            if tx.try_send(b"x" * 100):
-                sent += 1
-            if mine is not None:
-                while (m := mine.try_recv()) is not None:
-                    received += 1
-                    m.release()
-        tx.close()
+        try:
+            run_past_a_killed_consumer(store, kind, child, ready)
+        finally:
+            if child.is_alive():
+                child.kill()
+                child.join()
+
+
+def run_past_a_killed_consumer(store: sfb.Store, kind: str, child: Any, ready: Any) -> None:
+    assert ready.wait(60)
+    tx = store.publisher("c") if kind == "broadcast" else store.sender("c")
+    for i in range(3):
+        tx.send(bytes([i]) * 100)
+    deadline = time.monotonic() + 30
+    while ready.is_set():  # cleared once the child holds its three
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    child.join(10)
+    # The queue needs a live receiver for what is sent after the kill.
+    mine = store.receiver("c") if kind == "queue" else None
+    # Several ringfuls (256 slots): a dead consumer must stop gating
+    # the producer.
+    total = 1000
+    sent = 0
+    t0 = time.monotonic()
+    received = 0
+    while sent < total:
+        assert time.monotonic() - t0 < 20, f"producer stuck after {sent} messages"
+        if tx.try_send(b"x" * 100):
+            sent += 1
         if mine is not None:
-            for m in mine:
+            while (m := mine.try_recv()) is not None:
                 received += 1
                 m.release()
-            # At most once: what the killed receiver held is not redelivered.
-            assert received == total
-            mine.close()
+    tx.close()
+    if mine is not None:
+        for m in mine:
+            received += 1
+            m.release()
+        # At most once: what the killed receiver held is not redelivered.
+        assert received == total
+        mine.close()
