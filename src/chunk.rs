@@ -31,7 +31,7 @@
 //! length of the region before it is used (invariant 5).
 
 use crate::layout::*;
-use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::sync::{AtomicU64, Ordering};
 use std::ptr::NonNull;
 
 /// `sealed_ms` while a chunk is being activated (not a time).
@@ -63,6 +63,10 @@ pub(crate) enum Reserve {
     },
     /// The chunk takes no more reservations: move to the next one.
     Sealed,
+    /// The entry fits in the chunk but not yet in the part of it backed by
+    /// memory: prepare the next step (see [`ChunkRegion::ready`]), then
+    /// try again.
+    NotReady,
 }
 
 /// Why a handle finds no entry in its chunk.
@@ -181,9 +185,14 @@ impl ChunkRegion {
         flags: u32,
         incarnation: u64,
         now_ms: u64,
+        ready: usize,
     ) {
         let h = self.header();
         h.incarnation.store(incarnation, Ordering::Relaxed);
+        h.ready.store(
+            if ready >= self.len { 0 } else { ready as u32 },
+            Ordering::Relaxed,
+        );
         h.empty_since_ms.store(now_ms, Ordering::Relaxed);
         h.chunk_id.store(id, Ordering::Relaxed);
         h.size.store(self.len as u32, Ordering::Relaxed);
@@ -284,7 +293,28 @@ impl ChunkRegion {
 
     /// Reserves `footprint` bytes (from [`entry_footprint`]) with one CAS.
     /// Seals the chunk when the entry does not fit, stamping the seal time.
+    #[inline]
     pub(crate) fn reserve(&self, footprint: u32, now_ms: u64) -> Reserve {
+        self.reserve_run(
+            |room| {
+                if footprint as usize <= room {
+                    footprint as usize
+                } else {
+                    0
+                }
+            },
+            now_ms,
+        )
+    }
+
+    /// Reserves, with one CAS, the space of a run of consecutive entries:
+    /// `fit(room)` is told the bytes left in the chunk and returns how many
+    /// to take (a sum of whole entry footprints, at most `room`), or 0 when
+    /// not even the first entry fits: the chunk is then sealed, as by
+    /// [`reserve`](Self::reserve). The caller writes and commits every
+    /// entry of the run, each at the offset the previous one ends at.
+    #[inline]
+    pub(crate) fn reserve_run(&self, fit: impl Fn(usize) -> usize, now_ms: u64) -> Reserve {
         let h = self.header();
         let mut cur = h.alloc.load(Ordering::Relaxed);
         loop {
@@ -292,8 +322,18 @@ impl ChunkRegion {
                 return Reserve::Sealed;
             }
             let used = alloc_used(cur) as usize;
-            let end = used + footprint as usize;
-            if used < CHUNK_HEADER_SIZE || used % ENTRY_ALIGN != 0 || end > self.len {
+            // Acquire: pairs with the AcqRel CAS in `mark_ready`, made after
+            // the memory below the new mark was allocated.
+            let limit = match h.ready.load(Ordering::Acquire) as usize {
+                0 => self.len,
+                r => r.min(self.len),
+            };
+            let take = limit.checked_sub(used).map_or(0, &fit);
+            if take == 0 && limit < self.len && self.len.checked_sub(used).map_or(0, &fit) > 0 {
+                return Reserve::NotReady;
+            }
+            let end = used + take;
+            if used < CHUNK_HEADER_SIZE || used % ENTRY_ALIGN != 0 || take == 0 || end > limit {
                 // Full (or a corrupt offset): seal so everyone moves on. The
                 // life we seal, read before the alloc CAS (off the append
                 // path): a successful CAS on `alloc` proves the chunk was
@@ -339,6 +379,31 @@ impl ChunkRegion {
                 Err(actual) => cur = actual,
             }
         }
+    }
+
+    /// The part of the chunk backed by memory, `(ready, len)`, if it is not
+    /// all of it (a new chunk being prepared in steps).
+    pub(crate) fn ready(&self) -> Option<(usize, usize)> {
+        // Acquire: pairs with the AcqRel CAS in `mark_ready`.
+        match self.header().ready.load(Ordering::Acquire) as usize {
+            0 => None,
+            r if r >= self.len => None,
+            r => Some((r, self.len)),
+        }
+    }
+
+    /// Records that the memory up to `to` is backed, if the mark is still
+    /// at `from` (whoever prepared the same step first already moved it).
+    /// AcqRel: pairs with the Acquire load in `reserve_run`: a writer that
+    /// reserves below the new mark sees the allocation made before it.
+    pub(crate) fn mark_ready(&self, from: usize, to: usize) {
+        let to = if to >= self.len { 0 } else { to as u32 };
+        let _ = self.header().ready.compare_exchange(
+            from as u32,
+            to,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
     }
 
     /// Writes the entry and publishes it — with plain stores only: the
@@ -492,9 +557,25 @@ impl ChunkRegion {
         })
     }
 
-    /// Whether every entry of `generation` is acknowledged.
+    /// Whether every entry of `generation` is acknowledged. Every entry up
+    /// to where this walk got is then committed too, so it moves the
+    /// `walked` cursor there as well: [`walk`](Self::walk) does not read
+    /// the same entries a second time.
     pub(crate) fn all_acknowledged(&self, generation: u32) -> bool {
-        self.advance(&self.header().acked, generation, |k| k == ENTRY_ACKED)
+        let h = self.header();
+        let done = self.advance(&h.acked, generation, |k| k == ENTRY_ACKED);
+        // Acquire: pairs with the AcqRel CASes of the cursors.
+        let acked = h.acked.load(Ordering::Acquire);
+        let walked = h.walked.load(Ordering::Acquire);
+        if generation_of(acked) == generation
+            && (generation_of(walked) != generation || id_of(walked) < id_of(acked))
+        {
+            // A CAS: a walk that got further meanwhile keeps its cursor.
+            let _ = h
+                .walked
+                .compare_exchange(walked, acked, Ordering::AcqRel, Ordering::Relaxed);
+        }
+        done
     }
 
     /// Seals the chunk (no more reservations) and stamps the seal time —
@@ -580,9 +661,7 @@ impl ChunkRegion {
     pub(crate) fn pin(&self) -> PinGuard<'_> {
         // SeqCst: the reader half of the Dekker pair with `claim` + `recyclable`.
         self.header().pins.fetch_add(1, Ordering::SeqCst);
-        PinGuard {
-            pins: &self.header().pins,
-        }
+        PinGuard { region: self }
     }
 
     /// Removes a pin that outlived its borrow (a view's, see `engine::pin_bytes`).
@@ -658,39 +737,40 @@ impl ChunkRegion {
     /// Acknowledges an entry: `true` the first time for a live entry,
     /// `false` for a repeat, a stale or a forged handle.
     pub(crate) fn acknowledge(&self, generation: u32, offset: u32, size: u32, tag: u64) -> bool {
+        let pin = self.pin();
+        let counted = pin.acknowledge(generation, offset, size, tag);
+        if counted {
+            pin.stamp_acknowledged();
+        }
+        counted
+    }
+
+    /// Entries written in `generation` (committed or acknowledged) and how
+    /// many of them are acknowledged, counted from the first entry up to
+    /// the first one not written (for reports; pinned while it reads).
+    pub(crate) fn count_entries(&self, generation: u32) -> (u32, u32) {
         let _pin = self.pin();
-        if self.locate(generation, offset, size, tag).is_none() {
-            return false;
+        let used = alloc_used(self.header().alloc.load(Ordering::Acquire)) as usize;
+        let (mut off, mut entries, mut acked) = (CHUNK_HEADER_SIZE, 0, 0);
+        while off < used {
+            let Some(e) = self.entry(off) else { break };
+            // Acquire: pairs with the Release store in `commit`.
+            let st = e.state.load(Ordering::Acquire);
+            if !entry_in_generation(st, generation) {
+                break;
+            }
+            match entry_kind(st) {
+                ENTRY_COMMITTED => {}
+                ENTRY_ACKED => acked += 1,
+                _ => break,
+            }
+            let Some(fp) = entry_footprint(e.len.load(Ordering::Relaxed) as usize) else {
+                break;
+            };
+            entries += 1;
+            off += fp;
         }
-        let Some(e) = self.entry(offset as usize) else {
-            return false;
-        };
-        if e.state
-            .compare_exchange(
-                entry_state(generation, ENTRY_COMMITTED),
-                entry_state(generation, ENTRY_ACKED),
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            )
-            .is_err()
-        {
-            return false;
-        }
-        // Release: pairs with the Acquire load of `acks` in `assess`.
-        self.header().acks.fetch_add(1, Ordering::Release);
-        // The decay runs from the last acknowledgement: each one moves the
-        // stamp forward, so when the last entry is acknowledged the stamp is
-        // that moment, not the first pass that notices it. Safe in this
-        // life only: the pin keeps the chunk from being recycled and
-        // reactivated (which zeroes the word) under us. Relaxed: the stamp
-        // is a time, read with the `acks` it follows (Release above).
-        // Always the read-modify-write, never a load-and-skip: whether to
-        // skip would depend on the wall clock, which loom's models cannot
-        // replay (they need the same operations on every run).
-        self.header()
-            .empty_since_ms
-            .fetch_max(crate::clock::now_ms(), Ordering::Relaxed);
-        true
+        (entries, acked)
     }
 
     /// Decides whether this chunk may be reclaimed now.
@@ -754,7 +834,10 @@ impl ChunkRegion {
                 expired: true,
             };
         }
-        if !self.walk(generation) || !self.all_acknowledged(generation) {
+        // Acknowledged first: acknowledged entries are committed, so a
+        // complete acknowledged walk completes the other (one pass over
+        // the entries, not two).
+        if !self.all_acknowledged(generation) || !self.walk(generation) {
             return Verdict::Keep;
         }
         let since = Self::stamp_once(&h.empty_since_ms, &h.state_gen, generation, now_ms);
@@ -913,14 +996,59 @@ impl ChunkRegion {
 
 /// A pin held for the duration of a borrow.
 pub(crate) struct PinGuard<'a> {
-    pins: &'a AtomicU32,
+    region: &'a ChunkRegion,
 }
 
 impl Drop for PinGuard<'_> {
     fn drop(&mut self) {
         // Release: the reader's accesses happen before a reclaimer's reuse
         // (the reclaimer's AcqRel read-modify-write of `pins` acquires).
-        self.pins.fetch_sub(1, Ordering::Release);
+        self.region.header().pins.fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl PinGuard<'_> {
+    /// Acknowledges an entry of the pinned chunk: `true` the first time for
+    /// a live entry, `false` for a repeat, a stale or a forged handle. One
+    /// read-modify-write (the entry's CAS); the caller stamps the decay
+    /// with [`stamp_acknowledged`](Self::stamp_acknowledged) after one or
+    /// more of these.
+    pub(crate) fn acknowledge(&self, generation: u32, offset: u32, size: u32, tag: u64) -> bool {
+        let r = self.region;
+        if r.locate(generation, offset, size, tag).is_none() {
+            return false;
+        }
+        let Some(e) = r.entry(offset as usize) else {
+            return false;
+        };
+        // AcqRel: pairs with the Acquire loads of entry states in the walks
+        // of `assess` (Release) and with the commit's Release store.
+        e.state
+            .compare_exchange(
+                entry_state(generation, ENTRY_COMMITTED),
+                entry_state(generation, ENTRY_ACKED),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
+    /// Moves the decay stamp to now: the decay runs from the last
+    /// acknowledgement, so when the last entry is acknowledged the stamp is
+    /// that moment, not the first pass that notices it. Safe in this life
+    /// only: the pin keeps the chunk from being recycled and reactivated
+    /// (which zeroes the word) under us. A plain store, not a `fetch_max`:
+    /// a stamp is a time for the decay (a grace period, not a safety
+    /// guarantee), and an acknowledger that read the clock a moment before
+    /// another and stores after it only moves the stamp back by that moment;
+    /// a read-modify-write per acknowledgement cost more than the rest of
+    /// it. Relaxed: a pass reads it after seeing every entry acknowledged,
+    /// and stamps it itself if it is still 0.
+    pub(crate) fn stamp_acknowledged(&self) {
+        self.region
+            .header()
+            .empty_since_ms
+            .store(crate::clock::now_ms(), Ordering::Relaxed);
     }
 }
 
@@ -958,7 +1086,7 @@ mod tests {
                 unsafe { r.commit(offset, generation, data, tag, now) };
                 Some((generation, offset, tag))
             }
-            Reserve::Sealed => None,
+            Reserve::Sealed | Reserve::NotReady => None,
         }
     }
 
@@ -975,7 +1103,7 @@ mod tests {
     fn a_fresh_chunk_takes_no_reservation_before_activation() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(3, 9, 0, 7, 1);
+        r.format(3, 9, 0, 7, 1, 0);
         assert_eq!(r.state(), (STATE_FREE, 9));
         assert!(matches!(r.reserve(64, 1), Reserve::Sealed));
         assert!(r.activate(9, 10, 1));
@@ -989,7 +1117,7 @@ mod tests {
     fn entry_headers_are_read_only_at_valid_offsets() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0, 7, 1);
+        r.format(0, 1, 0, 7, 1, 0);
         assert!(r.activate(1, 1, 1));
         let (g, off, tag) = append(&r, b"x", 1).unwrap();
         assert!(r.entry(off as usize).is_some());
@@ -1008,7 +1136,7 @@ mod tests {
         let m = Mem::new(4096);
         let r = m.region();
         assert!(r.check_header(3, 7).is_err(), "no magic yet");
-        r.format(3, 9, 0, 7, 1);
+        r.format(3, 9, 0, 7, 1, 0);
         assert_eq!(r.check_header(3, 7), Ok(()));
         assert!(r.check_header(4, 7).is_err(), "another id");
         assert!(r.check_header(3, 8).is_err(), "another incarnation");
@@ -1020,7 +1148,7 @@ mod tests {
     fn reserve_commit_locate_round_trip() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0, 7, 1);
+        r.format(0, 1, 0, 7, 1, 0);
         assert_eq!(
             append(&r, b"x", 5),
             None,
@@ -1040,7 +1168,7 @@ mod tests {
     fn full_chunk_seals_and_stamps() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0, 7, 1);
+        r.format(0, 1, 0, 7, 1, 0);
         assert!(r.activate(1, 1, 1));
         let mut n = 0;
         while append(&r, &[1u8; 100], 42).is_some() {
@@ -1055,7 +1183,7 @@ mod tests {
     fn the_walk_stops_at_an_uncommitted_entry_and_resumes() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0, 7, 1);
+        r.format(0, 1, 0, 7, 1, 0);
         assert!(r.activate(1, 1, 1));
         append(&r, b"one", 1).unwrap();
         let fp = entry_footprint(3).unwrap() as u32;
@@ -1101,7 +1229,7 @@ mod tests {
     fn a_payload_imitating_the_next_lifes_headers_never_passes_the_walk() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0, 7, 1);
+        r.format(0, 1, 0, 7, 1, 0);
         assert!(r.activate(1, 2, 1));
         // Every handle discloses its generation, and the next one is
         // predictable: a producer fills its payload with what a committed
@@ -1145,7 +1273,7 @@ mod tests {
     fn a_cursor_of_an_earlier_life_never_vouches_for_a_later_one() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0, 7, 1);
+        r.format(0, 1, 0, 7, 1, 0);
         assert!(r.activate(1, 2, 1));
         append(&r, b"aaaa", 1).unwrap();
         append(&r, b"bbbb", 1).unwrap();
@@ -1173,7 +1301,7 @@ mod tests {
     fn a_stale_verdict_cannot_claim_a_reactivated_chunk() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0, 7, 1);
+        r.format(0, 1, 0, 7, 1, 0);
         // Activated as 2, lost the race for `active`, handed back to FREE(2).
         assert!(r.activate(1, 2, 1));
         assert_eq!(r.try_deactivate(2, 1), Deactivate::Free);
@@ -1193,13 +1321,13 @@ mod tests {
     fn acknowledgement_is_idempotent_and_rejects_stale() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0, 7, 1);
+        r.format(0, 1, 0, 7, 1, 0);
         assert!(r.activate(1, 1, 1));
         let (g, off, tag) = append(&r, b"abc", 1).unwrap();
         assert!(r.acknowledge(g, off, 3, tag));
         assert!(!r.acknowledge(g, off, 3, tag), "second ack must not count");
         assert!(!r.acknowledge(g + 1, off, 3, tag));
-        assert_eq!(r.header().acks.load(Ordering::Relaxed), 1);
+        assert_eq!(r.count_entries(g), (1, 1));
         assert_eq!(
             read(&r, g, off, 3, tag).as_deref(),
             Some(&b"abc"[..]),
@@ -1211,7 +1339,7 @@ mod tests {
     fn no_reclamation_with_a_writer_in_flight() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0, 7, 1);
+        r.format(0, 1, 0, 7, 1, 0);
         assert!(r.activate(1, 1, 1));
         let fp = entry_footprint(8).unwrap() as u32;
         let Reserve::Reserved {
@@ -1245,7 +1373,7 @@ mod tests {
     fn a_claim_whose_claimer_died_is_finished_and_a_late_claimer_cannot_revive_it() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0, 7, 1);
+        r.format(0, 1, 0, 7, 1, 0);
         assert!(r.activate(1, 2, 1));
         r.seal(2, 1);
         assert!(matches!(r.assess(5, 1_000, 0), Verdict::Reclaim { .. }));
@@ -1268,7 +1396,7 @@ mod tests {
     fn a_late_timestamp_never_lands_in_the_chunks_next_life() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0, 7, 1);
+        r.format(0, 1, 0, 7, 1, 0);
         assert!(r.activate(1, 2, 1));
         // An appender seals life 2 (the alloc CAS) and stalls before it
         // stamps; a reclamation pass stamps instead (t = 10), finds it
@@ -1300,7 +1428,7 @@ mod tests {
     fn ttl_reclaims_despite_a_dead_writer_but_never_recycles_under_it() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0, 7, 1);
+        r.format(0, 1, 0, 7, 1, 0);
         assert!(r.activate(1, 1, 1));
         let fp = entry_footprint(8).unwrap() as u32;
         assert!(matches!(r.reserve(fp, 1), Reserve::Reserved { .. }));
@@ -1325,7 +1453,7 @@ mod tests {
     fn a_pin_turns_recycling_into_retirement() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0, 7, 1);
+        r.format(0, 1, 0, 7, 1, 0);
         assert!(r.activate(1, 1, 1));
         let (g, off, tag) = append(&r, b"view", 1).unwrap();
         r.seal(r.state().1, 1);
@@ -1355,7 +1483,7 @@ mod tests {
     fn the_decay_runs_from_the_last_acknowledgement() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0, 7, 1);
+        r.format(0, 1, 0, 7, 1, 0);
         assert!(r.activate(1, 1, 1));
         let (g, off, tag) = append(&r, b"one", 1).unwrap();
         let (g2, off2, tag2) = append(&r, b"two", 1).unwrap();
@@ -1377,7 +1505,7 @@ mod tests {
     fn deactivate_only_when_untouched() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0, 7, 1);
+        r.format(0, 1, 0, 7, 1, 0);
         assert!(r.activate(1, 1, 1));
         assert_eq!(r.try_deactivate(1, 1), Deactivate::Free);
         assert_eq!(r.state(), (STATE_FREE, 1));
@@ -1390,7 +1518,7 @@ mod tests {
     fn corrupt_alloc_word_seals_instead_of_writing_out_of_bounds() {
         let m = Mem::new(4096);
         let r = m.region();
-        r.format(0, 1, 0, 7, 1);
+        r.format(0, 1, 0, 7, 1, 0);
         assert!(r.activate(1, 1, 1));
         r.header().alloc.store(4090, Ordering::Relaxed);
         assert_eq!(r.reserve(24, 1), Reserve::Sealed);
@@ -1426,7 +1554,7 @@ mod loom_shadow {
                     size: a32(),
                     alloc: a64(),
                     state_gen: a64(),
-                    entries: a32(),
+                    ready: a32(),
                     acks: a32(),
                     first_write_ms: a64(),
                     sealed_ms: a64(),
@@ -1465,7 +1593,7 @@ mod loom_tests {
         let base = NonNull::new(words.as_mut_ptr() as *mut u8).unwrap();
         // SAFETY: leaked, so valid and 8-aligned for the whole test.
         let r = unsafe { ChunkRegion::new(base, words.len() * 8) };
-        r.format(0, 1, 0, 7, 1);
+        r.format(0, 1, 0, 7, 1, 0);
         assert!(r.activate(1, 1, 1));
         r
     }
@@ -1481,7 +1609,7 @@ mod loom_tests {
                 unsafe { r.commit(offset, generation, &[byte; 8], tag, 1) };
                 Some((generation, offset, tag))
             }
-            Reserve::Sealed => None,
+            Reserve::Sealed | Reserve::NotReady => None,
         }
     }
 
@@ -1574,7 +1702,7 @@ mod loom_tests {
             let b = thread::spawn(move || r.acknowledge(g, off, 8, tag));
             let (a, b) = (a.join().unwrap(), b.join().unwrap());
             assert!(a ^ b, "exactly one acknowledgement counts");
-            assert_eq!(r.header().acks.load(Ordering::Relaxed), 1);
+            assert_eq!(r.count_entries(g), (1, 1));
         });
     }
 

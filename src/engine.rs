@@ -83,6 +83,9 @@ pub(crate) trait ChunkRef: Clone {
     fn region(&self) -> &ChunkRegion;
     /// The chunk's id.
     fn id(&self) -> u32;
+    /// Whether `other` is this very chunk (the same memory), not merely
+    /// one with the same id.
+    fn same(&self, other: &Self) -> bool;
 }
 
 /// What a reclamation pass did, for statistics.
@@ -139,6 +142,12 @@ pub(crate) trait Chunks {
     /// mode: the creator removed the namespace).
     fn closed(&self) -> Option<BlobError> {
         None
+    }
+    /// Backs the next step of chunk `id` with memory (see
+    /// [`ChunkRegion::ready`]); an error if there is none (a full tmpfs).
+    /// Heap pages are allocated whole: nothing to do.
+    fn prepare(&self, _id: u32) -> Result<()> {
+        Ok(())
     }
     /// Asks for a chunk to be prepared off the append path.
     fn request_prefetch(&self) {}
@@ -264,10 +273,17 @@ pub(crate) fn rollover<C: Chunks>(c: &C, seen: u64) -> Result<()> {
     };
     let region = chunk.region();
     let word = ((generation as u64) << 32) | chunk.id() as u64;
-    if c.active()
+    let won = c
+        .active()
         .compare_exchange(seen, word, Ordering::AcqRel, Ordering::Acquire)
-        .is_err()
-    {
+        .is_ok();
+    // The new target still being backed in steps: the worker backs it
+    // ahead of its appenders from now on (the next chunk is still made at
+    // the prefetch threshold).
+    if won && region.ready().is_some() {
+        c.request_prefetch();
+    }
+    if !won {
         // Another appender won: give the chunk back.
         match region.try_deactivate(generation, now) {
             Deactivate::Free => {
@@ -286,8 +302,122 @@ pub(crate) fn rollover<C: Chunks>(c: &C, seen: u64) -> Result<()> {
     Ok(())
 }
 
+/// How an operation reaches a chunk's memory: through the process's chunk
+/// table on every call ([`ByTable`]), or through a chunk the caller keeps
+/// from one call to the next ([`Held`], a writer's or reader's context).
+pub(crate) trait Reach<C: Chunks> {
+    /// Calls `f` on chunk `id`'s region; `key` names the life the caller
+    /// expects (the `active` word for an appender): a held chunk is used
+    /// again only under the same key. `None` if the chunk cannot be had.
+    fn with<R>(&mut self, c: &C, id: u32, key: u64, f: impl FnOnce(&ChunkRegion) -> R)
+        -> Option<R>;
+
+    /// After a held chunk refused an operation: fetches chunk `id` from the
+    /// table again and, if that is another chunk than the one held (an
+    /// earlier file under a reused id was held), holds it and calls `f` on
+    /// it. `None` otherwise, and always for [`ByTable`].
+    fn again<R>(
+        &mut self,
+        c: &C,
+        id: u32,
+        key: u64,
+        f: impl FnOnce(&ChunkRegion) -> R,
+    ) -> Option<R>;
+}
+
+/// Every call looks the chunk up in the table (no state kept).
+pub(crate) struct ByTable;
+
+impl<C: Chunks> Reach<C> for ByTable {
+    fn with<R>(
+        &mut self,
+        c: &C,
+        id: u32,
+        _key: u64,
+        f: impl FnOnce(&ChunkRegion) -> R,
+    ) -> Option<R> {
+        c.with_region(id, f).ok()
+    }
+
+    fn again<R>(&mut self, _: &C, _: u32, _: u64, _: impl FnOnce(&ChunkRegion) -> R) -> Option<R> {
+        None
+    }
+}
+
+/// One chunk kept (mapped, or allocated) between calls, under the key it was
+/// fetched for: the table lookup — two read-modify-writes of a shared
+/// "debt" slot — is paid once per chunk instead of once per call. The held
+/// chunk is only a mapping: every protocol check (state, generation, tag)
+/// still runs on each call, so holding a chunk that was reclaimed since is
+/// harmless; it only keeps that memory mapped until the holder moves on or
+/// is dropped.
+pub(crate) struct Held<K> {
+    key: u64,
+    chunk: Option<K>,
+}
+
+impl<K> Default for Held<K> {
+    fn default() -> Self {
+        Self {
+            key: 0,
+            chunk: None,
+        }
+    }
+}
+
+impl<K> Held<K> {
+    /// Drops the held chunk (its mapping goes with the last holder).
+    pub(crate) fn clear(&mut self) {
+        self.chunk = None;
+    }
+}
+
+impl<C: Chunks> Reach<C> for Held<C::Chunk> {
+    fn with<R>(
+        &mut self,
+        c: &C,
+        id: u32,
+        key: u64,
+        f: impl FnOnce(&ChunkRegion) -> R,
+    ) -> Option<R> {
+        let fresh = match &self.chunk {
+            Some(k) => self.key != key || k.id() != id,
+            None => true,
+        };
+        if fresh {
+            // Drop the old one first: never two chunks held at once.
+            self.chunk = None;
+            self.chunk = c.chunk(id).ok();
+            self.key = key;
+        }
+        self.chunk.as_ref().map(|k| f(k.region()))
+    }
+
+    fn again<R>(
+        &mut self,
+        c: &C,
+        id: u32,
+        key: u64,
+        f: impl FnOnce(&ChunkRegion) -> R,
+    ) -> Option<R> {
+        let now = c.chunk(id).ok()?;
+        if self.chunk.as_ref().is_some_and(|k| k.same(&now)) {
+            return None;
+        }
+        self.key = key;
+        let out = f(now.region());
+        self.chunk = Some(now);
+        Some(out)
+    }
+}
+
 /// Appends `data`; blobs too large for a standard chunk get a dedicated one.
 pub(crate) fn append<C: Chunks>(c: &C, data: &[u8]) -> Result<Loc> {
+    append_via(c, &mut ByTable, data)
+}
+
+/// [`append`], reaching the append target through `reach`.
+pub(crate) fn append_via<C: Chunks>(c: &C, reach: &mut impl Reach<C>, data: &[u8]) -> Result<Loc> {
     let footprint = footprint_of(data.len())?;
     let policy = c.policy();
     if footprint > policy.chunk_size as usize - CHUNK_HEADER_SIZE {
@@ -301,67 +431,211 @@ pub(crate) fn append<C: Chunks>(c: &C, data: &[u8]) -> Result<Loc> {
         let timestamp = clock::now_ns();
         let now_ms = (timestamp / 1_000_000).max(1);
         let attempt = if id == NO_CHUNK {
-            None
+            Attempt::Roll
         } else {
-            c.with_region(id, |region| {
-                match reserve_in(region, active, footprint, now_ms) {
-                    Some(Reserve::Reserved {
-                        offset,
-                        end,
-                        generation,
-                    }) => {
-                        let loc = Loc {
-                            id,
-                            generation,
+            reach
+                .with(c, id, active, |region| {
+                    match reserve_in(region, active, footprint, now_ms) {
+                        Reserve::Reserved {
                             offset,
-                            size: data.len() as u32,
-                            timestamp,
-                        };
-                        hooks::at(Point::Reserved);
-                        // SAFETY: `offset` was reserved just now for `data.len()` bytes.
-                        unsafe {
-                            region.commit(offset, generation, data, policy.tag(&loc), now_ms)
-                        };
-                        hooks::at(Point::Committed);
-                        // A writer stalled past the TTL may find its chunk
-                        // reclaimed under it: its entry is then unreachable.
-                        let live = region.state() == (STATE_IN_USE, generation);
-                        Some((loc, end, live))
+                            end,
+                            generation,
+                        } => {
+                            let loc = Loc {
+                                id,
+                                generation,
+                                offset,
+                                size: data.len() as u32,
+                                timestamp,
+                            };
+                            hooks::at(Point::Reserved);
+                            // SAFETY: `offset` was reserved just now for `data.len()` bytes.
+                            unsafe {
+                                region.commit(offset, generation, data, policy.tag(&loc), now_ms)
+                            };
+                            hooks::at(Point::Committed);
+                            // A writer stalled past the TTL may find its chunk
+                            // reclaimed under it: its entry is then unreachable.
+                            let live = region.state() == (STATE_IN_USE, generation);
+                            Attempt::Done((loc, end, live))
+                        }
+                        Reserve::NotReady => Attempt::NotReady,
+                        Reserve::Sealed => Attempt::Roll,
                     }
-                    _ => None,
-                }
-            })
-            .ok()
-            .flatten()
+                })
+                .unwrap_or(Attempt::Roll)
         };
         match attempt {
-            Some((loc, end, live)) => {
+            Attempt::Done((loc, end, live)) => {
                 prefetch_if_crossed(c, loc.offset, end);
                 if live {
                     return Ok(loc);
                 }
                 // Write it again rather than return a dead handle.
             }
-            None => {
-                rollovers += 1;
-                if rollovers > MAX_ROLLOVERS {
-                    return Err(BlobError::Corrupt {
-                        file: "(control block)".into(),
-                        detail: "no usable append chunk after 10000 attempts".into(),
-                    });
+            blocked => unblock(c, active, blocked, &mut rollovers)?,
+        }
+    }
+}
+
+/// What one try at the append target came to.
+enum Attempt<T> {
+    /// Reserved (and written).
+    Done(T),
+    /// The entry fits only past the part of the target backed by memory.
+    NotReady,
+    /// The target is full, sealed, or not there: roll over.
+    Roll,
+}
+
+/// Gets an appender past a try that did not reserve: prepares the next
+/// step of the target (see [`ChunkRegion::ready`]), or rolls over to a new
+/// target (bounded: only another process corrupting the shared words keeps
+/// an appender rolling over).
+fn unblock<C: Chunks, T>(
+    c: &C,
+    active: u64,
+    attempt: Attempt<T>,
+    rollovers: &mut u32,
+) -> Result<()> {
+    // Both count: a chunk has at most MAX_CHUNK_SIZE / PREPARE_STEP steps.
+    *rollovers += 1;
+    if *rollovers > MAX_ROLLOVERS {
+        return Err(BlobError::Corrupt {
+            file: "(control block)".into(),
+            detail: "no usable append chunk after 10000 attempts".into(),
+        });
+    }
+    if let Attempt::NotReady = attempt {
+        match c.prepare(id_of(active)) {
+            Ok(()) => return Ok(()),
+            // No memory for the next step (tmpfs full): the chunk ends at
+            // its mark; sealed, everyone moves on, and the creation of the
+            // next chunk reports the error.
+            Err(_) => {
+                if let Ok(ch) = c.chunk(id_of(active)) {
+                    ch.region().seal(generation_of(active), clock::now_ms());
                 }
-                rollover(c, active)?;
             }
         }
     }
+    rollover(c, active)
+}
+
+/// Appends every blob of `blobs`, in order, pushing each one's location to
+/// `out` as soon as it is stored. Consecutive blobs that fit in the append
+/// target together are reserved with one CAS (one read-modify-write for
+/// the run instead of one per blob) and stamped with one clock reading. On
+/// an error, `out` holds the blobs appended before it.
+pub(crate) fn append_all_via<C: Chunks>(
+    c: &C,
+    reach: &mut impl Reach<C>,
+    blobs: &[&[u8]],
+    out: &mut Vec<Loc>,
+) -> Result<()> {
+    let policy = *c.policy();
+    let room = policy.chunk_size as usize - CHUNK_HEADER_SIZE;
+    let mut rest = blobs;
+    let mut rollovers = 0;
+    while let Some(first) = rest.first() {
+        let footprint = footprint_of(first.len())?;
+        if footprint > room {
+            out.push(append_dedicated(c, first, footprint)?);
+            rest = &rest[1..];
+            continue;
+        }
+        // Acquire: pairs with the AcqRel CAS in `rollover`.
+        let active = c.active().load(Ordering::Acquire);
+        let id = id_of(active);
+        let timestamp = clock::now_ns();
+        let now_ms = (timestamp / 1_000_000).max(1);
+        // The blobs of the run: the leading ones that are neither empty nor
+        // oversized, whose footprints fit in the room left.
+        let fit = |left: usize| {
+            let mut take = 0;
+            for b in rest {
+                match entry_footprint(b.len()) {
+                    Some(f) if !b.is_empty() && f <= room && take + f <= left => take += f,
+                    _ => break,
+                }
+            }
+            take
+        };
+        let attempt = if id == NO_CHUNK {
+            Attempt::Roll
+        } else {
+            reach
+                .with(c, id, active, |region| {
+                    if region.state() != (STATE_IN_USE, generation_of(active)) {
+                        return Attempt::Roll;
+                    }
+                    let (offset, end, generation) = match region.reserve_run(fit, now_ms) {
+                        Reserve::Reserved {
+                            offset,
+                            end,
+                            generation,
+                        } => (offset, end, generation),
+                        Reserve::NotReady => return Attempt::NotReady,
+                        Reserve::Sealed => return Attempt::Roll,
+                    };
+                    hooks::at(Point::Reserved);
+                    let start = out.len();
+                    let mut at = offset;
+                    let mut n = 0;
+                    while at < end {
+                        let Some(&data) = rest.get(n) else { break };
+                        let loc = Loc {
+                            id,
+                            generation,
+                            offset: at,
+                            size: data.len() as u32,
+                            timestamp,
+                        };
+                        // SAFETY: [offset, end) was reserved just now for the
+                        // footprints of these blobs, in order: `at` is where
+                        // this one's starts.
+                        unsafe { region.commit(at, generation, data, policy.tag(&loc), now_ms) };
+                        out.push(loc);
+                        n += 1;
+                        // `fit` took whole footprints that are in range.
+                        let Some(f) = entry_footprint(data.len()) else {
+                            break;
+                        };
+                        at += f as u32;
+                    }
+                    hooks::at(Point::Committed);
+                    // As in `append_via`: a writer stalled past the TTL may
+                    // find its chunk reclaimed under it; write the run again.
+                    let live = region.state() == (STATE_IN_USE, generation);
+                    if !live {
+                        out.truncate(start);
+                    }
+                    Attempt::Done((offset, end, n, live))
+                })
+                .unwrap_or(Attempt::Roll)
+        };
+        match attempt {
+            Attempt::Done((offset, end, n, live)) => {
+                prefetch_if_crossed(c, offset, end);
+                if live {
+                    rest = &rest[n..];
+                }
+            }
+            blocked => unblock(c, active, blocked, &mut rollovers)?,
+        }
+    }
+    Ok(())
 }
 
 /// Reserves `footprint` bytes in `region`, only in the life of the chunk
 /// that `active` names (heap page ids are reused; a stale `active` must not
 /// lead here). `None` if the region is not that life.
-fn reserve_in(region: &ChunkRegion, active: u64, footprint: usize, now_ms: u64) -> Option<Reserve> {
-    (region.state() == (STATE_IN_USE, generation_of(active)))
-        .then(|| region.reserve(footprint as u32, now_ms))
+fn reserve_in(region: &ChunkRegion, active: u64, footprint: usize, now_ms: u64) -> Reserve {
+    if region.state() == (STATE_IN_USE, generation_of(active)) {
+        region.reserve(footprint as u32, now_ms)
+    } else {
+        Reserve::Sealed
+    }
 }
 
 /// Asks for the next chunk to be prepared when a reservation crossed the
@@ -462,7 +736,8 @@ pub(crate) fn reserve<C: Chunks>(c: &C, len: usize) -> Result<Reserved<C::Chunk>
     }
     let timestamp = clock::now_ns();
     let now_ms = (timestamp / 1_000_000).max(1);
-    for _ in 0..MAX_ROLLOVERS {
+    let mut rollovers = 0;
+    loop {
         // Acquire: pairs with the AcqRel CAS in `rollover`.
         let active = c.active().load(Ordering::Acquire);
         let id = id_of(active);
@@ -471,37 +746,37 @@ pub(crate) fn reserve<C: Chunks>(c: &C, len: usize) -> Result<Reserved<C::Chunk>
         } else {
             c.chunk(id).ok()
         };
+        let mut attempt = Attempt::Roll;
         if let Some(chunk) = chunk {
             let region = chunk.region();
-            if let Some(Reserve::Reserved {
-                offset,
-                end,
-                generation,
-            }) = reserve_in(region, active, footprint, now_ms)
-            {
-                prefetch_if_crossed(c, offset, end);
-                let loc = Loc {
-                    id,
-                    generation,
+            match reserve_in(region, active, footprint, now_ms) {
+                Reserve::Reserved {
                     offset,
-                    size: len as u32,
-                    timestamp,
-                };
-                let ptr = region.payload_mut(offset);
-                return Ok(Reserved {
-                    chunk,
-                    loc,
-                    ptr,
-                    dedicated: false,
-                });
+                    end,
+                    generation,
+                } => {
+                    prefetch_if_crossed(c, offset, end);
+                    let loc = Loc {
+                        id,
+                        generation,
+                        offset,
+                        size: len as u32,
+                        timestamp,
+                    };
+                    let ptr = region.payload_mut(offset);
+                    return Ok(Reserved {
+                        chunk,
+                        loc,
+                        ptr,
+                        dedicated: false,
+                    });
+                }
+                Reserve::NotReady => attempt = Attempt::<()>::NotReady,
+                Reserve::Sealed => {}
             }
         }
-        rollover(c, active)?;
+        unblock(c, active, attempt, &mut rollovers)?;
     }
-    Err(BlobError::Corrupt {
-        file: "(control block)".into(),
-        detail: "no usable append chunk after 10000 attempts".into(),
-    })
 }
 
 /// Publishes a reserved entry whose payload the writer has filled. Fails
@@ -594,11 +869,75 @@ pub(crate) fn why_unresolved<C: Chunks>(c: &C, loc: &Loc) -> BlobError {
 
 /// Acknowledges the entry at `loc`: `true` the first time only.
 pub(crate) fn acknowledge<C: Chunks>(c: &C, loc: &Loc) -> bool {
+    acknowledge_via(c, &mut ByTable, loc)
+}
+
+/// [`acknowledge`], reaching the chunk through `reach`. A held chunk that
+/// refuses the handle may be an earlier file under the same id (released
+/// since, the id reused): the table is asked once more then, so a held
+/// chunk never turns a valid acknowledgement down.
+pub(crate) fn acknowledge_via<C: Chunks>(c: &C, reach: &mut impl Reach<C>, loc: &Loc) -> bool {
     let tag = c.policy().tag(loc);
-    c.with_region(loc.id, |region| {
-        region.acknowledge(loc.generation, loc.offset, loc.size, tag)
-    })
-    .unwrap_or(false)
+    let ack = |region: &ChunkRegion| region.acknowledge(loc.generation, loc.offset, loc.size, tag);
+    let key = loc.id as u64;
+    reach.with(c, loc.id, key, ack) == Some(true) || reach.again(c, loc.id, key, ack) == Some(true)
+}
+
+/// Acknowledges every entry of `locs` (each as [`acknowledge`] would) and
+/// returns how many counted. Consecutive entries of one chunk share one pin
+/// and one decay stamp, so each costs one read-modify-write (its CAS)
+/// instead of four.
+pub(crate) fn acknowledge_all_via<C: Chunks>(
+    c: &C,
+    reach: &mut impl Reach<C>,
+    locs: impl IntoIterator<Item = Loc>,
+) -> usize {
+    /// Entries acknowledged under one pin at most (a failure mask's bits).
+    const RUN: usize = 64;
+    let policy = *c.policy();
+    let mut locs = locs.into_iter().peekable();
+    let mut run = [None::<Loc>; RUN];
+    let mut counted = 0;
+    while let Some(first) = locs.next() {
+        // A run: up to RUN consecutive entries of one chunk.
+        run[0] = Some(first);
+        let mut n = 1;
+        while n < RUN {
+            match locs.next_if(|l| l.id == first.id) {
+                Some(l) => {
+                    run[n] = Some(l);
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        let failed = reach
+            .with(c, first.id, first.id as u64, |region| {
+                let pin = region.pin();
+                let mut failed = 0u64;
+                for (i, loc) in run[..n].iter().flatten().enumerate() {
+                    let tag = policy.tag(loc);
+                    if !pin.acknowledge(loc.generation, loc.offset, loc.size, tag) {
+                        failed |= 1 << i;
+                    }
+                }
+                if failed != u64::MAX >> (64 - n) {
+                    pin.stamp_acknowledged();
+                }
+                failed
+            })
+            .unwrap_or(u64::MAX >> (64 - n));
+        counted += n - failed.count_ones() as usize;
+        // The refused ones one by one: a held chunk may be an earlier file
+        // under the same id (see `acknowledge_via`); repeats and stale
+        // handles are refused again.
+        for (i, loc) in run[..n].iter().flatten().enumerate() {
+            if failed & (1 << i) != 0 && acknowledge_via(c, reach, loc) {
+                counted += 1;
+            }
+        }
+    }
+    counted
 }
 
 /// One reclamation pass over every chunk; returns how many were reclaimed.
@@ -773,6 +1112,7 @@ pub(crate) fn describe<C: Chunks>(c: &C) -> Vec<String> {
             let (state, generation) = r.state();
             let h = r.header();
             let used = alloc_used(h.alloc.load(Ordering::Relaxed));
+            let (_, acked) = r.count_entries(generation);
             let state = match state {
                 STATE_FREE => "free",
                 STATE_IN_USE => "in use",
@@ -782,7 +1122,7 @@ pub(crate) fn describe<C: Chunks>(c: &C) -> Vec<String> {
             format!(
                 "chunk[{id}]: gen={generation} {state} used={used}/{} acked={} pins={}{}{}",
                 r.len(),
-                h.acks.load(Ordering::Relaxed),
+                acked,
                 h.pins.load(Ordering::Relaxed),
                 if is_pooled(c, id) { " pooled" } else { "" },
                 if id == active { " <-- ACTIVE" } else { "" },
@@ -914,19 +1254,44 @@ fn shrink_pool<C: Chunks>(c: &C, now: u64) {
 
 /// Prepares a chunk off the append path and parks it in the pool.
 pub(crate) fn prefetch<C: Chunks>(c: &C) {
+    // The append target first: its appenders are the nearest to a step.
+    prepare_all(c, id_of(c.active().load(Ordering::Acquire)));
     // Recycling what consumers released beats creating: if a chunk is
     // ready to be reclaimed, the rollover will recycle it (reclamation
     // itself stays with the rollover and the lifecycle passes).
-    if pool_len(c) > 0 || any_reclaimable(c) {
+    if pool_len(c) == 0 && !any_reclaimable(c) {
+        // Errors (limit reached, no space) are reported by the append that
+        // needs the chunk, not here.
+        if let Ok(chunk) = c.create(c.policy().chunk_size as usize, 0, true) {
+            let (_, generation) = chunk.region().state();
+            if !pool_push(c, chunk.id()) && chunk.region().retire_free(generation) {
+                c.release(&chunk);
+                c.count(Event::Retired);
+            }
+        }
+    }
+    // Then the warm chunks next in line, each published to the pool after
+    // its first step so that a rollover never waits for the rest.
+    for slot in c.pool() {
+        // Acquire: pairs with the Release CAS in `pool_push`.
+        let v = slot.load(Ordering::Acquire);
+        if v != 0 {
+            prepare_all(c, v - 1);
+        }
+    }
+}
+
+/// Backs the whole of chunk `id` with memory, step by step (each step is
+/// also taken by an appender that reaches it first); stops at the first
+/// error, which the appender that needs the step reports.
+fn prepare_all<C: Chunks>(c: &C, id: u32) {
+    if id == NO_CHUNK {
         return;
     }
-    // Errors (limit reached, no space) are reported by the append that
-    // needs the chunk, not here.
-    if let Ok(chunk) = c.create(c.policy().chunk_size as usize, 0, true) {
-        let (_, generation) = chunk.region().state();
-        if !pool_push(c, chunk.id()) && chunk.region().retire_free(generation) {
-            c.release(&chunk);
-            c.count(Event::Retired);
+    let Ok(chunk) = c.chunk(id) else { return };
+    while chunk.region().ready().is_some() {
+        if c.prepare(id).is_err() || c.closed().is_some() {
+            return;
         }
     }
 }
@@ -952,6 +1317,9 @@ mod loom_tests {
         }
         fn id(&self) -> u32 {
             self.0
+        }
+        fn same(&self, other: &Self) -> bool {
+            std::ptr::eq(self.1, other.1)
         }
     }
 
@@ -1082,7 +1450,7 @@ mod loom_tests {
                 });
             };
             let generation = next_generation(self);
-            r.format(id, generation, flags, KEY, clock::now_ms());
+            r.format(id, generation, flags, KEY, clock::now_ms(), 0);
             self.published[id as usize].store(1, Ordering::Release);
             Ok(Chunk(id, r))
         }

@@ -1,4 +1,4 @@
-//! The byte layout of the shared-memory format, version 4: every offset of
+//! The byte layout of the shared-memory format, version 5: every offset of
 //! every structure lives here and nowhere else.
 //!
 //! A namespace `ns` is a set of files in the shm directory (`/dev/shm`):
@@ -58,8 +58,11 @@
 //!                            more reservations); bits 32-62 are 0
 //!  24     8 state_gen        bits 0-31 state (FREE/IN_USE/RECLAIMING/RETIRED),
 //!                            bits 32-63 generation
-//!  32     4 (reserved, 0)    tools count entries by walking them
-//!  36     4 acks             acknowledged entries of this generation
+//!  32     4 ready            bytes from the start of the file backed by
+//!                            memory (writes below it cannot fault); 0: all
+//!                            of it. A new chunk is prepared in steps of
+//!                            PREPARE_STEP; reservations stop at `ready`
+//!  36     4 (reserved, 0)    tools count acknowledged entries by walking them
 //!  40     8 first_write_ms   coarse-monotonic time of the first append
 //!  48     8 sealed_ms        time the chunk was sealed (TTL starts here)
 //!  56     8 empty_since_ms   time of the last acknowledgement (the decay runs
@@ -96,7 +99,7 @@ pub const CTRL_MAGIC: u64 = u64::from_le_bytes(*b"SFB_CTL2");
 /// `"SFB_CHK2"` read as a little-endian u64.
 pub const CHUNK_MAGIC: u64 = u64::from_le_bytes(*b"SFB_CHK2");
 /// Version of this layout.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// Bytes of the control header before the registry.
 pub const CTRL_HEADER_SIZE: usize = 256;
@@ -130,6 +133,10 @@ pub const POOL_SLOTS: usize = 4;
 
 /// Bytes of the chunk header before the first entry.
 pub const CHUNK_HEADER_SIZE: usize = 128;
+/// A new standard chunk is backed by memory in steps of this many bytes
+/// (the first at creation, the next ones ahead of the appenders), so that
+/// no append waits for a whole chunk's pages to be allocated.
+pub const PREPARE_STEP: usize = 256 << 10;
 /// Bytes of the entry header before the payload.
 pub const ENTRY_HEADER_SIZE: usize = 16;
 /// Entries start at multiples of this.
@@ -226,9 +233,12 @@ pub struct ChunkHeader {
     pub alloc: AtomicU64,
     /// State | generation << 32.
     pub state_gen: AtomicU64,
-    /// Reserved (0): tools count entries by walking them.
-    pub entries: AtomicU32,
-    /// Acknowledged entries.
+    /// Bytes from the start of the file backed by memory, so that writes
+    /// below cannot fault; 0 for all of it. Only moves forward within a
+    /// life of the chunk.
+    pub ready: AtomicU32,
+    /// Reserved (0): tools count acknowledged entries by walking them (a
+    /// shared counter cost each acknowledgement a read-modify-write).
     pub acks: AtomicU32,
     /// First append, coarse ms.
     pub first_write_ms: AtomicU64,
@@ -284,7 +294,7 @@ const _: () = {
     assert!(size_of::<ChunkHeader>() == CHUNK_HEADER_SIZE);
     assert!(offset_of!(ChunkHeader, alloc) == 16);
     assert!(offset_of!(ChunkHeader, state_gen) == 24);
-    assert!(offset_of!(ChunkHeader, entries) == 32);
+    assert!(offset_of!(ChunkHeader, ready) == 32);
     assert!(offset_of!(ChunkHeader, empty_since_ms) == 56);
     assert!(offset_of!(ChunkHeader, pins) == 64);
     assert!(offset_of!(ChunkHeader, flags) == 68);

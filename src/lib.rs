@@ -56,6 +56,7 @@ pub mod profiling;
 mod stats;
 mod store;
 mod view;
+mod writer;
 
 // Channels between processes, on the store.
 pub mod channel;
@@ -129,3 +130,4 @@ pub mod types {
     }
 }
 pub use view::BlobView;
+pub use writer::Writer;

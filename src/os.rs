@@ -220,6 +220,39 @@ impl Mapping {
         self.raw.len()
     }
 
+    /// Backs `len` bytes from `offset` with memory and maps them for
+    /// writing now (`MADV_POPULATE_WRITE`, Linux 5.14 and later). Where a
+    /// write would raise SIGBUS (a full tmpfs), this returns `EFAULT`
+    /// instead; `EINVAL` on kernels that do not know the advice.
+    pub fn populate_range(&self, offset: usize, len: usize) -> io::Result<()> {
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > self.raw.len())
+        {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        loop {
+            // SAFETY: the range lies inside this live mapping (checked
+            // above; `offset` is a multiple of the page size for every
+            // caller); the advice only allocates and maps pages, it never
+            // changes their contents.
+            let rc = unsafe {
+                libc::madvise(
+                    self.raw.as_mut_ptr().add(offset) as *mut libc::c_void,
+                    len,
+                    libc::MADV_POPULATE_WRITE,
+                )
+            };
+            if rc == 0 {
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EINTR) {
+                return Err(err);
+            }
+        }
+    }
+
     /// Faults every page in for writing now (`MADV_POPULATE_WRITE`), so the
     /// first appends into a prepared chunk take no page fault. Best effort:
     /// kernels before 5.14 do not know the advice.

@@ -10,6 +10,7 @@ use crate::lifecycle::Maintain;
 use crate::profiling::Profiler;
 use crate::stats::BlobStats;
 use crate::view::BlobView;
+use crate::writer::Writer;
 use std::sync::Weak;
 
 /// A store of byte blobs whose bytes never move once written.
@@ -239,6 +240,17 @@ impl PinnedBlobStore {
         let out = shared.resolve_ref_checked(handle);
         self.profiler.on_read(out.as_ref().ok().map(|v| v.len()));
         out
+    }
+
+    /// A context for one thread's appends and acknowledgements (shared
+    /// mode), faster than [`append_shared`](Self::append_shared) and
+    /// [`acknowledge_shared`](Self::acknowledge_shared) for a stream of
+    /// small blobs: see [`Writer`].
+    pub fn writer(&self) -> Result<Writer<'_>> {
+        match &self.mode {
+            Mode::Shared(shared) => Ok(Writer::new(shared, &self.profiler)),
+            Mode::Heap(_) => Err(self.wrong("writer", "shared")),
+        }
     }
 
     /// Marks the blob consumed: `true` the first time, `false` for a repeat

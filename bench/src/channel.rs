@@ -121,6 +121,7 @@ pub fn channel_cycle(opts: &Options, size: usize, blocking: bool, sized: bool) -
         ),
         payload: size,
         copies: true,
+        bound: None,
         threads: 1,
         state: "steady",
         ops,

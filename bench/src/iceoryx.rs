@@ -123,6 +123,7 @@ pub fn cycle(opts: &Options, size: usize) -> Result<Cell, Box<dyn std::error::Er
         workload: "iceoryx2 pub/sub, 2 processes".into(),
         payload: size,
         copies: true,
+        bound: None,
         threads: 1,
         state: "-",
         ops,

@@ -7,6 +7,7 @@
 //! in `main`: the cross-process cells re-execute the binary as their
 //! consumer process.
 
+mod bound;
 mod channel;
 mod cross;
 mod ring;

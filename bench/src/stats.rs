@@ -38,6 +38,9 @@ pub struct Cell {
     /// operation that does not (a view, an acknowledgement) is O(1): its
     /// table row has operations per second and no GB/s.
     pub copies: bool,
+    /// The memory bound of this cell, payload bytes per second, measured
+    /// interleaved with it (appends only; see `bound.rs`).
+    pub bound: Option<f64>,
     /// Producer threads.
     pub threads: usize,
     /// `cold` (fresh store), `steady` (reclaiming while running) or `-`.
@@ -60,6 +63,12 @@ impl Cell {
         } else {
             0.0
         }
+    }
+
+    /// Throughput as a fraction of the cell's bound, if it has one.
+    pub fn of_bound(&self) -> Option<f64> {
+        let b = self.bound.filter(|b| *b > 0.0)?;
+        Some(self.ops_per_sec() * self.payload as f64 / b)
     }
 
     /// Payload gigabytes (1e9 bytes) per second; `None` for an operation
@@ -104,7 +113,7 @@ fn nanos(n: u64) -> String {
 /// The results as a Markdown table.
 pub fn markdown_table(cells: &[Cell]) -> String {
     let mut out = String::from(
-        "| workload | payload | threads | state | ops/s | GB/s | p50 | p99 | max | note |\n|---|---|---:|---|---:|---:|---:|---:|---:|---|\n",
+        "| workload | payload | threads | state | ops/s | GB/s | of bound | p50 | p99 | max | note |\n|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for c in cells {
         let (p50, p99, max) = match c.latency {
@@ -112,7 +121,7 @@ pub fn markdown_table(cells: &[Cell]) -> String {
             None => ("-".into(), "-".into(), "-".into()),
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             c.workload,
             size_label(c.payload),
             c.threads,
@@ -120,6 +129,8 @@ pub fn markdown_table(cells: &[Cell]) -> String {
             rate(c.ops_per_sec()),
             c.gb_per_sec()
                 .map_or_else(|| "-".to_owned(), |g| format!("{g:.2}")),
+            c.of_bound()
+                .map_or_else(|| "-".to_owned(), |r| format!("{:.0} %", r * 100.0)),
             p50,
             p99,
             max,
@@ -146,6 +157,7 @@ mod tests {
             workload: "x".into(),
             payload: 1000,
             copies: true,
+            bound: None,
             threads: 1,
             state: "-",
             ops: 2_000_000,
@@ -156,7 +168,13 @@ mod tests {
         assert_eq!(c.ops_per_sec(), 1e6);
         assert_eq!(c.gb_per_sec(), Some(1.0));
         assert!(markdown_table(std::slice::from_ref(&c))
-            .contains("| x | 1000 B | 1 | - | 1.00 M | 1.00 |"));
+            .contains("| x | 1000 B | 1 | - | 1.00 M | 1.00 | - |"));
+        let bounded = Cell {
+            bound: Some(4e9),
+            ..c.clone()
+        };
+        assert_eq!(bounded.of_bound(), Some(0.25));
+        assert!(markdown_table(&[bounded]).contains("| 1.00 M | 1.00 | 25 % |"));
         let o1 = Cell { copies: false, ..c };
         assert_eq!(o1.gb_per_sec(), None);
         assert!(markdown_table(&[o1]).contains("| x | 1000 B | 1 | - | 1.00 M | - |"));

@@ -1,9 +1,12 @@
 //! In-process workloads: append (cold and steady), resolve by copy and by
 //! view, acknowledge, and the memcpy bound they are compared with.
 
+use super::bound::Bound;
 use super::stats::{Cell, Latency};
 use super::Options;
-use stable_fragmented_buffer::{BlobStoreLifecycleExt, Config, OverflowHandle, PinnedBlobStore};
+use stable_fragmented_buffer::{
+    BlobStoreLifecycleExt, Config, OverflowHandle, PinnedBlobStore, Writer,
+};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,110 +75,158 @@ fn latencies(n: u64, mut op: impl FnMut(u64)) -> Option<Latency> {
     Latency::from_samples(&mut samples)
 }
 
-/// Appends to a fresh store, nothing acknowledged: every chunk is new, so
-/// this pays the page faults of first touch.
+/// Slices each append cell alternates with slices of its bound.
+const SLICES: u64 = 16;
+
+/// Appends to a fresh store through a [`Writer`], nothing acknowledged:
+/// every chunk is new, so this pays the page faults of first touch. Slices
+/// of appends alternate with slices of the bound.
 pub fn append_cold(opts: &Options, size: usize) -> Cell {
     let ops = ops_for(opts, size);
     let data = payload(size);
     let s = store(Config::default(), None);
-    let t = Instant::now();
-    for _ in 0..ops {
-        s.append_shared(&data).expect("append");
+    let mut bound = Bound::new(size);
+    let mut w = s.writer().expect("writer");
+    let per = (ops / SLICES).max(1);
+    let (mut done, mut spent) = (0, Duration::ZERO);
+    while done < ops {
+        let n = per.min(ops - done);
+        let t = Instant::now();
+        for _ in 0..n {
+            w.append(&data).expect("append");
+        }
+        spent += t.elapsed();
+        done += n;
+        bound.slice(n);
     }
-    let secs = t.elapsed().as_secs_f64();
+    drop(w);
     drop(s);
     let s = store(Config::default(), None);
+    let mut w = s.writer().expect("writer");
     let lat = latencies(ops.min(opts.latency_samples), |_| {
-        s.append_shared(&data).expect("append");
+        w.append(&data).expect("append");
     });
     Cell {
         workload: "append".into(),
         payload: size,
         copies: true,
+        bound: Some(bound.rate()),
         threads: 1,
         state: "cold",
         ops,
-        secs,
+        secs: spent.as_secs_f64(),
         latency: lat,
         note: String::new(),
     }
 }
 
-/// Appends while acknowledging and reclaiming: `threads` producers each
-/// append a batch, then acknowledge it; a lifecycle thread reclaims every
-/// millisecond; chunks recycle through the warm pool. Throughput counts
-/// append time only; the note gives the peak chunk count (resident memory).
+/// Appends while acknowledging and reclaiming: `threads` producers, each
+/// with its own [`Writer`], append a batch, then acknowledge it, both
+/// timed; a lifecycle thread reclaims every millisecond; chunks recycle
+/// through the warm pool. Each producer alternates slices of this with
+/// slices of its bound; the cell's bound is the sum of theirs. The note
+/// gives the peak chunk count (resident memory).
 pub fn append_steady(opts: &Options, size: usize, threads: usize) -> Cell {
     let ops = ops_for(opts, size).max((3 * CHUNK / size) as u64);
     let s = store(steady_config(), None);
     let cleaner = s.start_cleanup_thread(Duration::from_millis(1));
     // Warm-up: cycle a few chunks so the pool holds faulted chunks.
-    run_appenders(&s, size, 1, (3 * CHUNK / size) as u64, 0);
-    let (secs, lat) = run_appenders(&s, size, threads, ops, ops.min(opts.latency_samples));
+    run_appenders(&s, size, 1, (3 * CHUNK / size) as u64, 0, false);
+    let run = run_appenders(&s, size, threads, ops, ops.min(opts.latency_samples), true);
     let st = s.stats();
     cleaner.stop();
     let note = format!(
         "{} chunks of 32 MiB at the end; {} recycled, {} unlinked",
         st.chunks, st.recycled, st.retired
     );
+    let total = ops * threads as u64;
     Cell {
         workload: "append+ack".into(),
         payload: size,
         copies: true,
+        bound: Some(run.bound),
         threads,
         state: "steady",
-        ops: ops * threads as u64,
-        secs,
-        latency: lat,
+        ops: total,
+        secs: total as f64 / run.ops_per_sec,
+        latency: run.latency,
         note,
     }
 }
 
-/// `threads` producers append `ops` each in batches of [`BATCH`], timing
-/// only the appends and acknowledging each batch after it; then producer 0
-/// times `samples` appends one by one. Returns the append seconds of the
-/// slowest producer, and the latency summary.
+/// What [`run_appenders`] measured.
+struct Appenders {
+    /// Sum over the producers of their appends+acknowledgements per second.
+    ops_per_sec: f64,
+    /// Sum over the producers of their bounds, bytes per second.
+    bound: f64,
+    /// Producer 0's append latencies.
+    latency: Option<Latency>,
+}
+
+/// `threads` producers append `ops` each in batches of [`BATCH`], each
+/// batch acknowledged after it, timing both; with `bounded`, slices of
+/// this alternate with slices of the bound. Then producer 0 times
+/// `samples` appends one by one.
 fn run_appenders(
     s: &Arc<PinnedBlobStore>,
     size: usize,
     threads: usize,
     ops: u64,
     samples: u64,
-) -> (f64, Option<Latency>) {
+    bounded: bool,
+) -> Appenders {
     let workers: Vec<_> = (0..threads)
         .map(|t| {
             let s = Arc::clone(s);
             std::thread::spawn(move || {
                 let data = payload(size);
+                let mut bound = bounded.then(|| Bound::new(size));
+                let mut w = s.writer().expect("writer");
                 let mut handles: Vec<OverflowHandle> = Vec::with_capacity(BATCH);
                 let mut spent = Duration::ZERO;
+                let per = (ops / SLICES).max(1);
                 let mut done = 0;
                 while done < ops {
-                    let n = batch(size).min((ops - done) as usize);
+                    let slice = per.min(ops - done);
+                    let mut left = slice;
                     let start = Instant::now();
-                    for _ in 0..n {
-                        handles.push(append_retrying(&s, &data));
+                    while left > 0 {
+                        let n = batch(size).min(left as usize);
+                        for _ in 0..n {
+                            handles.push(append_retrying(&mut w, &data));
+                        }
+                        w.acknowledge_all(&handles);
+                        handles.clear();
+                        left -= n as u64;
                     }
                     spent += start.elapsed();
-                    for h in handles.drain(..) {
-                        s.acknowledge_shared(&h);
+                    done += slice;
+                    if let Some(b) = bound.as_mut() {
+                        b.slice(slice);
                     }
-                    done += n as u64;
                 }
                 let mut lat = Vec::new();
                 if t == 0 {
                     for i in 0..samples {
                         let one = Instant::now();
-                        handles.push(append_retrying(&s, &data));
+                        handles.push(append_retrying(&mut w, &data));
                         lat.push(one.elapsed().as_nanos() as u64);
                         if i % batch(size) as u64 == 0 {
                             for h in handles.drain(..) {
-                                s.acknowledge_shared(&h);
+                                w.acknowledge(&h);
                             }
                         }
                     }
                 }
-                (spent, Latency::from_samples(&mut lat))
+                for h in handles.drain(..) {
+                    w.acknowledge(&h);
+                }
+                (
+                    ops as f64 / spent.as_secs_f64(),
+                    bound.map_or(0.0, |b| b.rate()),
+                    Latency::from_samples(&mut lat),
+                )
             })
         })
         .collect();
@@ -183,16 +234,16 @@ fn run_appenders(
         .into_iter()
         .map(|w| w.join().expect("appender"))
         .collect();
-    let secs = results
-        .iter()
-        .map(|r| r.0.as_secs_f64())
-        .fold(0.0, f64::max);
-    (secs, results.into_iter().next().and_then(|r| r.1))
+    Appenders {
+        ops_per_sec: results.iter().map(|r| r.0).sum(),
+        bound: results.iter().map(|r| r.1).sum(),
+        latency: results.into_iter().next().and_then(|r| r.2),
+    }
 }
 
-fn append_retrying(s: &PinnedBlobStore, data: &[u8]) -> OverflowHandle {
+fn append_retrying(w: &mut Writer<'_>, data: &[u8]) -> OverflowHandle {
     loop {
-        match s.append_shared(data) {
+        match w.append(data) {
             Ok(h) => return h,
             Err(stable_fragmented_buffer::BlobError::StoreFull { .. }) => std::thread::yield_now(),
             Err(e) => panic!("append: {e}"),
@@ -237,6 +288,7 @@ pub fn resolve(opts: &Options, size: usize, view: bool) -> Cell {
         payload: size,
         // A view is O(1): it moves no payload.
         copies: !view,
+        bound: None,
         threads: 1,
         state: "-",
         ops,
@@ -268,6 +320,7 @@ pub fn acknowledge(opts: &Options, size: usize) -> Cell {
         workload: "acknowledge".into(),
         payload: size,
         copies: false,
+        bound: None,
         threads: 1,
         state: "-",
         ops: half as u64,
@@ -277,30 +330,32 @@ pub fn acknowledge(opts: &Options, size: usize) -> Cell {
     }
 }
 
-/// The bound: memcpy of the payload into already-faulted memory, moving
-/// sequentially through a 256 MiB buffer (larger than any cache).
+/// The bound alone (see `bound.rs`): the faster of a plain and a
+/// non-temporal copy into faulted memory larger than the last-level cache,
+/// each the median of its slices; the note gives both.
 pub fn memcpy_bound(opts: &Options, size: usize) -> Cell {
     let ops = ops_for(opts, size);
-    let data = payload(size);
-    let len = (256usize << 20).max(size * 2);
-    let mut buf = vec![1u8; len];
-    let slots = len / size;
-    let t = Instant::now();
-    for i in 0..ops as usize {
-        let at = (i % slots) * size;
-        buf[at..at + size].copy_from_slice(&data);
+    let mut bound = Bound::new(size);
+    let per = (ops / SLICES).max(1);
+    for _ in 0..SLICES {
+        bound.slice(per);
     }
-    let secs = t.elapsed().as_secs_f64();
-    std::hint::black_box(&buf);
+    let (plain, streamed) = bound.medians();
+    let rate = plain.max(streamed);
     Cell {
         workload: "memcpy bound".into(),
         payload: size,
         copies: true,
+        bound: Some(rate),
         threads: 1,
         state: "faulted",
         ops,
-        secs,
+        secs: (ops as usize * size) as f64 / rate,
         latency: None,
-        note: String::new(),
+        note: format!(
+            "1 GiB buffer; plain {:.2} GB/s, non-temporal {:.2} GB/s",
+            plain / 1e9,
+            streamed / 1e9
+        ),
     }
 }

@@ -85,6 +85,9 @@ impl ChunkRef for Arc<HeapPage> {
     fn id(&self) -> u32 {
         self.id
     }
+    fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(self, other)
+    }
 }
 
 /// Counters of a heap store.
@@ -307,7 +310,7 @@ impl Chunks for HeapPages {
             .fetch_add(1, Ordering::Relaxed)
             .wrapping_add(1);
         page.region
-            .format(id, generation, flags, self.policy.key, clock::now_ms());
+            .format(id, generation, flags, self.policy.key, clock::now_ms(), 0);
         self.pages.insert(id, Arc::clone(&page));
         Ok(page)
     }

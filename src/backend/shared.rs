@@ -211,6 +211,41 @@ impl SharedBackend {
         engine::append(&*self.inner, data).map(OverflowHandle::from_loc)
     }
 
+    /// [`append`](Self::append) through a writer's held chunk.
+    pub(crate) fn append_held(&self, held: &mut HeldChunk, data: &[u8]) -> Result<OverflowHandle> {
+        engine::append_via(&*self.inner, held, data).map(OverflowHandle::from_loc)
+    }
+
+    /// Appends every blob through a held chunk, pushing each handle to
+    /// `out` as soon as it is stored (`locs` is scratch space).
+    pub(crate) fn append_all_held(
+        &self,
+        held: &mut HeldChunk,
+        blobs: &[&[u8]],
+        locs: &mut Vec<engine::Loc>,
+        out: &mut Vec<OverflowHandle>,
+    ) -> Result<()> {
+        locs.clear();
+        let done = engine::append_all_via(&*self.inner, held, blobs, locs);
+        out.extend(locs.iter().map(|l| OverflowHandle::from_loc(*l)));
+        done
+    }
+
+    /// Acknowledges every handle through a held chunk; returns how many
+    /// counted.
+    pub(crate) fn acknowledge_all_held(
+        &self,
+        held: &mut HeldChunk,
+        handles: &[OverflowHandle],
+    ) -> usize {
+        engine::acknowledge_all_via(&*self.inner, held, handles.iter().map(|h| h.loc()))
+    }
+
+    /// [`acknowledge`](Self::acknowledge) through a held chunk.
+    pub(crate) fn acknowledge_held(&self, held: &mut HeldChunk, handle: &OverflowHandle) -> bool {
+        engine::acknowledge_via(&*self.inner, held, &handle.loc())
+    }
+
     /// A copy of the blob, or `None` if the handle is older than `ttl_ms`
     /// (by its own timestamp), stale, reclaimed, forged or out of bounds
     /// (the original crate's signature). See [`resolve_copy`](Self::resolve_copy).
@@ -459,6 +494,9 @@ impl std::fmt::Debug for SharedBackend {
 #[derive(Clone)]
 pub(crate) struct StoreLink(Arc<Inner>);
 
+/// A chunk mapping a writer keeps between calls (see [`engine::Held`]).
+pub(crate) type HeldChunk = engine::Held<Arc<ChunkMap>>;
+
 /// An entry reserved in shared memory for a writer (a loan).
 pub(crate) type SharedReservation = engine::Reserved<Arc<ChunkMap>>;
 
@@ -552,6 +590,9 @@ impl ChunkRef for Arc<ChunkMap> {
     }
     fn id(&self) -> u32 {
         self.id
+    }
+    fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(self, other)
     }
 }
 
@@ -651,6 +692,31 @@ impl Chunks for Inner {
             // pass killed in between leaves the slot ABANDONED for the next.
             self.unlink_own(&self.chunk_path(a.id));
             self.registry().forget(&a);
+        }
+    }
+
+    fn prepare(&self, id: u32) -> Result<()> {
+        let chunk = self.chunk(id)?;
+        let Some((mark, len)) = chunk.region.ready() else {
+            return Ok(());
+        };
+        // Steps start at multiples of PREPARE_STEP (page-aligned); a mark
+        // elsewhere (scribbled) restarts its step at the boundary below.
+        let from = mark - mark % PREPARE_STEP;
+        let to = (from + PREPARE_STEP).min(len);
+        match chunk._map.populate_range(from, to - from) {
+            Ok(()) => {
+                chunk.region.mark_ready(mark, to);
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EFAULT) => Err(BlobError::NoSpace {
+                file: self.chunk_path(id),
+            }),
+            Err(e) => Err(BlobError::os(
+                "madvise(MADV_POPULATE_WRITE)",
+                self.chunk_path(id),
+                e,
+            )),
         }
     }
 
@@ -919,26 +985,56 @@ impl Inner {
             let _ = os::unlink(path);
             e
         };
-        os::reserve_space(&file, size as u64, path).map_err(undo)?;
+        // A standard chunk is backed by memory in steps: the first one now,
+        // the others ahead of the appenders (`prepare`), so that no append
+        // waits for a whole chunk's pages. A dedicated chunk is filled by
+        // one append at once: all of it now.
+        let stepped = flags & FLAG_DEDICATED == 0 && size > PREPARE_STEP;
+        let first = if stepped { PREPARE_STEP } else { size };
+        os::reserve_space(&file, first as u64, path).map_err(undo)?;
+        if stepped {
+            file.set_len(size as u64)
+                .map_err(|e| undo(BlobError::os("ftruncate", path, e)))?;
+        }
         let chunk = map_chunk(&file, size, path, id).map_err(undo)?;
         hooks::at(Point::CreationSized);
         if !self.registry().heartbeat(claim, clock::now_ms()) {
             return Ok(None);
         }
-        if populate {
-            chunk._map.populate_write();
-            if !self.registry().heartbeat(claim, clock::now_ms()) {
-                return Ok(None);
+        let ready = if !stepped {
+            if populate {
+                chunk._map.populate_write();
             }
+            0
+        } else {
+            match chunk._map.populate_range(0, first) {
+                Ok(()) => first,
+                // The kernel cannot prepare a step without faulting (it
+                // predates MADV_POPULATE_WRITE): the whole file now, as a
+                // dedicated chunk.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    os::reserve_space(&file, size as u64, path).map_err(undo)?;
+                    0
+                }
+                Err(e) => return Err(undo(BlobError::os("madvise(MADV_POPULATE_WRITE)", path, e))),
+            }
+        };
+        if populate && !self.registry().heartbeat(claim, clock::now_ms()) {
+            return Ok(None);
         }
         let generation = self
             .ctrl()
             .generation
             .fetch_add(1, Ordering::Relaxed)
             .wrapping_add(1);
-        chunk
-            .region
-            .format(id, generation, flags, self.policy.key, clock::now_ms());
+        chunk.region.format(
+            id,
+            generation,
+            flags,
+            self.policy.key,
+            clock::now_ms(),
+            ready,
+        );
         if !self.registry().publish(claim) {
             return Ok(None);
         }

@@ -163,7 +163,7 @@ pub(super) const WALK_WINDOW: usize = 256 << 10;
 /// that does not fit ends the walk like an unwritten entry would.
 pub(super) fn walk_entries(opened: &Opened, path: &Path, h: &mut ChunkHeaderInfo) {
     let used_end = h.used + CHUNK_HEADER_SIZE as u64;
-    let (mut off, mut count) = (CHUNK_HEADER_SIZE as u64, 0);
+    let (mut off, mut count, mut acked) = (CHUNK_HEADER_SIZE as u64, 0, 0);
     let len_at = offset_of!(EntryHeader, len);
     let state_at = offset_of!(EntryHeader, state);
     let mut window = Vec::new();
@@ -199,8 +199,10 @@ pub(super) fn walk_entries(opened: &Opened, path: &Path, h: &mut ChunkHeaderInfo
         }
         off += fp as u64;
         count += 1;
+        acked += u32::from(entry_kind(state) == ENTRY_ACKED);
     }
     h.entries = count;
+    h.acknowledged = acked;
     h.pending_bytes = used_end.saturating_sub(off);
     h.walked = true;
 }
@@ -231,7 +233,8 @@ pub(super) fn decode_chunk(head: &[u8], now_ms: u64) -> ChunkHeaderInfo {
         sealed: alloc_sealed(alloc),
         // Counted by `walk_entries` when the caller walks.
         entries: 0,
-        acknowledged: u32f!(acks),
+        // Counted by `walk_entries` too.
+        acknowledged: 0,
         pending_bytes: 0,
         walked: false,
         pins: u32f!(pins),

@@ -222,7 +222,8 @@ pub struct ChunkHeaderInfo {
     /// written, as the reclaimers do. Without a walk (`sfb list`), the
     /// count the reclaimers last recorded, which may lag.
     pub entries: u32,
-    /// Acknowledged entries of this generation (the header's counter).
+    /// Acknowledged entries of this generation, counted by the same walk
+    /// (0 when not walked).
     pub acknowledged: u32,
     /// Bytes reserved but not yet written: from the first entry not yet
     /// committed to the end of the used space (a writer in flight, or one
