@@ -1318,6 +1318,29 @@ mod tests {
     }
 
     #[test]
+    fn a_complete_acknowledged_walk_completes_the_committed_walk() {
+        let m = Mem::new(4096);
+        let r = m.region();
+        r.format(0, 1, 0, 7, 1, 0);
+        assert!(r.activate(1, 1, 1));
+        let (g, off, tag) = append(&r, b"abc", 1).unwrap();
+        append(&r, b"de", 1).unwrap();
+        assert!(r.acknowledge(g, off, 3, tag));
+        assert!(!r.all_acknowledged(g), "one entry left");
+        let h = r.header();
+        assert_eq!(
+            h.walked.load(Ordering::Relaxed),
+            h.acked.load(Ordering::Relaxed)
+        );
+        assert_eq!(r.count_entries(g), (2, 1));
+        assert!(r.walk(g), "both committed");
+        assert_ne!(
+            h.walked.load(Ordering::Relaxed),
+            h.acked.load(Ordering::Relaxed)
+        );
+    }
+
+    #[test]
     fn acknowledgement_is_idempotent_and_rejects_stale() {
         let m = Mem::new(4096);
         let r = m.region();

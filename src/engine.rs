@@ -1626,6 +1626,51 @@ mod tests {
         assert_eq!(read(&c, &loc), None);
     }
 
+    /// A held chunk is only a mapping: when its id comes to name another
+    /// chunk (heap page ids are reused; shared ids after an epoch wraps),
+    /// an appender and an acknowledger holding the earlier one fetch the
+    /// new one instead of using (or sealing) the wrong chunk.
+    #[test]
+    fn a_held_chunk_whose_id_names_another_chunk_now_is_fetched_again() {
+        let (_b, c) = store_with(0, 60_000);
+        // Acknowledgement: a dedicated page, retired once acknowledged,
+        // frees its id for the next dedicated page.
+        let mut acker = Held::default();
+        let big = append(&*c, &[5u8; 10_000]).unwrap();
+        assert!(acknowledge_via(&*c, &mut acker, &big));
+        reclaim(&*c);
+        let big2 = append(&*c, &[6u8; 10_000]).unwrap();
+        assert_eq!(big2.id, big.id, "the id was reused");
+        assert!(acknowledge_via(&*c, &mut acker, &big2));
+        assert!(!acknowledge_via(&*c, &mut acker, &big2), "once");
+
+        // Appending: a writer holds the target; the target is pinned (so
+        // the pass retires it instead of recycling it in place), filled
+        // and acknowledged; the pass frees its id, which the next target
+        // takes.
+        let mut writer = Held::default();
+        let first = append_via(&*c, &mut writer, &[1u8; 64]).unwrap();
+        let (pinned, _, _) = pin_bytes(&*c, &first).unwrap();
+        let mut loc = first;
+        while (loc.id, loc.generation) == (first.id, first.generation) {
+            assert!(acknowledge(&*c, &loc));
+            loc = append(&*c, &[2u8; 64]).unwrap();
+        }
+        assert_eq!(pinned.region().state().0, STATE_RETIRED);
+        pinned.region().unpin_raw();
+        drop(pinned);
+        assert_eq!(loc.id, first.id, "the id was reused");
+        let next = (loc.id, loc.generation);
+        assert_eq!(target(&c), next);
+        let loc = append_via(&*c, &mut writer, &[3u8; 64]).unwrap();
+        assert_eq!(
+            (loc.id, loc.generation),
+            next,
+            "appended to the target, which it did not seal"
+        );
+        assert_eq!(read(&c, &loc).as_deref(), Some(&[3u8; 64][..]));
+    }
+
     /// The largest blob is exactly `MAX_BLOB`: its entry fills the largest
     /// chunk file to the byte; one more byte is `BlobTooLarge`.
     #[test]

@@ -442,3 +442,48 @@ fn attaching_to_a_closed_namespace_is_refused() {
     let e = store.append_shared(&payload(1, 2 * CHUNK)).unwrap_err();
     assert!(matches!(e, BlobError::Closed { .. }), "{e}");
 }
+
+/// A chunk larger than one step is backed by memory in steps (`ready`, at
+/// offset 32, says how far; 0 once all of it): the worker backs the append
+/// target ahead of its appenders until the whole file is allocated, and
+/// appends fill the whole chunk.
+#[test]
+fn a_large_chunk_is_backed_in_steps_and_the_worker_finishes_it() {
+    use std::os::unix::fs::MetadataExt;
+    let ns = Ns::new("steps");
+    let chunk = 8 << 20;
+    assert!(chunk > 8 * PREPARE_STEP);
+    let store = PinnedBlobStore::new_shared(Config::default(), ns.as_str(), chunk).unwrap();
+    let first = store.append_shared(&payload(0, 100)).unwrap();
+    let path = common::shm_dir().join(format!("{}_data_{}", ns.as_str(), first.page_id));
+    let ready = || u32_at(&std::fs::read(&path).unwrap()[..64], 32);
+    let allocated = || std::fs::metadata(&path).unwrap().blocks() * 512;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while ready() != 0 || allocated() < chunk as u64 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the worker left the target half backed: ready {}, {} of {chunk} bytes allocated",
+            ready(),
+            allocated()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let mut handles = vec![(first, payload(0, 100))];
+    loop {
+        let data = payload(handles.len() as u64, 60_000);
+        let h = store.append_shared(&data).unwrap();
+        if h.page_id != first.page_id {
+            break;
+        }
+        handles.push((h, data));
+    }
+    assert!(
+        handles.len() * 60_000 > chunk - 2 * 60_000,
+        "{}",
+        handles.len()
+    );
+    for (h, data) in &handles {
+        assert_eq!(store.resolve(h).as_ref(), Some(data));
+    }
+    drop(store);
+}

@@ -1,11 +1,13 @@
-//! A full shm file system (ENOSPC) is an error at chunk creation, never a
-//! SIGBUS later, and the store keeps serving what it holds. Runs on a 1 MiB
+//! A full shm file system (ENOSPC) is an error at chunk creation, or at the
+//! step of a large chunk that no longer finds memory, never a SIGBUS later,
+//! and the store keeps serving what it holds. Runs on a 1 MiB
 //! tmpfs mounted for the test (needs root, as CI has); this binary holds
 //! one test because it points `SFB_SHM_DIR` at that mount for the process.
 
 mod common;
 
 use common::{payload, Ns};
+use stable_fragmented_buffer::layout::PREPARE_STEP;
 use stable_fragmented_buffer::{BlobError, Config, PinnedBlobStore};
 use std::process::Command;
 
@@ -74,6 +76,47 @@ fn full_shm_returns_no_space_and_keeps_serving() {
     let h = store.append_shared(&payload(1, 10_000)).unwrap();
     assert_eq!(store.resolve(&h), Some(payload(1, 10_000)));
     drop(reader);
+    drop(store);
+    drop(ns);
+
+    // A chunk larger than the file system, backed in steps: the appends
+    // that fit run, the step that finds no memory is an error (not a
+    // SIGBUS on the write past it), and the store keeps serving.
+    let ns = Ns::new("nospace-steps");
+    let chunk = 4 << 20;
+    assert!(chunk > 4 * PREPARE_STEP);
+    let store = PinnedBlobStore::new_shared(cfg, ns.as_str(), chunk).unwrap();
+    let mut held = Vec::new();
+    let err = loop {
+        let data = payload(held.len() as u64, 10_000);
+        match store.append_shared(&data) {
+            Ok(h) => held.push((h, data)),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, BlobError::NoSpace { .. }), "{err}");
+    assert!(
+        held.len() * 10_000 > PREPARE_STEP,
+        "appends went past the first step: {}",
+        held.len()
+    );
+    assert_eq!(
+        held.iter()
+            .map(|(h, _)| h.page_id)
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        1,
+        "all in the one large chunk"
+    );
+    for (h, data) in &held {
+        assert_eq!(store.resolve(h).as_ref(), Some(data));
+    }
+    for (h, _) in &held {
+        assert!(store.acknowledge_shared(h));
+    }
+    assert!(store.cleanup_shared() >= 1);
+    let h = store.append_shared(&payload(2, 10_000)).unwrap();
+    assert_eq!(store.resolve(&h), Some(payload(2, 10_000)));
     drop(store);
     drop(ns);
 }
