@@ -20,6 +20,7 @@ pub use cross::{mono_ns, run_peer_if_asked, PEER_ENV};
 pub use ring::Ring;
 pub use stats::{markdown_table, size_label, Cell, Latency};
 pub use stream::{compare as stream_compare, stream, StreamRun};
+pub use workloads::tail;
 
 /// Payload sizes of the table.
 pub const PAYLOADS: [usize; 4] = [64, 4096, 64 << 10, 1 << 20];
@@ -89,12 +90,22 @@ pub fn plan(opts: Options) -> Vec<Step> {
         );
         add(
             format!("append steady {l}"),
-            Box::new(move || workloads::append_steady(&opts, size, 1)),
+            Box::new(move || workloads::append_steady(&opts, size, 1, false)),
         );
         add(
             format!("append steady {l}, 2 threads"),
-            Box::new(move || workloads::append_steady(&opts, size, 2)),
+            Box::new(move || workloads::append_steady(&opts, size, 2, false)),
         );
+        if size <= 4096 {
+            add(
+                format!("append steady {l}, batches"),
+                Box::new(move || workloads::append_steady(&opts, size, 1, true)),
+            );
+            add(
+                format!("append steady {l}, batches, 2 threads"),
+                Box::new(move || workloads::append_steady(&opts, size, 2, true)),
+            );
+        }
         add(
             format!("resolve copy {l}"),
             Box::new(move || workloads::resolve(&opts, size, false)),

@@ -1,4 +1,5 @@
-//! `cargo run --release -p sfb-bench -- [--quick] [--repeat N] [--only TEXT...]`: the
+//! `cargo run --release -p sfb-bench -- [--quick] [--repeat N] [--only TEXT...]`
+//! (or `--stream [rounds]`, or `--tail [seconds]`): the
 //! performance table of stable-fragmented-buffer with its baselines (memcpy
 //! into faulted memory, a Unix-domain socket, iceoryx2), in one run.
 
@@ -28,6 +29,16 @@ fn main() {
             "{}",
             bench::stream_compare(rounds, std::time::Duration::from_secs(3))
         );
+        return;
+    }
+    // `--tail [seconds]`: the latency of every steady 4 KiB append.
+    if let Some(i) = args.iter().position(|a| a == "--tail") {
+        let secs = args
+            .get(i + 1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(10.0f64);
+        println!("Machine: {}\n", bench::machine());
+        println!("{}", bench::markdown_table(&[bench::tail(4096, secs)]));
         return;
     }
     let opts = if args.iter().any(|a| a == "--quick") {

@@ -122,17 +122,25 @@ pub fn append_cold(opts: &Options, size: usize) -> Cell {
 
 /// Appends while acknowledging and reclaiming: `threads` producers, each
 /// with its own [`Writer`], append a batch, then acknowledge it, both
-/// timed; a lifecycle thread reclaims every millisecond; chunks recycle
+/// timed (one call per blob, or with `batched` one call per batch); a lifecycle thread reclaims every millisecond; chunks recycle
 /// through the warm pool. Each producer alternates slices of this with
 /// slices of its bound; the cell's bound is the sum of theirs. The note
 /// gives the peak chunk count (resident memory).
-pub fn append_steady(opts: &Options, size: usize, threads: usize) -> Cell {
+pub fn append_steady(opts: &Options, size: usize, threads: usize, batched: bool) -> Cell {
     let ops = ops_for(opts, size).max((3 * CHUNK / size) as u64);
     let s = store(steady_config(), None);
     let cleaner = s.start_cleanup_thread(Duration::from_millis(1));
     // Warm-up: cycle a few chunks so the pool holds faulted chunks.
-    run_appenders(&s, size, 1, (3 * CHUNK / size) as u64, 0, false);
-    let run = run_appenders(&s, size, threads, ops, ops.min(opts.latency_samples), true);
+    run_appenders(&s, size, 1, (3 * CHUNK / size) as u64, 0, false, batched);
+    let run = run_appenders(
+        &s,
+        size,
+        threads,
+        ops,
+        ops.min(opts.latency_samples),
+        true,
+        batched,
+    );
     let st = s.stats();
     cleaner.stop();
     let note = format!(
@@ -141,7 +149,11 @@ pub fn append_steady(opts: &Options, size: usize, threads: usize) -> Cell {
     );
     let total = ops * threads as u64;
     Cell {
-        workload: "append+ack".into(),
+        workload: if batched {
+            format!("append+ack, batches of {}", batch(size))
+        } else {
+            "append+ack".into()
+        },
         payload: size,
         copies: true,
         bound: Some(run.bound),
@@ -165,9 +177,10 @@ struct Appenders {
 }
 
 /// `threads` producers append `ops` each in batches of [`BATCH`], each
-/// batch acknowledged after it, timing both; with `bounded`, slices of
-/// this alternate with slices of the bound. Then producer 0 times
-/// `samples` appends one by one.
+/// batch acknowledged after it, timing both: with `batched`, one
+/// `append_all` and one `acknowledge_all` per batch, else one call per
+/// blob for each. With `bounded`, slices of this alternate with slices of
+/// the bound. Then producer 0 times `samples` appends one by one.
 fn run_appenders(
     s: &Arc<PinnedBlobStore>,
     size: usize,
@@ -175,12 +188,14 @@ fn run_appenders(
     ops: u64,
     samples: u64,
     bounded: bool,
+    batched: bool,
 ) -> Appenders {
     let workers: Vec<_> = (0..threads)
         .map(|t| {
             let s = Arc::clone(s);
             std::thread::spawn(move || {
                 let data = payload(size);
+                let blobs: Vec<&[u8]> = vec![&data[..]; BATCH];
                 let mut bound = bounded.then(|| Bound::new(size));
                 let mut w = s.writer().expect("writer");
                 let mut handles: Vec<OverflowHandle> = Vec::with_capacity(BATCH);
@@ -193,10 +208,17 @@ fn run_appenders(
                     let start = Instant::now();
                     while left > 0 {
                         let n = batch(size).min(left as usize);
-                        for _ in 0..n {
-                            handles.push(append_retrying(&mut w, &data));
+                        if batched {
+                            append_all_retrying(&mut w, &blobs[..n], &mut handles);
+                            w.acknowledge_all(&handles);
+                        } else {
+                            for _ in 0..n {
+                                handles.push(append_retrying(&mut w, &data));
+                            }
+                            for h in &handles {
+                                w.acknowledge(h);
+                            }
                         }
-                        w.acknowledge_all(&handles);
                         handles.clear();
                         left -= n as u64;
                     }
@@ -238,6 +260,18 @@ fn run_appenders(
         ops_per_sec: results.iter().map(|r| r.0).sum(),
         bound: results.iter().map(|r| r.1).sum(),
         latency: results.into_iter().next().and_then(|r| r.2),
+    }
+}
+
+/// Appends all of `blobs` to `out`, retrying the rest after `StoreFull`.
+fn append_all_retrying(w: &mut Writer<'_>, blobs: &[&[u8]], out: &mut Vec<OverflowHandle>) {
+    let start = out.len();
+    while out.len() - start < blobs.len() {
+        match w.append_all(&blobs[out.len() - start..], out) {
+            Ok(()) => {}
+            Err(stable_fragmented_buffer::BlobError::StoreFull { .. }) => std::thread::yield_now(),
+            Err(e) => panic!("append: {e}"),
+        }
     }
 }
 
@@ -357,5 +391,50 @@ pub fn memcpy_bound(opts: &Options, size: usize) -> Cell {
             plain / 1e9,
             streamed / 1e9
         ),
+    }
+}
+
+/// The tail of steady appends: one producer with a [`Writer`] appends
+/// `size`-byte blobs one call at a time for `secs` seconds, acknowledging
+/// each batch after it, with the lifecycle thread reclaiming every
+/// millisecond; every append is timed. The note gives the p99.99.
+pub fn tail(size: usize, secs: f64) -> Cell {
+    let s = store(steady_config(), None);
+    let cleaner = s.start_cleanup_thread(Duration::from_millis(1));
+    run_appenders(&s, size, 1, (3 * CHUNK / size) as u64, 0, false, false);
+    let data = payload(size);
+    let mut w = s.writer().expect("writer");
+    let mut handles = Vec::with_capacity(BATCH);
+    let mut lat = Vec::with_capacity((secs * 4e6) as usize);
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < secs {
+        for _ in 0..batch(size) {
+            let one = Instant::now();
+            handles.push(append_retrying(&mut w, &data));
+            lat.push(one.elapsed().as_nanos() as u64);
+        }
+        w.acknowledge_all(&handles);
+        handles.clear();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    drop(w);
+    cleaner.stop();
+    let ops = lat.len() as u64;
+    let latency = Latency::from_samples(&mut lat);
+    let p9999 = lat
+        .get(((lat.len().max(1) - 1) as f64 * 0.9999) as usize)
+        .copied()
+        .unwrap_or(0);
+    Cell {
+        workload: format!("append, steady, every call timed for {secs:.0} s"),
+        payload: size,
+        copies: true,
+        bound: None,
+        threads: 1,
+        state: "steady",
+        ops,
+        secs,
+        latency,
+        note: format!("p99.99 {:.1} us", p9999 as f64 / 1e3),
     }
 }
