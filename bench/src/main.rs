@@ -38,7 +38,7 @@ fn main() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(10.0f64);
         println!("Machine: {}\n", bench::machine());
-        println!("{}", bench::markdown_table(&[bench::tail(4096, secs)]));
+        println!("{}", bench::markdown_table(&bench::tail(4096, secs)));
         return;
     }
     let opts = if args.iter().any(|a| a == "--quick") {
