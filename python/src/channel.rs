@@ -201,6 +201,22 @@ fn send_obj(
             r
         }
         Some(data) if !block => py.detach(|| p.try_send(data)),
+        Some(data) if data.len() >= buffer::PARALLEL_MIN => {
+            // Very large: into a loan, the copy split between threads.
+            match p.loan(data.len()) {
+                Ok(mut loan) => py
+                    .detach(|| {
+                        buffer::copy_large(&mut loan, data);
+                        loan.send()
+                    })
+                    .map_err(TrySendError::Send),
+                // A full store: the blocking send waits for room.
+                Err(SendError::Store(BlobError::StoreFull { .. })) => {
+                    py.detach(|| p.send(data)).map_err(TrySendError::Send)
+                }
+                Err(e) => Err(TrySendError::Send(e)),
+            }
+        }
         Some(data) => py.detach(|| p.send(data)).map_err(TrySendError::Send),
         None => {
             // Strided and larger than a slot: gathered straight into a
