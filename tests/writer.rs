@@ -228,3 +228,10 @@ fn acknowledge_all_counts_each_live_entry_once_and_refuses_the_rest() {
     drop(w);
     drop(store);
 }
+
+#[test]
+fn a_heap_store_has_no_writer() {
+    let heap = PinnedBlobStore::new(Config::default()).unwrap();
+    let err = heap.writer().unwrap_err();
+    assert!(matches!(err, BlobError::WrongMode { .. }), "{err}");
+}
