@@ -7,7 +7,9 @@
 //!   [`get_ref`](PinnedBlobStore::get_ref) gives a zero-copy [`BlobView`]
 //!   whose bytes stay put while it lives; acknowledged pages are recycled.
 //! * **Shared mode** ([`PinnedBlobStore::new_shared`] /
-//!   [`attach_shared`](PinnedBlobStore::attach_shared)): below.
+//!   [`attach_shared`](PinnedBlobStore::attach_shared)): below. A
+//!   [`Writer`] ([`PinnedBlobStore::writer`]) is one thread's faster way to
+//!   append and acknowledge, one blob or a batch at a time.
 //! * **Channels** ([`channel`]): broadcast ([`Publisher`] / [`Subscriber`])
 //!   and work queues ([`Sender`] / [`Receiver`]) between processes, small
 //!   messages inline in a shared ring slot, large ones through the store.
@@ -47,7 +49,7 @@
 
 // The module tree, top-down.
 
-// The facade: the store, its lifecycle thread, statistics, views, handles.
+// The facade: the store, its lifecycle thread, statistics, views, writers, handles.
 mod config;
 mod error;
 mod handle;
