@@ -508,7 +508,12 @@ fn unblock<C: Chunks, T>(
     }
     if let Attempt::NotReady = attempt {
         match c.prepare(id_of(active)) {
-            Ok(()) => return Ok(()),
+            // The appender caught up with the worker's window: wake the
+            // worker to move it on.
+            Ok(()) => {
+                c.request_prefetch();
+                return Ok(());
+            }
             // No memory for the next step (tmpfs full): the chunk ends at
             // its mark; sealed, everyone moves on, and the creation of the
             // next chunk reports the error.
@@ -1255,7 +1260,7 @@ fn shrink_pool<C: Chunks>(c: &C, now: u64) {
 /// Prepares a chunk off the append path and parks it in the pool.
 pub(crate) fn prefetch<C: Chunks>(c: &C) {
     // The append target first: its appenders are the nearest to a step.
-    prepare_all(c, id_of(c.active().load(Ordering::Acquire)));
+    prepare_ahead(c, id_of(c.active().load(Ordering::Acquire)));
     // Recycling what consumers released beats creating: if a chunk is
     // ready to be reclaimed, the rollover will recycle it (reclamation
     // itself stays with the rollover and the lifecycle passes).
@@ -1271,26 +1276,42 @@ pub(crate) fn prefetch<C: Chunks>(c: &C) {
         }
     }
     // Then the warm chunks next in line, each published to the pool after
-    // its first step so that a rollover never waits for the rest.
+    // its first step so that a rollover never waits for the next ones.
     for slot in c.pool() {
         // Acquire: pairs with the Release CAS in `pool_push`.
         let v = slot.load(Ordering::Acquire);
         if v != 0 {
-            prepare_all(c, v - 1);
+            prepare_ahead(c, v - 1);
         }
     }
 }
 
-/// Backs the whole of chunk `id` with memory, step by step (each step is
-/// also taken by an appender that reaches it first); stops at the first
-/// error, which the appender that needs the step reports.
-fn prepare_all<C: Chunks>(c: &C, id: u32) {
+/// How far ahead of its appenders the worker backs a chunk with memory. A
+/// window, not the whole chunk: backing maps the pages into this process
+/// (its resident size grows with them), and a chunk may be gigabytes that
+/// its appenders fill slowly or never; an appender that reaches the end of
+/// the window backs the next step itself and wakes the worker to move the
+/// window on.
+pub(crate) const PREPARE_AHEAD: usize = 16 * PREPARE_STEP;
+
+/// Backs chunk `id` with memory step by step (each step is also taken by
+/// an appender that reaches it first) up to [`PREPARE_AHEAD`] beyond what
+/// its appenders reserved; stops at the first error, which the appender
+/// that needs the step reports.
+fn prepare_ahead<C: Chunks>(c: &C, id: u32) {
     if id == NO_CHUNK {
         return;
     }
     let Ok(chunk) = c.chunk(id) else { return };
-    while chunk.region().ready().is_some() {
-        if c.prepare(id).is_err() || c.closed().is_some() {
+    let region = chunk.region();
+    while let Some((ready, _)) = region.ready() {
+        // Relaxed: a hint of how far the appenders got; the steps
+        // themselves are published by the CAS in `mark_ready`.
+        let used = alloc_used(region.header().alloc.load(Ordering::Relaxed)) as usize;
+        if ready >= used.saturating_add(PREPARE_AHEAD)
+            || c.prepare(id).is_err()
+            || c.closed().is_some()
+        {
             return;
         }
     }
