@@ -476,6 +476,17 @@ fn a_large_chunk_is_backed_in_steps_ahead_of_its_appenders() {
         ready()
     );
     assert!(allocated() < chunk / 2, "{} bytes allocated", allocated());
+    // Operators see it (`sfb stat`: backed=SIZE).
+    let backed = |id: u32| {
+        let r = stable_fragmented_buffer::inspect::inspect_namespace(ns.as_str()).unwrap();
+        r.chunks
+            .iter()
+            .find(|c| c.id == id)
+            .and_then(|c| c.header.as_ref())
+            .map(|h| h.backed)
+            .unwrap()
+    };
+    assert_eq!(backed(first.page_id), Some(ready() as u64));
     let mut handles = vec![(first, payload(0, 100))];
     loop {
         let data = payload(handles.len() as u64, 60_000);
@@ -492,6 +503,7 @@ fn a_large_chunk_is_backed_in_steps_ahead_of_its_appenders() {
     );
     assert_eq!(ready(), 0, "all of it backed once filled");
     assert_eq!(allocated(), chunk);
+    assert_eq!(backed(first.page_id), None);
     for (h, data) in &handles {
         assert_eq!(store.resolve(h).as_ref(), Some(data));
     }

@@ -294,6 +294,9 @@ pub(crate) fn chunk_row(c: &ChunkReport) -> Vec<String> {
             bytes(h.pending_bytes).replace(' ', "")
         ));
     }
+    if let Some(b) = h.backed {
+        flags.push(format!("backed={}", bytes(b).replace(' ', "")));
+    }
     let pct = if h.capacity == 0 {
         0.0
     } else {

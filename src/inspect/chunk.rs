@@ -237,6 +237,11 @@ pub(super) fn decode_chunk(head: &[u8], now_ms: u64) -> ChunkHeaderInfo {
         acknowledged: 0,
         pending_bytes: 0,
         walked: false,
+        backed: match u32f!(ready) {
+            0 => None,
+            r if r >= size => None,
+            r => Some(u64::from(r)),
+        },
         pins: u32f!(pins),
         dedicated: u32f!(flags) & FLAG_DEDICATED != 0,
         activating,

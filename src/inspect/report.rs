@@ -232,6 +232,10 @@ pub struct ChunkHeaderInfo {
     pub pending_bytes: u64,
     /// The entry walk was done (see `entries`).
     pub walked: bool,
+    /// While a new chunk is being backed by memory in steps: how many bytes
+    /// from the start of its file are (the header's `ready`); `None` once
+    /// all of it is.
+    pub backed: Option<u64>,
     /// Readers pinning the chunk, in any process.
     pub pins: u32,
     /// Holds one oversized blob.

@@ -39,7 +39,7 @@ impl Serialize for ChunkState {
 /// Every field, plus `committed` and `age_ms`.
 impl Serialize for ChunkHeaderInfo {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("ChunkHeaderInfo", 20)?;
+        let mut st = s.serialize_struct("ChunkHeaderInfo", 21)?;
         st.serialize_field("chunk_id", &self.chunk_id)?;
         st.serialize_field("generation", &self.generation)?;
         st.serialize_field("state", &self.state)?;
@@ -51,6 +51,7 @@ impl Serialize for ChunkHeaderInfo {
         st.serialize_field("committed", &self.committed())?;
         st.serialize_field("pending_bytes", &self.pending_bytes)?;
         st.serialize_field("walked", &self.walked)?;
+        st.serialize_field("backed", &self.backed)?;
         st.serialize_field("acknowledged", &self.acknowledged)?;
         st.serialize_field("pins", &self.pins)?;
         st.serialize_field("dedicated", &self.dedicated)?;
