@@ -33,6 +33,7 @@
 use crate::layout::*;
 use crate::sync::{AtomicU64, Ordering};
 use std::ptr::NonNull;
+use std::sync::atomic::AtomicUsize;
 
 /// `sealed_ms` while a chunk is being activated (not a time).
 pub(crate) const SEALED_ACTIVATING: u64 = u64::MAX;
@@ -98,6 +99,13 @@ pub(crate) enum Verdict {
 pub(crate) struct ChunkRegion {
     base: NonNull<u8>,
     len: usize,
+    /// This process's own mark of how far the chunk is backed by memory
+    /// (what it created with `fallocate` or populated itself), for a chunk
+    /// backed in steps; `None`: all of it (heap pages, test regions). A
+    /// write goes only below both this mark and the shared `ready`, so a
+    /// `ready` raised by a stray write of another process can never lead
+    /// this one to write to a page without memory (SIGBUS on a full tmpfs).
+    local: Option<NonNull<AtomicUsize>>,
     /// Under loom, the headers live in loom atomics beside the memory (loom
     /// cannot track atomics cast from raw bytes); payloads stay in `base`.
     #[cfg(loom)]
@@ -126,8 +134,33 @@ impl ChunkRegion {
         Self {
             base,
             len,
+            local: None,
             #[cfg(loom)]
             shadow: Box::leak(Box::new(loom_shadow::Shadow::new(len))),
+        }
+    }
+
+    /// The same region, with `mark` as this process's own mark of how far
+    /// it is backed by memory (see the `local` field).
+    ///
+    /// # Safety
+    /// `mark` must outlive the returned region and every copy of it (the
+    /// owner of the mapping keeps both).
+    pub(crate) unsafe fn with_local_mark(self, mark: &AtomicUsize) -> Self {
+        Self {
+            local: Some(NonNull::from(mark)),
+            ..self
+        }
+    }
+
+    /// This process's own mark, or `len` without one.
+    fn local_mark(&self) -> usize {
+        match self.local {
+            // SAFETY: `with_local_mark`'s contract keeps the mark alive for
+            // as long as this region. Relaxed: a process-local hint, set by
+            // this process after its own populate returned.
+            Some(m) => unsafe { m.as_ref() }.load(Ordering::Relaxed),
+            None => self.len,
         }
     }
 
@@ -324,10 +357,7 @@ impl ChunkRegion {
             let used = alloc_used(cur) as usize;
             // Acquire: pairs with the AcqRel CAS in `mark_ready`, made after
             // the memory below the new mark was allocated.
-            let limit = match h.ready.load(Ordering::Acquire) as usize {
-                0 => self.len,
-                r => r.min(self.len),
-            };
+            let limit = self.ready().map_or(self.len, |(r, _)| r);
             let take = limit.checked_sub(used).map_or(0, &fit);
             if take == 0 && limit < self.len && self.len.checked_sub(used).map_or(0, &fit) > 0 {
                 return Reserve::NotReady;
@@ -381,29 +411,37 @@ impl ChunkRegion {
         }
     }
 
-    /// The part of the chunk backed by memory, `(ready, len)`, if it is not
-    /// all of it (a new chunk being prepared in steps).
+    /// The part of the chunk this process may write to, `(ready, len)`, if
+    /// it is not all of it (a new chunk being backed in steps): the lower
+    /// of the shared `ready` and this process's own mark.
     pub(crate) fn ready(&self) -> Option<(usize, usize)> {
         // Acquire: pairs with the AcqRel CAS in `mark_ready`.
-        match self.header().ready.load(Ordering::Acquire) as usize {
-            0 => None,
-            r if r >= self.len => None,
-            r => Some((r, self.len)),
-        }
+        let shared = match self.header().ready.load(Ordering::Acquire) as usize {
+            0 => self.len,
+            r => r.min(self.len),
+        };
+        let r = shared.min(self.local_mark());
+        (r < self.len).then_some((r, self.len))
     }
 
-    /// Records that the memory up to `to` is backed, if the mark is still
-    /// at `from` (whoever prepared the same step first already moved it).
-    /// AcqRel: pairs with the Acquire load in `reserve_run`: a writer that
-    /// reserves below the new mark sees the allocation made before it.
-    pub(crate) fn mark_ready(&self, from: usize, to: usize) {
-        let to = if to >= self.len { 0 } else { to as u32 };
-        let _ = self.header().ready.compare_exchange(
-            from as u32,
-            to,
-            Ordering::AcqRel,
-            Ordering::Relaxed,
-        );
+    /// Records that this process backed the memory up to `to`: its own
+    /// mark, and the shared one if it is behind (never moved back).
+    /// AcqRel: pairs with the Acquire load in `ready`: a writer in another
+    /// process that sees the new mark also sees that the memory exists.
+    pub(crate) fn mark_ready(&self, to: usize) {
+        if let Some(m) = self.local {
+            // SAFETY: see `local_mark`.
+            unsafe { m.as_ref() }.fetch_max(to.min(self.len), Ordering::Relaxed);
+        }
+        let word = &self.header().ready;
+        let mut cur = word.load(Ordering::Acquire);
+        while cur != 0 && (cur as usize) < to {
+            let next = if to >= self.len { 0 } else { to as u32 };
+            match word.compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return,
+                Err(now) => cur = now,
+            }
+        }
     }
 
     /// Writes the entry and publishes it — with plain stores only: the
@@ -750,6 +788,11 @@ impl ChunkRegion {
     /// the first one not written (for reports; pinned while it reads).
     pub(crate) fn count_entries(&self, generation: u32) -> (u32, u32) {
         let _pin = self.pin();
+        // Judged after the pin: a chunk recycled since the caller read its
+        // generation holds another life's bytes, being written.
+        if self.state().1 != generation {
+            return (0, 0);
+        }
         let used = alloc_used(self.header().alloc.load(Ordering::Acquire)) as usize;
         let (mut off, mut entries, mut acked) = (CHUNK_HEADER_SIZE, 0, 0);
         while off < used {

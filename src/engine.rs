@@ -151,6 +151,9 @@ pub(crate) trait Chunks {
     }
     /// Asks for a chunk to be prepared off the append path.
     fn request_prefetch(&self) {}
+    /// Asks for the append target and the pooled chunks to be backed
+    /// ahead of the appenders (see [`backing`]), without making a chunk.
+    fn request_backing(&self) {}
     /// Whether a chunk is being created right now (by any process), so that
     /// an appender refused by the chunk limit may wait for it to land in the
     /// pool (a prefetch in flight) instead of failing.
@@ -281,7 +284,7 @@ pub(crate) fn rollover<C: Chunks>(c: &C, seen: u64) -> Result<()> {
     // ahead of its appenders from now on (the next chunk is still made at
     // the prefetch threshold).
     if won && region.ready().is_some() {
-        c.request_prefetch();
+        c.request_backing();
     }
     if !won {
         // Another appender won: give the chunk back.
@@ -423,7 +426,7 @@ pub(crate) fn append_via<C: Chunks>(c: &C, reach: &mut impl Reach<C>, data: &[u8
     if footprint > policy.chunk_size as usize - CHUNK_HEADER_SIZE {
         return append_dedicated(c, data, footprint);
     }
-    let mut rollovers = 0;
+    let mut tries = Tries::default();
     loop {
         // Acquire: pairs with the AcqRel CAS in `rollover`.
         let active = c.active().load(Ordering::Acquire);
@@ -473,7 +476,7 @@ pub(crate) fn append_via<C: Chunks>(c: &C, reach: &mut impl Reach<C>, data: &[u8
                 }
                 // Write it again rather than return a dead handle.
             }
-            blocked => unblock(c, active, blocked, &mut rollovers)?,
+            blocked => unblock(c, active, blocked, &mut tries)?,
         }
     }
 }
@@ -492,26 +495,23 @@ enum Attempt<T> {
 /// step of the target (see [`ChunkRegion::ready`]), or rolls over to a new
 /// target (bounded: only another process corrupting the shared words keeps
 /// an appender rolling over).
-fn unblock<C: Chunks, T>(
-    c: &C,
-    active: u64,
-    attempt: Attempt<T>,
-    rollovers: &mut u32,
-) -> Result<()> {
-    // Both count: a chunk has at most MAX_CHUNK_SIZE / PREPARE_STEP steps.
-    *rollovers += 1;
-    if *rollovers > MAX_ROLLOVERS {
-        return Err(BlobError::Corrupt {
-            file: "(control block)".into(),
-            detail: "no usable append chunk after 10000 attempts".into(),
-        });
-    }
+fn unblock<C: Chunks, T>(c: &C, active: u64, attempt: Attempt<T>, tries: &mut Tries) -> Result<()> {
     if let Attempt::NotReady = attempt {
+        // A step of backing is progress, not a failed try; counted apart,
+        // against the most steps two chunks of the largest size can have
+        // (only another process corrupting `ready` reaches it).
+        tries.steps += 1;
+        if tries.steps > MAX_STEPS {
+            return Err(BlobError::Corrupt {
+                file: "(chunk header)".into(),
+                detail: "the append chunk's backing never advances".into(),
+            });
+        }
         match c.prepare(id_of(active)) {
             // The appender caught up with the worker's window: wake the
             // worker to move it on.
             Ok(()) => {
-                c.request_prefetch();
+                c.request_backing();
                 return Ok(());
             }
             // No memory for the next step (tmpfs full): the chunk ends at
@@ -524,8 +524,25 @@ fn unblock<C: Chunks, T>(
             }
         }
     }
+    tries.rollovers += 1;
+    if tries.rollovers > MAX_ROLLOVERS {
+        return Err(BlobError::Corrupt {
+            file: "(control block)".into(),
+            detail: "no usable append chunk after 10000 attempts".into(),
+        });
+    }
     rollover(c, active)
 }
+
+/// What an appender tried since it last stored something.
+#[derive(Default)]
+struct Tries {
+    rollovers: u32,
+    steps: u32,
+}
+
+/// Steps of backing one append may wait for (see [`unblock`]).
+const MAX_STEPS: u32 = (2 * (MAX_CHUNK_SIZE / PREPARE_STEP) + 2) as u32;
 
 /// Appends every blob of `blobs`, in order, pushing each one's location to
 /// `out` as soon as it is stored. Consecutive blobs that fit in the append
@@ -541,7 +558,7 @@ pub(crate) fn append_all_via<C: Chunks>(
     let policy = *c.policy();
     let room = policy.chunk_size as usize - CHUNK_HEADER_SIZE;
     let mut rest = blobs;
-    let mut rollovers = 0;
+    let mut tries = Tries::default();
     while let Some(first) = rest.first() {
         let footprint = footprint_of(first.len())?;
         if footprint > room {
@@ -624,9 +641,11 @@ pub(crate) fn append_all_via<C: Chunks>(
                 prefetch_if_crossed(c, offset, end);
                 if live {
                     rest = &rest[n..];
+                    // Progress: the limits are on tries without any.
+                    tries = Tries::default();
                 }
             }
-            blocked => unblock(c, active, blocked, &mut rollovers)?,
+            blocked => unblock(c, active, blocked, &mut tries)?,
         }
     }
     Ok(())
@@ -741,7 +760,7 @@ pub(crate) fn reserve<C: Chunks>(c: &C, len: usize) -> Result<Reserved<C::Chunk>
     }
     let timestamp = clock::now_ns();
     let now_ms = (timestamp / 1_000_000).max(1);
-    let mut rollovers = 0;
+    let mut tries = Tries::default();
     loop {
         // Acquire: pairs with the AcqRel CAS in `rollover`.
         let active = c.active().load(Ordering::Acquire);
@@ -780,7 +799,7 @@ pub(crate) fn reserve<C: Chunks>(c: &C, len: usize) -> Result<Reserved<C::Chunk>
                 Reserve::Sealed => {}
             }
         }
-        unblock(c, active, attempt, &mut rollovers)?;
+        unblock(c, active, attempt, &mut tries)?;
     }
 }
 
@@ -1275,8 +1294,14 @@ pub(crate) fn prefetch<C: Chunks>(c: &C) {
             }
         }
     }
-    // Then the warm chunks next in line, each published to the pool after
-    // its first step so that a rollover never waits for the next ones.
+    backing(c);
+}
+
+/// Backs the append target and the warm chunks next in line (each
+/// published to the pool after its first step) a window ahead of their
+/// appenders; makes no chunk.
+pub(crate) fn backing<C: Chunks>(c: &C) {
+    prepare_ahead(c, id_of(c.active().load(Ordering::Acquire)));
     for slot in c.pool() {
         // Acquire: pairs with the Release CAS in `pool_push`.
         let v = slot.load(Ordering::Acquire);

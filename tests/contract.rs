@@ -476,6 +476,10 @@ fn a_large_chunk_is_backed_in_steps_ahead_of_its_appenders() {
         ready()
     );
     assert!(allocated() < chunk / 2, "{} bytes allocated", allocated());
+    // Backing the target ahead makes no chunk: the next one is made at the
+    // prefetch threshold, not at the first append.
+    let data_files = ns.files().iter().filter(|f| f.contains("_data_")).count();
+    assert_eq!(data_files, 1, "{:?}", ns.files());
     // Operators see it (`sfb stat`: backed=SIZE).
     let backed = |id: u32| {
         let r = stable_fragmented_buffer::inspect::inspect_namespace(ns.as_str()).unwrap();

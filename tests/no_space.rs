@@ -119,4 +119,32 @@ fn full_shm_returns_no_space_and_keeps_serving() {
     assert_eq!(store.resolve(&h), Some(payload(2, 10_000)));
     drop(store);
     drop(ns);
+
+    // Another process's stray write sets a large chunk's shared `ready` to
+    // "all backed" (0): this process still writes only where it backed the
+    // memory itself, so the full file system is NoSpace again, not SIGBUS.
+    let ns = Ns::new("nospace-scribbled");
+    let store = PinnedBlobStore::new_shared(cfg, ns.as_str(), chunk).unwrap();
+    let first = store.append_shared(&payload(0, 10_000)).unwrap();
+    let path = dir.join(format!("{}_data_{}", ns.as_str(), first.page_id));
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    use std::os::unix::fs::FileExt;
+    let scribble = || file.write_all_at(&0u32.to_le_bytes(), 32).unwrap();
+    scribble();
+    let mut held = vec![(first, payload(0, 10_000))];
+    let err = loop {
+        scribble();
+        let data = payload(held.len() as u64, 10_000);
+        match store.append_shared(&data) {
+            Ok(h) => held.push((h, data)),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, BlobError::NoSpace { .. }), "{err}");
+    for (h, data) in &held {
+        assert_eq!(store.resolve(h).as_ref(), Some(data));
+    }
+    drop(file);
+    drop(store);
+    drop(ns);
 }

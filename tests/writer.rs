@@ -235,3 +235,20 @@ fn a_heap_store_has_no_writer() {
     let err = heap.writer().unwrap_err();
     assert!(matches!(err, BlobError::WrongMode { .. }), "{err}");
 }
+
+/// A batch that goes through more rollovers than one append may (one blob
+/// per chunk here) is not mistaken for a corrupt store: the limit is on
+/// tries without progress, and every stored run is progress.
+#[test]
+fn a_batch_longer_than_the_rollover_limit_is_stored_whole() {
+    let ns = Ns::new("wlong");
+    let store = PinnedBlobStore::new_shared(cfg(0, 1), ns.as_str(), 512).unwrap();
+    let mut w = store.writer().unwrap();
+    let blob = [7u8; 300];
+    let blobs: Vec<&[u8]> = vec![&blob[..]; 12_000];
+    let mut out = Vec::new();
+    w.append_all(&blobs, &mut out).unwrap();
+    assert_eq!(out.len(), blobs.len());
+    drop(w);
+    drop(store);
+}

@@ -23,6 +23,7 @@ use crate::table::ChunkTable;
 use crate::view::{BlobView, PinnedChunk};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -60,6 +61,9 @@ pub struct SharedBackend {
 pub(crate) struct ChunkMap {
     id: u32,
     region: ChunkRegion,
+    /// How far this process knows the file to be backed by memory (the
+    /// region's own mark; boxed so it stays put while the map moves).
+    backed: Box<AtomicUsize>,
     /// (device, inode) of the file, so we only ever unlink our own file.
     ident: Option<(u64, u64)>,
     // Keeps the memory of `region` mapped; must outlive it (field order).
@@ -100,6 +104,7 @@ pub struct Recovery {
 #[derive(Default)]
 struct Signal {
     prefetch: bool,
+    backing: bool,
     stop: bool,
 }
 
@@ -706,7 +711,7 @@ impl Chunks for Inner {
         let to = (from + PREPARE_STEP).min(len);
         match chunk._map.populate_range(from, to - from) {
             Ok(()) => {
-                chunk.region.mark_ready(mark, to);
+                chunk.region.mark_ready(to);
                 Ok(())
             }
             Err(e) if e.raw_os_error() == Some(libc::EFAULT) => Err(BlobError::NoSpace {
@@ -722,6 +727,11 @@ impl Chunks for Inner {
 
     fn request_prefetch(&self) {
         self.lock_signal().prefetch = true;
+        self.wake.notify_one();
+    }
+
+    fn request_backing(&self) {
+        self.lock_signal().backing = true;
         self.wake.notify_one();
     }
 
@@ -881,7 +891,7 @@ impl Inner {
                 detail: format!("chunk file is {len} bytes"),
             });
         }
-        let chunk = map_chunk(&file, len as usize, &path, id)?;
+        let chunk = map_chunk(&file, len as usize, &path, id, 0)?;
         let region = chunk.region;
         if let Err(detail) = region.check_header(id, self.policy.key) {
             return Err(BlobError::Corrupt { file: path, detail });
@@ -996,7 +1006,7 @@ impl Inner {
             file.set_len(size as u64)
                 .map_err(|e| undo(BlobError::os("ftruncate", path, e)))?;
         }
-        let chunk = map_chunk(&file, size, path, id).map_err(undo)?;
+        let chunk = map_chunk(&file, size, path, id, first).map_err(undo)?;
         hooks::at(Point::CreationSized);
         if !self.registry().heartbeat(claim, clock::now_ms()) {
             return Ok(None);
@@ -1014,6 +1024,7 @@ impl Inner {
                 // dedicated chunk.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     os::reserve_space(&file, size as u64, path).map_err(undo)?;
+                    chunk.backed.store(size, Ordering::Relaxed);
                     0
                 }
                 Err(e) => return Err(undo(BlobError::os("madvise(MADV_POPULATE_WRITE)", path, e))),
@@ -1061,9 +1072,9 @@ impl Inner {
     /// Per-process worker: prefetches on request, drops retired mappings.
     fn worker_loop(self: Arc<Self>) {
         loop {
-            let prefetch = {
+            let (prefetch, backing) = {
                 let mut s = self.lock_signal();
-                if !s.stop && !s.prefetch {
+                if !s.stop && !s.prefetch && !s.backing {
                     s = self
                         .wake
                         .wait_timeout(s, WORKER_TICK)
@@ -1073,26 +1084,38 @@ impl Inner {
                 if s.stop {
                     return;
                 }
-                std::mem::take(&mut s.prefetch)
+                (
+                    std::mem::take(&mut s.prefetch),
+                    std::mem::take(&mut s.backing),
+                )
             };
-            if prefetch && !self.is_closed() {
-                engine::prefetch(&*self);
+            if !self.is_closed() {
+                if prefetch {
+                    engine::prefetch(&*self);
+                } else if backing {
+                    engine::backing(&*self);
+                }
             }
             self.evict_retired();
         }
     }
 }
 
-/// Maps a chunk file of `len` bytes (checked by the caller against fstat).
-fn map_chunk(file: &File, len: usize, path: &Path, id: u32) -> Result<ChunkMap> {
+/// Maps a chunk file of `len` bytes (checked by the caller against fstat),
+/// of which this process knows the first `backed` bytes to be backed by
+/// memory (what it reserved itself; 0 for a file another process made).
+fn map_chunk(file: &File, len: usize, path: &Path, id: u32, backed: usize) -> Result<ChunkMap> {
     let map = Mapping::new(file, len, path)?;
+    let backed = Box::new(AtomicUsize::new(backed));
     // SAFETY: the mapping is page-aligned, `len` bytes long (between
     // CHUNK_HEADER_SIZE and MAX_CHUNK_SIZE, checked by every caller), and
-    // lives in the same ChunkMap as the region, so it outlives every use.
-    let region = unsafe { ChunkRegion::new(map.base(), map.len()) };
+    // lives in the same ChunkMap as the region, so it outlives every use;
+    // so does the boxed mark (its heap address does not move with the map).
+    let region = unsafe { ChunkRegion::new(map.base(), map.len()).with_local_mark(&backed) };
     Ok(ChunkMap {
         id,
         region,
+        backed,
         // Without its identity the file could never be unlinked safely.
         ident: Some(
             os::file_identity(file)
