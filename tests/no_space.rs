@@ -8,7 +8,7 @@ mod common;
 
 use common::{payload, Ns};
 use stable_fragmented_buffer::layout::PREPARE_STEP;
-use stable_fragmented_buffer::{BlobError, Config, PinnedBlobStore};
+use stable_fragmented_buffer::{BlobError, Config, OverflowHandle, PinnedBlobStore};
 use std::process::Command;
 
 struct Mount(std::path::PathBuf);
@@ -50,13 +50,7 @@ fn full_shm_returns_no_space_and_keeps_serving() {
     };
     let store = PinnedBlobStore::new_shared(cfg, ns.as_str(), 256 << 10).unwrap();
     let mut held = Vec::new();
-    let err = loop {
-        let data = payload(held.len() as u64, 10_000);
-        match store.append_shared(&data) {
-            Ok(h) => held.push((h, data)),
-            Err(e) => break e,
-        }
-    };
+    let err = fill(&store, &mut held, || {});
     match &err {
         BlobError::NoSpace { file } => assert!(file.starts_with(&dir), "{}", file.display()),
         other => panic!("expected NoSpace, got {other}"),
@@ -87,13 +81,7 @@ fn full_shm_returns_no_space_and_keeps_serving() {
     assert!(chunk > 4 * PREPARE_STEP);
     let store = PinnedBlobStore::new_shared(cfg, ns.as_str(), chunk).unwrap();
     let mut held = Vec::new();
-    let err = loop {
-        let data = payload(held.len() as u64, 10_000);
-        match store.append_shared(&data) {
-            Ok(h) => held.push((h, data)),
-            Err(e) => break e,
-        }
-    };
+    let err = fill(&store, &mut held, || {});
     assert!(matches!(err, BlobError::NoSpace { .. }), "{err}");
     assert!(
         held.len() * 10_000 > PREPARE_STEP,
@@ -132,14 +120,7 @@ fn full_shm_returns_no_space_and_keeps_serving() {
     let scribble = || file.write_all_at(&0u32.to_le_bytes(), 32).unwrap();
     scribble();
     let mut held = vec![(first, payload(0, 10_000))];
-    let err = loop {
-        scribble();
-        let data = payload(held.len() as u64, 10_000);
-        match store.append_shared(&data) {
-            Ok(h) => held.push((h, data)),
-            Err(e) => break e,
-        }
-    };
+    let err = fill(&store, &mut held, scribble);
     assert!(matches!(err, BlobError::NoSpace { .. }), "{err}");
     for (h, data) in &held {
         assert_eq!(store.resolve(h).as_ref(), Some(data));
@@ -147,4 +128,21 @@ fn full_shm_returns_no_space_and_keeps_serving() {
     drop(file);
     drop(store);
     drop(ns);
+}
+
+/// Appends 10 000-byte payloads until an append fails (calling `before`
+/// ahead of each); keeps what was stored in `held`; returns the error.
+fn fill(
+    store: &PinnedBlobStore,
+    held: &mut Vec<(OverflowHandle, Vec<u8>)>,
+    before: impl Fn(),
+) -> BlobError {
+    loop {
+        before();
+        let data = payload(held.len() as u64, 10_000);
+        match store.append_shared(&data) {
+            Ok(h) => held.push((h, data)),
+            Err(e) => return e,
+        }
+    }
 }
