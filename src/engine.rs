@@ -1294,7 +1294,7 @@ pub(crate) fn prefetch<C: Chunks>(c: &C) {
             }
         }
     }
-    backing(c);
+    back_pool(c);
 }
 
 /// Backs the append target and the warm chunks next in line (each
@@ -1302,6 +1302,11 @@ pub(crate) fn prefetch<C: Chunks>(c: &C) {
 /// appenders; makes no chunk.
 pub(crate) fn backing<C: Chunks>(c: &C) {
     prepare_ahead(c, id_of(c.active().load(Ordering::Acquire)));
+    back_pool(c);
+}
+
+/// Backs the pooled chunks a window ahead (see [`backing`]).
+fn back_pool<C: Chunks>(c: &C) {
     for slot in c.pool() {
         // Acquire: pairs with the Release CAS in `pool_push`.
         let v = slot.load(Ordering::Acquire);

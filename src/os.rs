@@ -257,15 +257,7 @@ impl Mapping {
     /// first appends into a prepared chunk take no page fault. Best effort:
     /// kernels before 5.14 do not know the advice.
     pub fn populate_write(&self) {
-        // SAFETY: the range is exactly this live mapping; the advice only
-        // pre-faults pages and never changes their contents.
-        unsafe {
-            libc::madvise(
-                self.raw.as_mut_ptr() as *mut libc::c_void,
-                self.raw.len(),
-                libc::MADV_POPULATE_WRITE,
-            );
-        }
+        let _ = self.populate_range(0, self.raw.len());
     }
 }
 

@@ -267,8 +267,13 @@ impl Profiler {
     }
 
     pub(crate) fn on_append(&self, bytes: usize) {
+        self.on_appends(1, bytes);
+    }
+
+    /// `count` appends of `bytes` bytes in all (a batch).
+    pub(crate) fn on_appends(&self, count: usize, bytes: usize) {
         if self.is_enabled() {
-            self.appends.fetch_add(1, Ordering::Relaxed);
+            self.appends.fetch_add(count as u64, Ordering::Relaxed);
             self.appended_bytes
                 .fetch_add(bytes as u64, Ordering::Relaxed);
         }
@@ -292,8 +297,13 @@ impl Profiler {
     }
 
     pub(crate) fn on_ack(&self, counted: bool) {
-        if self.is_enabled() && counted {
-            self.acks.fetch_add(1, Ordering::Relaxed);
+        self.on_acks(usize::from(counted));
+    }
+
+    /// `counted` acknowledgements that counted (a batch).
+    pub(crate) fn on_acks(&self, counted: usize) {
+        if self.is_enabled() && counted > 0 {
+            self.acks.fetch_add(counted as u64, Ordering::Relaxed);
         }
     }
 }

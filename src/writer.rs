@@ -76,9 +76,9 @@ impl<'a> Writer<'a> {
         let done = self
             .backend
             .append_all_held(&mut self.target, blobs, &mut self.locs, out);
-        for h in &out[before..] {
-            self.profiler.on_append(h.size as usize);
-        }
+        let stored = &out[before..];
+        let bytes = stored.iter().map(|h| h.size as usize).sum();
+        self.profiler.on_appends(stored.len(), bytes);
         done
     }
 
@@ -99,9 +99,7 @@ impl<'a> Writer<'a> {
     /// acknowledgement.
     pub fn acknowledge_all(&mut self, handles: &[OverflowHandle]) -> usize {
         let counted = self.backend.acknowledge_all_held(&mut self.acked, handles);
-        for _ in 0..counted {
-            self.profiler.on_ack(true);
-        }
+        self.profiler.on_acks(counted);
         counted
     }
 

@@ -252,3 +252,24 @@ fn a_batch_longer_than_the_rollover_limit_is_stored_whole() {
     drop(w);
     drop(store);
 }
+
+/// A writer's appends and acknowledgements, single and batched, count in
+/// the store's profiler once it is enabled, as the store's own calls do.
+#[test]
+fn a_writers_operations_count_in_the_profiler() {
+    let ns = Ns::new("wprof");
+    let store = PinnedBlobStore::new_shared(cfg(0, 30_000), ns.as_str(), CHUNK).unwrap();
+    store.profiler().enable();
+    let mut w = store.writer().unwrap();
+    let one = w.append(&[1u8; 10]).unwrap();
+    let mut batch = Vec::new();
+    w.append_all(&[&[2u8; 20], &[3u8; 30], &[4u8; 40]], &mut batch)
+        .unwrap();
+    assert!(w.acknowledge(&one));
+    assert_eq!(w.acknowledge_all(&batch), 3);
+    assert_eq!(w.acknowledge_all(&batch), 0, "repeats do not count");
+    let p = store.profiler().snapshot();
+    assert_eq!((p.appends, p.appended_bytes, p.acks), (4, 100, 4));
+    drop(w);
+    drop(store);
+}

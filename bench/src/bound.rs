@@ -25,8 +25,8 @@ pub struct Bound {
 }
 
 impl Bound {
-    /// A bound for payloads of `size` bytes.
-    pub fn new(size: usize) -> Self {
+    /// A bound for copies of `payload`.
+    pub fn new(payload: &[u8]) -> Self {
         let buf = SPARE
             .lock()
             .ok()
@@ -34,7 +34,7 @@ impl Bound {
             .unwrap_or_else(|| vec![1u8; BUFFER]);
         Self {
             buf,
-            src: (0..size).map(|i| (i * 31 + 7) as u8).collect(),
+            src: payload.to_vec(),
             at: 0,
             plain: Vec::new(),
             streamed: Vec::new(),

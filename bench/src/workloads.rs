@@ -88,7 +88,7 @@ pub fn append_cold(opts: &Options, size: usize) -> Cell {
     let ops = ops_for(opts, size);
     let data = payload(size);
     let s = store(Config::default(), None);
-    let mut bound = Bound::new(size);
+    let mut bound = Bound::new(&data);
     let mut w = s.writer().expect("writer");
     let per = (ops / SLICES).max(1);
     for _ in 0..SLICES / 2 {
@@ -199,7 +199,7 @@ fn run_appenders(
             std::thread::spawn(move || {
                 let data = payload(size);
                 let blobs: Vec<&[u8]> = vec![&data[..]; BATCH];
-                let mut bound = bounded.then(|| Bound::new(size));
+                let mut bound = bounded.then(|| Bound::new(&data));
                 let mut w = s.writer().expect("writer");
                 let mut handles: Vec<OverflowHandle> = Vec::with_capacity(BATCH);
                 let mut spent = Duration::ZERO;
@@ -372,7 +372,7 @@ pub fn acknowledge(opts: &Options, size: usize) -> Cell {
 /// each the median of its slices; the note gives both.
 pub fn memcpy_bound(opts: &Options, size: usize) -> Cell {
     let ops = ops_for(opts, size);
-    let mut bound = Bound::new(size);
+    let mut bound = Bound::new(&payload(size));
     let per = (ops / SLICES).max(1);
     for _ in 0..SLICES {
         bound.slice(per);
