@@ -203,6 +203,7 @@ pub fn channel_file(input: &[u8]) -> Result<(), String> {
     let small = crate::ChannelConfig {
         slots: 8,
         slot_size: 256,
+        ..crate::ChannelConfig::default()
     };
     {
         // A real channel with messages in it, inline and in the store.

@@ -97,8 +97,8 @@ pub use backend::shared::{Recovery, SharedBackend, DEFAULT_CHUNK_SIZE};
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 pub use channel::{
-    ChannelConfig, Loan, Message, Publisher, Receiver, RecvError, RecvTimeoutError, SendError,
-    Sender, Subscriber, TryRecvError, TrySendError,
+    ChannelConfig, Delivery, Loan, Message, Overflow, Publisher, Receiver, RecvError,
+    RecvTimeoutError, SendError, Sender, Subscriber, TryRecvError, TrySendError,
 };
 pub use config::{BackendMode, Config};
 pub use error::{BlobError, Result};

@@ -195,6 +195,34 @@ pub fn reserve_space(file: &File, len: u64, path: &Path) -> Result<()> {
     }
 }
 
+/// Reserves the pages of `len` bytes at `offset` of a file already sized
+/// past them (a channel's pool slot, backed on first use): `Ok` once they
+/// are backed, `ENOSPC` when the file system is full. A file system
+/// without fallocate gets pages on demand, as in [`reserve_space`].
+pub fn reserve_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    loop {
+        // SAFETY: plain syscall on a valid fd owned by `file`; mode
+        // FALLOC_FL_KEEP_SIZE never changes the file's size.
+        let rc = unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EOPNOTSUPP) => return Ok(()),
+            _ => return Err(err),
+        }
+    }
+}
+
 /// A shared read-write mapping of a whole file; unmapped on drop.
 pub struct Mapping {
     raw: MmapRaw,

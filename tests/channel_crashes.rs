@@ -73,7 +73,7 @@ fn producer() {
         let tx = store.sender("q").unwrap();
         Box::new(move |m| tx.send(m).unwrap())
     } else {
-        let tx = store.publisher("b").unwrap();
+        let tx = store.publisher_with("b", common::lossless()).unwrap();
         Box::new(move |m| tx.send(m).unwrap())
     };
     say("ready");
@@ -116,7 +116,7 @@ fn consumer() {
         let rx = store.receiver("q").unwrap();
         Box::new(move || rx.recv_timeout(Duration::from_millis(100)))
     } else {
-        let rx = store.subscriber("b").unwrap();
+        let rx = store.subscriber_with("b", common::lossless()).unwrap();
         Box::new(move || rx.recv_timeout(Duration::from_millis(100)))
     };
     say("ready");

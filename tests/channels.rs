@@ -85,7 +85,7 @@ fn role_producer(queue: bool) {
             std::thread::sleep(Duration::from_secs(600));
         }
     } else {
-        let tx = store.publisher(&name).unwrap();
+        let tx = store.publisher_with(&name, common::lossless()).unwrap();
         say("ready");
         // Wait for the go (every subscriber is subscribed).
         let mut s = String::new();
@@ -126,7 +126,7 @@ fn role_consumer(queue: bool) {
             on(&m);
         }
     } else {
-        let rx = store.subscriber(&name).unwrap();
+        let rx = store.subscriber_with(&name, common::lossless()).unwrap();
         say("ready");
         for m in rx.iter() {
             on(&m);
@@ -165,7 +165,7 @@ fn role_hold() {
         say("holding");
         std::thread::sleep(Duration::from_secs(600));
     } else {
-        let rx = store.subscriber(&name).unwrap();
+        let rx = store.subscriber_with(&name, common::lossless()).unwrap();
         say("ready");
         while held.len() < take {
             held.push(rx.recv().unwrap());
@@ -214,8 +214,8 @@ fn report(c: &mut Peer) -> Vec<(u32, u64)> {
 fn every_size_from_empty_to_more_than_a_chunk_arrives_whole() {
     let ns = Ns::new("chsizes");
     let store = shared(&ns);
-    let rx = store.subscriber("sizes").unwrap();
-    let tx = store.publisher("sizes").unwrap();
+    let rx = store.subscriber_with("sizes", common::lossless()).unwrap();
+    let tx = store.publisher_with("sizes", common::lossless()).unwrap();
     let cap = tx.inline_capacity();
     assert_eq!(cap, ChannelConfig::default().inline_capacity());
     let sizes = [
@@ -359,8 +359,8 @@ fn recv_returns_disconnected_within_a_second_after_the_producer_is_killed() {
 fn dropping_the_last_producer_wakes_a_blocked_receiver() {
     let ns = Ns::new("chdrop");
     let store = shared(&ns);
-    let rx = store.subscriber("w").unwrap();
-    let tx = store.publisher("w").unwrap();
+    let rx = store.subscriber_with("w", common::lossless()).unwrap();
+    let tx = store.publisher_with("w", common::lossless()).unwrap();
     let t = std::thread::spawn(move || {
         let start = Instant::now();
         let r = rx.recv();
@@ -420,6 +420,7 @@ fn a_killed_subscriber_stops_gating_publishers_and_its_entries_are_acknowledged(
     let small = ChannelConfig {
         slots: 4,
         slot_size: 128,
+        ..common::lossless()
     };
     let tx = store.publisher_with("g", small).unwrap();
     let mut sub = peer(
@@ -434,17 +435,18 @@ fn a_killed_subscriber_stops_gating_publishers_and_its_entries_are_acknowledged(
         tx.send(&payload(i, 8192)).unwrap();
     }
     sub.expect("holding");
-    for i in 2..4 {
+    // Held messages keep their own slots; four unread ones fill the ring.
+    for i in 2..6 {
         tx.send(&payload(i, 8192)).unwrap();
     }
     assert!(
         matches!(tx.try_send(&payload(9, 8192)), Err(TrySendError::Full)),
-        "a live subscriber that holds its messages fills the ring"
+        "a live subscriber that has not read a ring's worth fills it (Block)"
     );
     sub.kill9();
     // Sends go through again once the dead subscriber is evicted.
     let t = Instant::now();
-    for i in 4..40 {
+    for i in 6..40 {
         while let Err(e) = tx.try_send(&payload(i, 8192)) {
             assert!(matches!(e, TrySendError::Full), "{e}");
             assert!(t.elapsed() < Duration::from_secs(5), "still full after 5 s");
@@ -491,7 +493,7 @@ fn a_queue_receiver_killed_holding_messages_loses_them_at_most_once() {
 fn a_message_outlives_its_killed_producer_unchanged() {
     let ns = Ns::new("choutlive");
     let store = shared(&ns);
-    let rx = store.subscriber("o").unwrap();
+    let rx = store.subscriber_with("o", common::lossless()).unwrap();
     let mut tx = peer(
         "publisher",
         &ns,
@@ -511,8 +513,8 @@ fn a_message_outlives_its_killed_producer_unchanged() {
     tx.kill9();
     let held: Vec<_> = (0..7).map(|_| rx.recv().unwrap()).collect();
     // Churn the store and the ring from this process meanwhile.
-    let tx2 = store.publisher("o").unwrap();
-    let rx2 = store.subscriber("o").unwrap();
+    let tx2 = store.publisher_with("o", common::lossless()).unwrap();
+    let rx2 = store.subscriber_with("o", common::lossless()).unwrap();
     for i in 0..50 {
         tx2.send(&payload(i, 100_000)).unwrap();
         drop(rx2.recv().unwrap());
@@ -552,15 +554,24 @@ fn loans_publish_in_place_and_unsent_loans_give_their_space_back() {
         drop(l);
         bounded.cleanup_shared();
     }
-    assert!(
-        matches!(
-            tx.loan(0),
-            Err(stable_fragmented_buffer::SendError::Store(
-                BlobError::EmptyBlob
-            ))
-        ),
-        "an empty loan is refused"
-    );
+    // Loans that fit a slot are slots of the ring, an empty one too.
+    let rx = bounded.receiver("l").unwrap();
+    for len in [0, 100, 4096] {
+        let mut l = tx.loan(len).unwrap();
+        assert!(l.is_inline(), "{len}");
+        l.copy_from_slice(&payload(len as u64, len));
+        l.send().unwrap();
+        let m = rx.recv().unwrap();
+        assert!(!m.is_overflow());
+        assert_eq!(&*m, &payload(len as u64, len)[..]);
+    }
+    // Unsent inline loans give their slot back: a stream of them never
+    // runs the pool dry.
+    for _ in 0..5_000 {
+        drop(tx.loan(64).unwrap());
+    }
+    assert!(!tx.loan(4097).unwrap().is_inline());
+    drop(rx);
     drop(tx);
     drop(bounded);
     assert!(common::files_of(&format!("{}-b", ns.as_str())).is_empty());
@@ -585,7 +596,7 @@ fn append_shared_with_writes_in_place() {
 fn opening_a_name_as_the_other_kind_or_in_heap_mode_is_a_clear_error() {
     let ns = Ns::new("chkind");
     let store = shared(&ns);
-    let _p = store.publisher("x").unwrap();
+    let _p = store.publisher_with("x", common::lossless()).unwrap();
     assert!(matches!(
         store.receiver("x"),
         Err(BlobError::ChannelKind { .. })
@@ -595,7 +606,7 @@ fn opening_a_name_as_the_other_kind_or_in_heap_mode_is_a_clear_error() {
         Err(BlobError::ChannelKind { .. })
     ));
     assert!(matches!(
-        store.publisher("a/b"),
+        store.publisher_with("a/b", common::lossless()),
         Err(BlobError::InvalidChannel { .. })
     ));
     assert!(matches!(
@@ -603,7 +614,8 @@ fn opening_a_name_as_the_other_kind_or_in_heap_mode_is_a_clear_error() {
             "y",
             ChannelConfig {
                 slots: 3,
-                slot_size: 64
+                slot_size: 64,
+                ..ChannelConfig::default()
             }
         ),
         Err(BlobError::InvalidConfig { .. })
@@ -620,7 +632,7 @@ fn hostile_channel_files_are_typed_errors_on_open() {
     let ns = Ns::new("chhostile");
     let store = shared(&ns);
     let path = common::shm_dir().join(format!("{}_chan+h", ns.as_str()));
-    drop(store.publisher("h").unwrap());
+    drop(store.publisher_with("h", common::lossless()).unwrap());
     let good = std::fs::read(&path).unwrap();
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("empty", vec![]),
@@ -654,7 +666,7 @@ fn hostile_channel_files_are_typed_errors_on_open() {
     ];
     for (what, bytes) in cases {
         std::fs::write(&path, &bytes).unwrap();
-        for r in [store.publisher("h").err(), store.subscriber("h").err()] {
+        for r in [store.publisher_with("h", common::lossless()).err(), store.subscriber_with("h", common::lossless()).err()] {
             match r {
                 Some(BlobError::Corrupt { .. }) | Some(BlobError::IncompatibleFormat { .. }) => {}
                 other => panic!("{what}: {other:?}"),
@@ -694,7 +706,7 @@ fn channel_files_go_with_the_namespace() {
     let ns = Ns::new("chclean");
     {
         let store = shared(&ns);
-        let _a = store.publisher("a").unwrap();
+        let _a = store.publisher_with("a", common::lossless()).unwrap();
         let _b = store.receiver("b").unwrap();
         assert_eq!(
             ns.files().iter().filter(|f| f.contains("_chan+")).count(),
@@ -731,7 +743,7 @@ fn role_abandon() {
     let claimed = if env("SFB_QUEUE") == "1" {
         store.sender(&name).unwrap().claim_and_abandon_for_tests()
     } else {
-        let p = store.publisher(&name).unwrap();
+        let p = store.publisher_with(&name, common::lossless()).unwrap();
         let c = p.claim_and_abandon_for_tests();
         std::mem::forget(p);
         c
@@ -748,12 +760,13 @@ fn a_producer_killed_after_its_claim_wedges_nothing() {
     let small = ChannelConfig {
         slots: 4,
         slot_size: 128,
+        ..common::lossless()
     };
     // With a subscriber: it receives everything after the dead slot.
     // (The live publisher registers first, so the dead one's record is
     // not simply reused and repaired by a newcomer.)
     let sub = store.subscriber_with("a", small).unwrap();
-    let tx = store.publisher("a").unwrap();
+    let tx = store.publisher_with("a", common::lossless()).unwrap();
     let mut dead = peer("abandon", &ns, "a", &[("SFB_QUEUE", "0".into())]);
     dead.expect("claimed");
     dead.kill9();
@@ -807,7 +820,7 @@ fn a_blocking_send_on_a_full_store_evicts_a_killed_subscriber() {
         &[("SFB_TAKE", "2".into()), ("SFB_QUEUE", "0".into())],
     );
     sub.expect("ready");
-    let tx = store.publisher("f").unwrap();
+    let tx = store.publisher_with("f", common::lossless()).unwrap();
     for i in 0..2 {
         tx.send(&payload(i, 100_000)).unwrap();
     }
@@ -870,8 +883,8 @@ fn a_send_makes_no_wake_call_while_no_consumer_sleeps() {
     let ns = Ns::new("chnosyscall");
     let store = shared(&ns);
     let path = common::shm_dir().join(format!("{}_chan+n", ns.as_str()));
-    let rx = store.subscriber("n").unwrap();
-    let tx = store.publisher("n").unwrap();
+    let rx = store.subscriber_with("n", common::lossless()).unwrap();
+    let tx = store.publisher_with("n", common::lossless()).unwrap();
     // The futex word a sender bumps (and wakes) only when a consumer sleeps.
     let data_seq = || {
         let b = std::fs::read(&path).unwrap();

@@ -316,7 +316,7 @@ fn channel_producer() {
         let tx = store.sender("q").unwrap();
         Arc::new(move |m| tx.send(m).unwrap())
     } else {
-        let tx = store.publisher("b").unwrap();
+        let tx = store.publisher_with("b", common::lossless()).unwrap();
         Arc::new(move |m| tx.send(m).unwrap())
     };
     say("ready");
@@ -360,7 +360,7 @@ fn channel_consumer() {
         let rx = store.receiver("q").unwrap();
         Arc::new(move || rx.recv())
     } else {
-        let rx = store.subscriber("b").unwrap();
+        let rx = store.subscriber_with("b", common::lossless()).unwrap();
         Arc::new(move || rx.recv())
     };
     say("ready");

@@ -5,14 +5,12 @@
 use super::error::{RecvError, RecvTimeoutError, TryRecvError};
 use super::file::{ChanFile, Role};
 use super::layout::*;
-use super::producer::wake_producers;
-use super::ring::{Read, Take};
+use super::ring::{Next, Read, Take};
 use super::wait::{self, Sleeper, Throttle};
 use crate::backend::shared::StoreLink;
 use crate::handle::OverflowHandle;
 use crate::sync::Ordering;
 use crate::view::BlobView;
-use std::collections::VecDeque;
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -26,6 +24,8 @@ pub(crate) struct Consumer {
     sleeper: Sleeper,
     /// Paces its looks for dead producers.
     liveness: Throttle,
+    /// Held-message budget (the file's).
+    max_held: u32,
     state: Mutex<State>,
 }
 
@@ -33,10 +33,12 @@ pub(crate) struct Consumer {
 struct State {
     /// Broadcast: next sequence to read.
     cursor: u64,
-    /// Sequences handed out, in order, with whether each was dropped.
-    held: VecDeque<(u64, bool)>,
+    /// Messages handed out and not dropped.
+    held: u32,
     /// Messages passed over because their store entry had expired.
     expired: u64,
+    /// Messages missed by lagging.
+    lagged: u64,
 }
 
 /// What one attempt found.
@@ -44,6 +46,8 @@ enum Attempt {
     Got(Message),
     Empty,
     Expired,
+    Lagged(u64),
+    TooManyHeld,
 }
 
 impl Consumer {
@@ -52,6 +56,7 @@ impl Consumer {
         let index = chan.register(Role::Consumer, &ack)?;
         let cursor = chan.ring.join(index);
         Ok(Arc::new(Self {
+            max_held: chan.policy.max_held,
             chan,
             store,
             index,
@@ -59,8 +64,9 @@ impl Consumer {
             liveness: Throttle::new(),
             state: Mutex::new(State {
                 cursor,
-                held: VecDeque::new(),
+                held: 0,
                 expired: 0,
+                lagged: 0,
             }),
         }))
     }
@@ -69,117 +75,135 @@ impl Consumer {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Publishes this consumer's `low`: the oldest message it holds, else
-    /// (broadcast) its cursor, else nothing.
-    fn publish_low(&self, st: &State) {
-        let low = match st.held.front() {
-            Some(&(seq, _)) => seq,
-            None if self.chan.ring.is_queue() => LOW_NONE,
-            None => st.cursor,
-        };
-        // SeqCst: read by `Ring::bound` in reclaimers.
+    fn ack(&self, h: [u8; 24]) {
+        self.store.acknowledge_bytes(h);
+    }
+
+    /// Publishes a subscriber's cursor as its `low`, then lets producers
+    /// waiting for space know.
+    fn moved(&self, st: &State) {
+        let ring = &self.chan.ring;
+        if !ring.is_queue() {
+            // SeqCst: read by `Ring::bound` in reclaimers; with the SeqCst
+            // load below, either a producer announcing it waits sees our
+            // cursor, or we see its bit.
+            ring.consumer(self.index)
+                .low
+                .store(st.cursor, Ordering::SeqCst);
+        }
+        if ring.header().space_waiters.load(Ordering::SeqCst) != 0 {
+            self.chan.release(&|h| self.ack(h));
+            self.chan.wake_producers();
+        }
+    }
+
+    fn set_held(&self, st: &State) {
         self.chan
             .ring
             .consumer(self.index)
-            .low
-            .store(low, Ordering::SeqCst);
-    }
-
-    fn release_ring(&self) {
-        if self.chan.ring.release(|h| self.store.acknowledge_bytes(h)) > 0 {
-            wake_producers(&self.chan);
-        }
+            .held
+            .store(st.held, Ordering::Relaxed);
     }
 
     /// One non-blocking attempt to take the next message.
     fn attempt(self: &Arc<Self>) -> Attempt {
         let ring = &self.chan.ring;
+        let rec = ring.consumer(self.index);
         let mut st = self.lock();
-        // Bounded: skipped and passed slots are few unless the ring is scribbled.
-        for _ in 0..(ring.geometry().slots as u64 * 4 + 1024) {
-            let (seq, read) = if ring.is_queue() {
-                match ring.take(self.index, !st.held.is_empty()) {
-                    Take::Taken { seq, read } => (seq, read),
-                    Take::Wait(_) => return Attempt::Empty,
-                }
-            } else {
-                let seq = st.cursor;
-                match ring.read(seq) {
-                    Read::Empty | Read::Pending { .. } => return Attempt::Empty,
-                    Read::Gone => {
-                        // Passed while we were joining: resume at the frontier.
-                        let f = frontier_seq(ring.header().frontier.load(Ordering::SeqCst));
-                        st.cursor = f.max(seq.wrapping_add(1));
-                        self.publish_low(&st);
-                        continue;
-                    }
-                    read => {
-                        st.cursor = seq.wrapping_add(1);
-                        (seq, read)
-                    }
-                }
-            };
-            let Read::Ready { len, flags } = read else {
-                // Skipped (its producer died): nothing to hand out.
-                self.publish_low(&st);
-                continue;
-            };
-            ring.consumer(self.index)
-                .count
-                .fetch_add(1, Ordering::Relaxed);
-            let mut owned = None;
-            let body = if flags & FLAG_OVERFLOW != 0 {
-                let handle = OverflowHandle::from_array(&ring.read_handle(seq));
-                // A queue message has one receiver: its entry is
-                // acknowledged when the message is dropped. (A broadcast
-                // entry, when every subscriber has released it.)
-                if ring.is_queue() {
-                    owned = Some(handle);
-                }
-                match self.store.resolve_ref(&handle) {
-                    Some(view) if view.len() == len as usize => Body::Store(view),
-                    _ => {
-                        st.expired += 1;
-                        self.publish_low(&st);
-                        drop(st);
-                        self.release_ring();
-                        return Attempt::Expired;
-                    }
-                }
-            } else {
-                let len = (len as usize).min(ring.geometry().inline_capacity());
-                Body::Inline {
-                    ptr: NonNull::new(ring.payload(seq)).unwrap_or(NonNull::dangling()),
-                    len,
-                }
-            };
-            st.held.push_back((seq, false));
-            self.publish_low(&st);
-            return Attempt::Got(Message {
-                body,
-                release: Release {
-                    consumer: Arc::clone(self),
-                    seq,
-                    owned,
-                },
-            });
+        rec.active_ms
+            .store(crate::clock::now_ms(), Ordering::Relaxed);
+        if st.held >= self.max_held {
+            return Attempt::TooManyHeld;
         }
-        Attempt::Empty
+        let held = if ring.is_queue() {
+            match ring.take(self.index) {
+                Take::Taken(h) => h,
+                Take::Wait(_) => return Attempt::Empty,
+            }
+        } else {
+            let mut got = None;
+            // Bounded: skipped entries are few unless the ring is scribbled.
+            for _ in 0..(ring.geometry().slots as u64 * 4 + 1024) {
+                match ring.next(self.index, st.cursor, &mut |h| self.ack(h)) {
+                    Next::Wait => return Attempt::Empty,
+                    Next::Pass => {
+                        st.cursor = st.cursor.wrapping_add(1);
+                        self.moved(&st);
+                    }
+                    Next::Lagged { at } => {
+                        let at = at.max(st.cursor.wrapping_add(1));
+                        let n = at - st.cursor;
+                        st.cursor = at;
+                        st.lagged += n;
+                        rec.lagged.fetch_add(n, Ordering::Relaxed);
+                        let h = ring.header();
+                        h.lagged.fetch_add(n, Ordering::Relaxed);
+                        if !ring.drops_oldest() {
+                            h.let_go.fetch_add(1, Ordering::Relaxed);
+                        }
+                        self.moved(&st);
+                        return Attempt::Lagged(n);
+                    }
+                    Next::Got(h) => {
+                        st.cursor = h.seq.wrapping_add(1);
+                        got = Some(h);
+                        break;
+                    }
+                }
+            }
+            match got {
+                Some(h) => h,
+                None => return Attempt::Empty,
+            }
+        };
+        rec.count.fetch_add(1, Ordering::Relaxed);
+        let body = if held.flags & FLAG_OVERFLOW != 0 {
+            let handle = OverflowHandle::from_array(&ring.read_handle(held.slot));
+            match self.store.resolve_ref(&handle) {
+                Some(view) if view.len() == held.len as usize => Body::Store(view),
+                _ => {
+                    st.expired += 1;
+                    ring.unhold(held.slot, self.index, &mut |h| self.ack(h));
+                    self.moved(&st);
+                    return Attempt::Expired;
+                }
+            }
+        } else {
+            let len = (held.len as usize).min(ring.geometry().inline_capacity());
+            Body::Inline {
+                ptr: NonNull::new(ring.payload(held.slot)).unwrap_or(NonNull::dangling()),
+                len,
+            }
+        };
+        st.held += 1;
+        self.set_held(&st);
+        self.moved(&st);
+        Attempt::Got(Message {
+            body,
+            release: Release {
+                consumer: Arc::clone(self),
+                seq: held.seq,
+                slot: held.slot,
+                delivered: held.delivered,
+            },
+        })
     }
 
-    /// A message handed out is dropped.
-    fn done(&self, seq: u64) {
+    /// A message handed out is dropped: its slot is let go (and freed, if
+    /// nobody else holds it).
+    fn done(&self, slot: u32) {
+        let ring = &self.chan.ring;
+        ring.unhold(slot, self.index, &mut |h| self.ack(h));
         {
             let mut st = self.lock();
-            if let Ok(i) = st.held.binary_search_by_key(&seq, |&(s, _)| s) {
-                st.held[i].1 = true;
-            }
-            while st.held.front().is_some_and(|&(_, done)| done) {
-                st.held.pop_front();
-            }
-            self.publish_low(&st);
+            st.held = st.held.saturating_sub(1);
+            self.set_held(&st);
         }
-        self.release_ring();
+        // SeqCst, with the SeqCst CAS that freed the slot: a producer that
+        // announced it waits for a slot is seen here, or sees the slot.
+        if ring.header().space_waiters.load(Ordering::SeqCst) != 0 {
+            self.chan.wake_producers();
+        }
     }
 
     /// Whether the channel counts as disconnected: it has had a producer,
@@ -194,10 +218,10 @@ impl Consumer {
             if !self.liveness.due() {
                 return false;
             }
-            let ack = |h: [u8; 24]| self.store.acknowledge_bytes(h);
+            let ack = |h: [u8; 24]| self.ack(h);
             if self.chan.evict_dead(Role::Producer, None, &ack) > 0 {
-                // Slots a dead producer left pending are skipped now.
-                self.release_ring();
+                // Entries a dead producer left pending are skipped now.
+                self.chan.release(&ack);
             }
         }
         h.producer_mask.load(Ordering::SeqCst) & MASK_BITS == 0
@@ -205,8 +229,12 @@ impl Consumer {
 
     fn ready(&self) -> bool {
         let ring = &self.chan.ring;
+        let h = ring.header();
         let seq = if ring.is_queue() {
-            ring.header().tail.load(Ordering::SeqCst)
+            if h.requeued.load(Ordering::SeqCst) > 0 {
+                return true;
+            }
+            h.tail.load(Ordering::SeqCst)
         } else {
             self.lock().cursor
         };
@@ -214,22 +242,21 @@ impl Consumer {
     }
 
     pub(crate) fn try_recv(self: &Arc<Self>) -> Result<Message, TryRecvError> {
-        match self.attempt() {
-            Attempt::Got(m) => Ok(m),
+        let once = |a: Attempt| match a {
+            Attempt::Got(m) => Ok(Some(m)),
             Attempt::Expired => Err(TryRecvError::Expired),
-            Attempt::Empty => {
-                if self.disconnected() {
-                    // A message published just before the last producer left.
-                    match self.attempt() {
-                        Attempt::Got(m) => Ok(m),
-                        Attempt::Expired => Err(TryRecvError::Expired),
-                        Attempt::Empty => Err(TryRecvError::Disconnected),
-                    }
-                } else {
-                    Err(TryRecvError::Empty)
-                }
-            }
+            Attempt::Lagged(n) => Err(TryRecvError::Lagged(n)),
+            Attempt::TooManyHeld => Err(TryRecvError::TooManyHeld),
+            Attempt::Empty => Ok(None),
+        };
+        if let Some(m) = once(self.attempt())? {
+            return Ok(m);
         }
+        if !self.disconnected() {
+            return Err(TryRecvError::Empty);
+        }
+        // A message published just before the last producer left.
+        once(self.attempt())?.ok_or(TryRecvError::Disconnected)
     }
 
     pub(crate) fn recv_deadline(
@@ -241,9 +268,11 @@ impl Consumer {
         loop {
             match self.try_recv() {
                 Ok(m) => return Ok(m),
-                Err(TryRecvError::Expired) => return Err(RecvTimeoutError::Expired),
-                Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
                 Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Expired) => return Err(RecvTimeoutError::Expired),
+                Err(TryRecvError::Lagged(n)) => return Err(RecvTimeoutError::Lagged(n)),
+                Err(TryRecvError::TooManyHeld) => return Err(RecvTimeoutError::TooManyHeld),
+                Err(_) => return Err(RecvTimeoutError::Disconnected),
             }
             let mut tick = wait::LIVENESS_TICK;
             if let Some(d) = deadline {
@@ -267,6 +296,14 @@ impl Consumer {
         self.lock().expired
     }
 
+    pub(crate) fn lagged(&self) -> u64 {
+        self.lock().lagged
+    }
+
+    pub(crate) fn held(&self) -> u32 {
+        self.lock().held
+    }
+
     pub(crate) fn name(&self) -> &str {
         &self.chan.name
     }
@@ -275,45 +312,44 @@ impl Consumer {
 impl Drop for Consumer {
     fn drop(&mut self) {
         self.chan.unregister(Role::Consumer, self.index);
-        // What only we held can go now.
-        self.release_ring();
+        // What only we gated can go now.
+        self.chan.release(&|h| self.store.acknowledge_bytes(h));
     }
 }
 
 enum Body {
-    /// In the ring slot, which the frontier does not pass while held.
+    /// In the pool slot, which is not freed while held.
     Inline { ptr: NonNull<u8>, len: usize },
     /// In the store, pinned by the view.
     Store(BlobView),
 }
 
-/// Gives the message's slot back when the message is dropped.
+/// Gives the message's slot back when the message is dropped (whoever
+/// lets go of a slot last acknowledges the store entry it refers to).
 struct Release {
     consumer: Arc<Consumer>,
     seq: u64,
-    /// The store entry this message alone owns (work queue), acknowledged
-    /// at drop; the frontier's acknowledgement of it later counts nothing.
-    owned: Option<OverflowHandle>,
+    slot: u32,
+    /// Times the message was handed out before.
+    delivered: u32,
 }
 
 impl Drop for Release {
     fn drop(&mut self) {
-        if let Some(h) = &self.owned {
-            self.consumer.store.acknowledge(h);
-        }
-        self.consumer.done(self.seq);
+        self.consumer.done(self.slot);
     }
 }
 
 /// A received message: `Deref<Target = [u8]>`, zero-copy.
 ///
-/// Small messages are read in place in the ring slot, large ones through a
-/// pinned view of the store; either way its bytes never change while it
-/// lives, even after its producer exits or dies. Dropping it releases the
-/// slot and acknowledges the store entry — at once for a work-queue
-/// message (it has one receiver), once every subscriber has released it
-/// for a broadcast one. While held it also holds its ring slot, so a
-/// consumer that keeps a whole ring's worth of messages stops the producers.
+/// Small messages are read in place in their pool slot, large ones through
+/// a pinned view of the store; either way its bytes never change while it
+/// lives, even after its producer exits or dies. A held message keeps its
+/// own slot, never the ring: producers and other consumers go on. Each
+/// consumer may hold at most
+/// [`max_held`](crate::ChannelConfig::max_held) at once. Dropping it lets
+/// go of the slot; whoever lets go of it last (the last subscriber, or the
+/// ring) acknowledges the store entry.
 pub struct Message {
     // Field order: the view unpins before the slot is released.
     body: Body,
@@ -321,8 +357,9 @@ pub struct Message {
 }
 
 // SAFETY: the inline bytes are immutable while the message holds its slot
-// (the frontier cannot pass it, so no producer rewrites it) and the
-// consumer (in `release`) keeps the ring mapped; BlobView is Send + Sync.
+// (its bit in the owners word keeps the slot from being freed, so no
+// producer rewrites it) and the consumer (in `release`) keeps the file
+// mapped; BlobView is Send + Sync.
 unsafe impl Send for Message {}
 // SAFETY: see Send; a message only hands out `&[u8]`.
 unsafe impl Sync for Message {}
@@ -346,6 +383,13 @@ impl Message {
     /// The sequence number of the message in its channel.
     pub fn sequence(&self) -> u64 {
         self.release.seq
+    }
+
+    /// How many times this message was handed out before (work queue
+    /// under [`Delivery::AtLeastOnce`](crate::Delivery::AtLeastOnce): its
+    /// earlier receivers died holding it). 0 for a first delivery.
+    pub fn redelivered(&self) -> u32 {
+        self.release.delivered
     }
 }
 
@@ -394,6 +438,8 @@ macro_rules! consumer_endpoint {
             pub fn recv(&self) -> Result<Message, RecvError> {
                 self.inner.recv_deadline(None).map_err(|e| match e {
                     RecvTimeoutError::Expired => RecvError::Expired,
+                    RecvTimeoutError::Lagged(n) => RecvError::Lagged(n),
+                    RecvTimeoutError::TooManyHeld => RecvError::TooManyHeld,
                     _ => RecvError::Disconnected,
                 })
             }
@@ -409,9 +455,12 @@ macro_rules! consumer_endpoint {
                     .recv_deadline(Instant::now().checked_add(timeout))
             }
 
-            /// A blocking iterator over messages; it ends at disconnection
-            /// (expired messages are passed over and counted in
-            /// [`expired`](Self::expired)).
+            /// A blocking iterator over messages; it ends at disconnection,
+            /// or when this consumer holds its whole
+            /// [`max_held`](crate::ChannelConfig::max_held) budget. Expired
+            /// messages are passed over and counted in
+            /// [`expired`](Self::expired), missed ones in
+            /// [`lagged`](Self::lagged).
             pub fn iter(&self) -> Iter<'_> {
                 Iter { inner: &self.inner }
             }
@@ -419,6 +468,17 @@ macro_rules! consumer_endpoint {
             /// Messages passed over because their store entry had expired.
             pub fn expired(&self) -> u64 {
                 self.inner.expired()
+            }
+
+            /// Messages this consumer missed by falling a ring behind
+            /// (the sum of the [`RecvError::Lagged`] it returned).
+            pub fn lagged(&self) -> u64 {
+                self.inner.lagged()
+            }
+
+            /// Messages this consumer holds now (received, not dropped).
+            pub fn held(&self) -> u32 {
+                self.inner.held()
             }
 
             /// The channel's name.
@@ -452,7 +512,7 @@ impl Iterator for Iter<'_> {
         loop {
             match self.inner.recv_deadline(None) {
                 Ok(m) => return Some(m),
-                Err(RecvTimeoutError::Expired) => continue,
+                Err(RecvTimeoutError::Expired | RecvTimeoutError::Lagged(_)) => continue,
                 Err(_) => return None,
             }
         }

@@ -37,6 +37,15 @@ pub enum RecvError {
     /// out before it was received). It is passed over; receive again.
     #[error("a message expired in the store before it was received")]
     Expired,
+    /// This subscriber fell a whole ring behind and jumped ahead: it missed
+    /// this many messages. The next receive returns the next message.
+    #[error("lagged: missed {0} messages by falling a ring behind")]
+    Lagged(u64),
+    /// This consumer already holds as many messages as its budget
+    /// ([`ChannelConfig::max_held`](crate::ChannelConfig::max_held)); drop
+    /// one to receive more.
+    #[error("this consumer holds as many messages as it may (max_held); drop one to receive more")]
+    TooManyHeld,
 }
 
 /// Why a non-blocking receive returned no message.
@@ -52,6 +61,15 @@ pub enum TryRecvError {
     /// See [`RecvError::Expired`].
     #[error("a message expired in the store before it was received")]
     Expired,
+    /// This subscriber fell a whole ring behind and jumped ahead: it missed
+    /// this many messages. The next receive returns the next message.
+    #[error("lagged: missed {0} messages by falling a ring behind")]
+    Lagged(u64),
+    /// This consumer already holds as many messages as its budget
+    /// ([`ChannelConfig::max_held`](crate::ChannelConfig::max_held)); drop
+    /// one to receive more.
+    #[error("this consumer holds as many messages as it may (max_held); drop one to receive more")]
+    TooManyHeld,
 }
 
 /// Why a receive with a timeout returned no message.
@@ -67,4 +85,13 @@ pub enum RecvTimeoutError {
     /// See [`RecvError::Expired`].
     #[error("a message expired in the store before it was received")]
     Expired,
+    /// This subscriber fell a whole ring behind and jumped ahead: it missed
+    /// this many messages. The next receive returns the next message.
+    #[error("lagged: missed {0} messages by falling a ring behind")]
+    Lagged(u64),
+    /// This consumer already holds as many messages as its budget
+    /// ([`ChannelConfig::max_held`](crate::ChannelConfig::max_held)); drop
+    /// one to receive more.
+    #[error("this consumer holds as many messages as it may (max_held); drop one to receive more")]
+    TooManyHeld,
 }

@@ -33,6 +33,24 @@ impl Role {
     }
 }
 
+/// Human name of an overflow word.
+pub(crate) fn overflow_name(w: u32) -> &'static str {
+    match w {
+        OVERFLOW_BLOCK => "block",
+        OVERFLOW_DROP_OLDEST => "drop-oldest",
+        _ => "unknown",
+    }
+}
+
+/// Human name of a delivery word.
+pub(crate) fn delivery_name(w: u32) -> &'static str {
+    match w {
+        DELIVERY_AT_MOST_ONCE => "at-most-once",
+        DELIVERY_AT_LEAST_ONCE => "at-least-once",
+        _ => "unknown",
+    }
+}
+
 /// Human name of a kind word.
 pub(crate) fn kind_name(kind: u32) -> &'static str {
     match kind {
@@ -48,6 +66,8 @@ pub(crate) struct ChanFile {
     pub ring: Ring,
     pub name: String,
     pub path: PathBuf,
+    /// The policy words of the file.
+    pub policy: Policy,
     file: File,
     // Keeps the ring's memory mapped; must outlive every use of `ring`.
     _map: Mapping,
@@ -75,7 +95,7 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
 
 impl ChanFile {
     /// Opens channel `name` of namespace `ns` (incarnation `key`) as `kind`,
-    /// creating it with geometry `geo` if it does not exist.
+    /// creating it with geometry `geo` and `policy` if it does not exist.
     pub(crate) fn open_or_create(
         dir: &Path,
         ns: &str,
@@ -83,6 +103,7 @@ impl ChanFile {
         name: &str,
         kind: u32,
         geo: Geometry,
+        policy: Policy,
     ) -> Result<Self> {
         validate_name(name)?;
         let path = dir.join(channel_file_name(ns, name));
@@ -93,17 +114,29 @@ impl ChanFile {
                 Err(e) => return Err(BlobError::os("open", &path, e)),
             }
             let file = os::create_anonymous(dir)?;
-            os::reserve_space(&file, geo.file_size() as u64, dir)?;
+            // The header, records, ring and the ring's own slots are backed
+            // now; the rest of the pool when first used (`back`).
+            os::reserve_space(&file, geo.backed_at_creation() as u64, dir)?;
+            file.set_len(geo.file_size() as u64)
+                .map_err(|e| BlobError::os("ftruncate", dir, e))?;
             let map = Mapping::new(&file, geo.file_size(), dir)?;
             // SAFETY: the mapping is page-aligned and file_size bytes long.
-            let ring = unsafe { Ring::new(map.base(), geo, kind == KIND_QUEUE) };
-            init_header(&ring, kind, geo, key);
+            let ring = unsafe {
+                Ring::new(
+                    map.base(),
+                    geo,
+                    kind == KIND_QUEUE,
+                    policy.overflow == OVERFLOW_DROP_OLDEST,
+                )
+            };
+            init_header(&ring, kind, geo, key, policy);
             match os::link_anonymous(&file, &path) {
                 Ok(()) => {
                     return Ok(Self {
                         ring,
                         name: name.to_owned(),
                         path,
+                        policy,
                         file,
                         _map: map,
                     })
@@ -123,7 +156,7 @@ impl ChanFile {
     /// version, kind, geometry, incarnation and size.
     fn check_and_map(file: File, path: PathBuf, name: &str, key: u64, kind: u32) -> Result<Self> {
         os::check_owner(&file, &path)?;
-        let (found_kind, geo) = read_identity(&file, &path, Some(key))?;
+        let (found_kind, geo, policy) = read_identity(&file, &path, Some(key))?;
         if found_kind != kind {
             return Err(BlobError::ChannelKind {
                 channel: name.to_owned(),
@@ -134,14 +167,64 @@ impl ChanFile {
         let map = Mapping::new(&file, geo.file_size(), &path)?;
         // SAFETY: read_identity checked the file holds exactly file_size
         // bytes; the mapping is page-aligned.
-        let ring = unsafe { Ring::new(map.base(), geo, kind == KIND_QUEUE) };
+        let ring = unsafe {
+            Ring::new(
+                map.base(),
+                geo,
+                kind == KIND_QUEUE,
+                policy.overflow == OVERFLOW_DROP_OLDEST,
+            )
+        };
         Ok(Self {
             ring,
             name: name.to_owned(),
             path,
+            policy,
             file,
             _map: map,
         })
+    }
+
+    /// Backs the payload of pool slot `b` (its first use): false when the
+    /// file system is full.
+    pub(crate) fn back(&self, b: u32) -> bool {
+        let geo = self.ring.geometry();
+        os::reserve_range(
+            &self.file,
+            self.ring.payload_offset(b) as u64,
+            geo.payload_stride() as u64,
+        )
+        .is_ok()
+    }
+
+    /// Whether a receiver that dies holding a message gives it back.
+    pub(crate) fn redelivers(&self) -> bool {
+        self.ring.is_queue() && self.policy.delivery == DELIVERY_AT_LEAST_ONCE
+    }
+
+    /// Wakes consumers sleeping on the ring, if any announced itself (or
+    /// always); returns whether it made the system call.
+    pub(crate) fn wake_consumers(&self, always: bool) -> bool {
+        let h = self.ring.header();
+        super::wait::wake(&h.data_seq, &h.data_waiters, always)
+    }
+
+    /// Wakes producers waiting for space, if any announced itself.
+    pub(crate) fn wake_producers(&self) {
+        let h = self.ring.header();
+        super::wait::wake(&h.space_seq, &h.space_waiters, false);
+    }
+
+    /// Frees what consumers released; wakes producers waiting for space.
+    /// Returns how many entries it freed.
+    pub(crate) fn release(&self, ack: &dyn Fn([u8; 24])) -> u64 {
+        let freed = self
+            .ring
+            .release(crate::clock::now_ms(), &mut |h| ack(h));
+        if freed > 0 {
+            self.wake_producers();
+        }
+        freed
     }
 
     /// Takes a free participant record of `role`; a record whose holder
@@ -159,6 +242,10 @@ impl ChanFile {
             }
             rec.pid.store(os::pid(), Ordering::Relaxed);
             rec.count.store(0, Ordering::Relaxed);
+            rec.held.store(0, Ordering::Relaxed);
+            rec.lagged.store(0, Ordering::Relaxed);
+            rec.active_ms
+                .store(crate::clock::now_ms(), Ordering::Relaxed);
             rec.low.store(LOW_NONE, Ordering::SeqCst);
             rec.in_use.store(1, Ordering::SeqCst);
             let h = self.ring.header();
@@ -180,14 +267,18 @@ impl ChanFile {
 
     /// Gives record `index` (whose lock the caller holds) back: a
     /// producer's unpublished claims are skipped (before it leaves the
-    /// mask, so nobody sees "no producer" while its slot is still
-    /// pending), a consumer leaves the frontier's bound, its waiter bit is
-    /// cleared, and whatever that frees is acknowledged.
+    /// mask, so nobody sees "no producer" while its entry is still
+    /// pending) and the slots it was writing freed; a consumer leaves the
+    /// frontier's bound and lets go of what it held (a work queue with at
+    /// least once delivery requeues it); its waiter bit is cleared, whatever
+    /// that frees is acknowledged, and both sides are woken: producers may
+    /// have space now, consumers a skipped entry or a requeued message.
     fn repair(&self, index: usize, ack: &dyn Fn([u8; 24])) {
         let h = self.ring.header();
         let rec = self.ring.record(index);
+        let mut ack_mut = |x: [u8; 24]| ack(x);
         if index < MAX_PRODUCERS {
-            self.ring.skip_claims_of(index as u32);
+            self.ring.skip_claims_of(index as u32, &mut ack_mut);
             h.space_waiters
                 .fetch_and(!(1u32 << index), Ordering::SeqCst);
             h.producer_mask
@@ -196,10 +287,14 @@ impl ChanFile {
             let c = index - MAX_PRODUCERS;
             h.data_waiters.fetch_and(!(1u32 << c), Ordering::SeqCst);
             self.ring.leave(c);
+            self.ring
+                .drop_holds_of(c, self.redelivers(), &mut ack_mut);
         }
         rec.in_use.store(0, Ordering::SeqCst);
         h.evicted.fetch_add(1, Ordering::Relaxed);
-        self.ring.release(ack);
+        self.ring.release(crate::clock::now_ms(), &mut ack_mut);
+        self.wake_producers();
+        self.wake_consumers(false);
     }
 
     /// Releases this endpoint's own record `index` of `role` (clean exit).
@@ -247,7 +342,7 @@ impl ChanFile {
     }
 }
 
-fn init_header(ring: &Ring, kind: u32, geo: Geometry, key: u64) {
+fn init_header(ring: &Ring, kind: u32, geo: Geometry, key: u64, policy: Policy) {
     let h = ring.header();
     h.version.store(CHAN_VERSION, Ordering::Relaxed);
     h.kind.store(kind, Ordering::Relaxed);
@@ -256,20 +351,36 @@ fn init_header(ring: &Ring, kind: u32, geo: Geometry, key: u64) {
     h.store_key.store(key, Ordering::Relaxed);
     h.created_unix_ms
         .store(crate::clock::unix_ms(), Ordering::Relaxed);
+    h.max_held.store(policy.max_held, Ordering::Relaxed);
+    h.overflow.store(policy.overflow, Ordering::Relaxed);
+    h.delivery.store(policy.delivery, Ordering::Relaxed);
+    h.pool.store(geo.pool, Ordering::Relaxed);
+    h.stall_timeout_ms
+        .store(policy.stall_timeout_ms, Ordering::Relaxed);
     for i in 0..RECORDS {
         ring.record(i).low.store(LOW_NONE, Ordering::Relaxed);
+    }
+    // Each entry starts out naming its own slot (the one it reuses while
+    // free), and those slots are backed already.
+    for i in 0..geo.slots {
+        ring.entry(i as u64).slot.store(i, Ordering::Relaxed);
+        ring.slot(i).backed.store(1, Ordering::Relaxed);
     }
     // The file has no name yet: `linkat` publishes it complete.
     h.magic.store(CHAN_MAGIC, Ordering::Release);
 }
 
 /// Reads and checks the identity of a channel file with `pread` (nothing
-/// is mapped): magic, version, kind, geometry, size, and (with `key`) the
-/// store incarnation. Returns the kind and geometry.
-pub(crate) fn read_identity(file: &File, path: &Path, key: Option<u64>) -> Result<(u32, Geometry)> {
-    let mut head = [0u8; 32];
+/// is mapped): magic, version, kind, geometry, policy, size, and (with
+/// `key`) the store incarnation. Returns the kind, geometry and policy.
+pub(crate) fn read_identity(
+    file: &File,
+    path: &Path,
+    key: Option<u64>,
+) -> Result<(u32, Geometry, Policy)> {
+    let mut head = [0u8; 80];
     let n = os::read_prefix(file, &mut head, path)?;
-    if n < 32 {
+    if n < 80 {
         return Err(BlobError::Corrupt {
             file: path.to_owned(),
             detail: format!("channel file is truncated to {n} bytes"),
@@ -296,10 +407,25 @@ pub(crate) fn read_identity(file: &File, path: &Path, key: Option<u64>) -> Resul
             detail: format!("channel kind {kind}"),
         });
     }
-    let geo = Geometry::new(u32_at(16), u32_at(20)).map_err(|detail| BlobError::Corrupt {
+    let corrupt = |detail: String| BlobError::Corrupt {
         file: path.to_owned(),
         detail,
-    })?;
+    };
+    let policy = Policy {
+        max_held: u32_at(48),
+        overflow: u32_at(52),
+        delivery: u32_at(56),
+        stall_timeout_ms: u64_at(72),
+    };
+    policy.check().map_err(corrupt)?;
+    let geo = Geometry::new(u32_at(16), u32_at(20), policy.max_held).map_err(corrupt)?;
+    if u32_at(60) != geo.pool {
+        return Err(corrupt(format!(
+            "pool of {} slots, expected {}",
+            u32_at(60),
+            geo.pool
+        )));
+    }
     if let Some(key) = key {
         if u64_at(24) != key {
             return Err(BlobError::Corrupt {
@@ -316,7 +442,7 @@ pub(crate) fn read_identity(file: &File, path: &Path, key: Option<u64>) -> Resul
             detail: format!("channel file is {len} bytes, expected {}", geo.file_size()),
         });
     }
-    Ok((kind, geo))
+    Ok((kind, geo, policy))
 }
 
 /// The store incarnation recorded in a channel file, if readable.
@@ -373,8 +499,24 @@ pub struct ChannelReport {
     pub slots: u32,
     /// Bytes per slot.
     pub slot_size: u32,
-    /// Messages published and not yet released by every consumer.
+    /// Slots in the pool (the ring's, held messages', producers').
+    pub pool: u32,
+    /// "block" or "drop-oldest" (broadcast; a work queue always blocks).
+    pub overflow: &'static str,
+    /// "at-most-once" or "at-least-once" (work queue).
+    pub delivery: &'static str,
+    /// Held-message budget per consumer.
+    pub max_held: u32,
+    /// Stall timeout of a `Block` channel in ms (0: none).
+    pub stall_timeout_ms: u64,
+    /// Messages published and still in the ring.
     pub depth: u64,
+    /// Messages consumers hold now (received, not dropped).
+    pub held: u64,
+    /// Messages subscribers missed by lagging a ring behind.
+    pub lagged: u64,
+    /// Messages requeued after their receiver died (at least once).
+    pub redelivered: u64,
     /// Messages published since creation.
     pub published: u64,
     /// Slots skipped because their producer died before publishing.
@@ -403,7 +545,15 @@ pub(crate) fn inspect_channel(dir: &Path, file: &str, name: &str) -> ChannelRepo
         kind: "",
         slots: 0,
         slot_size: 0,
+        pool: 0,
+        overflow: "",
+        delivery: "",
+        max_held: 0,
+        stall_timeout_ms: 0,
         depth: 0,
+        held: 0,
+        lagged: 0,
+        redelivered: 0,
         published: 0,
         skipped: 0,
         evicted: 0,
@@ -430,7 +580,7 @@ pub(crate) fn inspect_channel(dir: &Path, file: &str, name: &str) -> ChannelRepo
             return r;
         }
     }
-    let (kind, geo) = match read_identity(&f, &path, None) {
+    let (kind, geo, policy) = match read_identity(&f, &path, None) {
         Ok(x) => x,
         Err(e) => {
             r.problem = Some(e.to_string());
@@ -440,8 +590,17 @@ pub(crate) fn inspect_channel(dir: &Path, file: &str, name: &str) -> ChannelRepo
     r.kind = kind_name(kind);
     r.slots = geo.slots;
     r.slot_size = geo.slot_size;
-    let mut buf = vec![0u8; SLOTS_OFFSET];
-    if !matches!(os::read_at(&f, &mut buf, 0, &path), Ok(n) if n == SLOTS_OFFSET) {
+    r.pool = geo.pool;
+    r.overflow = if kind == KIND_QUEUE {
+        "block"
+    } else {
+        overflow_name(policy.overflow)
+    };
+    r.delivery = delivery_name(policy.delivery);
+    r.max_held = policy.max_held;
+    r.stall_timeout_ms = policy.stall_timeout_ms;
+    let mut buf = vec![0u8; ENTRIES_OFFSET];
+    if !matches!(os::read_at(&f, &mut buf, 0, &path), Ok(n) if n == ENTRIES_OFFSET) {
         r.problem = Some("channel file is shorter than its header".into());
         return r;
     }
@@ -456,10 +615,16 @@ pub(crate) fn inspect_channel(dir: &Path, file: &str, name: &str) -> ChannelRepo
     r.published = u64_at(std::mem::offset_of!(ChanHeader, published));
     r.skipped = u64_at(std::mem::offset_of!(ChanHeader, skipped));
     r.evicted = u64_at(std::mem::offset_of!(ChanHeader, evicted));
+    r.lagged = u64_at(std::mem::offset_of!(ChanHeader, lagged));
+    r.redelivered = u64_at(std::mem::offset_of!(ChanHeader, redelivered));
     for index in 0..RECORDS {
         let at = RECORDS_OFFSET + index * RECORD_SIZE;
         if buf[at..at + 4] == [0, 0, 0, 0] {
             continue;
+        }
+        if index >= MAX_PRODUCERS {
+            let o = at + std::mem::offset_of!(Record, held);
+            r.held += u32::from_le_bytes([buf[o], buf[o + 1], buf[o + 2], buf[o + 3]]) as u64;
         }
         let alive = os::byte_lock_held(&f, lock_byte(index)).unwrap_or(true);
         let counter = match (index < MAX_PRODUCERS, alive) {

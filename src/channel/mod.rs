@@ -61,6 +61,7 @@ mod wait;
 
 pub use consumer::{Iter, Message, Receiver, Subscriber};
 pub use error::{RecvError, RecvTimeoutError, SendError, TryRecvError, TrySendError};
+// `Overflow`, `Delivery` and `ChannelConfig` are defined below.
 pub use layout::{channel_file_name, parse_channel_file_name};
 pub use producer::{Loan, Publisher, Sender};
 
@@ -70,25 +71,83 @@ pub(crate) use file::{inspect_channel, remove_channel_files};
 use crate::backend::shared::StoreLink;
 use crate::error::{BlobError, Result};
 use file::ChanFile;
-use layout::{Geometry, KIND_BROADCAST, KIND_QUEUE};
+use layout::{Geometry, Policy, KIND_BROADCAST, KIND_QUEUE};
+use std::time::Duration;
 
-/// Geometry of a channel's ring, fixed by whoever creates the channel file
-/// (later openers adopt the file's).
+/// What a broadcast channel does when a subscriber falls a whole ring
+/// behind. Fixed by the channel's creator. A work queue always blocks: a job
+/// is never dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Lossless: publishers wait for the slowest live subscriber. With a
+    /// [`stall_timeout`](ChannelConfig::stall_timeout), a subscriber that
+    /// has not received for that long while publishers wait is let go: it
+    /// lags, as under `DropOldest`, instead of holding them.
+    Block,
+    /// Publishers never wait for subscribers: they overwrite the oldest
+    /// message. A subscriber that fell a ring behind jumps ahead, and its
+    /// next receive returns [`RecvError::Lagged`] with the number of
+    /// messages it missed (as tokio's broadcast and iceoryx2's default
+    /// "safe overflow" do). The default.
+    #[default]
+    DropOldest,
+}
+
+/// What a work queue does with a message whose receiver dies holding it.
+/// Fixed by the channel's creator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Delivery {
+    /// The message is lost with its receiver. The default.
+    #[default]
+    AtMostOnce,
+    /// The message goes back to the queue and is delivered to another
+    /// receiver; [`Message::redelivered`] counts how many times it was
+    /// handed out before. Nothing is lost while a live receiver remains;
+    /// a redelivered message may have been partly processed.
+    AtLeastOnce,
+}
+
+/// Geometry and policy of a channel, fixed by whoever creates the channel
+/// file (later openers adopt the file's).
 ///
 /// The ring is the memory a channel reuses message after message, so it
 /// stays in cache: messages that fit a slot are copied into it and read in
 /// place. Size it to your messages with [`for_messages`](Self::for_messages)
 /// (as one sizes iceoryx2's slices and queue); larger messages go through
-/// the store.
+/// the store. Build the rest with the methods:
+///
+/// ```
+/// use stable_fragmented_buffer::{ChannelConfig, Delivery, Overflow};
+/// use std::time::Duration;
+/// let frames = ChannelConfig::for_messages(2 << 20, 8)
+///     .overflow(Overflow::Block)
+///     .stall_timeout(Duration::from_millis(200))
+///     .max_held(4);
+/// let jobs = ChannelConfig::default().delivery(Delivery::AtLeastOnce);
+/// # let _ = (frames, jobs);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelConfig {
-    /// Number of slots: messages in flight before producers wait. A power
-    /// of two, 2 to 2^20. Default 256.
+    /// Number of ring slots: messages in flight before producers wait (or,
+    /// under [`Overflow::DropOldest`], before the oldest is dropped). A
+    /// power of two, 2 to 2^20. Default 256.
     pub slots: u32,
     /// Bytes per slot, a multiple of 64 from 128 to 16 MiB + 64 (and at most
     /// 1 GiB for the whole ring); messages up to `slot_size - 64` bytes
     /// travel inline. Default 4160 (4 KiB inline, a 1 MiB ring).
     pub slot_size: u32,
+    /// Broadcast overflow policy. Default [`Overflow::DropOldest`].
+    pub overflow: Overflow,
+    /// Work-queue delivery. Default [`Delivery::AtMostOnce`].
+    pub delivery: Delivery,
+    /// Messages one consumer may hold (received and not dropped) at once,
+    /// 1 to 1024. Default 16. Each held message keeps its own slot (the
+    /// pool has that many spare slots per consumer), never the ring.
+    pub max_held: u32,
+    /// Under [`Overflow::Block`], how long a subscriber may go without
+    /// receiving while publishers wait before it is let go. `None` (the
+    /// default): never.
+    pub stall_timeout: Option<Duration>,
 }
 
 impl Default for ChannelConfig {
@@ -96,6 +155,10 @@ impl Default for ChannelConfig {
         Self {
             slots: 256,
             slot_size: 4096 + 64,
+            overflow: Overflow::DropOldest,
+            delivery: Delivery::AtMostOnce,
+            max_held: 16,
+            stall_timeout: None,
         }
     }
 }
@@ -124,24 +187,77 @@ impl ChannelConfig {
         Self {
             slots: slots.max(layout::MIN_SLOTS),
             slot_size: slot,
+            ..Self::default()
         }
+    }
+
+    /// Sets the broadcast overflow policy (ignored by work queues, which
+    /// always block).
+    pub fn overflow(mut self, overflow: Overflow) -> Self {
+        self.overflow = overflow;
+        self
+    }
+
+    /// Sets the stall timeout of an [`Overflow::Block`] channel.
+    pub fn stall_timeout(mut self, timeout: Duration) -> Self {
+        self.stall_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the work-queue delivery (ignored by broadcast channels).
+    pub fn delivery(mut self, delivery: Delivery) -> Self {
+        self.delivery = delivery;
+        self
+    }
+
+    /// Sets how many messages one consumer may hold at once.
+    pub fn max_held(mut self, n: u32) -> Self {
+        self.max_held = n;
+        self
     }
 
     /// Largest message carried inline in a slot.
     pub fn inline_capacity(&self) -> usize {
         (self.slot_size as usize).saturating_sub(layout::SLOT_HEADER_SIZE)
     }
+
+    fn policy(&self) -> Policy {
+        Policy {
+            max_held: self.max_held,
+            overflow: match self.overflow {
+                Overflow::Block => layout::OVERFLOW_BLOCK,
+                Overflow::DropOldest => layout::OVERFLOW_DROP_OLDEST,
+            },
+            delivery: match self.delivery {
+                Delivery::AtMostOnce => layout::DELIVERY_AT_MOST_ONCE,
+                Delivery::AtLeastOnce => layout::DELIVERY_AT_LEAST_ONCE,
+            },
+            stall_timeout_ms: self.stall_timeout.map_or(0, |d| {
+                (d.as_millis().min(u64::MAX as u128) as u64).max(1)
+            }),
+        }
+    }
 }
 
 fn open(store: &StoreLink, name: &str, kind: u32, config: ChannelConfig) -> Result<ChanFile> {
-    let geo = Geometry::new(config.slots, config.slot_size)
-        .map_err(|reason| BlobError::InvalidConfig { reason })?;
+    let invalid = |reason| BlobError::InvalidConfig { reason };
+    let policy = config.policy();
+    policy.check().map_err(invalid)?;
+    let geo = Geometry::new(config.slots, config.slot_size, config.max_held).map_err(invalid)?;
     if store.is_closed() {
         return Err(BlobError::Closed {
             namespace: store.namespace().to_owned(),
         });
     }
-    ChanFile::open_or_create(store.dir(), store.namespace(), store.key(), name, kind, geo)
+    ChanFile::open_or_create(
+        store.dir(),
+        store.namespace(),
+        store.key(),
+        name,
+        kind,
+        geo,
+        policy,
+    )
 }
 
 pub(crate) fn publisher(store: StoreLink, name: &str, config: ChannelConfig) -> Result<Publisher> {
@@ -182,17 +298,17 @@ mod tests {
         // Capped: the largest slot, and a ring of at most 1 GiB.
         let c = ChannelConfig::for_messages(usize::MAX, u32::MAX);
         assert_eq!(c.slot_size, layout::MAX_SLOT_SIZE);
-        assert!(Geometry::new(c.slots, c.slot_size).is_ok(), "{c:?}");
+        assert!(Geometry::new(c.slots, c.slot_size, c.max_held).is_ok(), "{c:?}");
         for (m, n) in [(0, 0), (1, 1), (4096, 1 << 20), (1 << 20, 1024)] {
             let c = ChannelConfig::for_messages(m, n);
             assert!(
-                Geometry::new(c.slots, c.slot_size).is_ok(),
+                Geometry::new(c.slots, c.slot_size, c.max_held).is_ok(),
                 "{m} {n}: {c:?}"
             );
             assert!(c.inline_capacity() >= m.min(16 << 20), "{m} {n}: {c:?}");
         }
         let d = ChannelConfig::default();
-        assert!(Geometry::new(d.slots, d.slot_size).is_ok());
+        assert!(Geometry::new(d.slots, d.slot_size, d.max_held).is_ok());
         assert_eq!(d.inline_capacity(), 4096);
     }
 }

@@ -4,23 +4,26 @@
 use super::error::{SendError, TrySendError};
 use super::file::{ChanFile, Role};
 use super::layout::*;
+use super::ring::{Claim, NoSlot};
 use super::wait::{self, Sleeper, Throttle};
 use crate::backend::shared::{SharedReservation, StoreLink};
 use crate::error::BlobError;
 use crate::handle::OverflowHandle;
-use crate::sync::Ordering;
+use crate::sync::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// State shared by a producer endpoint and its loans.
 #[derive(Debug)]
 pub(crate) struct Producer {
-    chan: ChanFile,
+    pub(super) chan: ChanFile,
     store: StoreLink,
     index: usize,
     sleeper: Sleeper,
     /// Paces its looks for dead participants.
     liveness: Throttle,
+    /// Inline loans outstanding (each holds a pool slot).
+    loans: AtomicU32,
 }
 
 impl Producer {
@@ -28,33 +31,34 @@ impl Producer {
         let ack = |h: [u8; 24]| store.acknowledge_bytes(h);
         let index = chan.register(Role::Producer, &ack)?;
         // A new producer reconnects consumers that saw the channel disconnected.
-        wake_consumers(&chan, true);
+        chan.wake_consumers(true);
         Ok(Self {
             chan,
             store,
             index,
             sleeper: Sleeper::new(index),
             liveness: Throttle::new(),
+            loans: AtomicU32::new(0),
         })
     }
 
-    fn me(&self) -> u32 {
+    pub(super) fn me(&self) -> u32 {
         self.index as u32
+    }
+
+    fn ack(&self, h: [u8; 24]) {
+        self.store.acknowledge_bytes(h);
     }
 
     /// Frees what consumers released; wakes producers waiting for space.
     fn help_release(&self) -> u64 {
-        let freed = self.chan.ring.release(|h| self.store.acknowledge_bytes(h));
-        if freed > 0 {
-            wake_producers(&self.chan);
-        }
-        freed
+        self.chan.release(&|h| self.ack(h))
     }
 
     /// Evicts dead consumers (which may hold the ring full) and dead
     /// producers (whose unpublished claim may stop the frontier).
     fn evict_dead(&self) -> usize {
-        let ack = |h: [u8; 24]| self.store.acknowledge_bytes(h);
+        let ack = |h: [u8; 24]| self.ack(h);
         let n = self.chan.evict_dead(Role::Consumer, None, &ack)
             + self.chan.evict_dead(Role::Producer, Some(self.index), &ack);
         if n > 0 {
@@ -63,22 +67,70 @@ impl Producer {
         n
     }
 
-    /// Claims a slot, waiting for space unless `block` is false.
+    /// The closed store's error, if it is closed.
+    fn closed(&self) -> Option<TrySendError> {
+        self.store.is_closed().then(|| {
+            TrySendError::Send(SendError::Store(BlobError::Closed {
+                namespace: self.store.namespace().to_owned(),
+            }))
+        })
+    }
+
+    /// One step of waiting for space (entries or pool slots): a look for
+    /// dead participants when due, a spin, then a sleep on the space word
+    /// until `ready` or a tick (shorter if a stall timeout is due sooner).
+    fn wait_for_space(&self, spins: &mut u32, ready: impl FnOnce() -> bool) {
+        if *spins < wait::SPINS {
+            *spins += 1;
+            std::hint::spin_loop();
+            return;
+        }
+        if self.liveness.due() && self.evict_dead() > 0 {
+            return;
+        }
+        let h = self.chan.ring.header();
+        let mut tick = wait::LIVENESS_TICK;
+        let stall = h.stall_timeout_ms.load(Ordering::Relaxed);
+        let since = h.full_since_ms.load(Ordering::Relaxed);
+        if stall > 0 && since > 0 {
+            let due = since.saturating_add(stall);
+            let left = due.saturating_sub(crate::clock::now_ms()) + 1;
+            tick = tick.min(Duration::from_millis(left));
+        }
+        self.sleeper
+            .park(&h.space_seq, &h.space_waiters, tick, ready);
+    }
+
+    /// Claims an entry, waiting for space unless `block` is false.
     fn claim(&self, block: bool) -> Result<u64, TrySendError> {
         let ring = &self.chan.ring;
         let h = ring.header();
         let mut spins = 0u32;
         loop {
-            if let super::ring::Claim::Claimed(seq) = ring.try_claim(self.me()) {
-                return Ok(seq);
+            let now = crate::clock::now_ms();
+            match ring.try_claim(self.me(), now, &mut |x| self.ack(x)) {
+                Claim::Claimed(seq) => {
+                    if h.full_since_ms.load(Ordering::Relaxed) != 0 {
+                        h.full_since_ms.store(0, Ordering::Relaxed);
+                    }
+                    return Ok(seq);
+                }
+                Claim::Full => {
+                    // The stall timeout measures from the first producer
+                    // that found the ring full.
+                    let _ = h.full_since_ms.compare_exchange(
+                        0,
+                        now.max(1),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
             }
             if self.help_release() > 0 {
                 continue;
             }
-            if self.store.is_closed() {
-                return Err(TrySendError::Send(SendError::Store(BlobError::Closed {
-                    namespace: self.store.namespace().to_owned(),
-                })));
+            if let Some(e) = self.closed() {
+                return Err(e);
             }
             if !block {
                 // A dead participant may be what holds the ring full (looked
@@ -88,31 +140,44 @@ impl Producer {
                 }
                 return Err(TrySendError::Full);
             }
-            if spins < wait::SPINS {
-                spins += 1;
-                std::hint::spin_loop();
-                continue;
-            }
-            if self.liveness.due() && self.evict_dead() > 0 {
-                continue;
-            }
-            self.sleeper
-                .park(&h.space_seq, &h.space_waiters, wait::LIVENESS_TICK, || {
-                    ring.has_space()
-                });
+            self.wait_for_space(&mut spins, || ring.has_space());
         }
     }
 
-    /// The error of a blocking send: a blocking claim waits instead of
-    /// reporting `Full`, so that arm is only reachable on a ring that a
-    /// scribbler keeps from ever freeing a slot.
-    fn blocking_error(&self, e: TrySendError) -> SendError {
-        match e {
-            TrySendError::Send(e) => e,
-            TrySendError::Full => SendError::Store(BlobError::Corrupt {
-                file: self.chan.path.clone(),
-                detail: "the ring never frees a slot".into(),
-            }),
+    /// Takes a pool slot (`prefer` first), waiting for one unless `block`
+    /// is false. Under DropOldest the oldest message makes room.
+    fn alloc(&self, prefer: Option<u32>, block: bool) -> Result<u32, TrySendError> {
+        let ring = &self.chan.ring;
+        let mut spins = 0u32;
+        loop {
+            match ring.alloc(self.me(), prefer, &|b| self.chan.back(b)) {
+                Ok(b) => return Ok(b),
+                Err(NoSlot::NoSpace) => {
+                    return Err(TrySendError::Send(SendError::Store(BlobError::NoSpace {
+                        file: self.chan.path.clone(),
+                    })))
+                }
+                Err(NoSlot::Exhausted) => {}
+            }
+            if ring.drops_oldest() {
+                let f = frontier_seq(ring.header().frontier.load(Ordering::SeqCst));
+                if ring.advance(f + 1, &mut |x| self.ack(x)) > 0 {
+                    continue;
+                }
+            }
+            if self.help_release() > 0 {
+                continue;
+            }
+            if let Some(e) = self.closed() {
+                return Err(e);
+            }
+            if !block {
+                if self.liveness.due() && self.evict_dead() > 0 {
+                    continue;
+                }
+                return Err(TrySendError::Full);
+            }
+            self.wait_for_space(&mut spins, || false);
         }
     }
 
@@ -121,12 +186,19 @@ impl Producer {
         let ring = &self.chan.ring;
         if data.len() <= ring.geometry().inline_capacity() {
             let seq = self.claim(block)?;
-            // SAFETY: we hold the claim of `seq`; the length fits inline.
-            unsafe { ring.write_inline(seq, data) };
-            ring.publish(seq, self.me(), data.len() as u32, 0);
+            let b = match self.alloc(Some(ring.previous_slot(seq)), block) {
+                Ok(b) => b,
+                Err(e) => {
+                    ring.skip(seq, self.me());
+                    return Err(e);
+                }
+            };
+            // SAFETY: we are the slot's writer; the length fits inline.
+            unsafe { ring.write_inline(b, data) };
+            ring.publish(seq, self.me(), b, data.len() as u32, 0);
             self.sent();
         } else {
-            // Into the store first, so the slot is never held during the copy.
+            // Into the store first, so the entry is never held during the copy.
             let handle = self.append(data, block)?;
             self.publish_handle(&handle, data.len(), block)?;
         }
@@ -164,16 +236,25 @@ impl Producer {
         block: bool,
     ) -> Result<(), TrySendError> {
         let ring = &self.chan.ring;
-        let seq = match self.claim(block) {
-            Ok(seq) => seq,
+        let placed = self.claim(block).and_then(|seq| {
+            match self.alloc(Some(ring.previous_slot(seq)), block) {
+                Ok(b) => Ok((seq, b)),
+                Err(e) => {
+                    ring.skip(seq, self.me());
+                    Err(e)
+                }
+            }
+        });
+        let (seq, b) = match placed {
+            Ok(x) => x,
             Err(e) => {
                 // Not sent: the entry is nobody's, give it back.
                 self.store.acknowledge(handle);
                 return Err(e);
             }
         };
-        ring.write_handle(seq, &handle.to_array());
-        ring.publish(seq, self.me(), len as u32, FLAG_OVERFLOW);
+        ring.write_handle(b, &handle.to_array());
+        ring.publish(seq, self.me(), b, len as u32, FLAG_OVERFLOW);
         self.sent();
         Ok(())
     }
@@ -186,17 +267,55 @@ impl Producer {
             .fetch_add(1, Ordering::Relaxed);
         // A waiter bit of a consumer killed while asleep would make every
         // send a system call: look for dead ones now and then.
-        if wake_consumers(&self.chan, false) && self.liveness.due() {
+        if self.chan.wake_consumers(false) && self.liveness.due() {
             self.evict_dead();
         }
     }
 
-    pub(crate) fn loan(self: &Arc<Self>, len: usize) -> Result<Loan, SendError> {
-        let reservation = self.store.reserve(len).map_err(SendError::Store)?;
+    pub(crate) fn loan(self: &Arc<Self>, len: usize, block: bool) -> Result<Loan, TrySendError> {
+        let ring = &self.chan.ring;
+        // Inline: a pool slot of the ring, while this endpoint has few out.
+        if len <= ring.geometry().inline_capacity()
+            && self.loans.fetch_add(1, Ordering::Relaxed) < SLOTS_PER_PRODUCER
+        {
+            let head = ring.header().head.load(Ordering::Relaxed);
+            match self.alloc(Some(ring.previous_slot(head)), block) {
+                Ok(slot) => {
+                    return Ok(Loan {
+                        producer: Arc::clone(self),
+                        body: LoanBody::Slot { slot, len },
+                    })
+                }
+                Err(e) => {
+                    self.loans.fetch_sub(1, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+        }
+        if len <= ring.geometry().inline_capacity() {
+            self.loans.fetch_sub(1, Ordering::Relaxed);
+        }
+        let reservation = self
+            .store
+            .reserve(len)
+            .map_err(|e| TrySendError::Send(SendError::Store(e)))?;
         Ok(Loan {
             producer: Arc::clone(self),
-            reservation: Some(reservation),
+            body: LoanBody::Store(reservation),
         })
+    }
+
+    /// The error of a blocking call: a blocking claim waits instead of
+    /// reporting `Full`, so that arm is only reachable on a ring that a
+    /// scribbler keeps from ever freeing an entry.
+    pub(super) fn blocking_error(&self, e: TrySendError) -> SendError {
+        match e {
+            TrySendError::Send(e) => e,
+            TrySendError::Full => SendError::Store(BlobError::Corrupt {
+                file: self.chan.path.clone(),
+                detail: "the ring never frees an entry".into(),
+            }),
+        }
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -212,21 +331,8 @@ impl Drop for Producer {
     fn drop(&mut self) {
         self.chan.unregister(Role::Producer, self.index);
         // Consumers learn at once that this producer is gone.
-        wake_consumers(&self.chan, true);
+        self.chan.wake_consumers(true);
     }
-}
-
-/// Wakes consumers sleeping on the ring, if any announced itself (or
-/// always); returns whether it made the system call.
-fn wake_consumers(chan: &ChanFile, always: bool) -> bool {
-    let h = chan.ring.header();
-    wait::wake(&h.data_seq, &h.data_waiters, always)
-}
-
-/// Wakes producers waiting for space, if any announced itself.
-pub(crate) fn wake_producers(chan: &ChanFile) {
-    let h = chan.ring.header();
-    wait::wake(&h.space_seq, &h.space_waiters, false);
 }
 
 macro_rules! producer_endpoint {
@@ -265,11 +371,17 @@ macro_rules! producer_endpoint {
             }
 
             /// A writable buffer of `len` bytes in shared memory: fill it,
-            /// then [`Loan::send`] publishes it without a copy. A loan
-            /// dropped unsent is discarded and its space reclaimed (by the
-            /// TTL if the process dies holding it).
+            /// then [`Loan::send`] publishes it without a copy. A loan that
+            /// fits [`inline_capacity`](Self::inline_capacity) is a ring slot
+            /// (waiting for one if none is free); a larger one (or more than
+            /// two at once) is store space. A loan dropped unsent is
+            /// discarded and its space given back (by repair or the TTL if
+            /// the process dies holding it). Its initial bytes are
+            /// unspecified.
             pub fn loan(&self, len: usize) -> Result<Loan, SendError> {
-                self.inner.loan(len)
+                self.inner
+                    .loan(len, true)
+                    .map_err(|e| self.inner.blocking_error(e))
             }
 
             /// The channel's name.
@@ -283,8 +395,12 @@ macro_rules! producer_endpoint {
             #[doc(hidden)]
             pub fn claim_and_abandon_for_tests(&self) -> bool {
                 matches!(
-                    self.inner.chan.ring.try_claim(self.inner.me()),
-                    super::ring::Claim::Claimed(_)
+                    self.inner.chan.ring.try_claim(
+                        self.inner.me(),
+                        crate::clock::now_ms(),
+                        &mut |_| {}
+                    ),
+                    Claim::Claimed(_)
                 )
             }
 
@@ -303,11 +419,22 @@ producer_endpoint!(Sender, "work queue", "receiver");
 /// (`DerefMut<Target = [u8]>`); see [`Publisher::loan`].
 pub struct Loan {
     producer: Arc<Producer>,
-    reservation: Option<SharedReservation>,
+    body: LoanBody,
+}
+
+enum LoanBody {
+    /// A pool slot of the ring, written by this producer.
+    Slot { slot: u32, len: usize },
+    /// Store space.
+    Store(SharedReservation),
+    /// Sent or discarded.
+    Gone,
 }
 
 // SAFETY: the loan's bytes are reserved for it alone until it is sent or
-// dropped, and the chunk it holds keeps them mapped; Producer is Send + Sync.
+// dropped (a pool slot whose owners word names this producer, or a store
+// reservation), and the producer (slot) or the reservation's chunk keeps
+// them mapped; Producer is Send + Sync.
 unsafe impl Send for Loan {}
 // SAFETY: shared references only give `&[u8]` of bytes nobody else writes.
 unsafe impl Sync for Loan {}
@@ -325,23 +452,46 @@ impl Loan {
         self.publish(false)
     }
 
+    /// Whether the loan is a ring slot (it fits inline) rather than store
+    /// space.
+    pub fn is_inline(&self) -> bool {
+        matches!(self.body, LoanBody::Slot { .. })
+    }
+
     fn publish(&mut self, block: bool) -> Result<(), TrySendError> {
-        let Some(r) = self.reservation.take() else {
-            return Ok(());
-        };
-        let handle = self
-            .producer
-            .store
-            .commit(&r)
-            .map_err(|e| TrySendError::Send(SendError::Store(e)))?;
-        self.producer
-            .publish_handle(&handle, r.loc.size as usize, block)
+        let p = &self.producer;
+        match std::mem::replace(&mut self.body, LoanBody::Gone) {
+            LoanBody::Gone => Ok(()),
+            LoanBody::Slot { slot, len } => {
+                p.loans.fetch_sub(1, Ordering::Relaxed);
+                let ring = &p.chan.ring;
+                match p.claim(block) {
+                    Ok(seq) => {
+                        ring.publish(seq, p.me(), slot, len as u32, 0);
+                        p.sent();
+                        Ok(())
+                    }
+                    Err(e) => {
+                        ring.unalloc(slot, p.me());
+                        Err(e)
+                    }
+                }
+            }
+            LoanBody::Store(r) => {
+                let handle = p
+                    .store
+                    .commit(&r)
+                    .map_err(|e| TrySendError::Send(SendError::Store(e)))?;
+                p.publish_handle(&handle, r.loc.size as usize, block)
+            }
+        }
     }
 
     fn bytes(&self) -> (*mut u8, usize) {
-        match &self.reservation {
-            Some(r) => (r.ptr, r.loc.size as usize),
-            None => (std::ptr::NonNull::dangling().as_ptr(), 0),
+        match &self.body {
+            LoanBody::Slot { slot, len } => (self.producer.chan.ring.payload(*slot), *len),
+            LoanBody::Store(r) => (r.ptr, r.loc.size as usize),
+            LoanBody::Gone => (std::ptr::NonNull::dangling().as_ptr(), 0),
         }
     }
 }
@@ -350,9 +500,10 @@ impl std::ops::Deref for Loan {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         let (ptr, len) = self.bytes();
-        // SAFETY: `len` reserved bytes at `ptr`, initialised (file or
-        // zeroed memory), written only through this loan, kept mapped by
-        // the reservation's chunk.
+        // SAFETY: `len` bytes at `ptr` (at most the slot's inline capacity,
+        // or the reservation), initialised (file or zeroed memory), written
+        // only through this loan, kept mapped by the producer's channel
+        // file or the reservation's chunk.
         unsafe { std::slice::from_raw_parts(ptr, len) }
     }
 }
@@ -361,7 +512,8 @@ impl std::ops::DerefMut for Loan {
     fn deref_mut(&mut self) -> &mut [u8] {
         let (ptr, len) = self.bytes();
         // SAFETY: as in Deref; `&mut self` makes this the only reference,
-        // and no other writer or reader touches an uncommitted entry.
+        // and no other writer or reader touches a slot or entry that is not
+        // published.
         unsafe { std::slice::from_raw_parts_mut(ptr, len) }
     }
 }
@@ -380,18 +532,29 @@ impl AsMut<[u8]> for Loan {
 
 impl std::fmt::Debug for Loan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Loan").field("len", &self.len()).finish()
+        f.debug_struct("Loan")
+            .field("len", &self.len())
+            .field("inline", &self.is_inline())
+            .finish()
     }
 }
 
 impl Drop for Loan {
     fn drop(&mut self) {
-        // Unsent: commit it and acknowledge it at once, so its chunk can
-        // be reclaimed as soon as the rest of it is.
-        if let Some(r) = self.reservation.take() {
-            if let Ok(handle) = self.producer.store.commit(&r) {
-                self.producer.store.acknowledge(&handle);
+        let p = &self.producer;
+        match std::mem::replace(&mut self.body, LoanBody::Gone) {
+            LoanBody::Slot { slot, .. } => {
+                p.loans.fetch_sub(1, Ordering::Relaxed);
+                p.chan.ring.unalloc(slot, p.me());
             }
+            // Unsent: commit it and acknowledge it at once, so its chunk can
+            // be reclaimed as soon as the rest of it is.
+            LoanBody::Store(r) => {
+                if let Ok(handle) = p.store.commit(&r) {
+                    p.store.acknowledge(&handle);
+                }
+            }
+            LoanBody::Gone => {}
         }
     }
 }

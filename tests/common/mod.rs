@@ -237,3 +237,9 @@ pub fn say(msg: impl AsRef<str>) {
     writeln!(o, "SFB {}", msg.as_ref()).unwrap();
     o.flush().unwrap();
 }
+
+/// A lossless broadcast (`Overflow::Block`), for tests that count every
+/// message; otherwise the defaults.
+pub fn lossless() -> stable_fragmented_buffer::ChannelConfig {
+    stable_fragmented_buffer::ChannelConfig::default().overflow(stable_fragmented_buffer::Overflow::Block)
+}
