@@ -112,6 +112,16 @@ pub enum BlobError {
         namespace: String,
     },
 
+    /// The endpoint was opened by the parent of this process and inherited
+    /// through `fork()`: it belongs to the parent. Open a new one here.
+    #[error("this {what} of channel \"{channel}\" was inherited through fork() from the process that opened it; open a new one in this process")]
+    Inherited {
+        /// "producer" or "consumer".
+        what: &'static str,
+        /// Channel name.
+        channel: String,
+    },
+
     /// The chunk registry of the control block is full.
     #[error("namespace \"{namespace}\" has no free registry slot ({slots} chunk files exist); use larger chunks")]
     RegistryFull {

@@ -77,6 +77,7 @@ pub mod layout;
 // The operating system: system calls, the clock, atomics (loom's under
 // `--cfg loom`), namespace names.
 mod clock;
+pub(crate) mod fork;
 pub mod namespace;
 mod os;
 mod sync;

@@ -195,6 +195,19 @@ pub fn reserve_space(file: &File, len: u64, path: &Path) -> Result<()> {
     }
 }
 
+/// A second open file description of `file` (through `/proc/self/fd`),
+/// read-write. A mapping holds the description it was made from, and a
+/// fork child inherits mappings: mapping through this one keeps the
+/// locks of `file`'s description out of fork children (see `fork`).
+pub fn reopen(file: &File, path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|e| BlobError::os("open(/proc/self/fd)", path, e))
+}
+
 /// Reserves the pages of `len` bytes at `offset` of a file already sized
 /// past them (a channel's pool slot, backed on first use): `Ok` once they
 /// are backed, `ENOSPC` when the file system is full. A file system

@@ -666,7 +666,10 @@ fn hostile_channel_files_are_typed_errors_on_open() {
     ];
     for (what, bytes) in cases {
         std::fs::write(&path, &bytes).unwrap();
-        for r in [store.publisher_with("h", common::lossless()).err(), store.subscriber_with("h", common::lossless()).err()] {
+        for r in [
+            store.publisher_with("h", common::lossless()).err(),
+            store.subscriber_with("h", common::lossless()).err(),
+        ] {
             match r {
                 Some(BlobError::Corrupt { .. }) | Some(BlobError::IncompatibleFormat { .. }) => {}
                 other => panic!("{what}: {other:?}"),

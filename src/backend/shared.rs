@@ -9,6 +9,7 @@ use crate::clock;
 use crate::config::Config;
 use crate::engine::{self, ChunkRef, Chunks, Event, Policy};
 use crate::error::{BlobError, Result};
+use crate::fork;
 use crate::handle::OverflowHandle;
 use crate::hooks::{self, Point};
 use crate::layout::*;
@@ -74,6 +75,10 @@ struct Inner {
     ns: String,
     dir: PathBuf,
     ctrl_path: PathBuf,
+    // In the creator, keeps `_ctrl_file` out of fork children, so that
+    // they do not hold the creator lock; declared before `_ctrl_file` so it
+    // is dropped before the file closes (see `crate::fork`).
+    _fork_guard: Option<fork::ForkGuard>,
     // Holds the creator lock in the creator; closing it releases the lock.
     _ctrl_file: File,
     ctrl_map: Mapping,
@@ -162,8 +167,9 @@ impl SharedBackend {
             }
         };
         let dir = os::shm_dir();
-        let (file, map, recovery) = create_ctrl(&dir, ns, chunk_size as u32, max_chunks, config)?;
-        let mut inner = Inner::new(ns, dir, file, map, true, config)?;
+        let (guard, file, map, recovery) =
+            create_ctrl(&dir, ns, chunk_size as u32, max_chunks, config)?;
+        let mut inner = Inner::new(ns, dir, (Some(guard), file), map, true, config)?;
         inner.recovery = recovery;
         let backend = Self::start(inner);
         // The first chunk, so the first append takes no system call.
@@ -191,7 +197,7 @@ impl SharedBackend {
         let path = dir.join(ctrl_file_name(ns));
         let file = open_existing_ctrl(&path, ns)?;
         let map = map_ctrl(&file, &path)?;
-        let inner = Inner::new(ns, dir, file, map, false, config)?;
+        let inner = Inner::new(ns, dir, (None, file), map, false, config)?;
         if inner.is_closed() {
             return Err(BlobError::Closed {
                 namespace: ns.to_owned(),
@@ -747,10 +753,12 @@ impl Chunks for Inner {
 }
 
 impl Inner {
+    /// `ctrl_file` is the control file with its fork registration (a tuple
+    /// drops in field order: the guard before the file, on any return).
     fn new(
         ns: &str,
         dir: PathBuf,
-        file: File,
+        ctrl_file: (Option<fork::ForkGuard>, File),
         map: Mapping,
         creator: bool,
         config: &Config,
@@ -784,7 +792,8 @@ impl Inner {
             ns: ns.to_owned(),
             ctrl_path,
             dir,
-            _ctrl_file: file,
+            _fork_guard: ctrl_file.0,
+            _ctrl_file: ctrl_file.1,
             creator,
             policy,
             max_chunks,
@@ -1195,7 +1204,7 @@ fn create_ctrl(
     chunk_size: u32,
     max_chunks: u32,
     config: &Config,
-) -> Result<(File, Mapping, Option<Recovery>)> {
+) -> Result<(fork::ForkGuard, File, Mapping, Option<Recovery>)> {
     let path = dir.join(ctrl_file_name(ns));
     let mut dead_pid = None;
     let mut files_removed = 0;
@@ -1230,6 +1239,9 @@ fn create_ctrl(
             Err(e) => return Err(BlobError::os("open", &path, e)),
         }
         let file = os::create_anonymous(dir)?;
+        // Registered before the lock is taken, so no fork child ever holds
+        // it; declared after `file`, so dropped before it on every path.
+        let guard = fork::register(std::os::fd::AsRawFd::as_raw_fd(&file));
         if !os::try_lock_creator(&file).map_err(|e| BlobError::os("fcntl(F_OFD_SETLK)", dir, e))? {
             return Err(BlobError::Corrupt {
                 file: dir.to_owned(),
@@ -1237,7 +1249,14 @@ fn create_ctrl(
             });
         }
         os::reserve_space(&file, CTRL_SIZE as u64, dir)?;
-        let map = Mapping::new(&file, CTRL_SIZE, dir)?;
+        // Mapped through a second open file description: a mapping holds
+        // the description it was made from, and a fork child inherits the
+        // mapping, so a mapping of `file`'s description would keep the
+        // creator lock alive in fork children whatever `fork` does to the
+        // descriptor. The second description holds no lock.
+        let view = os::reopen(&file, dir)?;
+        let map = Mapping::new(&view, CTRL_SIZE, dir)?;
+        drop(view);
         let key = init_ctrl(&map, chunk_size, max_chunks, config);
         match os::link_anonymous(&file, &path) {
             Ok(()) => {
@@ -1248,7 +1267,7 @@ fn create_ctrl(
                     dead_pid,
                     files_removed,
                 });
-                return Ok((file, map, recovery));
+                return Ok((guard, file, map, recovery));
             }
             // Another creator won the race; look at it again.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,

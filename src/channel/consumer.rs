@@ -192,6 +192,9 @@ impl Consumer {
     /// A message handed out is dropped: its slot is let go (and freed, if
     /// nobody else holds it).
     fn done(&self, slot: u32) {
+        if self.chan.inherited() {
+            return; // The parent still holds it.
+        }
         let ring = &self.chan.ring;
         ring.unhold(slot, self.index, &mut |h| self.ack(h));
         {
@@ -242,6 +245,10 @@ impl Consumer {
     }
 
     pub(crate) fn try_recv(self: &Arc<Self>) -> Result<Message, TryRecvError> {
+        if self.chan.inherited() {
+            // The parent's consumer: nothing to receive here.
+            return Err(TryRecvError::Disconnected);
+        }
         let once = |a: Attempt| match a {
             Attempt::Got(m) => Ok(Some(m)),
             Attempt::Expired => Err(TryRecvError::Expired),
@@ -311,6 +318,9 @@ impl Consumer {
 
 impl Drop for Consumer {
     fn drop(&mut self) {
+        if self.chan.inherited() {
+            return; // The record is the parent's.
+        }
         self.chan.unregister(Role::Consumer, self.index);
         // What only we gated can go now.
         self.chan.release(&|h| self.store.acknowledge_bytes(h));

@@ -5,9 +5,11 @@
 use super::layout::*;
 use super::ring::Ring;
 use crate::error::{BlobError, Result};
+use crate::fork;
 use crate::os::{self, Mapping};
 use crate::sync::Ordering;
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 /// Which side of a channel an endpoint is on.
@@ -68,6 +70,12 @@ pub(crate) struct ChanFile {
     pub path: PathBuf,
     /// The policy words of the file.
     pub policy: Policy,
+    /// The fork epoch this process was in when it opened the file.
+    fork_epoch: u32,
+    // Declared before `file`: unregistered before the descriptor closes.
+    _fork: fork::ForkGuard,
+    /// The description that carries this endpoint's record lock; nothing
+    /// maps it (the mapping is made through another, see `fork`).
     file: File,
     // Keeps the ring's memory mapped; must outlive every use of `ring`.
     _map: Mapping,
@@ -114,12 +122,13 @@ impl ChanFile {
                 Err(e) => return Err(BlobError::os("open", &path, e)),
             }
             let file = os::create_anonymous(dir)?;
+            let guard = fork::register(file.as_raw_fd());
             // The header, records, ring and the ring's own slots are backed
             // now; the rest of the pool when first used (`back`).
             os::reserve_space(&file, geo.backed_at_creation() as u64, dir)?;
             file.set_len(geo.file_size() as u64)
                 .map_err(|e| BlobError::os("ftruncate", dir, e))?;
-            let map = Mapping::new(&file, geo.file_size(), dir)?;
+            let map = Mapping::new(&os::reopen(&file, dir)?, geo.file_size(), dir)?;
             // SAFETY: the mapping is page-aligned and file_size bytes long.
             let ring = unsafe {
                 Ring::new(
@@ -137,6 +146,8 @@ impl ChanFile {
                         name: name.to_owned(),
                         path,
                         policy,
+                        fork_epoch: fork::epoch(),
+                        _fork: guard,
                         file,
                         _map: map,
                     })
@@ -164,9 +175,11 @@ impl ChanFile {
                 found: kind_name(found_kind),
             });
         }
-        let map = Mapping::new(&file, geo.file_size(), &path)?;
+        let guard = fork::register(file.as_raw_fd());
+        let map = Mapping::new(&os::reopen(&file, &path)?, geo.file_size(), &path)?;
         // SAFETY: read_identity checked the file holds exactly file_size
-        // bytes; the mapping is page-aligned.
+        // bytes (the reopened description is the same file); the mapping is
+        // page-aligned.
         let ring = unsafe {
             Ring::new(
                 map.base(),
@@ -180,9 +193,26 @@ impl ChanFile {
             name: name.to_owned(),
             path,
             policy,
+            fork_epoch: fork::epoch(),
+            _fork: guard,
             file,
             _map: map,
         })
+    }
+
+    /// Whether this process is a fork child of the one that opened the
+    /// file: the endpoint's record belongs to that process, and this one
+    /// must not act on it (one Relaxed load).
+    pub(crate) fn inherited(&self) -> bool {
+        fork::epoch() != self.fork_epoch
+    }
+
+    /// The error of an inherited endpoint.
+    pub(crate) fn inherited_error(&self, what: &'static str) -> BlobError {
+        BlobError::Inherited {
+            what,
+            channel: self.name.clone(),
+        }
     }
 
     /// Backs the payload of pool slot `b` (its first use): false when the
@@ -218,9 +248,7 @@ impl ChanFile {
     /// Frees what consumers released; wakes producers waiting for space.
     /// Returns how many entries it freed.
     pub(crate) fn release(&self, ack: &dyn Fn([u8; 24])) -> u64 {
-        let freed = self
-            .ring
-            .release(crate::clock::now_ms(), &mut |h| ack(h));
+        let freed = self.ring.release(crate::clock::now_ms(), &mut |h| ack(h));
         if freed > 0 {
             self.wake_producers();
         }
@@ -287,8 +315,7 @@ impl ChanFile {
             let c = index - MAX_PRODUCERS;
             h.data_waiters.fetch_and(!(1u32 << c), Ordering::SeqCst);
             self.ring.leave(c);
-            self.ring
-                .drop_holds_of(c, self.redelivers(), &mut ack_mut);
+            self.ring.drop_holds_of(c, self.redelivers(), &mut ack_mut);
         }
         rec.in_use.store(0, Ordering::SeqCst);
         h.evicted.fetch_add(1, Ordering::Relaxed);

@@ -82,9 +82,6 @@ pub(crate) const MAX_HELD: u32 = 1024;
 /// first used, so this is address space, not memory).
 pub(crate) const MAX_POOL_BYTES: u64 = 64 << 30;
 
-/// Entry flag: the entry was claimed by a producer that died before
-/// publishing it; it carries no message and consumers pass over it.
-pub(crate) const FLAG_SKIPPED: u32 = 2;
 /// Slot flag: the payload is a 24-byte store handle, not the message.
 pub(crate) const FLAG_OVERFLOW: u32 = 1;
 
@@ -94,6 +91,16 @@ pub(crate) const TAG_FREE: u64 = 0;
 pub(crate) const TAG_CLAIMED: u64 = 1;
 /// Published: readable by consumers.
 pub(crate) const TAG_READY: u64 = 2;
+/// Published empty: the entry's producer died (or gave up) before writing
+/// it, or it was a hole left by a scribbled head; consumers and the
+/// frontier pass over it.
+pub(crate) const TAG_SKIPPED: u64 = 3;
+
+/// Whether an entry tag is published (a message or a skip), so the
+/// frontier may pass it.
+pub(crate) const fn published(tag: u64) -> bool {
+    tag == TAG_READY || tag == TAG_SKIPPED
+}
 
 /// An entry state word: `lap << 8 | owner << 2 | tag`. The lap is the
 /// sequence number divided by the ring's slot count, so one word names the
@@ -285,8 +292,8 @@ pub(crate) struct Entry {
     pub state: AtomicU64, // 0
     /// Pool slot of the message.
     pub slot: AtomicU32, // 8
-    /// [`FLAG_SKIPPED`].
-    pub flags: AtomicU32, // 12
+    /// Reserved (0).
+    pub spare: AtomicU32, // 12
 }
 
 /// The header of one pool slot.
@@ -375,7 +382,7 @@ pub(crate) mod loom_words {
         Entry {
             state: AtomicU64::new(0),
             slot: AtomicU32::new(0),
-            flags: AtomicU32::new(0),
+            spare: AtomicU32::new(0),
         }
     }
 
@@ -487,7 +494,9 @@ impl Geometry {
             ));
         }
         if !(1..=MAX_HELD).contains(&max_held) {
-            return Err(format!("max_held {max_held}: must be between 1 and {MAX_HELD}"));
+            return Err(format!(
+                "max_held {max_held}: must be between 1 and {MAX_HELD}"
+            ));
         }
         let pool = slots as u64
             + MAX_CONSUMERS as u64 * (max_held as u64 + 1)
@@ -586,7 +595,10 @@ mod tests {
         assert_eq!(g.inline_capacity(), 64);
         assert_eq!(g.pool, 4 + 32 * 2 + 32 * SLOTS_PER_PRODUCER);
         assert_eq!(g.slot_headers_offset(), ENTRIES_OFFSET + 64);
-        assert_eq!(g.payloads_offset(), g.slot_headers_offset() + g.pool as usize * 64);
+        assert_eq!(
+            g.payloads_offset(),
+            g.slot_headers_offset() + g.pool as usize * 64
+        );
         assert_eq!(g.file_size(), g.payloads_offset() + g.pool as usize * 64);
         assert!(g.backed_at_creation() < g.file_size());
     }

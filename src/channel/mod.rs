@@ -232,9 +232,9 @@ impl ChannelConfig {
                 Delivery::AtMostOnce => layout::DELIVERY_AT_MOST_ONCE,
                 Delivery::AtLeastOnce => layout::DELIVERY_AT_LEAST_ONCE,
             },
-            stall_timeout_ms: self.stall_timeout.map_or(0, |d| {
-                (d.as_millis().min(u64::MAX as u128) as u64).max(1)
-            }),
+            stall_timeout_ms: self
+                .stall_timeout
+                .map_or(0, |d| (d.as_millis().min(u64::MAX as u128) as u64).max(1)),
         }
     }
 }
@@ -298,7 +298,10 @@ mod tests {
         // Capped: the largest slot, and a ring of at most 1 GiB.
         let c = ChannelConfig::for_messages(usize::MAX, u32::MAX);
         assert_eq!(c.slot_size, layout::MAX_SLOT_SIZE);
-        assert!(Geometry::new(c.slots, c.slot_size, c.max_held).is_ok(), "{c:?}");
+        assert!(
+            Geometry::new(c.slots, c.slot_size, c.max_held).is_ok(),
+            "{c:?}"
+        );
         for (m, n) in [(0, 0), (1, 1), (4096, 1 << 20), (1 << 20, 1024)] {
             let c = ChannelConfig::for_messages(m, n);
             assert!(

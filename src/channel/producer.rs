@@ -132,6 +132,12 @@ impl Producer {
             if let Some(e) = self.closed() {
                 return Err(e);
             }
+            if !ring.consistent() {
+                return Err(TrySendError::Send(SendError::Store(BlobError::Corrupt {
+                    file: self.chan.path.clone(),
+                    detail: "the ring's head and frontier are out of order".into(),
+                })));
+            }
             if !block {
                 // A dead participant may be what holds the ring full (looked
                 // for at most once per tick: it costs a system call each).
@@ -181,8 +187,19 @@ impl Producer {
         }
     }
 
+    /// The error of a producer inherited through fork, if this is one.
+    fn inherited(&self) -> Result<(), TrySendError> {
+        if self.chan.inherited() {
+            return Err(TrySendError::Send(SendError::Store(
+                self.chan.inherited_error("producer"),
+            )));
+        }
+        Ok(())
+    }
+
     /// Claims, writes and publishes one message.
     pub(crate) fn send(&self, data: &[u8], block: bool) -> Result<(), TrySendError> {
+        self.inherited()?;
         let ring = &self.chan.ring;
         if data.len() <= ring.geometry().inline_capacity() {
             let seq = self.claim(block)?;
@@ -273,6 +290,7 @@ impl Producer {
     }
 
     pub(crate) fn loan(self: &Arc<Self>, len: usize, block: bool) -> Result<Loan, TrySendError> {
+        self.inherited()?;
         let ring = &self.chan.ring;
         // Inline: a pool slot of the ring, while this endpoint has few out.
         if len <= ring.geometry().inline_capacity()
@@ -329,6 +347,10 @@ impl Producer {
 
 impl Drop for Producer {
     fn drop(&mut self) {
+        if self.chan.inherited() {
+            // The record is the parent's: leave it alone.
+            return;
+        }
         self.chan.unregister(Role::Producer, self.index);
         // Consumers learn at once that this producer is gone.
         self.chan.wake_consumers(true);
@@ -460,6 +482,7 @@ impl Loan {
 
     fn publish(&mut self, block: bool) -> Result<(), TrySendError> {
         let p = &self.producer;
+        p.inherited()?;
         match std::mem::replace(&mut self.body, LoanBody::Gone) {
             LoanBody::Gone => Ok(()),
             LoanBody::Slot { slot, len } => {
@@ -542,6 +565,9 @@ impl std::fmt::Debug for Loan {
 impl Drop for Loan {
     fn drop(&mut self) {
         let p = &self.producer;
+        if p.chan.inherited() {
+            return; // The parent's to give back.
+        }
         match std::mem::replace(&mut self.body, LoanBody::Gone) {
             LoanBody::Slot { slot, .. } => {
                 p.loans.fetch_sub(1, Ordering::Relaxed);

@@ -241,5 +241,6 @@ pub fn say(msg: impl AsRef<str>) {
 /// A lossless broadcast (`Overflow::Block`), for tests that count every
 /// message; otherwise the defaults.
 pub fn lossless() -> stable_fragmented_buffer::ChannelConfig {
-    stable_fragmented_buffer::ChannelConfig::default().overflow(stable_fragmented_buffer::Overflow::Block)
+    stable_fragmented_buffer::ChannelConfig::default()
+        .overflow(stable_fragmented_buffer::Overflow::Block)
 }
