@@ -209,25 +209,25 @@ impl Consumer {
         }
     }
 
+    /// Evicts dead participants: producers (whose unpublished claims are
+    /// skipped) and the other consumers (which may gate a `Block` ring, or
+    /// hold work-queue jobs to give back). Returns how many.
+    fn evict_dead(&self) -> usize {
+        let ack = |h: [u8; 24]| self.ack(h);
+        let n = self.chan.evict_dead(Role::Producer, None, &ack)
+            + self.chan.evict_dead(Role::Consumer, Some(self.index), &ack);
+        if n > 0 {
+            self.chan.release(&ack);
+        }
+        n
+    }
+
     /// Whether the channel counts as disconnected: it has had a producer,
-    /// and none is alive now. Producers found dead are evicted first (at
-    /// most once per liveness tick).
-    fn disconnected(&self) -> bool {
+    /// and none is alive now.
+    fn no_producer(&self) -> bool {
         let h = self.chan.ring.header();
-        if h.producers_ever.load(Ordering::SeqCst) == 0 {
-            return false;
-        }
-        if h.producer_mask.load(Ordering::SeqCst) & MASK_BITS != 0 {
-            if !self.liveness.due() {
-                return false;
-            }
-            let ack = |h: [u8; 24]| self.ack(h);
-            if self.chan.evict_dead(Role::Producer, None, &ack) > 0 {
-                // Entries a dead producer left pending are skipped now.
-                self.chan.release(&ack);
-            }
-        }
-        h.producer_mask.load(Ordering::SeqCst) & MASK_BITS == 0
+        h.producers_ever.load(Ordering::SeqCst) > 0
+            && h.producer_mask.load(Ordering::SeqCst) & MASK_BITS == 0
     }
 
     fn ready(&self) -> bool {
@@ -259,10 +259,22 @@ impl Consumer {
         if let Some(m) = once(self.attempt())? {
             return Ok(m);
         }
-        if !self.disconnected() {
+        // Dead participants are looked for at most once per tick (a system
+        // call per record): a dead receiver's jobs come back this way.
+        let looked = self.liveness.due();
+        if looked && self.evict_dead() > 0 {
+            if let Some(m) = once(self.attempt())? {
+                return Ok(m);
+            }
+        }
+        if !self.no_producer() {
             return Err(TryRecvError::Empty);
         }
-        // A message published just before the last producer left.
+        // Before saying disconnected: a message published just before the
+        // last producer left, or jobs a dead receiver held.
+        if !looked && self.chan.redelivers() {
+            self.evict_dead();
+        }
         once(self.attempt())?.ok_or(TryRecvError::Disconnected)
     }
 
