@@ -254,7 +254,11 @@ pub fn run_peer_if_asked() -> bool {
     match std::env::var(PEER_ENV).as_deref() {
         Ok("store-consumer") => store_consumer(),
         Ok("socket-consumer") => socket_consumer(),
-        Ok(role) => return super::channel::run_peer(role),
+        Ok(role) => {
+            return super::channel::run_peer(role)
+                || super::fanout::run_peer(role)
+                || super::jobs::run_peer(role)
+        }
         _ => return false,
     }
     true

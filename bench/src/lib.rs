@@ -3,6 +3,11 @@
 //! binary: every workload of the performance table, the memcpy bound and
 //! the Unix-socket baseline, measured in one run.
 //!
+//! Two multi-process scenarios stand beside the table:
+//! [`fanout`] (2 MiB frames at 120 fps to subscribers of different speeds)
+//! and [`jobs`] (a work queue with at-least-once delivery under worker
+//! crashes).
+//!
 //! A binary that runs the suite must call [`run_peer_if_asked`] first thing
 //! in `main`: the cross-process cells re-execute the binary as their
 //! consumer process.
@@ -10,14 +15,20 @@
 mod bound;
 mod channel;
 mod cross;
+mod fanout;
+mod jobs;
 mod ring;
+mod scenario;
 mod stats;
 mod stream;
 mod workloads;
 
 pub use channel::touch;
 pub use cross::{mono_ns, run_peer_if_asked, PEER_ENV};
+pub use fanout::{fanout, fanout_markdown, FanoutRun, SubscriberResult};
+pub use jobs::{job_size, jobs, jobs_markdown, JobsRun, Kill};
 pub use ring::Ring;
+pub use scenario::{flag_value, leftover_files};
 pub use stats::{markdown_table, size_label, Cell, Latency};
 pub use stream::{compare as stream_compare, stream, StreamRun};
 pub use workloads::tail;

@@ -1,5 +1,6 @@
 //! `cargo run --release -p sfb-bench -- [--quick] [--repeat N] [--only TEXT...]`
-//! (or `--stream [rounds]`, or `--tail [seconds]`): the
+//! (or `--stream [rounds]`, or `--tail [seconds]`, or
+//! `--scenario fanout [--seconds N]`, or `--scenario jobs [--jobs N]`): the
 //! performance table of stable-fragmented-buffer with its baselines (memcpy
 //! into faulted memory, a Unix-domain socket, iceoryx2), in one run.
 
@@ -12,6 +13,11 @@ fn main() {
         return;
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // `--scenario fanout [--seconds N]` / `--scenario jobs [--jobs N]`:
+    // the multi-process scenarios (see the library's `fanout` and `jobs`).
+    if let Some(i) = args.iter().position(|a| a == "--scenario") {
+        std::process::exit(scenario(args.get(i + 1).map(String::as_str), &args));
+    }
     // `--stream [rounds]`: camera-sized frames on the documented defaults,
     // against the same with no decay, alternating.
     if let Some(i) = args.iter().position(|a| a == "--stream") {
@@ -116,4 +122,62 @@ fn shm_names() -> std::collections::BTreeSet<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Runs `--scenario NAME`; returns the exit code (1 if it failed or a
+/// check did not pass, 2 for a wrong command line).
+fn scenario(name: Option<&str>, args: &[String]) -> i32 {
+    let started = std::time::Instant::now();
+    println!("Machine: {}\n", bench::machine());
+    let code = match name {
+        Some("fanout") => {
+            let secs: f64 = bench::flag_value(args, "--seconds").unwrap_or(20.0);
+            if !(secs > 0.0) {
+                eprintln!("--seconds: a positive number of seconds");
+                return 2;
+            }
+            println!(
+                "Scenario fanout: 2 MiB frames at 120 fps for {secs} s, loaned, to 3 subscriber processes (fast; 50 ms per frame; SIGSTOPped for 5 s from 3 s in)\n"
+            );
+            match bench::fanout(secs) {
+                Ok(runs) => {
+                    println!("{}", bench::fanout_markdown(&runs));
+                    0
+                }
+                Err(e) => {
+                    eprintln!("fanout failed: {e}");
+                    1
+                }
+            }
+        }
+        Some("jobs") => {
+            let n: u64 = bench::flag_value(args, "--jobs").unwrap_or(200_000);
+            if n == 0 {
+                eprintln!("--jobs: a positive number of jobs");
+                return 2;
+            }
+            println!(
+                "Scenario jobs: {n} jobs of 32 B to 256 KiB (log-uniform, fixed seed), loaned into a work queue with at-least-once delivery, 4 worker processes\n"
+            );
+            match bench::jobs(n) {
+                Ok(runs) => {
+                    println!("{}", bench::jobs_markdown(&runs));
+                    i32::from(!runs.iter().all(|r| r.ok()))
+                }
+                Err(e) => {
+                    eprintln!("jobs failed: {e}");
+                    1
+                }
+            }
+        }
+        other => {
+            eprintln!(
+                "--scenario {}: expected fanout or jobs",
+                other.unwrap_or("")
+            );
+            return 2;
+        }
+    };
+    eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
+    code
 }

@@ -257,9 +257,7 @@ pub(crate) struct ChanHeader {
     pub redelivered: AtomicU64, // 432
     /// Subscribers let go by the stall timeout.
     pub let_go: AtomicU64, // 440
-    /// Next pool slot to look at when allocating (a hint).
-    pub alloc_hint: AtomicU64, // 448
-    _pad6: [u8; 568], // 456
+    _pad6: [u8; 576], // 448
 }
 
 /// One participant (producer or consumer).
@@ -359,8 +357,7 @@ pub(crate) mod loom_words {
             lagged: a64(),
             redelivered: a64(),
             let_go: a64(),
-            alloc_hint: a64(),
-            _pad6: [0; 568],
+            _pad6: [0; 576],
         }
     }
 
@@ -415,7 +412,7 @@ const _: () = {
     assert!(std::mem::offset_of!(ChanHeader, space_seq) == 320);
     assert!(std::mem::offset_of!(ChanHeader, producer_mask) == 384);
     assert!(std::mem::offset_of!(ChanHeader, evicted) == 416);
-    assert!(std::mem::offset_of!(ChanHeader, alloc_hint) == 448);
+    assert!(std::mem::offset_of!(ChanHeader, let_go) == 440);
     assert!(std::mem::size_of::<Record>() == RECORD_SIZE);
     assert!(std::mem::offset_of!(Record, low) == 8);
     assert!(std::mem::offset_of!(Record, active_ms) == 24);

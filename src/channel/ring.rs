@@ -328,20 +328,20 @@ impl Ring {
     // ---- the pool ----
 
     /// Takes a free pool slot for producer `me`: `prefer` first (the slot
-    /// its entry named last lap, warm in cache), then the pool from the
-    /// allocation hint. `back` backs a slot's payload the first time it is
-    /// used (false: no space).
+    /// its entry named last lap, warm in cache), then the lowest free spare
+    /// slot (past the ring's own), then any. Lowest-first keeps the set of
+    /// slots in use, and so the memory backed and the cache footprint, as
+    /// small as what is in the ring, held and loaned. `back` backs a slot's
+    /// payload the first time it is used (false: no space).
     pub(crate) fn alloc(
         &self,
         me: u32,
         prefer: Option<u32>,
         back: &dyn Fn(u32) -> bool,
     ) -> Result<u32, NoSlot> {
-        let pool = self.geo.pool as u64;
-        let h = self.header();
         let try_one = |b: u32| -> Option<Result<u32, NoSlot>> {
             let slot = self.slot(b);
-            // Acquire: pairs with the Release (AcqRel) RMW that freed it, so
+            // Acquire: pairs with the Release (SeqCst) RMW that freed it, so
             // the freer's reads of the old contents come before our writes.
             if slot.owners.load(Ordering::Relaxed) != 0
                 || slot
@@ -354,8 +354,7 @@ impl Ring {
             // Acquire: pairs with the Release store below in whoever backed it.
             if slot.backed.load(Ordering::Acquire) == 0 {
                 if !back(b) {
-                    // Release: our (nonexistent) writes are done; pairs with
-                    // the Acquire CAS of the next allocator.
+                    // Release: pairs with the Acquire CAS of the next allocator.
                     slot.owners.store(0, Ordering::Release);
                     return Some(Err(NoSlot::NoSpace));
                 }
@@ -370,15 +369,11 @@ impl Ring {
                 return r;
             }
         }
-        let start = h.alloc_hint.load(Ordering::Relaxed) % pool;
-        for i in 0..pool {
-            let b = ((start + i) % pool) as u32;
-            if let Some(r) = try_one(b) {
-                h.alloc_hint.store(b as u64 + 1, Ordering::Relaxed);
-                return r;
-            }
-        }
-        Err(NoSlot::Exhausted)
+        let ring = self.geo.slots;
+        (ring..self.geo.pool)
+            .chain(0..ring)
+            .find_map(try_one)
+            .unwrap_or(Err(NoSlot::Exhausted))
     }
 
     /// Gives back slot `b` that producer `me` took and did not publish.
