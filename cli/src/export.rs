@@ -102,12 +102,37 @@ pub(crate) fn prometheus_text() -> Result<String, Box<dyn std::error::Error>> {
     let mut depth = Family::new(
         "sfb_channel_depth",
         "gauge",
-        "Messages published and not yet released on the channel.",
+        "Messages published that the slowest consumer has not received (a work queue: not taken).",
     );
     let mut published = Family::new(
         "sfb_channel_published_total",
         "counter",
         "Messages published on the channel.",
+    );
+    let mut held = Family::new(
+        "sfb_channel_held",
+        "gauge",
+        "Messages the channel's consumers hold (received, not dropped).",
+    );
+    let mut lagged = Family::new(
+        "sfb_channel_lagged_total",
+        "counter",
+        "Messages subscribers missed by falling a ring behind.",
+    );
+    let mut redelivered = Family::new(
+        "sfb_channel_redelivered_total",
+        "counter",
+        "Work-queue messages requeued after their receiver died.",
+    );
+    let mut skipped = Family::new(
+        "sfb_channel_skipped_total",
+        "counter",
+        "Ring entries skipped because their producer died before publishing.",
+    );
+    let mut evicted = Family::new(
+        "sfb_channel_evicted_total",
+        "counter",
+        "Participants of the channel found dead and evicted.",
     );
     let mut participants = Family::new(
         "sfb_channel_participants",
@@ -144,6 +169,11 @@ pub(crate) fn prometheus_text() -> Result<String, Box<dyn std::error::Error>> {
             };
             depth.add(labels(), ch.depth as f64);
             published.add(labels(), ch.published as f64);
+            held.add(labels(), ch.held as f64);
+            lagged.add(labels(), ch.lagged as f64);
+            redelivered.add(labels(), ch.redelivered as f64);
+            skipped.add(labels(), ch.skipped as f64);
+            evicted.add(labels(), ch.evicted as f64);
             for (role, state, n) in [
                 ("producer", "alive", ch.producers_alive),
                 ("producer", "dead", ch.producers_dead),
@@ -169,6 +199,11 @@ pub(crate) fn prometheus_text() -> Result<String, Box<dyn std::error::Error>> {
         expired,
         depth,
         published,
+        held,
+        lagged,
+        redelivered,
+        skipped,
+        evicted,
         participants,
     ]))
 }

@@ -188,13 +188,16 @@ pub(crate) fn report_text(r: &NamespaceReport) -> String {
                 "NAME",
                 "KIND",
                 "SLOTS",
+                "POLICY",
                 "DEPTH",
+                "HELD",
                 "PUBLISHED",
+                "LAGGED",
                 "PRODUCERS",
                 "CONSUMERS",
                 "PROBLEM",
             ],
-            &[3, 4],
+            &[4, 5, 6, 7],
         );
         for c in &r.channels {
             t.add_row(vec![
@@ -205,8 +208,11 @@ pub(crate) fn report_text(r: &NamespaceReport) -> String {
                     c.kind.to_owned()
                 },
                 format!("{} x {} B", c.slots, c.slot_size),
+                policy(c),
                 c.depth.to_string(),
+                c.held.to_string(),
                 c.published.to_string(),
+                c.lagged.to_string(),
                 format!("{} alive, {} dead", c.producers_alive, c.producers_dead),
                 format!("{} alive, {} dead", c.consumers_alive, c.consumers_dead),
                 c.problem.clone().unwrap_or_default(),
@@ -231,6 +237,22 @@ pub(crate) fn report_text(r: &NamespaceReport) -> String {
         }
     }
     s
+}
+
+/// A channel's policy in a few words: overflow (with the stall timeout)
+/// or delivery, and the held budget.
+fn policy(c: &stable_fragmented_buffer::channel::ChannelReport) -> String {
+    if c.kind.is_empty() {
+        return "-".into();
+    }
+    let what = if c.kind == "work queue" {
+        c.delivery.to_owned()
+    } else if c.stall_timeout_ms > 0 {
+        format!("{}, stall {} ms", c.overflow, c.stall_timeout_ms)
+    } else {
+        c.overflow.to_owned()
+    };
+    format!("{what}, held <= {}", c.max_held)
 }
 
 /// The key/value table without its header line.

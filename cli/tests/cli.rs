@@ -688,12 +688,16 @@ fn bench_runs_the_selected_cells_and_prints_the_table() {
 fn stat_and_list_show_each_channel_with_its_live_and_dead_participants() {
     let ns = Ns::new("cli-chan");
     let store = PinnedBlobStore::new_shared(Config::default(), ns.as_str(), CHUNK).unwrap();
-    let tx = store.sender("jobs").unwrap();
-    let _rx = store.receiver("jobs").unwrap();
+    let jobs_cfg = stable_fragmented_buffer::ChannelConfig::default()
+        .delivery(stable_fragmented_buffer::Delivery::AtLeastOnce)
+        .max_held(5);
+    let tx = store.sender_with("jobs", jobs_cfg).unwrap();
+    let rx = store.receiver("jobs").unwrap();
     let _sub = store.subscriber("ticks").unwrap();
-    for i in 0..3 {
+    for i in 0..4 {
         tx.send(&payload(i, 100)).unwrap();
     }
+    let held = rx.recv().unwrap(); // one held: out of the ring
     let stat = sfb_in(None, &["stat", "--json", ns.as_str()]);
     assert_eq!(stat.code, 0, "{}", stat.err);
     let v = stat.json();
@@ -702,16 +706,24 @@ fn stat_and_list_show_each_channel_with_its_live_and_dead_participants() {
     let jobs = chans.iter().find(|c| c["name"] == "jobs").unwrap();
     assert_eq!(jobs["kind"], "work queue");
     assert_eq!(jobs["depth"], 3);
-    assert_eq!(jobs["published"], 3);
+    assert_eq!(jobs["held"], 1);
+    assert_eq!(jobs["published"], 4);
+    assert_eq!(jobs["delivery"], "at-least-once");
+    assert_eq!(jobs["max_held"], 5);
+    assert_eq!(jobs["lagged"], 0);
     assert_eq!(jobs["producers_alive"], 1);
     assert_eq!(jobs["consumers_alive"], 1);
     let ticks = chans.iter().find(|c| c["name"] == "ticks").unwrap();
     assert_eq!(ticks["kind"], "broadcast channel");
+    assert_eq!(ticks["overflow"], "drop-oldest");
     assert_eq!(ticks["producers_alive"], 0);
     assert_eq!(ticks["consumers_alive"], 1);
     let text = sfb_in(None, &["stat", ns.as_str()]);
     assert!(
-        text.out.contains("channels:") && text.out.contains("jobs"),
+        text.out.contains("channels:")
+            && text.out.contains("jobs")
+            && text.out.contains("at-least-once, held <= 5")
+            && text.out.contains("drop-oldest, held <= 16"),
         "{}",
         text.out
     );
@@ -720,6 +732,7 @@ fn stat_and_list_show_each_channel_with_its_live_and_dead_participants() {
     let n = listed(&list, ns.as_str());
     assert!(n["files"].to_string().contains("_chan+jobs"), "{n}");
     assert!(!list["other_files"].to_string().contains("_chan+"));
+    drop(held);
 }
 
 /// `sfb export --prometheus` is valid exposition text (parsed by a
@@ -766,6 +779,11 @@ fn export_prometheus_reports_every_namespace_in_the_text_format() {
     let ch = [("namespace", live.as_str()), ("channel", "frames")];
     assert_eq!(value("sfb_channel_depth", &ch), 3.0, "nothing received yet");
     assert_eq!(value("sfb_channel_published_total", &ch), 3.0);
+    assert_eq!(value("sfb_channel_held", &ch), 0.0);
+    assert_eq!(value("sfb_channel_lagged_total", &ch), 0.0);
+    assert_eq!(value("sfb_channel_redelivered_total", &ch), 0.0);
+    assert_eq!(value("sfb_channel_evicted_total", &ch), 0.0);
+    assert_eq!(value("sfb_channel_skipped_total", &ch), 0.0);
     let role = |r: &'static str, s: &'static str| {
         value(
             "sfb_channel_participants",

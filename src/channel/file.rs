@@ -536,7 +536,8 @@ pub struct ChannelReport {
     pub max_held: u32,
     /// Stall timeout of a `Block` channel in ms (0: none).
     pub stall_timeout_ms: u64,
-    /// Messages published and still in the ring.
+    /// Messages published that the slowest consumer has not received (a
+    /// work queue: that no receiver has taken), at most a ring.
     pub depth: u64,
     /// Messages consumers hold now (received, not dropped).
     pub held: u64,
@@ -638,7 +639,21 @@ pub(crate) fn inspect_channel(dir: &Path, file: &str, name: &str) -> ChannelRepo
     };
     let head = u64_at(std::mem::offset_of!(ChanHeader, head));
     let frontier = frontier_seq(u64_at(std::mem::offset_of!(ChanHeader, frontier)));
-    r.depth = head.saturating_sub(frontier).min(geo.slots as u64);
+    // Depth: what the slowest consumer has not received yet (a work
+    // queue: what no receiver has taken).
+    let oldest = if kind == KIND_QUEUE {
+        u64_at(std::mem::offset_of!(ChanHeader, tail))
+    } else {
+        (0..MAX_CONSUMERS)
+            .map(|c| RECORDS_OFFSET + (MAX_PRODUCERS + c) * RECORD_SIZE)
+            .filter(|&at| buf[at..at + 4] != [0, 0, 0, 0])
+            .map(|at| u64_at(at + std::mem::offset_of!(Record, low)))
+            .min()
+            .unwrap_or(head)
+    };
+    r.depth = head
+        .saturating_sub(oldest.max(frontier))
+        .min(geo.slots as u64);
     r.published = u64_at(std::mem::offset_of!(ChanHeader, published));
     r.skipped = u64_at(std::mem::offset_of!(ChanHeader, skipped));
     r.evicted = u64_at(std::mem::offset_of!(ChanHeader, evicted));
