@@ -2,7 +2,7 @@
 shared memory (/dev/shm)."""
 
 from types import TracebackType
-from typing import Any, Final, Protocol, TypeAlias, final
+from typing import Any, Final, Literal, Protocol, TypeAlias, final
 
 from typing_extensions import Buffer, Self
 
@@ -13,6 +13,9 @@ class _ArrayInterface(Protocol):
     def __array_interface__(self) -> dict[str, Any]: ...
 
 _BufferLike: TypeAlias = Buffer | _ArrayInterface
+# Channel policies (keyword arguments of the channel openers).
+_Overflow: TypeAlias = Literal["block", "drop-oldest"]
+_Delivery: TypeAlias = Literal["at-most-once", "at-least-once"]
 
 __version__: Final[str]
 DEFAULT_CHUNK_SIZE: Final[int]
@@ -83,6 +86,19 @@ class ChannelTimeout(BlobError, TimeoutError):
 class DisconnectedError(BlobError):
     """No producer is alive and everything sent was received."""
 
+class LaggedError(BlobError):
+    """This subscriber fell a whole ring behind and jumped ahead; the next
+    receive returns the next message (iteration passes over it)."""
+
+    missed: int
+    """How many messages it missed."""
+
+class TooManyHeldError(BlobError):
+    """This consumer holds max_held messages: release one to receive more."""
+
+class InheritedError(BlobError):
+    """A producer inherited through fork() was used in the child."""
+
 @final
 class Handle:
     """The 24 bytes that name a blob; picklable, hashable."""
@@ -138,6 +154,8 @@ class Message:
     def sequence(self) -> int: ...
     @property
     def is_overflow(self) -> bool: ...
+    @property
+    def redelivered(self) -> int: ...
     def tobytes(self) -> bytes: ...
     def __len__(self) -> int: ...
     def __enter__(self) -> Self: ...
@@ -177,6 +195,10 @@ class Subscriber:
     def try_recv(self) -> Message | None: ...
     @property
     def expired(self) -> int: ...
+    @property
+    def lagged(self) -> int: ...
+    @property
+    def held(self) -> int: ...
     @property
     def name(self) -> str: ...
     @property
@@ -222,6 +244,10 @@ class Receiver:
     @property
     def expired(self) -> int: ...
     @property
+    def lagged(self) -> int: ...
+    @property
+    def held(self) -> int: ...
+    @property
     def name(self) -> str: ...
     @property
     def closed(self) -> bool: ...
@@ -256,16 +282,48 @@ class Store:
     def acknowledge(self, handle: Handle) -> bool: ...
     def reclaim(self) -> int: ...
     def publisher(
-        self, name: str, *, max_message: int | None = None, in_flight: int | None = None
+        self,
+        name: str,
+        *,
+        max_message: int | None = None,
+        in_flight: int | None = None,
+        overflow: _Overflow | None = None,
+        stall_timeout: float | None = None,
+        delivery: _Delivery | None = None,
+        max_held: int | None = None,
     ) -> Publisher: ...
     def subscriber(
-        self, name: str, *, max_message: int | None = None, in_flight: int | None = None
+        self,
+        name: str,
+        *,
+        max_message: int | None = None,
+        in_flight: int | None = None,
+        overflow: _Overflow | None = None,
+        stall_timeout: float | None = None,
+        delivery: _Delivery | None = None,
+        max_held: int | None = None,
     ) -> Subscriber: ...
     def sender(
-        self, name: str, *, max_message: int | None = None, in_flight: int | None = None
+        self,
+        name: str,
+        *,
+        max_message: int | None = None,
+        in_flight: int | None = None,
+        overflow: _Overflow | None = None,
+        stall_timeout: float | None = None,
+        delivery: _Delivery | None = None,
+        max_held: int | None = None,
     ) -> Sender: ...
     def receiver(
-        self, name: str, *, max_message: int | None = None, in_flight: int | None = None
+        self,
+        name: str,
+        *,
+        max_message: int | None = None,
+        in_flight: int | None = None,
+        overflow: _Overflow | None = None,
+        stall_timeout: float | None = None,
+        delivery: _Delivery | None = None,
+        max_held: int | None = None,
     ) -> Receiver: ...
     @property
     def namespace(self) -> str: ...

@@ -187,10 +187,11 @@ fn leftovers(ns: &str) -> Result<(), String> {
 
 /// Arbitrary bytes as a channel file. First input byte: bit 0 set = the
 /// bytes replace the whole file (any length); clear = they are written in
-/// place after the file's 32-byte identity (magic, version, kind, geometry,
-/// incarnation), so the ring itself is scribbled. Bit 1 picks the kind.
-/// Then every endpoint is opened and used: typed errors, never a panic, a
-/// hang or a leftover file.
+/// place after the file's 80-byte identity (magic, version, kind, geometry,
+/// incarnation, policy), so the ring itself is scribbled. Bit 1 picks the
+/// kind, bit 2 the broadcast overflow policy (Block or DropOldest). Then
+/// every endpoint is opened and used: typed errors, never a panic, a hang
+/// or a leftover file.
 pub fn channel_file(input: &[u8]) -> Result<(), String> {
     use std::time::Duration;
     let Some((&mode, body)) = input.split_first() else {
@@ -203,8 +204,14 @@ pub fn channel_file(input: &[u8]) -> Result<(), String> {
     let small = crate::ChannelConfig {
         slots: 8,
         slot_size: 256,
+        max_held: 2,
         ..crate::ChannelConfig::default()
-    };
+    }
+    .overflow(if mode & 4 == 4 {
+        crate::Overflow::Block
+    } else {
+        crate::Overflow::DropOldest
+    });
     {
         // A real channel with messages in it, inline and in the store.
         if queue {
@@ -231,7 +238,7 @@ pub fn channel_file(input: &[u8]) -> Result<(), String> {
             .write(true)
             .open(&path)
             .map_err(|e| e.to_string())?;
-        f.write_all_at(body, 32).map_err(|e| e.to_string())?;
+        f.write_all_at(body, 80).map_err(|e| e.to_string())?;
     }
     let t = std::time::Instant::now();
     // Subscriber and Receiver (Publisher and Sender) share their API, not

@@ -826,10 +826,8 @@ fn a_scribbled_head_or_tail_never_hangs_a_blocking_send() {
         let cfg = config(if queue { "queue" } else { "block" });
         let path = common::shm_dir().join(format!("{}_chan+c", ns.as_str()));
         let (tx_b, rx_b, tx_q, rx_q);
-        let (send, recv): (
-            Box<dyn Fn(u64) -> bool + Send + Sync>,
-            Box<dyn Fn() -> Option<u64>>,
-        );
+        type Send = Box<dyn Fn(u64) -> bool + std::marker::Send + Sync>;
+        let (send, recv): (Send, Box<dyn Fn() -> Option<u64>>);
         if queue {
             tx_q = Arc::new(store.sender_with("c", cfg).unwrap());
             rx_q = store.receiver_with("c", cfg).unwrap();

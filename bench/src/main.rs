@@ -132,7 +132,7 @@ fn scenario(name: Option<&str>, args: &[String]) -> i32 {
     let code = match name {
         Some("fanout") => {
             let secs: f64 = bench::flag_value(args, "--seconds").unwrap_or(20.0);
-            if !(secs > 0.0) {
+            if !secs.is_finite() || secs <= 0.0 {
                 eprintln!("--seconds: a positive number of seconds");
                 return 2;
             }
@@ -142,7 +142,7 @@ fn scenario(name: Option<&str>, args: &[String]) -> i32 {
             match bench::fanout(secs) {
                 Ok(runs) => {
                     println!("{}", bench::fanout_markdown(&runs));
-                    0
+                    i32::from(!runs.iter().all(|r| r.ok()))
                 }
                 Err(e) => {
                     eprintln!("fanout failed: {e}");
@@ -178,6 +178,25 @@ fn scenario(name: Option<&str>, args: &[String]) -> i32 {
             return 2;
         }
     };
+    // Every run's namespace is `sfbbench-{pid}-{n}`: none may be left.
+    let prefix = format!("sfbbench-{}-", std::process::id());
+    let dir = stable_fragmented_buffer::inspect::shm_dir();
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    println!(
+        "Files this run left in {}: {} {left:?}",
+        dir.display(),
+        left.len()
+    );
     eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
-    code
+    if left.is_empty() {
+        code
+    } else {
+        1
+    }
 }

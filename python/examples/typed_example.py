@@ -1,5 +1,6 @@
 """A typed use of the package, checked by `mypy --strict` against the stubs
-in CI (and run, too): blobs, handles, views, a work queue, errors."""
+in CI (and run, too): blobs, handles, views, a work queue, a broadcast
+channel and its policies, errors."""
 
 import os
 import pickle
@@ -53,6 +54,46 @@ def main() -> None:
             raise AssertionError("disconnected expected") from e
         rx.close()
         assert sizes == [frame.nbytes, 4], sizes
+
+        # A lossless broadcast ("drop-oldest", the default, lets a slow
+        # subscriber lag: LaggedError), its subscribers holding at most 4.
+        sub: sfb.Subscriber = store.subscriber(
+            "frames", overflow="block", stall_timeout=0.5, max_held=4, max_message=4096, in_flight=8
+        )
+        with store.publisher("frames") as pub:
+            pub.send(frame[:16])
+        received: list[bytes] = []
+        missed = 0
+        while True:
+            try:
+                msg = sub.recv(timeout=1.0)
+            except sfb.LaggedError as e:
+                missed += e.missed
+                continue
+            except sfb.DisconnectedError:
+                break
+            with msg:
+                received.append(msg.tobytes())
+        assert received == [frame[:16].tobytes()] and missed == sub.lagged == 0
+        held: int = sub.held
+        assert held == 0
+        sub.close()
+
+        # At least once: a job whose receiver dies holding it is delivered
+        # again, with its count of earlier deliveries.
+        retry: sfb.Receiver = store.receiver("retry", delivery="at-least-once")
+        with store.sender("retry", delivery="at-least-once") as jobs:
+            jobs.send(b"job")
+        with retry.recv(timeout=1.0) as job:
+            redelivered: int = job.redelivered
+            assert redelivered == 0
+        retry.close()
+        try:
+            store.subscriber("bad", overflow="sometimes")  # type: ignore[arg-type]
+        except sfb.InvalidConfigError as e:
+            assert isinstance(e, ValueError)
+        else:
+            raise AssertionError("an unknown overflow policy was accepted")
     removed: int = sfb.cleanup_namespace(ns)
     assert removed == 0
     print("typed example: ok")

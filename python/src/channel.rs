@@ -14,8 +14,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use stable_fragmented_buffer as sfb;
 use stable_fragmented_buffer::{
-    BlobError, ChannelConfig, Loan, PinnedBlobStore, RecvTimeoutError, SendError, TryRecvError,
-    TrySendError,
+    BlobError, ChannelConfig, Delivery, Loan, Overflow, PinnedBlobStore, RecvTimeoutError,
+    SendError, TryRecvError, TrySendError,
 };
 use std::ffi::c_int;
 use std::sync::{Arc, Mutex};
@@ -24,16 +24,67 @@ use std::time::{Duration, Instant};
 /// Longest wait without looking at Python's signals.
 const SLICE: Duration = Duration::from_millis(50);
 
-/// The ring geometry asked for: the library's default, or one sized to
-/// `max_message` bytes with `in_flight` messages in flight.
-pub(crate) fn config(max_message: Option<usize>, in_flight: Option<u32>) -> ChannelConfig {
-    match (max_message, in_flight) {
+/// What a channel opener was asked for (its keyword arguments).
+pub(crate) struct Options<'a> {
+    pub max_message: Option<usize>,
+    pub in_flight: Option<u32>,
+    pub overflow: Option<&'a str>,
+    pub stall_timeout: Option<f64>,
+    pub delivery: Option<&'a str>,
+    pub max_held: Option<i64>,
+}
+
+/// The channel configuration asked for: the library's default ring, or one
+/// sized to `max_message` bytes with `in_flight` messages in flight, and
+/// the policy given. Used only by the channel's creator (later openers
+/// adopt the channel file's).
+pub(crate) fn config(py: Python<'_>, o: &Options<'_>) -> PyResult<ChannelConfig> {
+    let invalid = |reason: String| errors::from_blob(py, &BlobError::InvalidConfig { reason });
+    let mut cfg = match (o.max_message, o.in_flight) {
         (None, None) => ChannelConfig::default(),
         (m, n) => {
             let d = ChannelConfig::default();
             ChannelConfig::for_messages(m.unwrap_or(d.inline_capacity()), n.unwrap_or(d.slots))
         }
+    };
+    if let Some(overflow) = o.overflow {
+        cfg = cfg.overflow(match overflow {
+            "block" => Overflow::Block,
+            "drop-oldest" => Overflow::DropOldest,
+            other => {
+                return Err(invalid(format!(
+                    "overflow must be \"block\" or \"drop-oldest\", got {other:?}"
+                )))
+            }
+        });
     }
+    if let Some(delivery) = o.delivery {
+        cfg = cfg.delivery(match delivery {
+            "at-most-once" => Delivery::AtMostOnce,
+            "at-least-once" => Delivery::AtLeastOnce,
+            other => {
+                return Err(invalid(format!(
+                    "delivery must be \"at-most-once\" or \"at-least-once\", got {other:?}"
+                )))
+            }
+        });
+    }
+    if let Some(t) = o.stall_timeout {
+        if !(t.is_finite() && t >= 0.0) {
+            return Err(invalid(format!(
+                "stall_timeout must be a finite number of seconds >= 0 or None, got {t}"
+            )));
+        }
+        cfg = cfg.stall_timeout(Duration::from_secs_f64(t.min(1e9)));
+    }
+    if let Some(n) = o.max_held {
+        // The library checks the range; this keeps the value from wrapping
+        // on its way there.
+        let n = u32::try_from(n)
+            .map_err(|_| invalid(format!("max_held {n}: must be between 1 and 1024")))?;
+        cfg = cfg.max_held(n);
+    }
+    Ok(cfg)
 }
 
 /// An endpoint until `close`, with the store it came from (kept alive, so
@@ -256,9 +307,16 @@ fn send_obj(
 
 /// Receives the next message: at once if one is ready, else waiting with
 /// the GIL released, in slices, running signal handlers between them.
-/// Messages whose store entry expired are passed over. `None` at
-/// disconnection.
-fn recv_msg(py: Python<'_>, c: &dyn Consume, timeout: Option<f64>) -> PyResult<Option<Message>> {
+/// Messages whose store entry expired are passed over. Having lagged raises
+/// `LaggedError`, unless `iterating` (iteration passes over it, as the
+/// library's iterator does; the endpoint's `lagged` counts it either way).
+/// `None` at disconnection.
+fn recv_msg(
+    py: Python<'_>,
+    c: &dyn Consume,
+    timeout: Option<f64>,
+    iterating: bool,
+) -> PyResult<Option<Message>> {
     let deadline = match timeout {
         None => None,
         Some(t) if t.is_finite() && t >= 0.0 => {
@@ -274,8 +332,12 @@ fn recv_msg(py: Python<'_>, c: &dyn Consume, timeout: Option<f64>) -> PyResult<O
         match c.try_recv() {
             Ok(m) => return Ok(Some(Message::new(m))),
             Err(TryRecvError::Expired) => continue,
+            Err(TryRecvError::Lagged(_)) if iterating => continue,
+            Err(TryRecvError::Lagged(n)) => return Err(errors::lagged(py, n)),
+            Err(TryRecvError::TooManyHeld) => return Err(errors::too_many_held(py)),
             Err(TryRecvError::Disconnected) => return Ok(None),
-            Err(_) => break,
+            Err(TryRecvError::Empty) => break,
+            Err(e) => return Err(errors::new(py, Exc::Blob, e.to_string())),
         }
     }
     loop {
@@ -297,6 +359,9 @@ fn recv_msg(py: Python<'_>, c: &dyn Consume, timeout: Option<f64>) -> PyResult<O
             Ok(m) => return Ok(Some(Message::new(m))),
             Err(RecvTimeoutError::Timeout) => py.check_signals()?,
             Err(RecvTimeoutError::Expired) => {}
+            Err(RecvTimeoutError::Lagged(_)) if iterating => {}
+            Err(RecvTimeoutError::Lagged(n)) => return Err(errors::lagged(py, n)),
+            Err(RecvTimeoutError::TooManyHeld) => return Err(errors::too_many_held(py)),
             Err(RecvTimeoutError::Disconnected) => return Ok(None),
             Err(e) => return Err(errors::new(py, Exc::Blob, e.to_string())),
         }
@@ -407,16 +472,20 @@ macro_rules! consumer_class {
         #[pymethods]
         impl $name {
             /// The next message, waiting at most `timeout` seconds (None:
-            /// no limit). Raises `ChannelTimeout` (a `TimeoutError`), or
+            /// no limit). Raises `ChannelTimeout` (a `TimeoutError`),
             /// `DisconnectedError` once no producer is alive and the
-            /// channel is drained.
+            /// channel is drained, `LaggedError` once after this
+            /// subscriber fell a ring behind (then receive again), and
+            /// `TooManyHeldError` at once while it holds `max_held`
+            /// messages.
             #[pyo3(signature = (timeout = None))]
             fn recv(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Message> {
                 let c = self.open.get(py)?;
-                recv_msg(py, &*c, timeout)?.ok_or_else(|| disconnected(py))
+                recv_msg(py, &*c, timeout, false)?.ok_or_else(|| disconnected(py))
             }
 
-            /// The next message if one is ready now, else `None`.
+            /// The next message if one is ready now, else `None`; raises as
+            /// `recv` does (but never `ChannelTimeout`).
             fn try_recv(&self, py: Python<'_>) -> PyResult<Option<Message>> {
                 let c = self.open.get(py)?;
                 loop {
@@ -424,6 +493,8 @@ macro_rules! consumer_class {
                         Ok(m) => return Ok(Some(Message::new(m))),
                         Err(TryRecvError::Empty) => return Ok(None),
                         Err(TryRecvError::Expired) => continue,
+                        Err(TryRecvError::Lagged(n)) => return Err(errors::lagged(py, n)),
+                        Err(TryRecvError::TooManyHeld) => return Err(errors::too_many_held(py)),
                         Err(TryRecvError::Disconnected) => return Err(disconnected(py)),
                         Err(e) => return Err(errors::new(py, Exc::Blob, e.to_string())),
                     }
@@ -434,6 +505,20 @@ macro_rules! consumer_class {
             #[getter]
             fn expired(&self, py: Python<'_>) -> PyResult<u64> {
                 Ok(self.open.get(py)?.expired())
+            }
+
+            /// Messages this consumer missed by falling a ring behind: the
+            /// sum of the `LaggedError.missed` raised, and of those
+            /// iteration passed over.
+            #[getter]
+            fn lagged(&self, py: Python<'_>) -> PyResult<u64> {
+                Ok(self.open.get(py)?.lagged())
+            }
+
+            /// Messages this consumer holds now (received, not released).
+            #[getter]
+            fn held(&self, py: Python<'_>) -> PyResult<u32> {
+                Ok(self.open.get(py)?.held())
             }
 
             /// The channel's name.
@@ -459,7 +544,7 @@ macro_rules! consumer_class {
 
             fn __next__(&self, py: Python<'_>) -> PyResult<Option<Message>> {
                 let c = self.open.get(py)?;
-                recv_msg(py, &*c, None)
+                recv_msg(py, &*c, None, true)
             }
 
             fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
@@ -498,6 +583,7 @@ pub(crate) struct Message {
     pinned: Pinned<sfb::Message>,
     sequence: u64,
     overflow: bool,
+    redelivered: u32,
 }
 
 impl Message {
@@ -505,6 +591,7 @@ impl Message {
         Message {
             sequence: m.sequence(),
             overflow: m.is_overflow(),
+            redelivered: m.redelivered(),
             pinned: Pinned::new(m),
         }
     }
@@ -566,6 +653,14 @@ impl Message {
     #[getter]
     fn is_overflow(&self) -> bool {
         self.overflow
+    }
+
+    /// How many times this message was handed out before: on an
+    /// at-least-once work queue, the receivers that died holding it. 0 for
+    /// a first delivery.
+    #[getter]
+    fn redelivered(&self) -> u32 {
+        self.redelivered
     }
 
     /// A copy of the bytes.

@@ -42,9 +42,12 @@ pub(crate) enum Exc {
     SystemCall,
     ChannelTimeout,
     Disconnected,
+    Lagged,
+    TooManyHeld,
+    Inherited,
 }
 
-const CLASSES: [Class; 22] = [
+const CLASSES: [Class; 25] = [
     Class {
         name: "BlobError",
         parent: None,
@@ -177,6 +180,29 @@ const CLASSES: [Class; 22] = [
         builtin: None,
         doc: "No producer of the channel is alive and everything sent was received; ends iteration.",
     },
+    Class {
+        name: "LaggedError",
+        parent: Some(Exc::Blob),
+        builtin: None,
+        doc: "This subscriber fell a whole ring behind (overflow=\"drop-oldest\", or let go by a stall \
+              timeout) and jumped ahead: `missed` messages were lost to it. The next receive returns \
+              the next message; iteration passes over it.",
+    },
+    Class {
+        name: "TooManyHeldError",
+        parent: Some(Exc::Blob),
+        builtin: None,
+        doc: "This consumer already holds max_held messages (received, not released): release one \
+              to receive more.",
+    },
+    Class {
+        name: "InheritedError",
+        parent: Some(Exc::Blob),
+        builtin: None,
+        doc: "A producer inherited through fork() was used in the child: it belongs to the process \
+              that opened it (an inherited consumer finds its channel disconnected). Attach the \
+              store in the child and open new endpoints there.",
+    },
 ];
 
 fn value_error(py: Python<'_>) -> Bound<'_, PyType> {
@@ -209,6 +235,11 @@ fn types(py: Python<'_>) -> PyResult<&Vec<Py<PyType>>> {
             let dict = PyDict::new(py);
             dict.set_item("__module__", "stable_fragmented_buffer")?;
             dict.set_item("__doc__", class.doc)?;
+            if made.len() == Exc::Lagged as usize {
+                // The count of missed messages: set on each instance raised
+                // (see `lagged`); 0 on the class.
+                dict.set_item("missed", 0u64)?;
+            }
             let ty = make.call1((class.name, PyTuple::new(py, bases)?, dict))?;
             made.push(ty.cast_into::<PyType>()?.unbind());
         }
@@ -233,6 +264,26 @@ pub(crate) fn new(py: Python<'_>, kind: Exc, message: impl Into<String>) -> PyEr
     }
 }
 
+/// `LaggedError` with its `missed` count (the library's message).
+pub(crate) fn lagged(py: Python<'_>, missed: u64) -> PyErr {
+    let message = stable_fragmented_buffer::RecvError::Lagged(missed).to_string();
+    let made = types(py).and_then(|types| {
+        let value = types[Exc::Lagged as usize].bind(py).call1((message,))?;
+        value.setattr("missed", missed)?;
+        Ok(PyErr::from_value(value))
+    });
+    made.unwrap_or_else(|e| e)
+}
+
+/// `TooManyHeldError`.
+pub(crate) fn too_many_held(py: Python<'_>) -> PyErr {
+    new(
+        py,
+        Exc::TooManyHeld,
+        "this consumer holds as many messages as it may (max_held); release one to receive more",
+    )
+}
+
 /// The exception class of a library error.
 fn kind_of(e: &BlobError) -> Exc {
     match e {
@@ -255,6 +306,7 @@ fn kind_of(e: &BlobError) -> Exc {
         BlobError::Reclaimed { .. } => Exc::Reclaimed,
         BlobError::InvalidHandle { .. } => Exc::InvalidHandle,
         BlobError::Os { .. } => Exc::SystemCall,
+        BlobError::Inherited { .. } => Exc::Inherited,
         // WrongMode cannot happen (this package opens shared stores only);
         // variants added to the library later land on the base class.
         _ => Exc::Blob,

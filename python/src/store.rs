@@ -146,16 +146,45 @@ impl Store {
     }
 
     /// Opens (creating if needed) broadcast channel `name` for publishing.
-    #[pyo3(signature = (name, *, max_message = None, in_flight = None))]
+    ///
+    /// Whoever creates a channel fixes its ring and policy; later openers
+    /// (of either end) adopt the channel's. `max_message` and `in_flight`
+    /// size the ring. `overflow`: `"drop-oldest"` (the default) never makes
+    /// a publisher wait: a subscriber that falls a ring behind skips ahead,
+    /// and its next receive raises `LaggedError`; `"block"` is lossless:
+    /// publishers wait for the slowest live subscriber, or, with
+    /// `stall_timeout` (seconds), let go one that has not received for that
+    /// long (it lags instead). `max_held` (1 to 1024, default 16): messages
+    /// one consumer may hold at once before receiving raises
+    /// `TooManyHeldError`. Invalid values raise `InvalidConfigError`.
+    #[pyo3(signature = (
+        name, *, max_message = None, in_flight = None, overflow = None, stall_timeout = None,
+        delivery = None, max_held = None,
+    ))]
+    #[allow(clippy::too_many_arguments)] // Python's keyword arguments
     fn publisher(
         &self,
         py: Python<'_>,
         name: &str,
         max_message: Option<usize>,
         in_flight: Option<u32>,
+        overflow: Option<&str>,
+        stall_timeout: Option<f64>,
+        delivery: Option<&str>,
+        max_held: Option<i64>,
     ) -> PyResult<channel::Publisher> {
         let store = self.get(py)?;
-        let cfg = channel::config(max_message, in_flight);
+        let cfg = channel::config(
+            py,
+            &channel::Options {
+                max_message,
+                in_flight,
+                overflow,
+                stall_timeout,
+                delivery,
+                max_held,
+            },
+        )?;
         let p = store
             .publisher_with(name, cfg)
             .map_err(|e| errors::from_blob(py, &e))?;
@@ -163,17 +192,37 @@ impl Store {
     }
 
     /// Subscribes to broadcast channel `name` (creating it if needed): it
-    /// receives every message published from now on.
-    #[pyo3(signature = (name, *, max_message = None, in_flight = None))]
+    /// receives every message published from now on, unless it falls a
+    /// whole ring behind on a `"drop-oldest"` channel (see `publisher` for
+    /// the keyword arguments).
+    #[pyo3(signature = (
+        name, *, max_message = None, in_flight = None, overflow = None, stall_timeout = None,
+        delivery = None, max_held = None,
+    ))]
+    #[allow(clippy::too_many_arguments)] // Python's keyword arguments
     fn subscriber(
         &self,
         py: Python<'_>,
         name: &str,
         max_message: Option<usize>,
         in_flight: Option<u32>,
+        overflow: Option<&str>,
+        stall_timeout: Option<f64>,
+        delivery: Option<&str>,
+        max_held: Option<i64>,
     ) -> PyResult<Subscriber> {
         let store = self.get(py)?;
-        let cfg = channel::config(max_message, in_flight);
+        let cfg = channel::config(
+            py,
+            &channel::Options {
+                max_message,
+                in_flight,
+                overflow,
+                stall_timeout,
+                delivery,
+                max_held,
+            },
+        )?;
         let s = store
             .subscriber_with(name, cfg)
             .map_err(|e| errors::from_blob(py, &e))?;
@@ -181,16 +230,41 @@ impl Store {
     }
 
     /// Opens (creating if needed) work queue `name` for sending.
-    #[pyo3(signature = (name, *, max_message = None, in_flight = None))]
+    ///
+    /// Whoever creates the queue fixes its ring and policy (see
+    /// `publisher`). `delivery`: `"at-most-once"` (the default) loses a
+    /// message whose receiver dies holding it; `"at-least-once"` gives it to
+    /// another receiver, with `Message.redelivered` counting the earlier
+    /// deliveries. `overflow` and `stall_timeout` are for broadcast
+    /// channels (a work queue always blocks).
+    #[pyo3(signature = (
+        name, *, max_message = None, in_flight = None, overflow = None, stall_timeout = None,
+        delivery = None, max_held = None,
+    ))]
+    #[allow(clippy::too_many_arguments)] // Python's keyword arguments
     fn sender(
         &self,
         py: Python<'_>,
         name: &str,
         max_message: Option<usize>,
         in_flight: Option<u32>,
+        overflow: Option<&str>,
+        stall_timeout: Option<f64>,
+        delivery: Option<&str>,
+        max_held: Option<i64>,
     ) -> PyResult<Sender> {
         let store = self.get(py)?;
-        let cfg = channel::config(max_message, in_flight);
+        let cfg = channel::config(
+            py,
+            &channel::Options {
+                max_message,
+                in_flight,
+                overflow,
+                stall_timeout,
+                delivery,
+                max_held,
+            },
+        )?;
         let s = store
             .sender_with(name, cfg)
             .map_err(|e| errors::from_blob(py, &e))?;
@@ -198,17 +272,36 @@ impl Store {
     }
 
     /// Opens (creating if needed) work queue `name` for receiving: each
-    /// message goes to exactly one receiver.
-    #[pyo3(signature = (name, *, max_message = None, in_flight = None))]
+    /// message goes to exactly one receiver (see `sender` for the keyword
+    /// arguments).
+    #[pyo3(signature = (
+        name, *, max_message = None, in_flight = None, overflow = None, stall_timeout = None,
+        delivery = None, max_held = None,
+    ))]
+    #[allow(clippy::too_many_arguments)] // Python's keyword arguments
     fn receiver(
         &self,
         py: Python<'_>,
         name: &str,
         max_message: Option<usize>,
         in_flight: Option<u32>,
+        overflow: Option<&str>,
+        stall_timeout: Option<f64>,
+        delivery: Option<&str>,
+        max_held: Option<i64>,
     ) -> PyResult<Receiver> {
         let store = self.get(py)?;
-        let cfg = channel::config(max_message, in_flight);
+        let cfg = channel::config(
+            py,
+            &channel::Options {
+                max_message,
+                in_flight,
+                overflow,
+                stall_timeout,
+                delivery,
+                max_held,
+            },
+        )?;
         let r = store
             .receiver_with(name, cfg)
             .map_err(|e| errors::from_blob(py, &e))?;

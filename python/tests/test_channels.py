@@ -58,29 +58,39 @@ def test_numpy_arrays_contiguous_or_strided_travel_exactly(ns: str) -> None:
 
 
 def test_leaving_the_with_block_releases_the_message(ns: str) -> None:
-    """A work-queue ring of two slots: a message not released keeps its
-    slot, a released one gives it back."""
+    """A work-queue ring of two slots and a receiver that may hold one
+    message (max_held=1): a message not released keeps its place in the
+    budget (and a slot of its own, not the ring's), a released one gives it
+    back."""
     with sfb.Store.create(ns, chunk_size=1 << 16) as store:
-        rx = store.receiver("q", max_message=64, in_flight=2)
+        rx = store.receiver("q", max_message=64, in_flight=2, max_held=1)
         tx = store.sender("q")
         assert tx.try_send(b"a") and tx.try_send(b"b")
         assert not tx.try_send(b"c")  # two slots, both taken
         with rx.recv(timeout=5) as m:
             assert m.tobytes() == b"a"
-            assert not tx.try_send(b"c")  # still held
+            assert rx.held == 1
+            assert tx.try_send(b"c")  # the held message is out of the ring
+            with pytest.raises(sfb.TooManyHeldError):
+                rx.try_recv()  # still held
         assert m.released
-        assert tx.try_send(b"c")  # the slot came back
+        assert rx.held == 0
         held = rx.recv(timeout=5)
+        assert held.tobytes() == b"b"
         arr = np.frombuffer(held, dtype=np.uint8)
         with pytest.raises(BufferError):
             held.release()
         with pytest.raises(BufferError):
             with held:
                 pass
-        assert not tx.try_send(b"d")
+        with pytest.raises(sfb.TooManyHeldError):
+            rx.recv(timeout=5)
+        assert rx.held == 1
         del arr
         held.release()
-        assert tx.try_send(b"d")
+        assert rx.held == 0
+        assert rx.recv(timeout=5).tobytes() == b"c"
+        assert rx.held == 0  # released with its last reference
         with pytest.raises(BufferError):
             memoryview(held)
 

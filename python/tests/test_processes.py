@@ -92,8 +92,10 @@ def test_n_producers_m_consumers_lose_nothing(ns: str, kind: str) -> None:
     producers, consumers, count = 2, 3 if kind == "queue" else 2, 400
     with sfb.Store.create(ns, chunk_size=1 << 20, max_chunks=16) as store:
         # The parent's own producer keeps the channel connected until every
-        # producer process has started and finished.
-        keep = store.publisher("c") if kind == "broadcast" else store.sender("c")
+        # producer process has started and finished. It creates the channel:
+        # a lossless broadcast (overflow="block"; drop-oldest, the default,
+        # lets a slow subscriber lag).
+        keep = store.publisher("c", overflow="block") if kind == "broadcast" else store.sender("c")
         results = ctx.Queue()
         start = ctx.Event()
         readies = [ctx.Event() for _ in range(consumers)]
@@ -168,6 +170,8 @@ def test_a_killed_consumer_holding_messages_does_not_stop_producers(ns: str, kin
 
 def run_past_a_killed_consumer(store: sfb.Store, kind: str, child: Any, ready: Any) -> None:
     assert ready.wait(60)
+    # The child created the channel; a broadcast one with overflow="block",
+    # where a consumer gates the producer until it is found dead.
     tx = store.publisher("c") if kind == "broadcast" else store.sender("c")
     for i in range(3):
         tx.send(bytes([i]) * 100)

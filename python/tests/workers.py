@@ -1,4 +1,5 @@
-"""Code that runs in child processes (multiprocessing, spawn start method)."""
+"""Code that runs in child processes (multiprocessing, spawn start method;
+some of them start fork children of their own)."""
 
 import hashlib
 import os
@@ -113,7 +114,7 @@ def receive_arrays(ns: str, channel: str, ready: Event, results: "Queue[Any]") -
 def produce(ns: str, channel: str, kind: str, source: int, count: int, start: Event) -> None:
     """Producer `source`: sends `count` payloads on `channel`."""
     store = sfb.Store.attach(ns)
-    tx = store.publisher(channel) if kind == "broadcast" else store.sender(channel)
+    tx = store.publisher(channel, overflow="block") if kind == "broadcast" else store.sender(channel)
     start.wait(30)
     for seq in range(count):
         tx.send(payload(source, seq))
@@ -125,7 +126,7 @@ def consume(ns: str, channel: str, kind: str, ready: Event, results: "Queue[Any]
     """Consumer: receives until disconnection, checks every payload, and
     reports the (source, seq) pairs it got, in order, and the bad ones."""
     store = sfb.Store.attach(ns)
-    rx = store.subscriber(channel) if kind == "broadcast" else store.receiver(channel)
+    rx = store.subscriber(channel, overflow="block") if kind == "broadcast" else store.receiver(channel)
     ready.set()
     got: list[tuple[int, int]] = []
     bad = 0
@@ -152,9 +153,10 @@ def send_then_die(ns: str, channel: str, count: int) -> None:
 
 def hold_then_wait(ns: str, channel: str, kind: str, hold: int, ready: Event) -> None:
     """Takes `hold` messages and keeps them (numpy arrays on them too),
-    then waits to be killed."""
+    then waits to be killed. It creates the channel: a broadcast one with
+    overflow="block", so that it gates the producer while it lives."""
     store = sfb.Store.attach(ns)
-    rx = store.subscriber(channel) if kind == "broadcast" else store.receiver(channel)
+    rx = store.subscriber(channel, overflow="block") if kind == "broadcast" else store.receiver(channel)
     ready.set()
     kept = []
     for _ in range(hold):
@@ -162,3 +164,143 @@ def hold_then_wait(ns: str, channel: str, kind: str, hold: int, ready: Event) ->
         kept.append((msg, np.frombuffer(msg, dtype=np.uint8)))
     ready.clear()  # tells the parent it holds them
     time.sleep(120)
+
+
+def lag_then_receive(ns: str, channel: str, ready: Event, sent: Event, results: "Queue[Any]") -> None:
+    """Two subscribers that receive nothing until `sent` is set (the parent
+    sends many rings' worth meanwhile). Then the first receives with `recv`
+    until disconnection, the second iterates; reports what each saw."""
+    store = sfb.Store.attach(ns)
+    rx = store.subscriber(channel)
+    it = store.subscriber(channel)
+    ready.set()
+    assert sent.wait(60)
+    out: dict[str, Any] = {}
+    try:
+        msg = rx.recv(timeout=10)
+        out["first"] = ("message", parse(msg.tobytes()))
+        msg.release()
+    except sfb.LaggedError as e:
+        out["first"] = ("lagged", e.missed, str(e), rx.lagged)
+    after: list[tuple[int, int]] = []
+    bad = 0
+    while True:
+        try:
+            msg = rx.recv(timeout=10)
+        except sfb.DisconnectedError:
+            break
+        data = msg.tobytes()
+        msg.release()
+        after.append(parse(data))
+        bad += data != payload(*after[-1])
+    out["after"] = after
+    out["iterated"] = [parse(m.tobytes()) for m in it]
+    out["lagged"] = (rx.lagged, it.lagged)
+    out["bad"] = bad
+    results.put(out)
+    rx.close()
+    it.close()
+    store.close()
+
+
+def take_and_hold(ns: str, channel: str, hold: int, results: "Queue[Any]") -> None:
+    """A receiver of at-least-once work queue `channel`: takes `hold` jobs,
+    reports them (content and redelivery count) and keeps them until killed."""
+    store = sfb.Store.attach(ns)
+    rx = store.receiver(channel, delivery="at-least-once")
+    results.put(("ready", os.getpid()))
+    kept = []
+    for _ in range(hold):
+        msg = rx.recv(timeout=30)
+        kept.append(msg)
+    results.put(("holding", [(m.tobytes(), m.redelivered) for m in kept]))
+    time.sleep(120)
+
+
+def fork_child_subscriber(
+    ns: str, channel: str, in_flight: int, go: Event, results: "Queue[Any]"
+) -> None:
+    """In a fork child of `subscribe_then_fork`: attaches on its own (not
+    through the parent's inherited store), subscribes, receives one message
+    and reports it; once `go` is set, receives every message until the
+    channel is drained and reports them; then lives on until killed."""
+    store = sfb.Store.attach(ns)
+    rx = store.subscriber(channel, overflow="block", max_message=200, in_flight=in_flight)
+    results.put(("child ready", os.getpid()))
+    with rx.recv(timeout=60) as msg:
+        results.put(("child got", [parse(msg.tobytes())]))
+    assert go.wait(60)
+    got = []
+    while (msg := rx.try_recv()) is not None:
+        got.append(parse(msg.tobytes()))
+        msg.release()
+    results.put(("child got", got))
+    time.sleep(120)
+
+
+def subscribe_then_fork(
+    ns: str, channel: str, in_flight: int, go: Event, results: "Queue[Any]", child_results: "Queue[Any]"
+) -> None:
+    """Subscribes (overflow="block"), then starts a child with the fork
+    start method (see `fork_child_subscriber`); reports the child's pid and
+    never receives: it waits to be killed."""
+    import multiprocessing
+
+    store = sfb.Store.attach(ns)
+    rx = store.subscriber(channel, overflow="block", max_message=200, in_flight=in_flight)
+    child = multiprocessing.get_context("fork").Process(
+        target=fork_child_subscriber, args=(ns, channel, in_flight, go, child_results)
+    )
+    child.start()
+    results.put(("ready", child.pid))
+    time.sleep(600)
+    rx.close()  # not reached: it is killed
+
+
+def use_inherited_endpoints(pub: "sfb.Publisher", sub: "sfb.Subscriber", ns: str, results: "Queue[Any]") -> None:
+    """In a fork child: tries the parent's endpoints (inherited), then
+    attaches on its own and publishes on the same channel; reports what
+    each attempt raised."""
+    out: list[tuple[str, str]] = []
+    for what, attempt in [
+        ("send", lambda: pub.send(b"from an inherited publisher")),
+        ("try_send", lambda: pub.try_send(b"from an inherited publisher")),
+        ("try_recv", lambda: sub.try_recv()),
+    ]:
+        try:
+            attempt()
+            out.append((what, "ok"))
+        except sfb.BlobError as e:
+            out.append((what, type(e).__name__))
+    store = sfb.Store.attach(ns)
+    with store.publisher(pub.name) as own:
+        own.send(b"from the fork child")
+    out.append(("own send", "ok"))
+    store.close()
+    results.put(out)
+
+
+def fork_with_endpoints(ns: str, channel: str, results: "Queue[Any]") -> None:
+    """Opens a publisher and a subscriber, starts a fork child that uses
+    them (see `use_inherited_endpoints`), then reports the child's exit
+    code and what its own subscriber received."""
+    import multiprocessing
+
+    store = sfb.Store.attach(ns)
+    pub = store.publisher(channel)
+    sub = store.subscriber(channel)
+    child_results: "Queue[Any]" = multiprocessing.get_context("fork").Queue()
+    child = multiprocessing.get_context("fork").Process(
+        target=use_inherited_endpoints, args=(pub, sub, ns, child_results)
+    )
+    child.start()
+    report = child_results.get(timeout=60)
+    child.join(30)
+    got = []
+    while (msg := sub.try_recv()) is not None:
+        got.append(msg.tobytes())
+        msg.release()
+    results.put((report, child.exitcode, got))
+    pub.close()
+    sub.close()
+    store.close()

@@ -512,7 +512,7 @@ impl Geometry {
 
     /// Offset of the first pool slot header.
     pub(crate) fn slot_headers_offset(&self) -> usize {
-        (ENTRIES_OFFSET + self.slots as usize * ENTRY_SIZE + 63) / 64 * 64
+        (ENTRIES_OFFSET + self.slots as usize * ENTRY_SIZE).next_multiple_of(64)
     }
 
     /// Offset of the first payload.

@@ -67,6 +67,14 @@ impl Producer {
         n
     }
 
+    /// At most once per liveness tick (each look costs a system call per
+    /// participant record): evicts dead participants, and sweeps what a
+    /// scribbler left owned by nobody. Returns whether that freed anything.
+    fn look_for_dead(&self) -> bool {
+        self.liveness.due()
+            && (self.evict_dead() > 0 || self.chan.ring.sweep_orphans(&mut |x| self.ack(x)) > 0)
+    }
+
     /// The closed store's error, if it is closed.
     fn closed(&self) -> Option<TrySendError> {
         self.store.is_closed().then(|| {
@@ -85,7 +93,7 @@ impl Producer {
             std::hint::spin_loop();
             return;
         }
-        if self.liveness.due() && self.evict_dead() > 0 {
+        if self.look_for_dead() {
             return;
         }
         let h = self.chan.ring.header();
@@ -141,7 +149,7 @@ impl Producer {
             if !block {
                 // A dead participant may be what holds the ring full (looked
                 // for at most once per tick: it costs a system call each).
-                if self.liveness.due() && self.evict_dead() > 0 {
+                if self.look_for_dead() {
                     continue;
                 }
                 return Err(TrySendError::Full);
@@ -177,13 +185,13 @@ impl Producer {
             if let Some(e) = self.closed() {
                 return Err(e);
             }
+            if self.look_for_dead() {
+                continue;
+            }
             if !block {
-                if self.liveness.due() && self.evict_dead() > 0 {
-                    continue;
-                }
                 return Err(TrySendError::Full);
             }
-            self.wait_for_space(&mut spins, || false);
+            self.wait_for_space(&mut spins, || ring.any_free_slot());
         }
     }
 
@@ -284,8 +292,8 @@ impl Producer {
             .fetch_add(1, Ordering::Relaxed);
         // A waiter bit of a consumer killed while asleep would make every
         // send a system call: look for dead ones now and then.
-        if self.chan.wake_consumers(false) && self.liveness.due() {
-            self.evict_dead();
+        if self.chan.wake_consumers(false) {
+            self.look_for_dead();
         }
     }
 

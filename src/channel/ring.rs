@@ -376,6 +376,13 @@ impl Ring {
             .unwrap_or(Err(NoSlot::Exhausted))
     }
 
+    /// Whether some pool slot is free (a producer about to sleep for one
+    /// re-checks this after announcing itself).
+    pub(crate) fn any_free_slot(&self) -> bool {
+        // SeqCst: with the SeqCst CAS that frees a slot (see `Consumer::done`).
+        (0..self.geo.pool).any(|b| self.slot(b).owners.load(Ordering::SeqCst) == 0)
+    }
+
     /// Gives back slot `b` that producer `me` took and did not publish.
     pub(crate) fn unalloc(&self, b: u32, me: u32) {
         let slot = self.slot(b);
@@ -1024,6 +1031,80 @@ impl Ring {
         n
     }
 
+    /// Frees pool slots whose owners word names owners that cannot be
+    /// (only a scribbled file has them): a consumer bit of a record not in
+    /// use, a writer whose record is not in use, an in-ring mark whose
+    /// entry names another slot. Each check reads the owners word first and
+    /// the record (or entry) after, and clears with a CAS on the word it
+    /// read: a participant sets a bit or mark only while its record is in
+    /// use (an entry names its slot before the slot says "in the ring"), so
+    /// a real owner is never cleared. Also skips entries claimed by a
+    /// producer record not in use. Returns how many entries and slots it
+    /// freed.
+    pub(crate) fn sweep_orphans(&self, ack: &mut dyn FnMut([u8; 24])) -> u64 {
+        let mut freed = 0;
+        // Entries claimed by producers that cannot be: skipped, so the
+        // frontier can pass them.
+        for i in 0..self.geo.slots as u64 {
+            let entry = self.entry(i);
+            let w = entry.state.load(Ordering::SeqCst);
+            let owner = state_owner(w) as usize;
+            if state_tag(w) == TAG_CLAIMED
+                && (owner >= MAX_PRODUCERS || self.record(owner).in_use.load(Ordering::SeqCst) == 0)
+                && entry
+                    .state
+                    .compare_exchange(
+                        w,
+                        slot_state(state_lap(w), state_owner(w), TAG_SKIPPED),
+                        Ordering::SeqCst,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                freed += 1;
+            }
+        }
+        for b in 0..self.geo.pool {
+            let before = self.update_owners(b, ack, |w| {
+                if w == 0 {
+                    return None;
+                }
+                let mut keep = w;
+                let mut holders = w & OWNER_HOLDERS;
+                while holders != 0 {
+                    let c = holders.trailing_zeros() as usize;
+                    holders &= holders - 1;
+                    if self.consumer(c).in_use.load(Ordering::SeqCst) == 0 {
+                        keep &= !owners_holder(c);
+                    }
+                }
+                let writer = (w & OWNER_WRITER) >> 32;
+                if w & OWNER_WRITER != OWNER_REQUEUED
+                    && writer != 0
+                    && (writer as usize > MAX_PRODUCERS
+                        || self
+                            .record(writer as usize - 1)
+                            .in_use
+                            .load(Ordering::SeqCst)
+                            == 0)
+                {
+                    keep &= !OWNER_WRITER;
+                }
+                if w & OWNER_IN_RING != 0 {
+                    let tag = (w >> 41) & ((1 << 23) - 1);
+                    if self.entry(tag).slot.load(Ordering::SeqCst) != b {
+                        keep &= !OWNER_RING_MASK;
+                    }
+                }
+                (keep != w).then_some(keep)
+            });
+            if before.is_some() && self.slot(b).owners.load(Ordering::SeqCst) == 0 {
+                freed += 1;
+            }
+        }
+        freed
+    }
+
     /// Lets go of every slot consumer `c` (dead, its record locked by the
     /// caller) holds. With `requeue`, a slot nobody else holds goes back to
     /// the queue, counted as delivered once more. Returns how many slots
@@ -1105,6 +1186,12 @@ mod tests {
     fn join(r: &Ring, c: usize) -> u64 {
         r.consumer(c).in_use.store(1, Ordering::SeqCst);
         r.join(c)
+    }
+
+    impl Ring {
+        fn producer_record_in_use_for_tests(&self, p: usize) {
+            self.record(p).in_use.store(1, Ordering::SeqCst);
+        }
     }
 
     fn no_ack() -> impl FnMut([u8; 24]) {
@@ -1346,6 +1433,43 @@ mod tests {
         // A dead writer's slots are freed by its repair.
         r.skip_claims_of(3, &mut no_ack());
         assert!((0..pool).all(|b| r.slot(b).owners.load(Ordering::SeqCst) == 0));
+    }
+
+    #[test]
+    fn a_pool_full_of_scribbled_owners_is_swept_but_real_owners_stay() {
+        let m = mem(2, false, false);
+        let r = &m.ring;
+        join(r, 0);
+        assert!(send(r, 0, 1));
+        let held = got(r, 0, 0);
+        set_low(r, 0, 1);
+        r.producer_record_in_use_for_tests(2);
+        let live = r.alloc(2, None, &|_| true).unwrap();
+        let pool = r.geometry().pool;
+        // Scribble every other slot: bits of consumers not in use, writers
+        // not in use, in-ring marks no entry backs.
+        let mut fakes = 0;
+        for b in 0..pool {
+            if r.slot(b).owners.load(Ordering::SeqCst) == 0 {
+                let w = match b % 3 {
+                    0 => owners_holder(7),
+                    1 => owners_writer(9),
+                    _ => owners_in_ring(1 << 22),
+                };
+                r.slot(b).owners.store(w, Ordering::SeqCst);
+                fakes += 1;
+            }
+        }
+        assert_eq!(r.alloc(2, None, &|_| true), Err(NoSlot::Exhausted));
+        assert_eq!(r.sweep_orphans(&mut no_ack()), fakes);
+        assert_ne!(r.slot(held.slot).owners.load(Ordering::SeqCst), 0, "held");
+        assert_eq!(
+            r.slot(live).owners.load(Ordering::SeqCst),
+            owners_writer(2),
+            "loaned"
+        );
+        assert_eq!(byte(r, &held), 1);
+        assert!(r.alloc(2, None, &|_| true).is_ok());
     }
 
     #[test]
