@@ -132,7 +132,7 @@ impl Consumer {
                     }
                     Next::Lagged { at } => {
                         let at = at.max(st.cursor.wrapping_add(1));
-                        let n = at - st.cursor;
+                        let n = at.wrapping_sub(st.cursor);
                         st.cursor = at;
                         st.lagged += n;
                         rec.lagged.fetch_add(n, Ordering::Relaxed);

@@ -121,6 +121,11 @@ impl Producer {
                     if h.full_since_ms.load(Ordering::Relaxed) != 0 {
                         h.full_since_ms.store(0, Ordering::Relaxed);
                     }
+                    // The claim may have freed more entries than it took:
+                    // other producers asleep for space get their chance.
+                    if h.space_waiters.load(Ordering::SeqCst) & !(1 << (self.index & 31)) != 0 {
+                        self.chan.wake_producers();
+                    }
                     return Ok(seq);
                 }
                 Claim::Full => {
@@ -494,9 +499,10 @@ impl Loan {
         match std::mem::replace(&mut self.body, LoanBody::Gone) {
             LoanBody::Gone => Ok(()),
             LoanBody::Slot { slot, len } => {
-                p.loans.fetch_sub(1, Ordering::Relaxed);
                 let ring = &p.chan.ring;
-                match p.claim(block) {
+                // The loan keeps counting against the endpoint's budget
+                // while it waits for an entry: it still holds its slot.
+                let r = match p.claim(block) {
                     Ok(seq) => {
                         ring.publish(seq, p.me(), slot, len as u32, 0);
                         p.sent();
@@ -506,7 +512,9 @@ impl Loan {
                         ring.unalloc(slot, p.me());
                         Err(e)
                     }
-                }
+                };
+                p.loans.fetch_sub(1, Ordering::Relaxed);
+                r
             }
             LoanBody::Store(r) => {
                 let handle = p

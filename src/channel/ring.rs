@@ -444,8 +444,9 @@ impl Ring {
         if !self.in_pool(b) {
             return;
         }
+        let full = self.slot(b).seq.load(Ordering::Acquire) == seq;
         self.update_owners(b, ack, |w| {
-            (w & OWNER_RING_MASK == owners_in_ring(seq)).then_some(w & !OWNER_RING_MASK)
+            (full && w & OWNER_RING_MASK == owners_in_ring(seq)).then_some(w & !OWNER_RING_MASK)
         });
     }
 
@@ -555,9 +556,17 @@ impl Ring {
     pub(crate) fn consistent(&self) -> bool {
         let h = self.header();
         let slots = self.geo.slots as u64;
-        let head = h.head.load(Ordering::SeqCst);
-        let f = frontier_seq(h.frontier.load(Ordering::SeqCst));
-        f <= head.saturating_add(slots) && head <= f.saturating_add(2 * slots)
+        // A snapshot: the frontier read on both sides of the head, judged
+        // only if it did not move (a thread descheduled between two loads
+        // of a busy ring would otherwise see them out of order).
+        for _ in 0..8 {
+            let f = frontier_seq(h.frontier.load(Ordering::SeqCst));
+            let head = h.head.load(Ordering::SeqCst);
+            if frontier_seq(h.frontier.load(Ordering::SeqCst)) == f {
+                return f <= head.saturating_add(slots) && head <= f.saturating_add(2 * slots);
+            }
+        }
+        true
     }
 
     /// Whether the entry at the head looks claimable (a producer about to
@@ -698,7 +707,10 @@ impl Ring {
                 // AcqRel: Acquire pairs with the publisher's Release store
                 // of the owners word; our bit keeps the slot from being freed.
                 let before = self.slot(b).owners.fetch_or(bit, Ordering::AcqRel);
-                if before & OWNER_RING_MASK == owners_in_ring(seq) {
+                // The full sequence too: the owners word carries 23 bits.
+                if before & OWNER_RING_MASK == owners_in_ring(seq)
+                    && self.slot(b).seq.load(Ordering::Relaxed) == seq
+                {
                     return Next::Got(self.held(seq, b));
                 }
                 // The entry was passed (and maybe the slot reused) between
@@ -759,7 +771,9 @@ impl Ring {
                     let slot = self.slot(b);
                     // Acquire: pairs with the publisher's Release store.
                     let w = slot.owners.load(Ordering::Acquire);
-                    if w & OWNER_RING_MASK == owners_in_ring(t) {
+                    if w & OWNER_RING_MASK == owners_in_ring(t)
+                        && slot.seq.load(Ordering::Relaxed) == t
+                    {
                         // AcqRel: the take is this CAS; Acquire pairs with
                         // the publisher, Release with whoever frees it later.
                         if slot
@@ -833,9 +847,22 @@ impl Ring {
         }
         // None left: a requeue that lands after this scan counts itself
         // after its slot is marked, so resetting what we saw loses nothing.
-        let _ = h
-            .requeued
-            .compare_exchange(hint, 0, Ordering::SeqCst, Ordering::Relaxed);
+        if h.requeued
+            .compare_exchange(hint, 0, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
+        {
+            // A requeue may have landed behind our scan and been counted
+            // before our reset: count what is there now.
+            let left = (0..self.geo.pool)
+                .filter(|&b| {
+                    let w = self.slot(b).owners.load(Ordering::SeqCst);
+                    w & OWNER_WRITER == OWNER_REQUEUED && w & OWNER_IN_RING == 0
+                })
+                .count() as u64;
+            if left > 0 {
+                h.requeued.fetch_add(left, Ordering::SeqCst);
+            }
+        }
         None
     }
 
@@ -979,7 +1006,14 @@ impl Ring {
                 .compare_exchange(fw, next, Ordering::SeqCst, Ordering::Relaxed)
                 .is_ok()
             {
-                let start = h.head.load(Ordering::SeqCst).max(frontier_seq(fw));
+                let f = frontier_seq(fw);
+                let head = h.head.load(Ordering::SeqCst);
+                // A head more than a lap off the frontier was scribbled.
+                let start = if head > f.saturating_add(self.geo.slots as u64) {
+                    f
+                } else {
+                    head.max(f)
+                };
                 rec.low.store(start, Ordering::SeqCst);
                 return start;
             }
