@@ -22,6 +22,8 @@ pub(crate) struct Consumer {
     store: StoreLink,
     index: usize,
     sleeper: Sleeper,
+    /// How long a wait spins before it sleeps.
+    spin: std::time::Duration,
     /// Paces its looks for dead producers.
     liveness: Throttle,
     /// Held-message budget (the file's).
@@ -51,7 +53,11 @@ enum Attempt {
 }
 
 impl Consumer {
-    pub(crate) fn open(chan: ChanFile, store: StoreLink) -> crate::Result<Arc<Self>> {
+    pub(crate) fn open(
+        chan: ChanFile,
+        store: StoreLink,
+        spin: std::time::Duration,
+    ) -> crate::Result<Arc<Self>> {
         let ack = |h: [u8; 24]| store.acknowledge_bytes(h);
         let index = chan.register(Role::Consumer, &ack)?;
         let cursor = chan.ring.join(index);
@@ -61,6 +67,7 @@ impl Consumer {
             store,
             index,
             sleeper: Sleeper::new(index),
+            spin,
             liveness: Throttle::new(),
             state: Mutex::new(State {
                 cursor,
@@ -163,6 +170,11 @@ impl Consumer {
                 Some(view) if view.len() == held.len as usize => Body::Store(view),
                 _ => {
                     st.expired += 1;
+                    self.chan
+                        .ring
+                        .header()
+                        .expired
+                        .fetch_add(1, Ordering::Relaxed);
                     ring.unhold(held.slot, self.index, &mut |h| self.ack(h));
                     self.moved(&st);
                     return Attempt::Expired;
@@ -283,7 +295,7 @@ impl Consumer {
         deadline: Option<Instant>,
     ) -> Result<Message, RecvTimeoutError> {
         let h = self.chan.ring.header();
-        let mut spins = 0u32;
+        let mut spin = wait::Spin::new(self.spin);
         loop {
             match self.try_recv() {
                 Ok(m) => return Ok(m),
@@ -301,9 +313,7 @@ impl Consumer {
                 }
                 tick = tick.min(d - now);
             }
-            if spins < wait::SPINS {
-                spins += 1;
-                std::hint::spin_loop();
+            if spin.again() {
                 continue;
             }
             self.sleeper

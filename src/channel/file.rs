@@ -272,6 +272,7 @@ impl ChanFile {
             rec.count.store(0, Ordering::Relaxed);
             rec.held.store(0, Ordering::Relaxed);
             rec.lagged.store(0, Ordering::Relaxed);
+            rec.waiting_since_ms.store(0, Ordering::Relaxed);
             rec.active_ms
                 .store(crate::clock::now_ms(), Ordering::Relaxed);
             rec.low.store(LOW_NONE, Ordering::SeqCst);
@@ -319,6 +320,15 @@ impl ChanFile {
         }
         rec.in_use.store(0, Ordering::SeqCst);
         h.evicted.fetch_add(1, Ordering::Relaxed);
+        // For operators: who was evicted last, and when (not synchronised
+        // with each other; a display may pair one eviction's pid with the
+        // next one's time).
+        h.last_evicted_pid
+            .store(rec.pid.load(Ordering::Relaxed), Ordering::Relaxed);
+        h.last_evicted_role
+            .store(if index < MAX_PRODUCERS { 1 } else { 2 }, Ordering::Relaxed);
+        h.last_evicted_unix_ms
+            .store(crate::clock::unix_ms(), Ordering::Relaxed);
         self.ring.release(crate::clock::now_ms(), &mut ack_mut);
         self.wake_producers();
         self.wake_consumers(false);

@@ -257,7 +257,19 @@ pub(crate) struct ChanHeader {
     pub redelivered: AtomicU64, // 432
     /// Subscribers let go by the stall timeout.
     pub let_go: AtomicU64, // 440
-    _pad6: [u8; 576], // 448
+    /// Messages consumers found expired in the store (its TTL ran out
+    /// before they received them).
+    pub expired: AtomicU64, // 448
+    /// Broadcast messages released at once because no subscriber was
+    /// there to receive them.
+    pub unheard: AtomicU64, // 456
+    /// Pid of the participant evicted last (0: none yet), for operators.
+    pub last_evicted_pid: AtomicU32, // 464
+    /// 1: it was a producer; 2: a consumer.
+    pub last_evicted_role: AtomicU32, // 468
+    /// When it was evicted, ms since the Unix epoch.
+    pub last_evicted_unix_ms: AtomicU64, // 472
+    _pad6: [u8; 544], // 480
 }
 
 /// One participant (producer or consumer).
@@ -280,7 +292,10 @@ pub(crate) struct Record {
     _pad0: [u8; 4], // 36
     /// Consumer: messages it missed by lagging.
     pub lagged: AtomicU64, // 40
-    _pad: [u8; 16], // 48
+    /// Producer: coarse ms since it has waited for space (0: not waiting),
+    /// for operators.
+    pub waiting_since_ms: AtomicU64, // 48
+    _pad: [u8; 8],  // 56
 }
 
 /// One entry of the ring.
@@ -413,11 +428,15 @@ const _: () = {
     assert!(std::mem::offset_of!(ChanHeader, producer_mask) == 384);
     assert!(std::mem::offset_of!(ChanHeader, evicted) == 416);
     assert!(std::mem::offset_of!(ChanHeader, let_go) == 440);
+    assert!(std::mem::offset_of!(ChanHeader, expired) == 448);
+    assert!(std::mem::offset_of!(ChanHeader, unheard) == 456);
+    assert!(std::mem::offset_of!(ChanHeader, last_evicted_unix_ms) == 472);
     assert!(std::mem::size_of::<Record>() == RECORD_SIZE);
     assert!(std::mem::offset_of!(Record, low) == 8);
     assert!(std::mem::offset_of!(Record, active_ms) == 24);
     assert!(std::mem::offset_of!(Record, held) == 32);
     assert!(std::mem::offset_of!(Record, lagged) == 40);
+    assert!(std::mem::offset_of!(Record, waiting_since_ms) == 48);
     assert!(std::mem::size_of::<Entry>() == ENTRY_SIZE);
     assert!(std::mem::size_of::<SlotHeader>() == SLOT_HEADER_SIZE);
     assert!(std::mem::offset_of!(SlotHeader, seq) == 24);

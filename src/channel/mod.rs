@@ -148,6 +148,12 @@ pub struct ChannelConfig {
     /// receiving while publishers wait before it is let go. `None` (the
     /// default): never.
     pub stall_timeout: Option<Duration>,
+    /// How long a blocked send or receive of this endpoint spins before it
+    /// sleeps on a futex. Not part of the channel file: each endpoint
+    /// chooses its own. Default 5 µs, chosen from the measurement of
+    /// wake-up latency against CPU per message in `BENCHMARKS.md`; longer
+    /// spins lower latency at high rates and cost CPU at low ones.
+    pub spin: Duration,
 }
 
 impl Default for ChannelConfig {
@@ -159,6 +165,7 @@ impl Default for ChannelConfig {
             delivery: Delivery::AtMostOnce,
             max_held: 16,
             stall_timeout: None,
+            spin: wait::DEFAULT_SPIN,
         }
     }
 }
@@ -216,6 +223,13 @@ impl ChannelConfig {
         self
     }
 
+    /// Sets how long a blocked send or receive spins before it sleeps
+    /// ([`Duration::ZERO`]: sleep at once).
+    pub fn spin(mut self, spin: Duration) -> Self {
+        self.spin = spin;
+        self
+    }
+
     /// Largest message carried inline in a slot.
     pub fn inline_capacity(&self) -> usize {
         (self.slot_size as usize).saturating_sub(layout::SLOT_HEADER_SIZE)
@@ -262,12 +276,20 @@ fn open(store: &StoreLink, name: &str, kind: u32, config: ChannelConfig) -> Resu
 
 pub(crate) fn publisher(store: StoreLink, name: &str, config: ChannelConfig) -> Result<Publisher> {
     let chan = open(&store, name, KIND_BROADCAST, config)?;
-    Ok(Publisher::new(producer::Producer::open(chan, store)?))
+    Ok(Publisher::new(producer::Producer::open(
+        chan,
+        store,
+        config.spin,
+    )?))
 }
 
 pub(crate) fn sender(store: StoreLink, name: &str, config: ChannelConfig) -> Result<Sender> {
     let chan = open(&store, name, KIND_QUEUE, config)?;
-    Ok(Sender::new(producer::Producer::open(chan, store)?))
+    Ok(Sender::new(producer::Producer::open(
+        chan,
+        store,
+        config.spin,
+    )?))
 }
 
 pub(crate) fn subscriber(
@@ -276,12 +298,20 @@ pub(crate) fn subscriber(
     config: ChannelConfig,
 ) -> Result<Subscriber> {
     let chan = open(&store, name, KIND_BROADCAST, config)?;
-    Ok(Subscriber::new(consumer::Consumer::open(chan, store)?))
+    Ok(Subscriber::new(consumer::Consumer::open(
+        chan,
+        store,
+        config.spin,
+    )?))
 }
 
 pub(crate) fn receiver(store: StoreLink, name: &str, config: ChannelConfig) -> Result<Receiver> {
     let chan = open(&store, name, KIND_QUEUE, config)?;
-    Ok(Receiver::new(consumer::Consumer::open(chan, store)?))
+    Ok(Receiver::new(consumer::Consumer::open(
+        chan,
+        store,
+        config.spin,
+    )?))
 }
 
 #[cfg(test)]

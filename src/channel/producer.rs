@@ -20,6 +20,8 @@ pub(crate) struct Producer {
     store: StoreLink,
     index: usize,
     sleeper: Sleeper,
+    /// How long a wait spins before it sleeps.
+    spin: Duration,
     /// Paces its looks for dead participants.
     liveness: Throttle,
     /// Inline loans outstanding (each holds a pool slot).
@@ -27,7 +29,7 @@ pub(crate) struct Producer {
 }
 
 impl Producer {
-    pub(crate) fn open(chan: ChanFile, store: StoreLink) -> crate::Result<Self> {
+    pub(crate) fn open(chan: ChanFile, store: StoreLink, spin: Duration) -> crate::Result<Self> {
         let ack = |h: [u8; 24]| store.acknowledge_bytes(h);
         let index = chan.register(Role::Producer, &ack)?;
         // A new producer reconnects consumers that saw the channel disconnected.
@@ -37,6 +39,7 @@ impl Producer {
             store,
             index,
             sleeper: Sleeper::new(index),
+            spin,
             liveness: Throttle::new(),
             loans: AtomicU32::new(0),
         })
@@ -87,10 +90,8 @@ impl Producer {
     /// One step of waiting for space (entries or pool slots): a look for
     /// dead participants when due, a spin, then a sleep on the space word
     /// until `ready` or a tick (shorter if a stall timeout is due sooner).
-    fn wait_for_space(&self, spins: &mut u32, ready: impl FnOnce() -> bool) {
-        if *spins < wait::SPINS {
-            *spins += 1;
-            std::hint::spin_loop();
+    fn wait_for_space(&self, spin: &mut wait::Spin, ready: impl FnOnce() -> bool) {
+        if spin.again() {
             return;
         }
         if self.look_for_dead() {
@@ -113,7 +114,7 @@ impl Producer {
     fn claim(&self, block: bool) -> Result<u64, TrySendError> {
         let ring = &self.chan.ring;
         let h = ring.header();
-        let mut spins = 0u32;
+        let mut spin = wait::Spin::new(self.spin);
         loop {
             let now = crate::clock::now_ms();
             match ring.try_claim(self.me(), now, &mut |x| self.ack(x)) {
@@ -159,7 +160,7 @@ impl Producer {
                 }
                 return Err(TrySendError::Full);
             }
-            self.wait_for_space(&mut spins, || ring.has_space());
+            self.wait_for_space(&mut spin, || ring.has_space());
         }
     }
 
@@ -167,7 +168,7 @@ impl Producer {
     /// is false. Under DropOldest the oldest message makes room.
     fn alloc(&self, prefer: Option<u32>, block: bool) -> Result<u32, TrySendError> {
         let ring = &self.chan.ring;
-        let mut spins = 0u32;
+        let mut spin = wait::Spin::new(self.spin);
         loop {
             match ring.alloc(self.me(), prefer, &|b| self.chan.back(b)) {
                 Ok(b) => return Ok(b),
@@ -196,7 +197,7 @@ impl Producer {
             if !block {
                 return Err(TrySendError::Full);
             }
-            self.wait_for_space(&mut spins, || ring.any_free_slot());
+            self.wait_for_space(&mut spin, || ring.any_free_slot());
         }
     }
 

@@ -10,8 +10,43 @@
 use crate::sync::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Spins before parking (each a `spin_loop` hint, a few microseconds in all).
-pub(crate) const SPINS: u32 = 2_000;
+/// How long a waiter spins before it sleeps, unless the endpoint's
+/// [`ChannelConfig::spin`](crate::ChannelConfig::spin) says otherwise. Chosen
+/// from the measurement in `BENCHMARKS.md` (wake-up latency against the
+/// receiver's CPU per message): see `docs/design.md`.
+pub(crate) const DEFAULT_SPIN: Duration = Duration::from_micros(5);
+
+/// The spin phase of one wait: true while the caller should spin on (its
+/// budget has not run out since the first call).
+#[derive(Debug)]
+pub(crate) struct Spin {
+    budget: Duration,
+    until: Option<std::time::Instant>,
+}
+
+impl Spin {
+    pub(crate) fn new(budget: Duration) -> Self {
+        Self {
+            budget,
+            until: None,
+        }
+    }
+
+    /// Whether to spin once more (with a `spin_loop` hint) rather than sleep.
+    pub(crate) fn again(&mut self) -> bool {
+        if self.budget.is_zero() {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        let until = *self.until.get_or_insert(now + self.budget);
+        if now < until {
+            std::hint::spin_loop();
+            true
+        } else {
+            false
+        }
+    }
+}
 
 /// Longest sleep between liveness checks of the other side.
 pub(crate) const LIVENESS_TICK: Duration = Duration::from_millis(100);
