@@ -166,6 +166,18 @@ pub enum BlobError {
         reason: &'static str,
     },
 
+    /// A `_with` opener asked for a geometry or policy that differs from
+    /// the one the existing channel file was created with (the plain
+    /// openers adopt what exists).
+    #[error("channel \"{channel}\" exists with {existing}, not the {requested} asked for; open it with the plain opener to adopt what exists, or pick another name")]
+    ChannelMismatch {
+        /// Channel name.
+        channel: String,
+        /// The existing channel's geometry and policy.
+        existing: String,
+        /// What the opener asked for.
+        requested: String,
+    },
     /// A channel name was opened as the other kind of channel.
     #[error("channel \"{channel}\" is a {found}, not a {expected}; open it with the matching call, or pick another name")]
     ChannelKind {

@@ -99,7 +99,7 @@ pub use backend::shared::{Recovery, SharedBackend, DEFAULT_CHUNK_SIZE};
 pub struct ReadmeDoctests;
 pub use channel::{
     ChannelConfig, Delivery, Loan, Message, Overflow, Publisher, Receiver, RecvError,
-    RecvTimeoutError, SendError, Sender, Subscriber, TryRecvError, TrySendError,
+    RecvTimeoutError, SendError, SendTimeoutError, Sender, Subscriber, TryRecvError, TrySendError,
 };
 pub use config::{BackendMode, Config};
 pub use error::{BlobError, Result};

@@ -92,6 +92,40 @@ impl PinnedBlobStore {
         Ok(Self::with_mode(config, Mode::Shared(shared)))
     }
 
+    /// Like [`attach_shared`](Self::attach_shared), but waits up to
+    /// `timeout` for the namespace to appear (a consumer started before
+    /// its producer's process created it). It looks again every few
+    /// milliseconds (1 ms at first, at most 20 ms apart); a namespace that
+    /// is closed (being removed) counts as not there yet. After `timeout`
+    /// it returns [`BlobError::NotFound`](crate::BlobError::NotFound);
+    /// other errors (an invalid name, a corrupt control file) at once.
+    pub fn attach_shared_wait(
+        config: Config,
+        namespace: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Self> {
+        let deadline = std::time::Instant::now().checked_add(timeout);
+        let mut pause = std::time::Duration::from_millis(1);
+        loop {
+            match Self::attach_shared(config, namespace) {
+                Err(BlobError::NotFound { .. } | BlobError::Closed { .. }) => {}
+                done => return done,
+            }
+            let now = std::time::Instant::now();
+            let left = match deadline {
+                Some(d) if now >= d => {
+                    return Err(BlobError::NotFound {
+                        namespace: namespace.to_owned(),
+                    })
+                }
+                Some(d) => d - now,
+                None => pause,
+            };
+            std::thread::sleep(pause.min(left));
+            pause = (pause * 2).min(std::time::Duration::from_millis(20));
+        }
+    }
+
     fn with_mode(config: Config, mode: Mode) -> Self {
         let target = match &mode {
             Mode::Heap(h) => h.maintenance_target(),
@@ -316,48 +350,68 @@ impl PinnedBlobStore {
     /// Opens (creating if needed) broadcast channel `name` for publishing.
     /// See [`channel`](crate::channel).
     pub fn publisher(&self, name: &str) -> Result<Publisher> {
-        self.publisher_with(name, ChannelConfig::default())
+        channel::publisher(
+            self.link("publisher")?,
+            name,
+            ChannelConfig::default(),
+            false,
+        )
     }
 
-    /// Like [`publisher`](Self::publisher); `config` applies if this call
-    /// creates the channel.
+    /// Like [`publisher`](Self::publisher), with the geometry and policy of
+    /// `config`: a channel that exists with another one is
+    /// [`BlobError::ChannelMismatch`](crate::BlobError::ChannelMismatch).
+    /// (`config.spin` is this endpoint's own and never differs.)
     pub fn publisher_with(&self, name: &str, config: ChannelConfig) -> Result<Publisher> {
-        channel::publisher(self.link("publisher")?, name, config)
+        channel::publisher(self.link("publisher")?, name, config, true)
     }
 
     /// Subscribes to broadcast channel `name` (creating it if needed): it
     /// receives every message published from now on.
     pub fn subscriber(&self, name: &str) -> Result<Subscriber> {
-        self.subscriber_with(name, ChannelConfig::default())
+        channel::subscriber(
+            self.link("subscriber")?,
+            name,
+            ChannelConfig::default(),
+            false,
+        )
     }
 
-    /// Like [`subscriber`](Self::subscriber); `config` applies if this
-    /// call creates the channel.
+    /// Like [`subscriber`](Self::subscriber), with the geometry and policy
+    /// of `config` (a channel that exists with another one is
+    /// [`BlobError::ChannelMismatch`](crate::BlobError::ChannelMismatch)).
     pub fn subscriber_with(&self, name: &str, config: ChannelConfig) -> Result<Subscriber> {
-        channel::subscriber(self.link("subscriber")?, name, config)
+        channel::subscriber(self.link("subscriber")?, name, config, true)
     }
 
     /// Opens (creating if needed) work queue `name` for sending.
     pub fn sender(&self, name: &str) -> Result<Sender> {
-        self.sender_with(name, ChannelConfig::default())
+        channel::sender(self.link("sender")?, name, ChannelConfig::default(), false)
     }
 
-    /// Like [`sender`](Self::sender); `config` applies if this call creates
-    /// the channel.
+    /// Like [`sender`](Self::sender), with the geometry and policy of
+    /// `config` (a channel that exists with another one is
+    /// [`BlobError::ChannelMismatch`](crate::BlobError::ChannelMismatch)).
     pub fn sender_with(&self, name: &str, config: ChannelConfig) -> Result<Sender> {
-        channel::sender(self.link("sender")?, name, config)
+        channel::sender(self.link("sender")?, name, config, true)
     }
 
     /// Opens (creating if needed) work queue `name` for receiving: each
     /// message goes to exactly one receiver.
     pub fn receiver(&self, name: &str) -> Result<Receiver> {
-        self.receiver_with(name, ChannelConfig::default())
+        channel::receiver(
+            self.link("receiver")?,
+            name,
+            ChannelConfig::default(),
+            false,
+        )
     }
 
-    /// Like [`receiver`](Self::receiver); `config` applies if this call
-    /// creates the channel.
+    /// Like [`receiver`](Self::receiver), with the geometry and policy of
+    /// `config` (a channel that exists with another one is
+    /// [`BlobError::ChannelMismatch`](crate::BlobError::ChannelMismatch)).
     pub fn receiver_with(&self, name: &str, config: ChannelConfig) -> Result<Receiver> {
-        channel::receiver(self.link("receiver")?, name, config)
+        channel::receiver(self.link("receiver")?, name, config, true)
     }
 
     // ---- both ----

@@ -83,6 +83,9 @@ struct Inner {
     _ctrl_file: File,
     ctrl_map: Mapping,
     creator: bool,
+    /// `fork::epoch()` when this process opened the namespace: a fork child
+    /// that inherited the creator's store (another epoch) never removes it.
+    fork_epoch: u32,
     // Copies of the immutable control fields, read once: a process that
     // scribbles on the control block later cannot move our bounds.
     policy: Policy,
@@ -474,17 +477,31 @@ impl Drop for SharedBackend {
         if let Some(w) = self.worker.take() {
             let _ = w.join();
         }
+        // The creator's namespace is removed when `Inner` goes: with the
+        // last of this store and the channel endpoints opened through it,
+        // which hold it (see `Drop for Inner`).
+    }
+}
+
+impl Drop for Inner {
+    /// The closing rule: a namespace lives while its creator's store or any
+    /// endpoint opened through it lives (each holds this `Inner`); the last
+    /// to go closes and removes it. Endpoints in other processes then fail
+    /// with `Closed` instead of sending into removed files.
+    fn drop(&mut self) {
         // Close first so attached processes stop creating chunk files. If
         // it was closed already, someone removed the namespace (forced
         // cleanup) and the names may belong to a new incarnation by now.
-        if self.inner.creator && self.inner.ctrl().closed.swap(1, Ordering::AcqRel) == 0 {
-            let inner = &self.inner;
-            if os::path_identity(&inner.ctrl_path).map(|(id, _)| id)
-                == os::file_identity(&inner._ctrl_file)
+        if self.creator
+            && fork::epoch() == self.fork_epoch
+            && self.ctrl().closed.swap(1, Ordering::AcqRel) == 0
+        {
+            if os::path_identity(&self.ctrl_path).map(|(id, _)| id)
+                == os::file_identity(&self._ctrl_file)
             {
-                let _ = os::unlink(&inner.ctrl_path);
+                let _ = os::unlink(&self.ctrl_path);
             }
-            let _ = remove_data_files(&inner.dir, &inner.ns, Some(inner.policy.key), false);
+            let _ = remove_data_files(&self.dir, &self.ns, Some(self.policy.key), false);
         }
     }
 }
@@ -558,6 +575,16 @@ impl StoreLink {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.0.is_closed()
+    }
+
+    /// Bytes per chunk of the namespace.
+    pub(crate) fn chunk_size(&self) -> u64 {
+        self.0.policy.chunk_size as u64
+    }
+
+    /// Most chunk files the namespace may have at once.
+    pub(crate) fn max_chunks(&self) -> u64 {
+        self.0.max_chunks as u64
     }
 }
 
@@ -795,6 +822,7 @@ impl Inner {
             _fork_guard: ctrl_file.0,
             _ctrl_file: ctrl_file.1,
             creator,
+            fork_epoch: fork::epoch(),
             policy,
             max_chunks,
             ctrl_map: map,

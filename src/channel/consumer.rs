@@ -279,7 +279,9 @@ impl Consumer {
                 return Ok(m);
             }
         }
-        if !self.no_producer() {
+        // A closed namespace (removed by its creator or `sfb rm`) gets no
+        // new message: drained, it is disconnected.
+        if !self.no_producer() && !self.store.is_closed() {
             return Err(TryRecvError::Empty);
         }
         // Before saying disconnected: a message published just before the
@@ -331,6 +333,20 @@ impl Consumer {
 
     pub(crate) fn held(&self) -> u32 {
         self.lock().held
+    }
+
+    /// Messages published that this consumer has not received: a
+    /// subscriber's distance to the head (those it will miss by lagging
+    /// included), a receiver's the queue's (what no receiver has taken).
+    pub(crate) fn lag(&self) -> u64 {
+        let h = self.chan.ring.header();
+        let head = h.head.load(Ordering::SeqCst);
+        let from = if self.chan.ring.is_queue() {
+            h.tail.load(Ordering::SeqCst)
+        } else {
+            self.lock().cursor
+        };
+        head.saturating_sub(from)
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -511,6 +527,15 @@ macro_rules! consumer_endpoint {
             /// Messages this consumer holds now (received, not dropped).
             pub fn held(&self) -> u32 {
                 self.inner.held()
+            }
+
+            /// Messages published that this consumer has not received yet.
+            /// A subscriber counts from its own place (those it will miss
+            /// by lagging included); a receiver of a work queue counts what
+            /// no receiver has taken. A message a producer is still writing
+            /// counts too.
+            pub fn lag(&self) -> u64 {
+                self.inner.lag()
             }
 
             /// The channel's name.

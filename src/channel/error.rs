@@ -17,11 +17,30 @@ pub enum SendError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TrySendError {
-    /// Every slot of the ring holds a message some consumer has not
-    /// released; try again later or use the blocking `send`.
-    #[error("the channel is full")]
+    /// The message cannot be placed now: the ring has no free entry (a
+    /// consumer has not received a ring's worth), the pool has no free
+    /// slot (consumers hold messages), or the store has no room (its
+    /// `max_chunks` are full of messages not yet released). The sender
+    /// released what consumers let go of and evicted dead participants
+    /// before it said so. The endpoint's `full_reason()` says which, and
+    /// who holds it; try again later, or use `send` or `send_timeout`.
+    #[error("the channel is full: its ring, its pool or the store has no room now (full_reason() says which and who holds it)")]
     Full,
     /// The send failed for another reason.
+    #[error(transparent)]
+    Send(#[from] SendError),
+}
+
+/// Why a send with a timeout failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendTimeoutError {
+    /// The channel stayed full (its ring, its pool or the store) until the
+    /// timeout; the message was not sent. The endpoint's `full_reason()`
+    /// says what held it.
+    #[error("timed out waiting for room in the channel (full_reason() says what held it)")]
+    Timeout,
+    /// The send failed for another reason; the message was not sent.
     #[error(transparent)]
     Send(#[from] SendError),
 }

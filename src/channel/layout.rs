@@ -549,6 +549,20 @@ impl Geometry {
         self.payloads_offset() + self.pool as usize * self.payload_stride()
     }
 
+    /// Worst-case `/dev/shm` bytes of a channel of this geometry: its file
+    /// with every pool slot backed, and one store chunk of `chunk_size`
+    /// pinned by each message that can be in flight through the store (one
+    /// per pool slot, at most `max_chunks`). A message larger than a chunk
+    /// pins a chunk of its own size, so the bound holds for messages up to
+    /// `chunk_size` bytes.
+    pub(crate) fn memory_bound(&self, chunk_size: u64, max_chunks: u64) -> u64 {
+        (self.file_size() as u64).saturating_add(
+            (self.pool as u64)
+                .min(max_chunks)
+                .saturating_mul(chunk_size),
+        )
+    }
+
     /// Bytes backed when the file is made: everything up to the payloads
     /// of the ring's own slots (the rest of the pool is backed on first use).
     pub(crate) fn backed_at_creation(&self) -> usize {

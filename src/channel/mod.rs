@@ -60,7 +60,9 @@ mod ring;
 mod wait;
 
 pub use consumer::{Iter, Message, Receiver, Subscriber};
-pub use error::{RecvError, RecvTimeoutError, SendError, TryRecvError, TrySendError};
+pub use error::{
+    RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
+};
 // `Overflow`, `Delivery` and `ChannelConfig` are defined below.
 pub use layout::{channel_file_name, parse_channel_file_name};
 pub use producer::{Loan, Publisher, Sender};
@@ -253,7 +255,15 @@ impl ChannelConfig {
     }
 }
 
-fn open(store: &StoreLink, name: &str, kind: u32, config: ChannelConfig) -> Result<ChanFile> {
+/// Opens (creating if needed) channel `name` of `kind`. An `explicit`
+/// config must match an existing channel's geometry and policy.
+fn open(
+    store: &StoreLink,
+    name: &str,
+    kind: u32,
+    config: ChannelConfig,
+    explicit: bool,
+) -> Result<ChanFile> {
     let invalid = |reason| BlobError::InvalidConfig { reason };
     let policy = config.policy();
     policy.check().map_err(invalid)?;
@@ -263,7 +273,7 @@ fn open(store: &StoreLink, name: &str, kind: u32, config: ChannelConfig) -> Resu
             namespace: store.namespace().to_owned(),
         });
     }
-    ChanFile::open_or_create(
+    let chan = ChanFile::open_or_create(
         store.dir(),
         store.namespace(),
         store.key(),
@@ -271,11 +281,49 @@ fn open(store: &StoreLink, name: &str, kind: u32, config: ChannelConfig) -> Resu
         kind,
         geo,
         policy,
-    )
+    )?;
+    if explicit {
+        let found = describe(kind, chan.ring.geometry(), chan.policy);
+        let asked = describe(kind, geo, policy);
+        if found != asked {
+            return Err(BlobError::ChannelMismatch {
+                channel: name.to_owned(),
+                existing: found,
+                requested: asked,
+            });
+        }
+    }
+    Ok(chan)
 }
 
-pub(crate) fn publisher(store: StoreLink, name: &str, config: ChannelConfig) -> Result<Publisher> {
-    let chan = open(&store, name, KIND_BROADCAST, config)?;
+/// The geometry and the policy words that matter to a channel of `kind`,
+/// as an error message names them.
+fn describe(kind: u32, geo: Geometry, policy: Policy) -> String {
+    let mut s = format!(
+        "{} slots of {} bytes, max_held {}",
+        geo.slots, geo.slot_size, policy.max_held
+    );
+    if kind == KIND_QUEUE {
+        s += &format!(", delivery {}", file::delivery_name(policy.delivery));
+    } else {
+        s += &format!(", overflow {}", file::overflow_name(policy.overflow));
+        if policy.overflow == layout::OVERFLOW_BLOCK {
+            match policy.stall_timeout_ms {
+                0 => s += ", no stall timeout",
+                ms => s += &format!(", stall timeout {ms} ms"),
+            }
+        }
+    }
+    s
+}
+
+pub(crate) fn publisher(
+    store: StoreLink,
+    name: &str,
+    config: ChannelConfig,
+    explicit: bool,
+) -> Result<Publisher> {
+    let chan = open(&store, name, KIND_BROADCAST, config, explicit)?;
     Ok(Publisher::new(producer::Producer::open(
         chan,
         store,
@@ -283,8 +331,13 @@ pub(crate) fn publisher(store: StoreLink, name: &str, config: ChannelConfig) -> 
     )?))
 }
 
-pub(crate) fn sender(store: StoreLink, name: &str, config: ChannelConfig) -> Result<Sender> {
-    let chan = open(&store, name, KIND_QUEUE, config)?;
+pub(crate) fn sender(
+    store: StoreLink,
+    name: &str,
+    config: ChannelConfig,
+    explicit: bool,
+) -> Result<Sender> {
+    let chan = open(&store, name, KIND_QUEUE, config, explicit)?;
     Ok(Sender::new(producer::Producer::open(
         chan,
         store,
@@ -296,8 +349,9 @@ pub(crate) fn subscriber(
     store: StoreLink,
     name: &str,
     config: ChannelConfig,
+    explicit: bool,
 ) -> Result<Subscriber> {
-    let chan = open(&store, name, KIND_BROADCAST, config)?;
+    let chan = open(&store, name, KIND_BROADCAST, config, explicit)?;
     Ok(Subscriber::new(consumer::Consumer::open(
         chan,
         store,
@@ -305,8 +359,13 @@ pub(crate) fn subscriber(
     )?))
 }
 
-pub(crate) fn receiver(store: StoreLink, name: &str, config: ChannelConfig) -> Result<Receiver> {
-    let chan = open(&store, name, KIND_QUEUE, config)?;
+pub(crate) fn receiver(
+    store: StoreLink,
+    name: &str,
+    config: ChannelConfig,
+    explicit: bool,
+) -> Result<Receiver> {
+    let chan = open(&store, name, KIND_QUEUE, config, explicit)?;
     Ok(Receiver::new(consumer::Consumer::open(
         chan,
         store,

@@ -1,7 +1,7 @@
 //! The producer side: [`Publisher`] (broadcast) and [`Sender`] (work
 //! queue) share one implementation, and [`Loan`] writes a message in place.
 
-use super::error::{SendError, TrySendError};
+use super::error::{SendError, SendTimeoutError, TrySendError};
 use super::file::{ChanFile, Role};
 use super::layout::*;
 use super::ring::{Claim, NoSlot};
@@ -11,7 +11,53 @@ use crate::error::BlobError;
 use crate::handle::OverflowHandle;
 use crate::sync::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long a producer call may wait for room.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Wait {
+    /// Not at all (`try_` calls).
+    Never,
+    /// Until this instant (`_timeout` calls).
+    Until(Instant),
+    /// As long as it takes (blocking calls).
+    Forever,
+}
+
+impl Wait {
+    /// A wait of `timeout` from now (an overflowing instant waits forever).
+    pub(crate) fn timeout(timeout: Duration) -> Self {
+        Instant::now()
+            .checked_add(timeout)
+            .map_or(Self::Forever, Self::Until)
+    }
+
+    /// Whether the call must give up now rather than wait.
+    fn over(self) -> bool {
+        match self {
+            Self::Never => true,
+            Self::Until(d) => Instant::now() >= d,
+            Self::Forever => false,
+        }
+    }
+
+    /// Shortens `tick` to what is left of the wait.
+    fn cap(self, tick: Duration) -> Duration {
+        match self {
+            Self::Until(d) => tick.min(d.saturating_duration_since(Instant::now())),
+            _ => tick,
+        }
+    }
+}
+
+/// What was full the last time a call of this producer gave up or waited.
+const FULL_NONE: u32 = 0;
+/// No ring entry was free.
+const FULL_RING: u32 = 1;
+/// No pool slot was free.
+const FULL_POOL: u32 = 2;
+/// The store had no room.
+const FULL_STORE: u32 = 3;
 
 /// State shared by a producer endpoint and its loans.
 #[derive(Debug)]
@@ -26,6 +72,22 @@ pub(crate) struct Producer {
     liveness: Throttle,
     /// Inline loans outstanding (each holds a pool slot).
     loans: AtomicU32,
+    /// `FULL_*`: what was full when a call last found no room.
+    last_full: AtomicU32,
+}
+
+/// Clears the record's waiting mark when a call that may have waited
+/// returns (the mark is for operators: `sfb stat` shows how long a producer
+/// has been blocked).
+struct WaitMark<'a>(&'a Producer);
+
+impl Drop for WaitMark<'_> {
+    fn drop(&mut self) {
+        let rec = self.0.chan.ring.record(self.0.index);
+        if rec.waiting_since_ms.load(Ordering::Relaxed) != 0 {
+            rec.waiting_since_ms.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Producer {
@@ -42,6 +104,7 @@ impl Producer {
             spin,
             liveness: Throttle::new(),
             loans: AtomicU32::new(0),
+            last_full: AtomicU32::new(FULL_NONE),
         })
     }
 
@@ -78,7 +141,9 @@ impl Producer {
             && (self.evict_dead() > 0 || self.chan.ring.sweep_orphans(&mut |x| self.ack(x)) > 0)
     }
 
-    /// The closed store's error, if it is closed.
+    /// The closed store's error, if it is closed: the namespace was removed
+    /// (its creator's store and endpoints are gone, or `sfb rm`), and
+    /// nothing may be sent into its files any more.
     fn closed(&self) -> Option<TrySendError> {
         self.store.is_closed().then(|| {
             TrySendError::Send(SendError::Store(BlobError::Closed {
@@ -87,18 +152,42 @@ impl Producer {
         })
     }
 
+    /// Notes that `what` was full and the call gives up: `TrySendError::Full`.
+    fn full(&self, what: u32) -> TrySendError {
+        self.last_full.store(what, Ordering::Relaxed);
+        TrySendError::Full
+    }
+
+    /// Marks the record as waiting (for operators), from now if it was not.
+    fn mark_waiting(&self, what: u32) {
+        self.last_full.store(what, Ordering::Relaxed);
+        let rec = self.chan.ring.record(self.index);
+        if rec.waiting_since_ms.load(Ordering::Relaxed) == 0 {
+            rec.waiting_since_ms
+                .store(crate::clock::now_ms().max(1), Ordering::Relaxed);
+        }
+    }
+
     /// One step of waiting for space (entries or pool slots): a look for
     /// dead participants when due, a spin, then a sleep on the space word
-    /// until `ready` or a tick (shorter if a stall timeout is due sooner).
-    fn wait_for_space(&self, spin: &mut wait::Spin, ready: impl FnOnce() -> bool) {
+    /// until `ready`, a tick (shorter if a stall timeout is due sooner) or
+    /// the end of the wait.
+    fn wait_for_space(
+        &self,
+        spin: &mut wait::Spin,
+        wait: Wait,
+        what: u32,
+        ready: impl FnOnce() -> bool,
+    ) {
         if spin.again() {
             return;
         }
+        self.mark_waiting(what);
         if self.look_for_dead() {
             return;
         }
         let h = self.chan.ring.header();
-        let mut tick = wait::LIVENESS_TICK;
+        let mut tick = wait.cap(wait::LIVENESS_TICK);
         let stall = h.stall_timeout_ms.load(Ordering::Relaxed);
         let since = h.full_since_ms.load(Ordering::Relaxed);
         if stall > 0 && since > 0 {
@@ -110,8 +199,8 @@ impl Producer {
             .park(&h.space_seq, &h.space_waiters, tick, ready);
     }
 
-    /// Claims an entry, waiting for space unless `block` is false.
-    fn claim(&self, block: bool) -> Result<u64, TrySendError> {
+    /// Claims an entry, waiting for space as `wait` allows.
+    fn claim(&self, wait: Wait) -> Result<u64, TrySendError> {
         let ring = &self.chan.ring;
         let h = ring.header();
         let mut spin = wait::Spin::new(self.spin);
@@ -152,21 +241,21 @@ impl Producer {
                     detail: "the ring's head and frontier are out of order".into(),
                 })));
             }
-            if !block {
+            if wait.over() {
                 // A dead participant may be what holds the ring full (looked
                 // for at most once per tick: it costs a system call each).
                 if self.look_for_dead() {
                     continue;
                 }
-                return Err(TrySendError::Full);
+                return Err(self.full(FULL_RING));
             }
-            self.wait_for_space(&mut spin, || ring.has_space());
+            self.wait_for_space(&mut spin, wait, FULL_RING, || ring.has_space());
         }
     }
 
-    /// Takes a pool slot (`prefer` first), waiting for one unless `block`
-    /// is false. Under DropOldest the oldest message makes room.
-    fn alloc(&self, prefer: Option<u32>, block: bool) -> Result<u32, TrySendError> {
+    /// Takes a pool slot (`prefer` first), waiting for one as `wait`
+    /// allows. Under DropOldest the oldest message makes room.
+    fn alloc(&self, prefer: Option<u32>, wait: Wait) -> Result<u32, TrySendError> {
         let ring = &self.chan.ring;
         let mut spin = wait::Spin::new(self.spin);
         loop {
@@ -194,30 +283,35 @@ impl Producer {
             if self.look_for_dead() {
                 continue;
             }
-            if !block {
-                return Err(TrySendError::Full);
+            if wait.over() {
+                return Err(self.full(FULL_POOL));
             }
-            self.wait_for_space(&mut spin, || ring.any_free_slot());
+            self.wait_for_space(&mut spin, wait, FULL_POOL, || ring.any_free_slot());
         }
     }
 
-    /// The error of a producer inherited through fork, if this is one.
-    fn inherited(&self) -> Result<(), TrySendError> {
+    /// The error of a producer inherited through fork, or of a closed
+    /// namespace, if either holds.
+    fn usable(&self) -> Result<(), TrySendError> {
         if self.chan.inherited() {
             return Err(TrySendError::Send(SendError::Store(
                 self.chan.inherited_error("producer"),
             )));
         }
-        Ok(())
+        match self.closed() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Claims, writes and publishes one message.
-    pub(crate) fn send(&self, data: &[u8], block: bool) -> Result<(), TrySendError> {
-        self.inherited()?;
+    pub(crate) fn send(&self, data: &[u8], wait: Wait) -> Result<(), TrySendError> {
+        self.usable()?;
+        let _mark = WaitMark(self);
         let ring = &self.chan.ring;
         if data.len() <= ring.geometry().inline_capacity() {
-            let seq = self.claim(block)?;
-            let b = match self.alloc(Some(ring.previous_slot(seq)), block) {
+            let seq = self.claim(wait)?;
+            let b = match self.alloc(Some(ring.previous_slot(seq)), wait) {
                 Ok(b) => b,
                 Err(e) => {
                     ring.skip(seq, self.me());
@@ -230,30 +324,43 @@ impl Producer {
             self.sent();
         } else {
             // Into the store first, so the entry is never held during the copy.
-            let handle = self.append(data, block)?;
-            self.publish_handle(&handle, data.len(), block)?;
+            let handle = self.in_store(wait, || self.store.append(data))?;
+            self.publish_handle(&handle, data.len(), wait)?;
         }
         Ok(())
     }
 
-    /// Appends to the store; a blocking send waits while the store is full
-    /// (`max_chunks` reached), running reclamation passes, so a full store
-    /// is backpressure like a full ring.
-    fn append(&self, data: &[u8], block: bool) -> Result<OverflowHandle, TrySendError> {
+    /// Runs a store operation (an append or a reservation); while the store
+    /// is full (`max_chunks` chunks hold messages not yet released), it
+    /// releases what consumers let go of, evicts dead participants, runs a
+    /// reclamation pass and retries, as `wait` allows: a full store is
+    /// backpressure like a full ring, and `TrySendError::Full` like it.
+    fn in_store<T>(
+        &self,
+        wait: Wait,
+        mut op: impl FnMut() -> crate::Result<T>,
+    ) -> Result<T, TrySendError> {
         let mut pause = Duration::from_micros(20);
         loop {
-            match self.store.append(data) {
-                Ok(h) => return Ok(h),
-                Err(BlobError::StoreFull { .. }) if block => {
-                    // A dead consumer may be what keeps entries unacknowledged.
-                    if self.liveness.due() {
-                        self.evict_dead();
+            match op() {
+                Ok(x) => return Ok(x),
+                Err(BlobError::StoreFull { .. }) => {
+                    let freed = self.help_release() > 0;
+                    let dead = self.look_for_dead();
+                    if self.store.maintain() > 0 || freed || dead {
+                        if let Ok(x) = op() {
+                            return Ok(x);
+                        }
                     }
-                    self.help_release();
-                    if self.store.maintain() == 0 {
-                        std::thread::sleep(pause);
-                        pause = (pause * 2).min(Duration::from_millis(5));
+                    if let Some(e) = self.closed() {
+                        return Err(e);
                     }
+                    if wait.over() {
+                        return Err(self.full(FULL_STORE));
+                    }
+                    self.mark_waiting(FULL_STORE);
+                    std::thread::sleep(wait.cap(pause));
+                    pause = (pause * 2).min(Duration::from_millis(5));
                 }
                 Err(e) => return Err(TrySendError::Send(SendError::Store(e))),
             }
@@ -264,11 +371,11 @@ impl Producer {
         &self,
         handle: &OverflowHandle,
         len: usize,
-        block: bool,
+        wait: Wait,
     ) -> Result<(), TrySendError> {
         let ring = &self.chan.ring;
-        let placed = self.claim(block).and_then(|seq| {
-            match self.alloc(Some(ring.previous_slot(seq)), block) {
+        let placed = self.claim(wait).and_then(|seq| {
+            match self.alloc(Some(ring.previous_slot(seq)), wait) {
                 Ok(b) => Ok((seq, b)),
                 Err(e) => {
                     ring.skip(seq, self.me());
@@ -291,11 +398,24 @@ impl Producer {
     }
 
     fn sent(&self) {
+        let h = self.chan.ring.header();
         self.chan
             .ring
             .record(self.index)
             .count
             .fetch_add(1, Ordering::Relaxed);
+        // A broadcast nobody subscribes to: nobody can ever receive the
+        // message (a subscriber receives what is sent after it joined), so
+        // it is released now, not when the ring wraps. The release judges by
+        // the subscribers' records, so one that joined meanwhile keeps it.
+        // Pairs with the SeqCst mask update of `register`.
+        if !self.chan.ring.is_queue() && h.consumer_mask.load(Ordering::SeqCst) == 0 {
+            let n = self.help_release();
+            if n > 0 {
+                h.unheard.fetch_add(n, Ordering::Relaxed);
+            }
+            return;
+        }
         // A waiter bit of a consumer killed while asleep would make every
         // send a system call: look for dead ones now and then.
         if self.chan.wake_consumers(false) {
@@ -303,34 +423,28 @@ impl Producer {
         }
     }
 
-    pub(crate) fn loan(self: &Arc<Self>, len: usize, block: bool) -> Result<Loan, TrySendError> {
-        self.inherited()?;
+    pub(crate) fn loan(self: &Arc<Self>, len: usize, wait: Wait) -> Result<Loan, TrySendError> {
+        self.usable()?;
+        let _mark = WaitMark(self);
         let ring = &self.chan.ring;
         // Inline: a pool slot of the ring, while this endpoint has few out.
-        if len <= ring.geometry().inline_capacity()
-            && self.loans.fetch_add(1, Ordering::Relaxed) < SLOTS_PER_PRODUCER
-        {
-            let head = ring.header().head.load(Ordering::Relaxed);
-            match self.alloc(Some(ring.previous_slot(head)), block) {
-                Ok(slot) => {
-                    return Ok(Loan {
+        if len <= ring.geometry().inline_capacity() {
+            if self.loans.fetch_add(1, Ordering::Relaxed) < SLOTS_PER_PRODUCER {
+                let head = ring.header().head.load(Ordering::Relaxed);
+                return match self.alloc(Some(ring.previous_slot(head)), wait) {
+                    Ok(slot) => Ok(Loan {
                         producer: Arc::clone(self),
                         body: LoanBody::Slot { slot, len },
-                    })
-                }
-                Err(e) => {
-                    self.loans.fetch_sub(1, Ordering::Relaxed);
-                    return Err(e);
-                }
+                    }),
+                    Err(e) => {
+                        self.loans.fetch_sub(1, Ordering::Relaxed);
+                        Err(e)
+                    }
+                };
             }
-        }
-        if len <= ring.geometry().inline_capacity() {
             self.loans.fetch_sub(1, Ordering::Relaxed);
         }
-        let reservation = self
-            .store
-            .reserve(len)
-            .map_err(|e| TrySendError::Send(SendError::Store(e)))?;
+        let reservation = self.in_store(wait, || self.store.reserve(len))?;
         Ok(Loan {
             producer: Arc::clone(self),
             body: LoanBody::Store(reservation),
@@ -348,6 +462,111 @@ impl Producer {
                 detail: "the ring never frees an entry".into(),
             }),
         }
+    }
+
+    /// The error of a call with a timeout.
+    pub(super) fn timeout_error(e: TrySendError) -> SendTimeoutError {
+        match e {
+            TrySendError::Send(e) => SendTimeoutError::Send(e),
+            TrySendError::Full => SendTimeoutError::Timeout,
+        }
+    }
+
+    /// What was full when a call of this endpoint last found no room, and
+    /// who holds it, as `sfb stat` would say it; `None` if no call has.
+    pub(crate) fn full_reason(&self) -> Option<String> {
+        let ring = &self.chan.ring;
+        let h = ring.header();
+        let what = match self.last_full.load(Ordering::Relaxed) {
+            FULL_RING => {
+                let head = h.head.load(Ordering::Relaxed);
+                if ring.is_queue() {
+                    let tail = h.tail.load(Ordering::Relaxed);
+                    format!(
+                        "the ring: receivers have not taken {} of its {} messages",
+                        head.saturating_sub(tail),
+                        ring.geometry().slots
+                    )
+                } else {
+                    match self.slowest_consumer() {
+                        Some((pid, low)) => format!(
+                            "the ring: subscriber pid {pid} is {} messages behind (ring of {})",
+                            head.saturating_sub(low),
+                            ring.geometry().slots
+                        ),
+                        None => "the ring: entries not yet released".to_owned(),
+                    }
+                }
+            }
+            FULL_POOL => {
+                let holders: Vec<String> = (MAX_PRODUCERS..RECORDS)
+                    .map(|i| ring.record(i))
+                    .filter(|r| {
+                        r.in_use.load(Ordering::Relaxed) != 0 && r.held.load(Ordering::Relaxed) > 0
+                    })
+                    .map(|r| {
+                        format!(
+                            "pid {} holds {}",
+                            r.pid.load(Ordering::Relaxed),
+                            r.held.load(Ordering::Relaxed)
+                        )
+                    })
+                    .collect();
+                format!(
+                    "the pool: every slot is in the ring or held ({})",
+                    if holders.is_empty() {
+                        "by producers' loans".to_owned()
+                    } else {
+                        holders.join(", ")
+                    }
+                )
+            }
+            FULL_STORE => format!(
+                "the store: its {} chunks of {} bytes hold messages not yet released or expired",
+                self.store.max_chunks(),
+                self.store.chunk_size()
+            ),
+            _ => return None,
+        };
+        Some(what)
+    }
+
+    /// The live subscriber furthest behind: its pid and next sequence.
+    fn slowest_consumer(&self) -> Option<(u32, u64)> {
+        let ring = &self.chan.ring;
+        (MAX_PRODUCERS..RECORDS)
+            .map(|i| ring.record(i))
+            .filter(|r| r.in_use.load(Ordering::Relaxed) != 0)
+            .map(|r| (r.pid.load(Ordering::Relaxed), r.low.load(Ordering::Relaxed)))
+            .filter(|&(_, low)| low != LOW_NONE)
+            .min_by_key(|&(_, low)| low)
+    }
+
+    /// Messages published (or being written) and not yet released.
+    pub(crate) fn len(&self) -> usize {
+        let h = self.chan.ring.header();
+        let f = frontier_seq(h.frontier.load(Ordering::SeqCst));
+        let head = h.head.load(Ordering::SeqCst);
+        head.saturating_sub(f)
+            .min(self.chan.ring.geometry().slots as u64) as usize
+    }
+
+    /// Consumers registered now.
+    pub(crate) fn consumer_count(&self) -> usize {
+        self.chan
+            .ring
+            .header()
+            .consumer_mask
+            .load(Ordering::SeqCst)
+            .count_ones() as usize
+    }
+
+    /// Worst-case `/dev/shm` bytes of this channel (see `Geometry::memory_bound`).
+    pub(crate) fn memory_bound(&self) -> u64 {
+        self.chan
+            .ring
+            .geometry()
+            .memory_bound(self.store.chunk_size(), self.store.max_chunks())
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -396,28 +615,94 @@ macro_rules! producer_endpoint {
             /// as an empty message.
             pub fn send(&self, data: &[u8]) -> Result<(), SendError> {
                 self.inner
-                    .send(data, true)
+                    .send(data, Wait::Forever)
                     .map_err(|e| self.inner.blocking_error(e))
             }
 
             /// Sends `data` if the channel has room now; otherwise
-            #[doc = concat!("[`TrySendError::Full`] (every ", $peer, " holds or has not read a full ring).")]
+            #[doc = concat!("[`TrySendError::Full`]: every ring entry holds a message some ", $peer, " has not received,")]
+            /// every pool slot is held, or the store is full. Before it says
+            /// so, it releases what consumers let go of and evicts dead
+            /// participants; [`full_reason`](Self::full_reason) says what
+            /// was full and who held it.
             pub fn try_send(&self, data: &[u8]) -> Result<(), TrySendError> {
-                self.inner.send(data, false)
+                self.inner.send(data, Wait::Never)
+            }
+
+            /// Sends `data`, waiting at most `timeout` for room (in the
+            /// ring, the pool or the store). On
+            /// [`SendTimeoutError::Timeout`] nothing was sent.
+            pub fn send_timeout(&self, data: &[u8], timeout: Duration) -> Result<(), SendTimeoutError> {
+                self.inner
+                    .send(data, Wait::timeout(timeout))
+                    .map_err(Producer::timeout_error)
             }
 
             /// A writable buffer of `len` bytes in shared memory: fill it,
             /// then [`Loan::send`] publishes it without a copy. A loan that
             /// fits [`inline_capacity`](Self::inline_capacity) is a ring slot
             /// (waiting for one if none is free); a larger one (or more than
-            /// two at once) is store space. A loan dropped unsent is
-            /// discarded and its space given back (by repair or the TTL if
-            /// the process dies holding it). Its initial bytes are
-            /// unspecified.
+            /// two at once) is store space (waiting while the store is
+            /// full). A loan dropped unsent is discarded and its space given
+            /// back (by repair or the TTL if the process dies holding it).
+            /// Its initial bytes are unspecified.
             pub fn loan(&self, len: usize) -> Result<Loan, SendError> {
                 self.inner
-                    .loan(len, true)
+                    .loan(len, Wait::Forever)
                     .map_err(|e| self.inner.blocking_error(e))
+            }
+
+            /// A loan if there is room now; otherwise [`TrySendError::Full`].
+            pub fn try_loan(&self, len: usize) -> Result<Loan, TrySendError> {
+                self.inner.loan(len, Wait::Never)
+            }
+
+            /// A loan, waiting at most `timeout` for room.
+            pub fn loan_timeout(&self, len: usize, timeout: Duration) -> Result<Loan, SendTimeoutError> {
+                self.inner
+                    .loan(len, Wait::timeout(timeout))
+                    .map_err(Producer::timeout_error)
+            }
+
+            /// Messages published (or being written) and not yet released
+            /// by every consumer, at most [`capacity`](Self::capacity).
+            pub fn len(&self) -> usize {
+                self.inner.len()
+            }
+
+            /// Whether no message is in flight (see [`len`](Self::len)).
+            pub fn is_empty(&self) -> bool {
+                self.len() == 0
+            }
+
+            /// Messages in flight before producers wait (or, under
+            /// [`Overflow::DropOldest`](crate::Overflow::DropOldest), drop
+            /// the oldest): the ring's slots.
+            pub fn capacity(&self) -> usize {
+                self.inner.chan.ring.geometry().slots as usize
+            }
+
+            #[doc = concat!("The ", $peer, "s registered now.")]
+            pub fn subscriber_count(&self) -> usize {
+                self.inner.consumer_count()
+            }
+
+            /// Worst-case bytes of `/dev/shm` this channel can take: its
+            /// file with every pool slot backed, and one store chunk pinned
+            /// by each message that can be in flight through the store (at
+            /// most the store's `max_chunks`). It holds for messages up to
+            /// the store's chunk size; a larger message pins a chunk of its
+            /// own size. `sfb stat` shows it too.
+            pub fn memory_bound(&self) -> u64 {
+                self.inner.memory_bound()
+            }
+
+            /// What was full when a send or loan of this endpoint last found
+            /// no room (the ring, the pool or the store), and who held it,
+            /// e.g. `"the ring: subscriber pid 4242 is 256 messages behind
+            /// (ring of 256)"`. `None` if none has.
+            pub fn full_reason(&self) -> Option<String> {
+                self.inner.full_reason()
             }
 
             /// The channel's name.
@@ -478,14 +763,21 @@ unsafe impl Sync for Loan {}
 impl Loan {
     /// Publishes the loaned bytes, blocking while the channel is full.
     pub fn send(mut self) -> Result<(), SendError> {
-        self.publish(true)
+        self.publish(Wait::Forever)
             .map_err(|e| self.producer.blocking_error(e))
     }
 
     /// Publishes the loaned bytes if the channel has room now; otherwise
     /// [`TrySendError::Full`] (the loan's bytes are then discarded).
     pub fn try_send(mut self) -> Result<(), TrySendError> {
-        self.publish(false)
+        self.publish(Wait::Never)
+    }
+
+    /// Publishes the loaned bytes, waiting at most `timeout` for room; on
+    /// [`SendTimeoutError::Timeout`] the loan's bytes are discarded.
+    pub fn send_timeout(mut self, timeout: Duration) -> Result<(), SendTimeoutError> {
+        self.publish(Wait::timeout(timeout))
+            .map_err(Producer::timeout_error)
     }
 
     /// Whether the loan is a ring slot (it fits inline) rather than store
@@ -494,16 +786,17 @@ impl Loan {
         matches!(self.body, LoanBody::Slot { .. })
     }
 
-    fn publish(&mut self, block: bool) -> Result<(), TrySendError> {
+    fn publish(&mut self, wait: Wait) -> Result<(), TrySendError> {
         let p = &self.producer;
-        p.inherited()?;
+        p.usable()?;
+        let _mark = WaitMark(p);
         match std::mem::replace(&mut self.body, LoanBody::Gone) {
             LoanBody::Gone => Ok(()),
             LoanBody::Slot { slot, len } => {
                 let ring = &p.chan.ring;
                 // The loan keeps counting against the endpoint's budget
                 // while it waits for an entry: it still holds its slot.
-                let r = match p.claim(block) {
+                let r = match p.claim(wait) {
                     Ok(seq) => {
                         ring.publish(seq, p.me(), slot, len as u32, 0);
                         p.sent();
@@ -522,7 +815,7 @@ impl Loan {
                     .store
                     .commit(&r)
                     .map_err(|e| TrySendError::Send(SendError::Store(e)))?;
-                p.publish_handle(&handle, r.loc.size as usize, block)
+                p.publish_handle(&handle, r.loc.size as usize, wait)
             }
         }
     }
