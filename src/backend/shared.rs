@@ -582,9 +582,13 @@ impl StoreLink {
         self.0.policy.chunk_size as u64
     }
 
-    /// Most chunk files the namespace may have at once.
+    /// Most chunk files the namespace may have at once (its limit, or the
+    /// registry's size if it has none).
     pub(crate) fn max_chunks(&self) -> u64 {
-        self.0.max_chunks as u64
+        match self.0.max_chunks {
+            0 => crate::layout::REGISTRY_SLOTS as u64,
+            n => n as u64,
+        }
     }
 }
 
