@@ -165,7 +165,7 @@ fn role_hold() {
         say("holding");
         std::thread::sleep(Duration::from_secs(600));
     } else {
-        let rx = store.subscriber_with(&name, common::lossless()).unwrap();
+        let rx = store.subscriber(&name).unwrap();
         say("ready");
         while held.len() < take {
             held.push(rx.recv().unwrap());
@@ -746,7 +746,8 @@ fn role_abandon() {
     let claimed = if env("SFB_QUEUE") == "1" {
         store.sender(&name).unwrap().claim_and_abandon_for_tests()
     } else {
-        let p = store.publisher_with(&name, common::lossless()).unwrap();
+        // The test made the channel: adopt its geometry and policy.
+        let p = store.publisher(&name).unwrap();
         let c = p.claim_and_abandon_for_tests();
         std::mem::forget(p);
         c
@@ -769,7 +770,7 @@ fn a_producer_killed_after_its_claim_wedges_nothing() {
     // (The live publisher registers first, so the dead one's record is
     // not simply reused and repaired by a newcomer.)
     let sub = store.subscriber_with("a", small).unwrap();
-    let tx = store.publisher_with("a", common::lossless()).unwrap();
+    let tx = store.publisher("a").unwrap();
     let mut dead = peer("abandon", &ns, "a", &[("SFB_QUEUE", "0".into())]);
     dead.expect("claimed");
     dead.kill9();
@@ -816,6 +817,7 @@ fn a_blocking_send_on_a_full_store_evicts_a_killed_subscriber() {
         Some(4),
     )
     .unwrap();
+    let tx = store.publisher_with("f", common::lossless()).unwrap();
     let mut sub = peer(
         "hold",
         &ns,
@@ -823,7 +825,6 @@ fn a_blocking_send_on_a_full_store_evicts_a_killed_subscriber() {
         &[("SFB_TAKE", "2".into()), ("SFB_QUEUE", "0".into())],
     );
     sub.expect("ready");
-    let tx = store.publisher_with("f", common::lossless()).unwrap();
     for i in 0..2 {
         tx.send(&payload(i, 100_000)).unwrap();
     }
