@@ -477,6 +477,7 @@ impl ChunkRegion {
         if self.entry(offset as usize).is_none() {
             return; // Unreachable for a valid reservation.
         }
+        crate::hooks::at(crate::hooks::Point::Copying);
         // SAFETY: the caller reserved [offset, offset + footprint) and
         // footprint >= ENTRY_HEADER_SIZE + data.len(), inside the region;
         // nobody reads these bytes before `commit_written` publishes them.

@@ -1634,6 +1634,43 @@ mod tests {
         assert_eq!(read(&c, &loc).as_deref(), Some(&b"second"[..]));
     }
 
+    /// Invariant 2: an append that is still copying its payload has not
+    /// committed its entry, so a pass that finds its chunk sealed and past
+    /// the TTL never vouches for it: the walk stops at the entry and the
+    /// chunk is not recyclable (it is retired, and the stalled copy lands
+    /// in a dead life, never in the next one). Committing before the copy
+    /// would vouch for a writer that then overwrites the next life.
+    #[test]
+    fn a_writer_still_copying_is_never_vouched_for() {
+        let (_b, c) = store(60_000);
+        append(&*c, b"first").unwrap();
+        let (id, generation) = target(&c);
+        let pass = Arc::clone(&c);
+        let mut once = true;
+        let checked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = Arc::clone(&checked);
+        hooks::set(move |p| {
+            if p == Point::Copying && std::mem::take(&mut once) {
+                let chunk = pass.chunk(id).unwrap();
+                let region = chunk.region();
+                region.seal(generation, clock::now_ms());
+                assert!(
+                    !region.walk(generation),
+                    "the walk vouched for a writer still copying"
+                );
+                assert!(region.claim(generation));
+                assert!(!region.recyclable(), "recyclable under a writer");
+                retire(&*pass, &chunk);
+                seen.store(true, Ordering::SeqCst);
+            }
+        });
+        let loc = append(&*c, b"second").unwrap();
+        hooks::clear();
+        assert!(checked.load(Ordering::SeqCst), "the hook never ran");
+        assert_ne!((loc.id, loc.generation), (id, generation), "written again");
+        assert_eq!(read(&c, &loc).as_deref(), Some(&b"second"[..]));
+    }
+
     /// A copy (`resolve`, `get`) holds its pin until it is done: a pass
     /// that reclaims the chunk in the middle of the copy retires it rather
     /// than recycle it, so the appends that follow never rewrite the bytes

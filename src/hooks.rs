@@ -12,6 +12,9 @@
 pub enum Point {
     /// An append reserved its entry and has not written it yet.
     Reserved,
+    /// An append is copying its payload into its entry (inside the copy:
+    /// the entry must not be committed yet).
+    Copying,
     /// An append committed its entry and has not checked that its chunk is
     /// still in the same life.
     Committed,
@@ -32,8 +35,9 @@ pub enum Point {
 
 impl Point {
     /// Every point, for tools that iterate over them.
-    pub const ALL: [Point; 8] = [
+    pub const ALL: [Point; 9] = [
         Point::Reserved,
+        Point::Copying,
         Point::Committed,
         Point::Activated,
         Point::CreationClaimed,
@@ -47,6 +51,7 @@ impl Point {
     pub fn name(self) -> &'static str {
         match self {
             Point::Reserved => "reserved",
+            Point::Copying => "copying",
             Point::Committed => "committed",
             Point::Activated => "activated",
             Point::CreationClaimed => "creation-claimed",
