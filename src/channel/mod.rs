@@ -54,6 +54,7 @@
 mod consumer;
 mod error;
 mod file;
+mod inspect;
 pub(crate) mod layout;
 mod producer;
 mod ring;
@@ -67,8 +68,8 @@ pub use error::{
 pub use layout::{channel_file_name, parse_channel_file_name};
 pub use producer::{Loan, Publisher, Sender};
 
-pub use file::ChannelReport;
-pub(crate) use file::{inspect_channel, remove_channel_files};
+pub use inspect::{ChannelReport, Eviction, HeldBack, ParticipantReport};
+pub(crate) use {file::remove_channel_files, inspect::inspect_channel};
 
 use crate::backend::shared::StoreLink;
 use crate::error::{BlobError, Result};

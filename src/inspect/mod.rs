@@ -142,11 +142,7 @@ fn inspect_names(dir: &Path, ns: &str, names: &Names, walk: bool) -> NamespaceRe
         format_version: None,
         control: None,
         chunks: Vec::new(),
-        channels: names
-            .channels
-            .iter()
-            .map(|(file, name)| crate::channel::inspect_channel(dir, file, name))
-            .collect(),
+        channels: Vec::new(),
         problems: Vec::new(),
         taken_unix_ms: clock::unix_ms(),
     };
@@ -212,6 +208,18 @@ fn inspect_names(dir: &Path, ns: &str, names: &Names, walk: bool) -> NamespaceRe
         unreadable |= failed;
         report.chunks.extend(chunk);
     }
+    // Channels after the control block: its chunk size and limit give
+    // each channel's memory bound.
+    let chunks = report
+        .control
+        .as_ref()
+        .filter(|c| c.chunk_size > 0)
+        .map(|c| (u64::from(c.chunk_size), u64::from(c.max_chunks)));
+    report.channels = names
+        .channels
+        .iter()
+        .map(|(file, name)| crate::channel::inspect_channel(dir, file, name, chunks, now_ms))
+        .collect();
     for c in &report.chunks {
         if let (Some(p), Some(f)) = (&c.problem, &c.file) {
             report.problems.push(format!("{f}: {p}"));
