@@ -134,6 +134,56 @@ pub(crate) fn prometheus_text() -> Result<String, Box<dyn std::error::Error>> {
         "counter",
         "Participants of the channel found dead and evicted.",
     );
+    let mut chan_expired = Family::new(
+        "sfb_channel_expired_total",
+        "counter",
+        "Messages consumers found expired in the store (its TTL ran out first).",
+    );
+    let mut unheard = Family::new(
+        "sfb_channel_unheard_total",
+        "counter",
+        "Broadcast messages released at once because no subscriber was there.",
+    );
+    let mut let_go = Family::new(
+        "sfb_channel_let_go_total",
+        "counter",
+        "Times a Block subscriber was let go by the stall timeout.",
+    );
+    let mut memory_bound = Family::new(
+        "sfb_channel_memory_bound_bytes",
+        "gauge",
+        "Worst-case bytes the channel can take on tmpfs (its file fully backed, and a store chunk per message in flight).",
+    );
+    let mut blocked = Family::new(
+        "sfb_channel_blocked_seconds",
+        "gauge",
+        "How long the channel's producers have waited for space (0: they do not wait).",
+    );
+    let mut p_alive = Family::new(
+        "sfb_channel_participant_alive",
+        "gauge",
+        "1 if the participant's process holds its lock, 0 if it is dead and not yet evicted.",
+    );
+    let mut p_lag = Family::new(
+        "sfb_channel_participant_lag",
+        "gauge",
+        "Messages published that the subscriber has not received.",
+    );
+    let mut p_held = Family::new(
+        "sfb_channel_participant_held",
+        "gauge",
+        "Messages the consumer holds (received, not dropped).",
+    );
+    let mut p_waiting = Family::new(
+        "sfb_channel_participant_waiting_seconds",
+        "gauge",
+        "How long the producer has waited for space (0: it does not wait).",
+    );
+    let mut p_holding = Family::new(
+        "sfb_channel_participant_holding_back",
+        "gauge",
+        "1 for the consumer the channel's waiting producers wait for, else 0.",
+    );
     let mut participants = Family::new(
         "sfb_channel_participants",
         "gauge",
@@ -174,6 +224,31 @@ pub(crate) fn prometheus_text() -> Result<String, Box<dyn std::error::Error>> {
             redelivered.add(labels(), ch.redelivered as f64);
             skipped.add(labels(), ch.skipped as f64);
             evicted.add(labels(), ch.evicted as f64);
+            chan_expired.add(labels(), ch.expired as f64);
+            unheard.add(labels(), ch.unheard as f64);
+            let_go.add(labels(), ch.let_go as f64);
+            if let Some(b) = ch.memory_bound {
+                memory_bound.add(labels(), b as f64);
+            }
+            blocked.add(labels(), seconds(ch.blocked_ms.unwrap_or(0)));
+            let holder = ch.held_back_by.as_ref().map(|h| h.record);
+            for p in &ch.participants {
+                // The record keeps apart two endpoints of one process.
+                let mut l = labels();
+                l.push(("record", p.record.to_string()));
+                l.push(("pid", p.pid.to_string()));
+                l.push(("role", p.role.to_owned()));
+                p_alive.add(l.clone(), f64::from(u8::from(p.alive)));
+                if let Some(lag) = p.lag {
+                    p_lag.add(l.clone(), lag as f64);
+                }
+                if p.role == "consumer" {
+                    p_held.add(l.clone(), f64::from(p.held));
+                    p_holding.add(l, f64::from(u8::from(holder == Some(p.record))));
+                } else {
+                    p_waiting.add(l, seconds(p.waiting_ms.unwrap_or(0)));
+                }
+            }
             for (role, state, n) in [
                 ("producer", "alive", ch.producers_alive),
                 ("producer", "dead", ch.producers_dead),
@@ -205,7 +280,22 @@ pub(crate) fn prometheus_text() -> Result<String, Box<dyn std::error::Error>> {
         skipped,
         evicted,
         participants,
+        chan_expired,
+        unheard,
+        let_go,
+        memory_bound,
+        blocked,
+        p_alive,
+        p_lag,
+        p_held,
+        p_waiting,
+        p_holding,
     ]))
+}
+
+/// Milliseconds as the seconds Prometheus wants.
+fn seconds(ms: u64) -> f64 {
+    ms as f64 / 1000.0
 }
 
 pub(crate) fn export_prometheus() -> AnyResult {

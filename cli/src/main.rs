@@ -60,14 +60,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// The control block and a table of the chunks of one namespace.
+    /// The control block, a table of the chunks, and each channel of one
+    /// namespace: its policy, counters, memory bound, participants (pid,
+    /// liveness, lag, held, waiting), and who holds its producers back.
     Stat {
         /// The namespace.
         namespace: String,
         /// One JSON object instead of tables (one per line with --watch).
         #[arg(long)]
         json: bool,
-        /// Refresh in place until interrupted (or --count frames).
+        /// Refresh in place until interrupted (or --count frames); on a
+        /// terminal, the channels whose producers are held back stand out.
         #[arg(long)]
         watch: bool,
         /// Time between refreshes with --watch: `500ms`, `2s`, or seconds (`0.5`).
@@ -125,7 +128,8 @@ enum Cmd {
     },
     /// Prints every namespace's gauges and counters (chunk files, tmpfs
     /// bytes, creator liveness, health, pool, recycled, retired, expired,
-    /// channel depths and participants) in the Prometheus text format, for
+    /// channels' depths, counters, memory bounds and participants: lag,
+    /// held, waiting, alive) in the Prometheus text format, for
     /// node_exporter's textfile collector.
     #[command(group(ArgGroup::new("format").required(true).args(["prometheus"])))]
     Export {

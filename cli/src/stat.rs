@@ -1,13 +1,14 @@
 //! `sfb stat`: everything readable about one namespace, once or watched.
 
 use super::*;
+use stable_fragmented_buffer::channel::{ChannelReport, HeldBack};
 
 pub(crate) fn stat(ns: &str, as_json: bool, watch: Option<(Duration, Option<u64>)>) -> AnyResult {
     // The first look decides the exit code: a namespace that is not there
     // (or cannot be read) is an error, even with --watch.
     let first = inspect::inspect_namespace(ns).map_err(explain)?;
     let Some((interval, count)) = watch else {
-        emit(&stat_frame(&first, as_json, false))?;
+        emit(&stat_frame(&first, as_json, false, false))?;
         return if first.health == Health::Foreign {
             Err(foreign_refusal(&first).into())
         } else {
@@ -20,7 +21,7 @@ pub(crate) fn stat(ns: &str, as_json: bool, watch: Option<(Duration, Option<u64>
     loop {
         frame += 1;
         let mut text = match &report {
-            Ok(r) => stat_frame(r, as_json, true),
+            Ok(r) => stat_frame(r, as_json, true, tty),
             Err(e) if as_json => {
                 format!("{}\n", json!({ "namespace": ns, "error": e.to_string() }))
             }
@@ -55,7 +56,15 @@ pub(crate) fn foreign_refusal(r: &NamespaceReport) -> String {
     )
 }
 
-pub(crate) fn stat_frame(r: &NamespaceReport, as_json: bool, watching: bool) -> String {
+/// One report as printed: JSON (one line while watching), or text whose
+/// lines naming what holds producers back are in bold red with `highlight`
+/// (a watched terminal).
+pub(crate) fn stat_frame(
+    r: &NamespaceReport,
+    as_json: bool,
+    watching: bool,
+    highlight: bool,
+) -> String {
     if as_json {
         // Through a `Value`: its keys come out sorted, as they always have.
         let v = serde_json::to_value(r).unwrap_or_else(|e| json!({ "error": e.to_string() }));
@@ -68,17 +77,29 @@ pub(crate) fn stat_frame(r: &NamespaceReport, as_json: bool, watching: bool) -> 
         s.push('\n');
         s
     } else {
-        report_text(r)
+        report_text(r, highlight)
     }
 }
 
-pub(crate) fn report_text(r: &NamespaceReport) -> String {
+pub(crate) fn report_text(r: &NamespaceReport, highlight: bool) -> String {
     let mut s = format!(
         "namespace {} in {}: {}\n\n",
         r.namespace,
         r.dir.display(),
         r.health
     );
+    // First, where an operator looks: channels whose producers wait.
+    let alerts = blocked_lines(r);
+    for line in &alerts {
+        if highlight {
+            s.push_str(&format!("\x1b[1;31m{line}\x1b[0m\n"));
+        } else {
+            s.push_str(&format!("{line}\n"));
+        }
+    }
+    if !alerts.is_empty() {
+        s.push('\n');
+    }
     let mut kv = table(&["FIELD", "VALUE"], &[]);
     let mut row = |k: &str, v: String| {
         kv.add_row(vec![k.to_owned(), v]);
@@ -218,7 +239,11 @@ pub(crate) fn report_text(r: &NamespaceReport) -> String {
                 c.problem.clone().unwrap_or_default(),
             ]);
         }
-        s.push_str(&format!("\nchannels:\n{t}\n"));
+        s.push_str(&format!("\nchannels:\n{}", render(&t)));
+        for c in r.channels.iter().filter(|c| c.problem.is_none()) {
+            s.push('\n');
+            s.push_str(&channel_text(c, r.taken_unix_ms));
+        }
     }
     if !r.problems.is_empty() {
         s.push_str("\nproblems:\n");
@@ -239,9 +264,155 @@ pub(crate) fn report_text(r: &NamespaceReport) -> String {
     s
 }
 
+/// One line per channel whose producers wait for space: for how long,
+/// and which consumer holds them back (if the channel waits for its
+/// consumers and one has something unread).
+pub(crate) fn blocked_lines(r: &NamespaceReport) -> Vec<String> {
+    r.channels
+        .iter()
+        .filter_map(|c| {
+            let ms = c.blocked_ms?;
+            let mut line = format!("chan \"{}\": producers blocked {}", c.name, duration(ms));
+            if let Some(h) = &c.held_back_by {
+                line += &format!(", held back by {}", held_back_text(h));
+            }
+            Some(line)
+        })
+        .collect()
+}
+
+/// `subscriber pid 4242 (lag 256)`, with `dead, not yet evicted` or the
+/// receiver's idle time as they apply.
+fn held_back_text(h: &HeldBack) -> String {
+    let mut what = Vec::new();
+    if !h.alive {
+        what.push("dead, not yet evicted".to_owned());
+    }
+    match h.lag {
+        Some(lag) => what.push(format!("lag {lag}")),
+        None => {
+            if let Some(idle) = h.idle_ms {
+                what.push(format!("idle {}", duration(idle)));
+            }
+        }
+    }
+    format!("{} pid {} ({})", h.endpoint, h.pid, what.join(", "))
+}
+
+/// The detail of one channel: policy, counters, memory bound, the last
+/// eviction, who holds producers back, and a table of its participants.
+fn channel_text(c: &ChannelReport, taken_unix_ms: u64) -> String {
+    let mut s = format!(
+        "channel {} ({}, {}; {} x {} B slots, pool of {})\n",
+        c.name,
+        c.kind,
+        policy(c),
+        c.slots,
+        c.slot_size,
+        c.pool
+    );
+    let mut kv = table(&["FIELD", "VALUE"], &[]);
+    kv.add_row(vec![
+        "counters".to_owned(),
+        format!(
+            "published {}, lagged {}, evicted {}, expired {}, skipped {}, redelivered {}, unheard {}, let go {}",
+            c.published,
+            c.lagged,
+            c.evicted,
+            c.expired,
+            c.skipped,
+            c.redelivered,
+            c.unheard,
+            c.let_go
+        ),
+    ]);
+    kv.add_row(vec![
+        "memory bound".to_owned(),
+        match c.memory_bound {
+            Some(b) => format!(
+                "{} ({b} B; {} on tmpfs now)",
+                bytes(b),
+                bytes(c.tmpfs_bytes)
+            ),
+            None => "- (the namespace's chunk size is unknown)".to_owned(),
+        },
+    ]);
+    kv.add_row(vec![
+        "last eviction".to_owned(),
+        match &c.last_eviction {
+            Some(e) => format!(
+                "{} pid {}, {} ago (unix ms {})",
+                e.endpoint,
+                e.pid,
+                duration(taken_unix_ms.saturating_sub(e.unix_ms)),
+                e.unix_ms
+            ),
+            None => "none".to_owned(),
+        },
+    ]);
+    kv.add_row(vec![
+        "producers".to_owned(),
+        match (c.blocked_ms, &c.held_back_by) {
+            (None, _) => "not blocked".to_owned(),
+            (Some(ms), None) => format!("blocked {}", duration(ms)),
+            (Some(ms), Some(h)) => format!(
+                "blocked {}, held back by {}",
+                duration(ms),
+                held_back_text(h)
+            ),
+        },
+    ]);
+    for line in render_kv(&kv).lines() {
+        s.push_str(&format!("  {line}\n"));
+    }
+    if c.participants.is_empty() {
+        s.push_str("  no participants\n");
+        return s;
+    }
+    let mut t = table(
+        &[
+            "REC", "PID", "ROLE", "STATE", "LAG", "HELD", "LAGGED", "COUNT", "WAITING", "IDLE",
+            "NOTE",
+        ],
+        &[0, 1, 4, 5, 6, 7, 8, 9],
+    );
+    let holder = c.held_back_by.as_ref().map(|h| h.record);
+    for p in &c.participants {
+        let consumer = p.role == "consumer";
+        let dash = || "-".to_owned();
+        t.add_row(vec![
+            p.record.to_string(),
+            p.pid.to_string(),
+            p.endpoint.to_owned(),
+            if p.alive { "alive" } else { "dead" }.to_owned(),
+            p.lag.map(|l| l.to_string()).unwrap_or_else(dash),
+            if consumer { p.held.to_string() } else { dash() },
+            if consumer {
+                p.lagged.to_string()
+            } else {
+                dash()
+            },
+            p.count.to_string(),
+            opt_duration(p.waiting_ms),
+            opt_duration(p.idle_ms),
+            if holder == Some(p.record) {
+                "holds producers back".to_owned()
+            } else if !p.alive {
+                "not yet evicted".to_owned()
+            } else {
+                String::new()
+            },
+        ]);
+    }
+    for line in render(&t).lines() {
+        s.push_str(&format!("  {line}\n"));
+    }
+    s
+}
+
 /// A channel's policy in a few words: overflow (with the stall timeout)
 /// or delivery, and the held budget.
-fn policy(c: &stable_fragmented_buffer::channel::ChannelReport) -> String {
+fn policy(c: &ChannelReport) -> String {
     if c.kind.is_empty() {
         return "-".into();
     }
