@@ -16,7 +16,7 @@ use stable_fragmented_buffer::layout::{
     entry_footprint, ChunkHeader, CtrlHeader, CHUNK_HEADER_SIZE, CHUNK_MAGIC, CTRL_MAGIC,
     CTRL_SIZE, FORMAT_VERSION,
 };
-use stable_fragmented_buffer::{Config, PinnedBlobStore};
+use stable_fragmented_buffer::{ChannelConfig, Config, Overflow, PinnedBlobStore, RecvError};
 use std::mem::offset_of;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,6 +35,8 @@ fn peer_process_entry_point() {
     };
     match role.as_str() {
         "creator" => role_creator(),
+        "chan-consumer" => role_chan_consumer(),
+        "chan-producer" => role_chan_producer(),
         other => panic!("unknown role {other}"),
     }
 }
@@ -48,6 +50,102 @@ fn role_creator() {
     let mut s = String::new();
     let _ = std::io::stdin().read_line(&mut s);
     std::thread::sleep(Duration::from_secs(3600));
+}
+
+/// The channel of the held-back tests: 16 slots of 100-byte messages; a
+/// broadcast blocks its publishers (`Overflow::Block`).
+fn block_cfg() -> ChannelConfig {
+    ChannelConfig::for_messages(100, 16).overflow(Overflow::Block)
+}
+
+/// Whether the channel peers use a work queue (`SFB_KIND=queue`) or a
+/// broadcast.
+fn queue_peer() -> bool {
+    env("SFB_KIND") == "queue"
+}
+
+/// Opens a subscriber (or receiver) of `SFB_CHAN` in namespace `SFB_NS`,
+/// reports "ready", receives until disconnected, and reports "got N".
+fn role_chan_consumer() {
+    let store = PinnedBlobStore::attach_shared(Config::default(), &env("SFB_NS")).unwrap();
+    let chan = env("SFB_CHAN");
+    let mut got = 0u64;
+    if queue_peer() {
+        let rx = store.receiver_with(&chan, block_cfg()).unwrap();
+        say("ready");
+        while rx.recv().is_ok() {
+            got += 1;
+        }
+    } else {
+        let rx = store.subscriber_with(&chan, block_cfg()).unwrap();
+        say("ready");
+        loop {
+            match rx.recv() {
+                Ok(_) => got += 1,
+                Err(RecvError::Disconnected) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    say(format!("got {got}"));
+}
+
+/// A blocking send of a publisher or a sender.
+type SendFn = Box<dyn Fn(&[u8])>;
+
+/// Opens a publisher (or sender) of `SFB_CHAN`, reports "ready", sends
+/// `SFB_COUNT` messages (blocking while the channel is full), reports
+/// "sent N", and waits for a line on stdin before it leaves.
+fn role_chan_producer() {
+    let store = PinnedBlobStore::attach_shared(Config::default(), &env("SFB_NS")).unwrap();
+    let chan = env("SFB_CHAN");
+    let n: u64 = env("SFB_COUNT").parse().unwrap();
+    let send: SendFn = if queue_peer() {
+        let tx = store.sender_with(&chan, block_cfg()).unwrap();
+        Box::new(move |m| tx.send(m).unwrap())
+    } else {
+        let tx = store.publisher_with(&chan, block_cfg()).unwrap();
+        Box::new(move |m| tx.send(m).unwrap())
+    };
+    say("ready");
+    for i in 0..n {
+        send(&payload(i, 100));
+    }
+    say(format!("sent {n}"));
+    let mut s = String::new();
+    let _ = std::io::stdin().read_line(&mut s);
+}
+
+/// Starts a channel peer (`chan-consumer` or `chan-producer`) on channel
+/// `chan` of `ns` and waits until it is ready.
+fn start_chan_peer(role: &str, ns: &Ns, kind: &str, chan: &str, count: u64) -> Peer {
+    let env = [
+        ("SFB_NS", ns.0.clone()),
+        ("SFB_KIND", kind.to_owned()),
+        ("SFB_CHAN", chan.to_owned()),
+        ("SFB_COUNT", count.to_string()),
+    ];
+    let mut peer = spawn_peer(ENTRY, role, &env);
+    peer.expect("ready");
+    peer
+}
+
+/// Stops a peer with SIGSTOP and waits until it has stopped.
+fn sigstop(p: &Peer) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(p.child.id() as i32, libc::SIGSTOP) };
+    let t = std::time::Instant::now();
+    while !p.is_stopped() {
+        assert!(t.elapsed() < Duration::from_secs(10), "never stopped");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Tells a `chan-producer` peer that it may leave, and waits until it has.
+fn release(mut p: Peer) {
+    use std::io::Write;
+    p.child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    p.wait_ok();
 }
 
 /// Starts a creator of `ns` (in `dir` if given) and waits until it is ready.
@@ -803,4 +901,377 @@ fn export_prometheus_reports_every_namespace_in_the_text_format() {
     );
     assert!(scrape.docs.contains_key("sfb_channel_depth"));
     drop((subscriber, publisher));
+}
+
+/// `sfb export --prometheus`, parsed as a Prometheus server would, with
+/// its text (for messages).
+fn scrape() -> (prometheus_parse::Scrape, String) {
+    let r = sfb_in(None, &["export", "--prometheus"]);
+    assert_eq!(r.code, 0, "{}", r.err);
+    let scrape = prometheus_parse::Scrape::parse(r.out.lines().map(|l| Ok(l.to_owned())))
+        .unwrap_or_else(|e| panic!("not exposition text: {e}\n{}", r.out));
+    (scrape, r.out)
+}
+
+/// The samples of `metric` whose labels include `labels`.
+fn samples(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> Vec<f64> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Counter(v) => v,
+            ref other => panic!("{metric}: {other:?}"),
+        })
+        .collect()
+}
+
+/// The one sample of `metric` with `labels`.
+fn sample(
+    scrape: &(prometheus_parse::Scrape, String),
+    metric: &str,
+    labels: &[(&str, &str)],
+) -> f64 {
+    let found = samples(&scrape.0, metric, labels);
+    assert_eq!(found.len(), 1, "{metric} {labels:?} in\n{}", scrape.1);
+    found[0]
+}
+
+/// Channel `chan` of `sfb stat --json NS`, polled until `ready` holds of
+/// it (for at most 20 s).
+fn chan_when(ns: &Ns, chan: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let t = std::time::Instant::now();
+    loop {
+        let v = sfb_in(None, &["stat", "--json", ns.as_str()]).json();
+        let c = v["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == chan)
+            .unwrap_or_else(|| panic!("no channel {chan}: {v:#}"))
+            .clone();
+        if ready(&c) {
+            return c;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "channel {chan} never got there: {c:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The participant of channel report `c` whose pid is `pid`.
+fn participant(c: &Value, pid: u32) -> &Value {
+    c["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == pid)
+        .unwrap_or_else(|| panic!("no participant {pid}: {c:#}"))
+}
+
+/// A subscriber process stopped with SIGSTOP holds a `Block` broadcast
+/// back: `sfb stat` (JSON, text, watch) and `sfb export` name it, with its
+/// lag, and show the publisher process waiting; once it is SIGKILLed the
+/// waiting publisher evicts it, and the last eviction names it.
+#[test]
+fn stat_and_export_name_the_stopped_subscriber_holding_a_block_channel_back() {
+    let ns = Ns::new("cli-held");
+    let store = PinnedBlobStore::new_shared(Config::default(), ns.as_str(), CHUNK).unwrap();
+    // Nobody subscribes to this one: what it publishes is unheard.
+    let lonely = store.publisher("lonely").unwrap();
+    for i in 0..3u8 {
+        lonely.send(&[i; 10]).unwrap();
+    }
+    let mut fast = start_chan_peer("chan-consumer", &ns, "broadcast", "frames", 0);
+    let mut stopped = start_chan_peer("chan-consumer", &ns, "broadcast", "frames", 0);
+    sigstop(&stopped);
+    let publisher = start_chan_peer("chan-producer", &ns, "broadcast", "frames", 24);
+    let (fast_pid, stopped_pid, pub_pid) =
+        (fast.child.id(), stopped.child.id(), publisher.child.id());
+
+    // A ring's worth (16), then the publisher waits for the stopped one.
+    let c = chan_when(&ns, "frames", |c| {
+        c["participants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["waiting_ms"].as_u64().is_some_and(|w| w >= 300))
+    });
+    assert_eq!(c["overflow"], "block");
+    assert_eq!(c["published"], 16);
+    assert_eq!(c["depth"], 16);
+    assert!(c["blocked_ms"].as_u64().unwrap() >= 300, "{c:#}");
+    let h = &c["held_back_by"];
+    assert_eq!(h["pid"], stopped_pid, "{c:#}");
+    assert_eq!(h["endpoint"], "subscriber");
+    assert_eq!(h["lag"], 16);
+    assert_eq!(h["alive"], true);
+    let p = participant(&c, pub_pid);
+    assert_eq!(
+        (&p["role"], &p["endpoint"], &p["alive"], &p["count"]),
+        (
+            &"producer".into(),
+            &"publisher".into(),
+            &true.into(),
+            &16.into()
+        )
+    );
+    assert!(p["waiting_ms"].as_u64().unwrap() >= 300, "{p:#}");
+    assert!(p["record"].as_u64().unwrap() < 32);
+    let s = participant(&c, stopped_pid);
+    assert_eq!(
+        (&s["lag"], &s["count"], &s["held"]),
+        (&16.into(), &0.into(), &0.into())
+    );
+    assert_eq!(s["endpoint"], "subscriber");
+    assert!(s["record"].as_u64().unwrap() >= 32);
+    assert_eq!(s["waiting_ms"], Value::Null);
+    let f = participant(&c, fast_pid);
+    assert_eq!((&f["lag"], &f["count"]), (&0.into(), &16.into()));
+    assert_eq!(
+        (c["producers_alive"].as_u64(), c["consumers_alive"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(c["last_eviction"], Value::Null);
+    // The bound: the file with every pool slot backed, and one 64 KiB chunk
+    // per pool slot (the namespace has no chunk limit).
+    let pool = c["pool"].as_u64().unwrap();
+    assert_eq!(pool, 16 + 32 * 17 + 64);
+    let bound = c["memory_bound"].as_u64().unwrap();
+    let file_max = 5120 + 16 * 16 + pool * (64 + c["slot_size"].as_u64().unwrap());
+    assert!(
+        bound >= pool * CHUNK as u64 + c["tmpfs_bytes"].as_u64().unwrap(),
+        "{bound}"
+    );
+    assert!(bound <= pool * CHUNK as u64 + file_max, "{bound}");
+
+    let text = sfb_in(None, &["stat", ns.as_str()]);
+    assert_eq!(text.code, 0, "{}", text.err);
+    let out = &text.out;
+    let alert = out
+        .lines()
+        .find(|l| l.starts_with("chan \"frames\": producers blocked "))
+        .unwrap_or_else(|| panic!("no alert:\n{out}"));
+    assert!(
+        alert.ends_with(&format!(
+            ", held back by subscriber pid {stopped_pid} (lag 16)"
+        )),
+        "{alert}"
+    );
+    assert!(
+        out.contains("channel frames (broadcast channel, block, held <= 16"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "published 16, lagged 0, evicted 0, expired 0, skipped 0, redelivered 0, unheard 0"
+        ),
+        "{out}"
+    );
+    assert!(out.contains(&format!("({bound} B;")), "{out}");
+    assert!(out.contains("unheard 3"), "the lonely channel's: {out}");
+    // The bound the publishers compute themselves.
+    let l = chan_when(&ns, "lonely", |_| true);
+    assert_eq!(l["memory_bound"], lonely.memory_bound(), "{l:#}");
+    assert_eq!(
+        (&l["unheard"], &l["expired"]),
+        (&3.into(), &0.into()),
+        "{l:#}"
+    );
+    let row = |pid: u32| {
+        out.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(&pid.to_string()))
+            .unwrap_or_else(|| panic!("no row of {pid}:\n{out}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    for col in ["REC", "PID", "ROLE", "STATE", "LAG", "HELD", "WAITING"] {
+        assert!(out.contains(col), "{col}: {out}");
+    }
+    let r = row(stopped_pid);
+    assert_eq!(&r[2..5], ["subscriber", "alive", "16"], "{r:?}");
+    assert!(r.ends_with(&["holds", "producers", "back"]), "{r:?}");
+    let r = row(pub_pid);
+    assert_eq!(&r[2..4], ["publisher", "alive"], "{r:?}");
+    assert!(r[8].ends_with('s') && r[8] != "-", "waiting: {r:?}");
+    let r = row(fast_pid);
+    assert_eq!(&r[2..5], ["subscriber", "alive", "0"], "{r:?}");
+
+    let watch = sfb_in(
+        None,
+        &[
+            "stat",
+            ns.as_str(),
+            "--watch",
+            "--interval",
+            "50ms",
+            "--count",
+            "2",
+        ],
+    );
+    assert_eq!(watch.code, 0, "{}", watch.err);
+    let held = format!("held back by subscriber pid {stopped_pid} (lag 16)");
+    assert_eq!(
+        watch.out.matches(&held).count(),
+        2 * 2,
+        "alert and detail per frame: {}",
+        watch.out
+    );
+    assert!(!watch.out.contains('\x1b'), "not a terminal: plain text");
+
+    let prom = scrape();
+    let ch = [("namespace", ns.as_str()), ("channel", "frames")];
+    let pids = [fast_pid, stopped_pid, pub_pid].map(|p| p.to_string());
+    let who = |pid: u32| {
+        let mut l = ch.to_vec();
+        l.push(("pid", pids.iter().find(|p| **p == pid.to_string()).unwrap()));
+        l
+    };
+    assert_eq!(
+        sample(&prom, "sfb_channel_participant_lag", &who(stopped_pid)),
+        16.0
+    );
+    assert_eq!(
+        sample(&prom, "sfb_channel_participant_lag", &who(fast_pid)),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            &prom,
+            "sfb_channel_participant_holding_back",
+            &who(stopped_pid)
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &prom,
+            "sfb_channel_participant_holding_back",
+            &who(fast_pid)
+        ),
+        0.0
+    );
+    assert_eq!(
+        sample(&prom, "sfb_channel_participant_held", &who(stopped_pid)),
+        0.0
+    );
+    assert_eq!(
+        sample(&prom, "sfb_channel_participant_alive", &who(stopped_pid)),
+        1.0
+    );
+    assert_eq!(
+        sample(&prom, "sfb_channel_participant_alive", &who(pub_pid)),
+        1.0
+    );
+    let mut l = who(pub_pid);
+    l.push(("role", "producer"));
+    let waiting = sample(&prom, "sfb_channel_participant_waiting_seconds", &l);
+    assert!((0.3..60.0).contains(&waiting), "seconds: {waiting}");
+    let mut l = who(stopped_pid);
+    l.push(("role", "consumer"));
+    assert!(samples(&prom.0, "sfb_channel_participant_waiting_seconds", &l).is_empty());
+    let blocked = sample(&prom, "sfb_channel_blocked_seconds", &ch);
+    assert!((0.3..60.0).contains(&blocked), "seconds: {blocked}");
+    assert_eq!(
+        sample(&prom, "sfb_channel_memory_bound_bytes", &ch),
+        bound as f64
+    );
+    assert_eq!(sample(&prom, "sfb_channel_published_total", &ch), 16.0);
+    for zero in [
+        "sfb_channel_lagged_total",
+        "sfb_channel_evicted_total",
+        "sfb_channel_expired_total",
+        "sfb_channel_skipped_total",
+        "sfb_channel_redelivered_total",
+        "sfb_channel_unheard_total",
+    ] {
+        assert_eq!(sample(&prom, zero, &ch), 0.0, "{zero}");
+    }
+    let lonely_ch = [("namespace", ns.as_str()), ("channel", "lonely")];
+    assert_eq!(sample(&prom, "sfb_channel_unheard_total", &lonely_ch), 3.0);
+    assert_eq!(
+        sample(&prom, "sfb_channel_blocked_seconds", &lonely_ch),
+        0.0
+    );
+
+    // Killed while stopped: the waiting publisher evicts it, and sends on.
+    let before_kill = now_unix_ms();
+    stopped.kill9();
+    let mut publisher = publisher;
+    publisher.expect("sent 24");
+    let c = chan_when(&ns, "frames", |c| c["published"] == 24);
+    let e = &c["last_eviction"];
+    assert_eq!(e["pid"], stopped_pid, "{c:#}");
+    assert_eq!(
+        (&e["role"], &e["endpoint"]),
+        (&"consumer".into(), &"subscriber".into())
+    );
+    let at = e["unix_ms"].as_u64().unwrap();
+    assert!(at >= before_kill && at <= now_unix_ms(), "{at}");
+    assert_eq!(c["evicted"], 1);
+    assert_eq!(c["held_back_by"], Value::Null);
+    assert_eq!(c["blocked_ms"], Value::Null);
+    assert!(c["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["pid"] != stopped_pid));
+    let text = sfb_in(None, &["stat", ns.as_str()]).out;
+    assert!(
+        text.contains(&format!("last eviction  subscriber pid {stopped_pid}, ")),
+        "{text}"
+    );
+    assert!(!text.contains("producers blocked"), "{text}");
+    let prom = scrape();
+    assert_eq!(sample(&prom, "sfb_channel_evicted_total", &ch), 1.0);
+    assert!(samples(&prom.0, "sfb_channel_participant_alive", &who(stopped_pid)).is_empty());
+
+    release(publisher);
+    assert_eq!(fast.line().as_deref(), Some("got 24"));
+    fast.wait_ok();
+    drop((lonely, store));
+}
+
+/// A receiver process stopped with SIGSTOP holds a work queue back: its
+/// sender waits, and `sfb stat` names the receiver.
+#[test]
+fn stat_names_the_stopped_receiver_holding_a_work_queue_back() {
+    let ns = Ns::new("cli-held-q");
+    let store = PinnedBlobStore::new_shared(Config::default(), ns.as_str(), CHUNK).unwrap();
+    let stopped = start_chan_peer("chan-consumer", &ns, "queue", "jobs", 0);
+    sigstop(&stopped);
+    let sender = start_chan_peer("chan-producer", &ns, "queue", "jobs", 20);
+    let c = chan_when(&ns, "jobs", |c| {
+        c["blocked_ms"].as_u64().is_some_and(|w| w >= 200)
+    });
+    assert_eq!(c["kind"], "work queue");
+    assert_eq!(c["depth"], 16);
+    let h = &c["held_back_by"];
+    assert_eq!(h["pid"], stopped.child.id(), "{c:#}");
+    assert_eq!(h["endpoint"], "receiver");
+    assert_eq!(h["lag"], Value::Null);
+    assert!(h["idle_ms"].as_u64().unwrap() >= 200, "{c:#}");
+    let r = participant(&c, stopped.child.id());
+    assert_eq!(r["lag"], Value::Null, "a receiver has no lag of its own");
+    let s = participant(&c, sender.child.id());
+    assert_eq!(s["endpoint"], "sender");
+    assert!(s["waiting_ms"].as_u64().unwrap() >= 200, "{c:#}");
+    let out = sfb_in(None, &["stat", ns.as_str()]).out;
+    assert!(
+        out.contains(&format!(
+            ", held back by receiver pid {} (idle ",
+            stopped.child.id()
+        )),
+        "{out}"
+    );
+    drop((stopped, sender, store));
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
