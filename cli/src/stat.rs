@@ -353,7 +353,13 @@ fn channel_text(c: &ChannelReport, taken_unix_ms: u64) -> String {
     kv.add_row(vec![
         "producers".to_owned(),
         match (c.blocked_ms, &c.held_back_by) {
-            (None, _) => "not blocked".to_owned(),
+            (None, _) => match c.full_for_ms {
+                Some(ms) => format!(
+                    "not blocked (no producer alive; the ring has been full for {})",
+                    duration(ms)
+                ),
+                None => "not blocked".to_owned(),
+            },
             (Some(ms), None) => format!("blocked {}", duration(ms)),
             (Some(ms), Some(h)) => format!(
                 "blocked {}, held back by {}",

@@ -987,7 +987,7 @@ fn stat_and_export_name_the_stopped_subscriber_holding_a_block_channel_back() {
     let mut fast = start_chan_peer("chan-consumer", &ns, "broadcast", "frames", 0);
     let mut stopped = start_chan_peer("chan-consumer", &ns, "broadcast", "frames", 0);
     sigstop(&stopped);
-    let publisher = start_chan_peer("chan-producer", &ns, "broadcast", "frames", 24);
+    let mut publisher = start_chan_peer("chan-producer", &ns, "broadcast", "frames", 24);
     let (fast_pid, stopped_pid, pub_pid) =
         (fast.child.id(), stopped.child.id(), publisher.child.id());
 
@@ -1199,7 +1199,6 @@ fn stat_and_export_name_the_stopped_subscriber_holding_a_block_channel_back() {
     // Killed while stopped: the waiting publisher evicts it, and sends on.
     let before_kill = now_unix_ms();
     stopped.kill9();
-    let mut publisher = publisher;
     publisher.expect("sent 24");
     let c = chan_when(&ns, "frames", |c| c["published"] == 24);
     let e = &c["last_eviction"];
@@ -1235,14 +1234,16 @@ fn stat_and_export_name_the_stopped_subscriber_holding_a_block_channel_back() {
 }
 
 /// A receiver process stopped with SIGSTOP holds a work queue back: its
-/// sender waits, and `sfb stat` names the receiver.
+/// sender waits, and `sfb stat` names the receiver. Once the sender is
+/// SIGKILLed (nobody is left to evict it) it shows dead, not yet evicted,
+/// and nobody is blocked any more, though the queue stays full.
 #[test]
 fn stat_names_the_stopped_receiver_holding_a_work_queue_back() {
     let ns = Ns::new("cli-held-q");
     let store = PinnedBlobStore::new_shared(Config::default(), ns.as_str(), CHUNK).unwrap();
     let stopped = start_chan_peer("chan-consumer", &ns, "queue", "jobs", 0);
     sigstop(&stopped);
-    let sender = start_chan_peer("chan-producer", &ns, "queue", "jobs", 20);
+    let mut sender = start_chan_peer("chan-producer", &ns, "queue", "jobs", 20);
     let c = chan_when(&ns, "jobs", |c| {
         c["blocked_ms"].as_u64().is_some_and(|w| w >= 200)
     });
@@ -1266,7 +1267,50 @@ fn stat_names_the_stopped_receiver_holding_a_work_queue_back() {
         )),
         "{out}"
     );
-    drop((stopped, sender, store));
+
+    let sender_pid = sender.child.id();
+    sender.kill9();
+    let c = chan_when(&ns, "jobs", |c| c["producers_dead"] == 1);
+    let s = participant(&c, sender_pid);
+    assert_eq!(
+        (&s["alive"], &s["waiting_ms"]),
+        (&false.into(), &Value::Null),
+        "{c:#}"
+    );
+    assert_eq!(c["producers_alive"], 0);
+    assert_eq!(
+        (&c["blocked_ms"], &c["held_back_by"]),
+        (&Value::Null, &Value::Null),
+        "{c:#}"
+    );
+    assert!(c["full_for_ms"].as_u64().is_some(), "still full: {c:#}");
+    let out = sfb_in(None, &["stat", ns.as_str()]).out;
+    assert!(!out.contains("producers blocked"), "{out}");
+    assert!(
+        out.contains("not blocked (no producer alive; the ring has been full for "),
+        "{out}"
+    );
+    let row = out
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(&sender_pid.to_string()))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        row.contains(" sender ") && row.contains(" dead ") && row.ends_with("not yet evicted"),
+        "{row}"
+    );
+    let prom = scrape();
+    let pid = sender_pid.to_string();
+    let l = [
+        ("namespace", ns.as_str()),
+        ("channel", "jobs"),
+        ("pid", pid.as_str()),
+    ];
+    assert_eq!(sample(&prom, "sfb_channel_participant_alive", &l), 0.0);
+    assert_eq!(
+        sample(&prom, "sfb_channel_participant_waiting_seconds", &l),
+        0.0
+    );
+    drop((stopped, store));
 }
 
 fn now_unix_ms() -> u64 {

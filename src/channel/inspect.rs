@@ -80,7 +80,7 @@ pub struct ChannelReport {
     pub full_for_ms: Option<u64>,
     /// How long producers have waited for space, ms: the longer of
     /// `full_for_ms` and the longest wait of a live producer (`None`:
-    /// nobody waits).
+    /// nobody waits, or no producer is alive to wait).
     pub blocked_ms: Option<u64>,
     /// Who holds the producers back, while they wait on a channel that
     /// waits for its consumers (a `Block` broadcast, or a work queue).
@@ -372,11 +372,13 @@ pub(crate) fn inspect_channel(
         .saturating_sub(oldest.max(frontier))
         .min(geo.slots as u64);
 
+    // A ring left full by producers that are gone (or gave up and went
+    // on) blocks nobody: the full mark counts only while one is alive.
     r.blocked_ms = r
         .participants
         .iter()
         .filter_map(|p| p.waiting_ms)
-        .chain(r.full_for_ms)
+        .chain(r.full_for_ms.filter(|_| r.producers_alive > 0))
         .max();
     if r.blocked_ms.is_some() && blocks {
         r.held_back_by = held_back_by(&r, kind, &gating);
