@@ -231,46 +231,78 @@ fn explicit_cleanup_chunks_frees_unacknowledged_chunks_past_its_ttl_only() {
     assert_eq!(b.resolve(&h0, 30_000), None);
 }
 
-/// The decay counts from the last acknowledgement: acknowledge, wait past
-/// the decay, and the first pass frees the chunk (not a second one).
+/// The decay counts from the last acknowledgement, not the first, and
+/// from the acknowledgement itself, not from the pass that first sees the
+/// chunk acknowledged. Chunk A's two blobs are acknowledged 250 ms apart,
+/// with a 200 ms decay: a pass right after the second keeps A. Chunk B's
+/// blobs are acknowledged after that pass; 250 ms later one pass frees
+/// both (a store that stamped only at the pass would free A alone).
+fn the_decay_counts_from_the_last_acknowledgement_via(
+    tag: &str,
+    ack: impl Fn(&PinnedBlobStore, &[OverflowHandle]),
+) {
+    let ns = Ns::new(tag);
+    // Room for two 100-byte blobs (each 120 bytes with its header) per chunk.
+    let store =
+        PinnedBlobStore::new_shared(Config::default(), ns.as_str(), CHUNK_HEADER_SIZE + 256)
+            .unwrap();
+    let b = store.shared_backend().unwrap();
+    let h: Vec<OverflowHandle> = (0..4u8)
+        .map(|i| store.append_shared(&[i; 100]).unwrap())
+        .collect();
+    assert_eq!(h[0].page_id, h[1].page_id, "chunk A");
+    assert_eq!(h[2].page_id, h[3].page_id, "chunk B");
+    assert_ne!(h[0].page_id, h[2].page_id);
+    store.append_shared(&[9; 200]).unwrap(); // B is sealed too
+    ack(&store, &h[0..1]);
+    std::thread::sleep(Duration::from_millis(250));
+    ack(&store, &h[1..2]);
+    assert_eq!(
+        b.cleanup_chunks(60_000, 200),
+        0,
+        "acknowledged just now: the decay runs from the last acknowledgement"
+    );
+    ack(&store, &h[2..4]);
+    std::thread::sleep(Duration::from_millis(250));
+    assert_eq!(
+        b.cleanup_chunks(60_000, 200),
+        2,
+        "the decay has passed since each chunk's last acknowledgement: one pass frees both"
+    );
+    assert_eq!(store.resolve(&h[0]), None);
+    assert_eq!(store.resolve(&h[3]), None);
+}
+
 #[test]
 fn the_decay_counts_from_the_last_acknowledgement() {
-    let ns = Ns::new("orig-decay");
-    let b = SharedBackend::create(ns.as_str(), CHUNK_HEADER_SIZE + 128, None).unwrap();
-    let h0 = b.append(&[0xAA; 100]).unwrap();
-    let h1 = b.append(&[0xBB; 100]).unwrap();
-    assert_ne!(h0.page_id, h1.page_id);
-    assert!(b.acknowledge(&h0));
-    assert_eq!(
-        b.cleanup_chunks(30_000, 60_000),
-        0,
-        "acknowledged just now: the decay has not passed"
-    );
-    let ns2 = Ns::new("orig-decay2");
-    let b2 = SharedBackend::create(ns2.as_str(), CHUNK_HEADER_SIZE + 128, None).unwrap();
-    let g0 = b2.append(&[0xAA; 100]).unwrap();
-    b2.append(&[0xBB; 100]).unwrap();
-    assert!(b2.acknowledge(&g0));
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        b2.cleanup_chunks(30_000, 200),
-        1,
-        "acknowledged 300 ms ago with a 200 ms decay: the first pass frees it"
-    );
+    the_decay_counts_from_the_last_acknowledgement_via("orig-decay", |s, hs| {
+        for h in hs {
+            assert!(s.acknowledge_shared(h));
+        }
+    });
+}
+
+#[test]
+fn the_decay_counts_from_the_last_acknowledgement_of_a_batch() {
+    the_decay_counts_from_the_last_acknowledgement_via("orig-decay-all", |s, hs| {
+        assert_eq!(s.writer().unwrap().acknowledge_all(hs), hs.len());
+    });
 }
 
 #[test]
 fn the_store_path_decay_also_counts_from_the_last_acknowledgement() {
-    // Fill the warm pool (so reuse waits for the decay), then check that a
-    // single pass after the decay reclaims an acknowledged chunk.
+    // Fill the warm pool (so reuse waits for the decay), then acknowledge
+    // the blobs of one chunk 250 ms apart: with a 200 ms decay, a pass just
+    // after the last acknowledgement keeps the chunk, and one pass after
+    // the decay reclaims it.
     let ns = Ns::new("orig-sdecay");
     let config = Config {
         decay_timeout_ms: 200,
         ..Config::default()
     };
-    let store = PinnedBlobStore::new_shared(config, ns.as_str(), CHUNK_HEADER_SIZE + 128).unwrap();
+    let store = PinnedBlobStore::new_shared(config, ns.as_str(), CHUNK_HEADER_SIZE + 256).unwrap();
     let mut handles = Vec::new();
-    for i in 0..14u8 {
+    for i in 0..28u8 {
         handles.push(store.append_shared(&[i; 100]).unwrap());
     }
     // Let the prefetch worker finish: its chunks wait in the pool too.
@@ -278,24 +310,34 @@ fn the_store_path_decay_also_counts_from_the_last_acknowledgement() {
     let backend = store.shared_backend().unwrap();
     let mut next = 0;
     while backend.pooled_chunks() < 4 {
+        assert_eq!(handles[next].page_id, handles[next + 1].page_id);
         assert!(store.acknowledge_shared(&handles[next]));
-        next += 1;
+        assert!(store.acknowledge_shared(&handles[next + 1]));
+        next += 2;
         assert_eq!(
             store.cleanup_shared(),
             1,
             "recycled at once while the pool has room"
         );
     }
-    // The pool is full: now the decay governs. No pass runs between these
-    // acknowledgements and the one after the decay.
-    for h in &handles[next..next + 4] {
-        assert!(store.acknowledge_shared(h));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        store.cleanup_shared() >= 1,
-        "acknowledged past the decay: one pass reclaims"
+    // The pool is full: now the decay governs.
+    let (first, second) = (&handles[next], &handles[next + 1]);
+    assert_eq!(first.page_id, second.page_id, "one chunk");
+    assert!(store.acknowledge_shared(first));
+    std::thread::sleep(Duration::from_millis(250));
+    assert!(store.acknowledge_shared(second));
+    assert_eq!(
+        store.cleanup_shared(),
+        0,
+        "acknowledged just now: the decay runs from the last acknowledgement"
     );
+    std::thread::sleep(Duration::from_millis(250));
+    assert_eq!(
+        store.cleanup_shared(),
+        1,
+        "past the decay since the last acknowledgement: one pass reclaims"
+    );
+    assert_eq!(store.resolve(first), None);
 }
 
 #[test]
@@ -456,11 +498,39 @@ fn the_lifecycle_manager_takes_the_store() {
 
 #[test]
 fn debug_chunks_and_backend_mode_in_shared_mode() {
+    // `debug_chunks` prints to stderr, which the test harness captures in
+    // its own process: a child copy of this test prints, and this one reads
+    // what it printed.
+    if let Ok(ns) = std::env::var("SFB_DEBUG_CHUNKS_NS") {
+        let store = PinnedBlobStore::new_shared(Config::default(), &ns, 4096).unwrap();
+        store.append_shared(b"x").unwrap();
+        store.debug_chunks();
+        store.shared_backend().unwrap().debug_chunks();
+        return;
+    }
     let ns = Ns::new("orig-dbg");
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "debug_chunks_and_backend_mode_in_shared_mode",
+            "--nocapture",
+        ])
+        .env("SFB_DEBUG_CHUNKS_NS", ns.as_str())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let head = format!("  [{}] write_head=0, chunks=1", ns.as_str());
+    assert_eq!(err.matches(&head).count(), 2, "{err}");
+    // One line per chunk after the summary: chunk 0, in use.
+    let chunk_lines = err
+        .lines()
+        .filter(|l| l.starts_with(&format!("  [{}] ", ns.as_str())) && !l.contains("write_head"))
+        .count();
+    assert_eq!(chunk_lines, 2, "{err}");
+
     let store = PinnedBlobStore::new_shared(Config::default(), ns.as_str(), 4096).unwrap();
     store.append_shared(b"x").unwrap();
-    store.debug_chunks();
-    store.shared_backend().unwrap().debug_chunks();
     assert_eq!(
         store.backend_mode(),
         BackendMode::Shared {
