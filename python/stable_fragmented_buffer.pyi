@@ -99,6 +99,10 @@ class TooManyHeldError(BlobError):
 class InheritedError(BlobError):
     """A producer inherited through fork() was used in the child."""
 
+class ChannelMismatchError(BlobError):
+    """An opener given keywords found the channel existing with another
+    geometry or policy: open it without keywords to adopt what exists."""
+
 @final
 class Handle:
     """The 24 bytes that name a blob; picklable, hashable."""

@@ -37,8 +37,16 @@ def main() -> None:
         acked: bool = store.acknowledge(handle)
         assert acked
 
-        rx: sfb.Receiver = store.receiver("jobs")
-        tx: sfb.Sender = store.sender("jobs", max_message=8192, in_flight=64)
+        # The first opener sizes the queue; the other adopts it (keywords that
+        # differ from an existing channel raise ChannelMismatchError).
+        rx: sfb.Receiver = store.receiver("jobs", max_message=8192, in_flight=64)
+        tx: sfb.Sender = store.sender("jobs")
+        try:
+            store.sender("jobs", in_flight=8)
+        except sfb.ChannelMismatchError as e:
+            assert "in_flight" not in str(e) and "64 slots" in str(e), e
+        else:
+            raise AssertionError("a differing opener was accepted")
         tx.send(frame)
         tx.send(b"done")
         tx.close()

@@ -34,10 +34,25 @@ pub(crate) struct Options<'a> {
     pub max_held: Option<i64>,
 }
 
+impl Options<'_> {
+    /// Whether any keyword was given: then the channel is opened with the
+    /// library's `_with` opener, and an existing channel must match (else
+    /// `ChannelMismatchError`); without keywords the plain opener adopts
+    /// what exists.
+    pub(crate) fn given(&self) -> bool {
+        self.max_message.is_some()
+            || self.in_flight.is_some()
+            || self.overflow.is_some()
+            || self.stall_timeout.is_some()
+            || self.delivery.is_some()
+            || self.max_held.is_some()
+    }
+}
+
 /// The channel configuration asked for: the library's default ring, or one
 /// sized to `max_message` bytes with `in_flight` messages in flight, and
-/// the policy given. Used only by the channel's creator (later openers
-/// adopt the channel file's).
+/// the policy given (the defaults for the keywords not given). A channel
+/// that exists must have this geometry and policy.
 pub(crate) fn config(py: Python<'_>, o: &Options<'_>) -> PyResult<ChannelConfig> {
     let invalid = |reason: String| errors::from_blob(py, &BlobError::InvalidConfig { reason });
     let mut cfg = match (o.max_message, o.in_flight) {

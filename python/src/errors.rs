@@ -45,9 +45,10 @@ pub(crate) enum Exc {
     Lagged,
     TooManyHeld,
     Inherited,
+    ChannelMismatch,
 }
 
-const CLASSES: [Class; 25] = [
+const CLASSES: [Class; 26] = [
     Class {
         name: "BlobError",
         parent: None,
@@ -203,6 +204,14 @@ const CLASSES: [Class; 25] = [
               that opened it (an inherited consumer finds its channel disconnected). Attach the \
               store in the child and open new endpoints there.",
     },
+    Class {
+        name: "ChannelMismatchError",
+        parent: Some(Exc::Blob),
+        builtin: None,
+        doc: "An opener was given keywords (max_message, in_flight, overflow, stall_timeout, \
+              delivery, max_held) and the channel exists with another geometry or policy: open it \
+              without keywords to adopt what exists, or pick another name.",
+    },
 ];
 
 fn value_error(py: Python<'_>) -> Bound<'_, PyType> {
@@ -307,6 +316,7 @@ fn kind_of(e: &BlobError) -> Exc {
         BlobError::InvalidHandle { .. } => Exc::InvalidHandle,
         BlobError::Os { .. } => Exc::SystemCall,
         BlobError::Inherited { .. } => Exc::Inherited,
+        BlobError::ChannelMismatch { .. } => Exc::ChannelMismatch,
         // WrongMode cannot happen (this package opens shared stores only);
         // variants added to the library later land on the base class.
         _ => Exc::Blob,
@@ -322,6 +332,14 @@ pub(crate) fn from_blob(py: Python<'_>, e: &BlobError) -> PyErr {
         BlobError::NotFound { namespace } => {
             format!("namespace \"{namespace}\" does not exist; create it first with Store.create")
         }
+        BlobError::ChannelMismatch {
+            channel,
+            existing,
+            requested,
+        } => format!(
+            "channel \"{channel}\" exists with {existing}, not the {requested} asked for; open it \
+             without keywords to adopt what exists, or pick another name"
+        ),
         _ => e.to_string(),
     };
     if kind == Exc::SystemCall {

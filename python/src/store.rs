@@ -147,9 +147,12 @@ impl Store {
 
     /// Opens (creating if needed) broadcast channel `name` for publishing.
     ///
-    /// Whoever creates a channel fixes its ring and policy; later openers
-    /// (of either end) adopt the channel's. `max_message` and `in_flight`
-    /// size the ring. `overflow`: `"drop-oldest"` (the default) never makes
+    /// Whoever creates a channel fixes its ring and policy. An opener
+    /// without keywords adopts what exists (or creates the default
+    /// channel); one with keywords asks for that ring and policy (the
+    /// defaults for the keywords it leaves out), and a channel that exists
+    /// with another raises `ChannelMismatchError`. `max_message` and
+    /// `in_flight` size the ring. `overflow`: `"drop-oldest"` (the default) never makes
     /// a publisher wait: a subscriber that falls a ring behind skips ahead,
     /// and its next receive raises `LaggedError`; `"block"` is lossless:
     /// publishers wait for the slowest live subscriber, or, with
@@ -174,20 +177,21 @@ impl Store {
         max_held: Option<i64>,
     ) -> PyResult<channel::Publisher> {
         let store = self.get(py)?;
-        let cfg = channel::config(
-            py,
-            &channel::Options {
-                max_message,
-                in_flight,
-                overflow,
-                stall_timeout,
-                delivery,
-                max_held,
-            },
-        )?;
-        let p = store
-            .publisher_with(name, cfg)
-            .map_err(|e| errors::from_blob(py, &e))?;
+        let options = channel::Options {
+            max_message,
+            in_flight,
+            overflow,
+            stall_timeout,
+            delivery,
+            max_held,
+        };
+        let p = if options.given() {
+            let cfg = channel::config(py, &options)?;
+            store.publisher_with(name, cfg)
+        } else {
+            store.publisher(name)
+        }
+        .map_err(|e| errors::from_blob(py, &e))?;
         Ok(channel::Publisher::open(p, store, name))
     }
 
@@ -212,20 +216,21 @@ impl Store {
         max_held: Option<i64>,
     ) -> PyResult<Subscriber> {
         let store = self.get(py)?;
-        let cfg = channel::config(
-            py,
-            &channel::Options {
-                max_message,
-                in_flight,
-                overflow,
-                stall_timeout,
-                delivery,
-                max_held,
-            },
-        )?;
-        let s = store
-            .subscriber_with(name, cfg)
-            .map_err(|e| errors::from_blob(py, &e))?;
+        let options = channel::Options {
+            max_message,
+            in_flight,
+            overflow,
+            stall_timeout,
+            delivery,
+            max_held,
+        };
+        let s = if options.given() {
+            let cfg = channel::config(py, &options)?;
+            store.subscriber_with(name, cfg)
+        } else {
+            store.subscriber(name)
+        }
+        .map_err(|e| errors::from_blob(py, &e))?;
         Ok(Subscriber::open(s, store, name))
     }
 
@@ -254,20 +259,21 @@ impl Store {
         max_held: Option<i64>,
     ) -> PyResult<Sender> {
         let store = self.get(py)?;
-        let cfg = channel::config(
-            py,
-            &channel::Options {
-                max_message,
-                in_flight,
-                overflow,
-                stall_timeout,
-                delivery,
-                max_held,
-            },
-        )?;
-        let s = store
-            .sender_with(name, cfg)
-            .map_err(|e| errors::from_blob(py, &e))?;
+        let options = channel::Options {
+            max_message,
+            in_flight,
+            overflow,
+            stall_timeout,
+            delivery,
+            max_held,
+        };
+        let s = if options.given() {
+            let cfg = channel::config(py, &options)?;
+            store.sender_with(name, cfg)
+        } else {
+            store.sender(name)
+        }
+        .map_err(|e| errors::from_blob(py, &e))?;
         Ok(Sender::open(s, store, name))
     }
 
@@ -291,20 +297,21 @@ impl Store {
         max_held: Option<i64>,
     ) -> PyResult<Receiver> {
         let store = self.get(py)?;
-        let cfg = channel::config(
-            py,
-            &channel::Options {
-                max_message,
-                in_flight,
-                overflow,
-                stall_timeout,
-                delivery,
-                max_held,
-            },
-        )?;
-        let r = store
-            .receiver_with(name, cfg)
-            .map_err(|e| errors::from_blob(py, &e))?;
+        let options = channel::Options {
+            max_message,
+            in_flight,
+            overflow,
+            stall_timeout,
+            delivery,
+            max_held,
+        };
+        let r = if options.given() {
+            let cfg = channel::config(py, &options)?;
+            store.receiver_with(name, cfg)
+        } else {
+            store.receiver(name)
+        }
+        .map_err(|e| errors::from_blob(py, &e))?;
         Ok(Receiver::open(r, store, name))
     }
 

@@ -284,9 +284,20 @@ def test_channel_policy_arguments_are_checked_and_the_creator_s_are_adopted(ns: 
                 assert list(kwargs)[0] in str(e.value), (kwargs, str(e.value))
         with pytest.raises(TypeError):
             store.publisher("bad", "block")
-        # The creator's policy holds for later openers, whatever they ask.
+        # The creator's policy holds: an opener without keywords adopts it,
+        # one asking for another raises ChannelMismatchError naming both.
         sub = store.subscriber("b", overflow="block", stall_timeout=60, max_message=200, in_flight=2, max_held=1)
-        pub = store.publisher("b", overflow="drop-oldest")
+        for kwargs in [
+            {"overflow": "drop-oldest"},
+            {"overflow": "block", "stall_timeout": 60},  # the default ring, not 2 slots of 200
+            {"overflow": "block", "stall_timeout": 60, "max_message": 200, "in_flight": 2},  # max_held 16
+        ]:
+            with pytest.raises(sfb.ChannelMismatchError) as mismatch:
+                store.publisher("b", **kwargs)
+            assert "max_held 1" in str(mismatch.value) and "without keywords" in str(mismatch.value)
+        same = store.publisher("b", overflow="block", stall_timeout=60, max_message=200, in_flight=2, max_held=1)
+        same.close()
+        pub = store.publisher("b")
         assert pub.try_send(b"1") and pub.try_send(b"2")
         assert not pub.try_send(b"3")  # blocks: the subscriber has read nothing
         first = sub.recv(timeout=5)
