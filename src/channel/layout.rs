@@ -372,7 +372,12 @@ pub(crate) mod loom_words {
             lagged: a64(),
             redelivered: a64(),
             let_go: a64(),
-            _pad6: [0; 576],
+            expired: a64(),
+            unheard: a64(),
+            last_evicted_pid: a32(),
+            last_evicted_role: a32(),
+            last_evicted_unix_ms: a64(),
+            _pad6: [0; 544],
         }
     }
 
@@ -386,7 +391,8 @@ pub(crate) mod loom_words {
             held: AtomicU32::new(0),
             _pad0: [0; 4],
             lagged: AtomicU64::new(0),
-            _pad: [0; 16],
+            waiting_since_ms: AtomicU64::new(0),
+            _pad: [0; 8],
         }
     }
 
