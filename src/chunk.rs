@@ -1555,10 +1555,27 @@ mod tests {
         let (g, off, tag) = append(&r, b"one", 1).unwrap();
         let (g2, off2, tag2) = append(&r, b"two", 1).unwrap();
         r.seal(g, 1);
+        let first = crate::clock::now_ms();
         assert!(r.acknowledge(g, off, 3, tag));
+        std::thread::sleep(std::time::Duration::from_millis(60));
         assert!(r.acknowledge(g2, off2, 3, tag2));
         let acked = crate::clock::now_ms();
         let decay = 500;
+        // Past the decay from the first acknowledgement, not the last: kept.
+        assert!(
+            !matches!(
+                r.assess(first + decay + 20, u64::MAX, decay),
+                Verdict::Reclaim { .. }
+            ),
+            "the decay ran from the first acknowledgement"
+        );
+        assert!(
+            !matches!(
+                r.assess(acked + decay - 10, u64::MAX, decay),
+                Verdict::Reclaim { .. }
+            ),
+            "reclaimed before the decay"
+        );
         assert!(
             matches!(
                 r.assess(acked + decay, u64::MAX, decay),

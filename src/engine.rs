@@ -691,7 +691,16 @@ fn append_dedicated<C: Chunks>(c: &C, data: &[u8], footprint: usize) -> Result<L
 
 /// A fresh dedicated chunk of its own size with the one entry reserved.
 fn reserve_dedicated<C: Chunks>(c: &C, len: usize, footprint: usize) -> Result<Reserved<C::Chunk>> {
-    let chunk = c.create(CHUNK_HEADER_SIZE + footprint, FLAG_DEDICATED, false)?;
+    let chunk = match c.create(CHUNK_HEADER_SIZE + footprint, FLAG_DEDICATED, false) {
+        // At the chunk limit with warm chunks idle in the pool: they cannot
+        // take an oversized blob, and would hold the limit until their idle
+        // time runs out. Give them back and try once more.
+        Err(BlobError::StoreFull { .. }) if pool_len(c) > 0 => {
+            shrink_pool_after(c, clock::now_ms(), 0);
+            c.create(CHUNK_HEADER_SIZE + footprint, FLAG_DEDICATED, false)?
+        }
+        done => done?,
+    };
     let region = chunk.region();
     let (_, generation) = region.state();
     let timestamp = clock::now_ns();
@@ -1254,7 +1263,11 @@ fn is_pooled<C: Chunks>(c: &C, id: u32) -> bool {
 /// least [`POOL_IDLE_MIN_MS`], so a zero decay does not defeat the pool) is
 /// released, so an idle store gives its memory back.
 fn shrink_pool<C: Chunks>(c: &C, now: u64) {
-    let idle = c.policy().decay_ms.max(POOL_IDLE_MIN_MS);
+    shrink_pool_after(c, now, c.policy().decay_ms.max(POOL_IDLE_MIN_MS));
+}
+
+/// Retires the pooled chunks that have been free for `idle` ms.
+fn shrink_pool_after<C: Chunks>(c: &C, now: u64, idle: u64) {
     for s in c.pool() {
         let v = s.load(Ordering::Acquire);
         if v == 0 {

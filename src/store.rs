@@ -57,7 +57,8 @@ impl PinnedBlobStore {
     /// bytes (e.g. [`DEFAULT_CHUNK_SIZE`](crate::backend::shared::DEFAULT_CHUNK_SIZE)).
     ///
     /// This process becomes the namespace's creator, and **dropping the
-    /// store removes the namespace**: its files are unlinked, attached
+    /// store (and every channel endpoint opened through it: they keep it
+    /// alive) removes the namespace**: its files are unlinked, attached
     /// processes' appends fail with [`BlobError::Closed`], and their
     /// resolves find only what they already have mapped
     /// ([`resolve_checked`](Self::resolve_checked) says `Closed`). Views

@@ -450,8 +450,10 @@ fn a_blocked_receive_spins_as_configured_then_sleeps() {
     };
     let asleep = cpu_of_wait(Duration::ZERO);
     assert!(asleep < Duration::from_millis(30), "{asleep:?}");
+    // Spinning burns CPU for as long as the thread runs (a loaded machine
+    // deschedules it part of the 200 ms, hence the margin).
     let spinning = cpu_of_wait(Duration::from_millis(200));
-    assert!(spinning > Duration::from_millis(100), "{spinning:?}");
+    assert!(spinning > Duration::from_millis(60), "{spinning:?}");
 }
 
 /// The closing rule: the creator's store dropped while an endpoint of its

@@ -50,12 +50,50 @@ const WORKER_TICK: Duration = Duration::from_millis(100);
 /// A store in POSIX shared memory, created by one process and attached by
 /// any number of others.
 ///
-/// Dropping the creator removes the namespace's files (attached processes
-/// keep their existing mappings; their new appends fail with
+/// The creator's namespace is removed when the creator's store and every
+/// channel endpoint opened through it are dropped (attached processes keep
+/// their existing mappings; their new appends fail with
 /// [`BlobError::Closed`]). Dropping an attacher only unmaps.
 pub struct SharedBackend {
     inner: Arc<Inner>,
+    /// Held by this store and each endpoint opened through it (never by the
+    /// worker or the lifecycle thread): the last holder to go removes the
+    /// namespace, in its own thread, before its drop returns.
+    closer: Arc<Closer>,
     worker: Option<JoinHandle<()>>,
+}
+
+/// Removes the creator's namespace when the last user-visible holder (the
+/// store, or an endpoint opened through it) drops it: see `Drop`.
+pub(crate) struct Closer(Arc<Inner>);
+
+impl Drop for Closer {
+    /// The closing rule: a namespace lives while its creator's store or any
+    /// endpoint opened through it lives; the last to go closes and removes
+    /// it. Endpoints in other processes then fail with `Closed` instead of
+    /// sending into removed files. The worker thread, which outlived the
+    /// store for the endpoints' sake, is told to stop.
+    fn drop(&mut self) {
+        let inner = &self.0;
+        // Close first so attached processes stop creating chunk files. If
+        // it was closed already, someone removed the namespace (forced
+        // cleanup) and the names may belong to a new incarnation by now. A
+        // fork child that inherited the store (another epoch) never removes
+        // its parent's namespace.
+        if inner.creator
+            && fork::epoch() == inner.fork_epoch
+            && inner.ctrl().closed.swap(1, Ordering::AcqRel) == 0
+        {
+            if os::path_identity(&inner.ctrl_path).map(|(id, _)| id)
+                == os::file_identity(&inner._ctrl_file)
+            {
+                let _ = os::unlink(&inner.ctrl_path);
+            }
+            let _ = remove_data_files(&inner.dir, &inner.ns, Some(inner.policy.key), false);
+        }
+        inner.lock_signal().stop = true;
+        inner.wake.notify_all();
+    }
 }
 
 /// One mapped chunk file.
@@ -216,7 +254,12 @@ impl SharedBackend {
             .name(format!("sfb-worker-{}", inner.ns))
             .spawn(move || worker_inner.worker_loop())
             .ok();
-        Self { inner, worker }
+        let closer = Arc::new(Closer(Arc::clone(&inner)));
+        Self {
+            inner,
+            closer,
+            worker,
+        }
     }
 
     /// Appends `data` and returns its handle. Blobs larger than a chunk get
@@ -423,7 +466,7 @@ impl SharedBackend {
 
     /// The store as channels hold it (shared ownership of its state).
     pub(crate) fn link(&self) -> StoreLink {
-        StoreLink(Arc::clone(&self.inner))
+        StoreLink(Arc::clone(&self.inner), Arc::clone(&self.closer))
     }
 
     /// What the lifecycle thread maintains for this backend (it holds it
@@ -469,40 +512,24 @@ impl SharedBackend {
 
 impl Drop for SharedBackend {
     fn drop(&mut self) {
+        // Endpoints opened through this store still live: the worker goes
+        // on serving them (prefetch, unmapping retired chunks) until the
+        // last of them drops the closer, which stops it.
+        if Arc::strong_count(&self.closer) > 1 {
+            return;
+        }
         {
             let mut s = self.inner.lock_signal();
             s.stop = true;
         }
         self.inner.wake.notify_all();
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
-        }
-        // The creator's namespace is removed when `Inner` goes: with the
-        // last of this store and the channel endpoints opened through it,
-        // which hold it (see `Drop for Inner`).
-    }
-}
-
-impl Drop for Inner {
-    /// The closing rule: a namespace lives while its creator's store or any
-    /// endpoint opened through it lives (each holds this `Inner`); the last
-    /// to go closes and removes it. Endpoints in other processes then fail
-    /// with `Closed` instead of sending into removed files.
-    fn drop(&mut self) {
-        // Close first so attached processes stop creating chunk files. If
-        // it was closed already, someone removed the namespace (forced
-        // cleanup) and the names may belong to a new incarnation by now.
-        if self.creator
-            && fork::epoch() == self.fork_epoch
-            && self.ctrl().closed.swap(1, Ordering::AcqRel) == 0
-        {
-            if os::path_identity(&self.ctrl_path).map(|(id, _)| id)
-                == os::file_identity(&self._ctrl_file)
-            {
-                let _ = os::unlink(&self.ctrl_path);
+        // A fork child has no copy of the parent's worker thread.
+        if fork::epoch() == self.inner.fork_epoch {
+            if let Some(w) = self.worker.take() {
+                let _ = w.join();
             }
-            let _ = remove_data_files(&self.dir, &self.ns, Some(self.policy.key), false);
         }
+        // Dropping `closer` (the last holder) removes the namespace next.
     }
 }
 
@@ -520,7 +547,11 @@ impl std::fmt::Debug for SharedBackend {
 /// The store as a channel endpoint holds it: appends, loans, views and
 /// acknowledgements by handle, for as long as the endpoint lives.
 #[derive(Clone)]
-pub(crate) struct StoreLink(Arc<Inner>);
+pub(crate) struct StoreLink(
+    Arc<Inner>,
+    // Held for its drop: the namespace lives while an endpoint does.
+    #[allow(dead_code)] Arc<Closer>,
+);
 
 /// A chunk mapping a writer keeps between calls (see [`engine::Held`]).
 pub(crate) type HeldChunk = engine::Held<Arc<ChunkMap>>;

@@ -558,9 +558,11 @@ impl Geometry {
     /// Worst-case `/dev/shm` bytes of a channel of this geometry: its file
     /// with every pool slot backed, and one store chunk of `chunk_size`
     /// pinned by each message that can be in flight through the store (one
-    /// per pool slot, at most `max_chunks`). A message larger than a chunk
-    /// pins a chunk of its own size, so the bound holds for messages up to
-    /// `chunk_size` bytes.
+    /// per pool slot, at most `max_chunks`). A message that does not fit a
+    /// standard chunk (with the chunk's and the entry's headers) pins a
+    /// chunk of its own size, so the bound holds for messages that do. Not
+    /// counted: store loans not yet sent and appends still waiting for a
+    /// ring entry (each pins at most one chunk until sent or dropped).
     pub(crate) fn memory_bound(&self, chunk_size: u64, max_chunks: u64) -> u64 {
         (self.file_size() as u64).saturating_add(
             (self.pool as u64)

@@ -74,17 +74,27 @@ pub(crate) struct Producer {
     loans: AtomicU32,
     /// `FULL_*`: what was full when a call last found no room.
     last_full: AtomicU32,
+    /// Threads of this endpoint waiting for room now.
+    waiting: AtomicU32,
 }
 
-/// Clears the record's waiting mark when a call that may have waited
-/// returns (the mark is for operators: `sfb stat` shows how long a producer
-/// has been blocked).
+thread_local! {
+    /// Whether this thread's producer call (a thread is in at most one at a
+    /// time) counts among its endpoint's waiting threads.
+    static WAITING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Ends a producer call's part in its record's waiting mark (for
+/// operators: `sfb stat` shows how long a producer has been blocked). The
+/// mark is cleared when the last of the endpoint's waiting threads returns,
+/// so a thread whose `try_send` fails at once does not hide one blocked.
 struct WaitMark<'a>(&'a Producer);
 
 impl Drop for WaitMark<'_> {
     fn drop(&mut self) {
-        let rec = self.0.chan.ring.record(self.0.index);
-        if rec.waiting_since_ms.load(Ordering::Relaxed) != 0 {
+        if WAITING.with(|w| w.replace(false)) && self.0.waiting.fetch_sub(1, Ordering::Relaxed) == 1
+        {
+            let rec = self.0.chan.ring.record(self.0.index);
             rec.waiting_since_ms.store(0, Ordering::Relaxed);
         }
     }
@@ -105,6 +115,7 @@ impl Producer {
             liveness: Throttle::new(),
             loans: AtomicU32::new(0),
             last_full: AtomicU32::new(FULL_NONE),
+            waiting: AtomicU32::new(0),
         })
     }
 
@@ -158,11 +169,12 @@ impl Producer {
         TrySendError::Full
     }
 
-    /// Marks the record as waiting (for operators), from now if it was not.
+    /// Marks the record as waiting (for operators), from now if no other
+    /// thread of this endpoint waits already.
     fn mark_waiting(&self, what: u32) {
         self.last_full.store(what, Ordering::Relaxed);
-        let rec = self.chan.ring.record(self.index);
-        if rec.waiting_since_ms.load(Ordering::Relaxed) == 0 {
+        if !WAITING.with(|w| w.replace(true)) && self.waiting.fetch_add(1, Ordering::Relaxed) == 0 {
+            let rec = self.chan.ring.record(self.index);
             rec.waiting_since_ms
                 .store(crate::clock::now_ms().max(1), Ordering::Relaxed);
         }
@@ -531,14 +543,16 @@ impl Producer {
         Some(what)
     }
 
-    /// The live subscriber furthest behind: its pid and next sequence.
+    /// The subscriber furthest behind among those the ring waits for (not
+    /// let go: at or past the frontier): its pid and next sequence.
     fn slowest_consumer(&self) -> Option<(u32, u64)> {
         let ring = &self.chan.ring;
+        let frontier = frontier_seq(ring.header().frontier.load(Ordering::Relaxed));
         (MAX_PRODUCERS..RECORDS)
             .map(|i| ring.record(i))
             .filter(|r| r.in_use.load(Ordering::Relaxed) != 0)
             .map(|r| (r.pid.load(Ordering::Relaxed), r.low.load(Ordering::Relaxed)))
-            .filter(|&(_, low)| low != LOW_NONE)
+            .filter(|&(_, low)| low != LOW_NONE && low >= frontier)
             .min_by_key(|&(_, low)| low)
     }
 
@@ -690,9 +704,11 @@ macro_rules! producer_endpoint {
             /// Worst-case bytes of `/dev/shm` this channel can take: its
             /// file with every pool slot backed, and one store chunk pinned
             /// by each message that can be in flight through the store (at
-            /// most the store's `max_chunks`). It holds for messages up to
-            /// the store's chunk size; a larger message pins a chunk of its
-            /// own size. `sfb stat` shows it too.
+            /// most the store's `max_chunks`). It holds for messages that fit
+            /// a store chunk (a larger one pins a chunk of its own size), and
+            /// does not count store loans not yet sent or sends still waiting
+            /// for a ring entry (each pins at most one chunk meanwhile).
+            /// `sfb stat` shows it too.
             pub fn memory_bound(&self) -> u64 {
                 self.inner.memory_bound()
             }

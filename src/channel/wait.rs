@@ -25,9 +25,11 @@ pub(crate) struct Spin {
 }
 
 impl Spin {
+    /// A spin of `budget` (at most an hour: any `Instant` has room for
+    /// that, so no budget makes the deadline overflow).
     pub(crate) fn new(budget: Duration) -> Self {
         Self {
-            budget,
+            budget: budget.min(Duration::from_secs(3600)),
             until: None,
         }
     }
