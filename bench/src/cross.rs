@@ -258,6 +258,7 @@ pub fn run_peer_if_asked() -> bool {
             return super::channel::run_peer(role)
                 || super::fanout::run_peer(role)
                 || super::jobs::run_peer(role)
+                || super::wait::run_peer(role)
         }
         _ => return false,
     }

@@ -3,10 +3,11 @@
 //! binary: every workload of the performance table, the memcpy bound and
 //! the Unix-socket baseline, measured in one run.
 //!
-//! Two multi-process scenarios stand beside the table:
-//! [`fanout`] (2 MiB frames at 120 fps to subscribers of different speeds)
-//! and [`jobs`] (a work queue with at-least-once delivery under worker
-//! crashes).
+//! Three multi-process scenarios stand beside the table:
+//! [`fanout`] (2 MiB frames at 120 fps to subscribers of different speeds),
+//! [`jobs`] (a work queue with at-least-once delivery under worker
+//! crashes) and [`wait`] (the latency and CPU per message of a blocked
+//! receiver at a paced rate, per spin, against a Unix socket).
 //!
 //! A binary that runs the suite must call [`run_peer_if_asked`] first thing
 //! in `main`: the cross-process cells re-execute the binary as their
@@ -21,6 +22,7 @@ mod ring;
 mod scenario;
 mod stats;
 mod stream;
+mod wait;
 mod workloads;
 
 pub use channel::touch;
@@ -29,8 +31,12 @@ pub use fanout::{fanout, fanout_markdown, FanoutRun, SubscriberResult};
 pub use jobs::{job_size, jobs, jobs_markdown, JobsRun, Kill, KillPhase};
 pub use ring::Ring;
 pub use scenario::flag_value;
-pub use stats::{markdown_table, size_label, Cell, Latency};
+pub use stats::{markdown_table, percentile, size_label, Cell, Latency};
 pub use stream::{compare as stream_compare, stream, StreamRun};
+pub use wait::{
+    spin_label, spins_meeting, summarize as wait_summary, wait, wait_markdown, Transport,
+    WaitOptions, WaitRun, WaitSummary, MESSAGE as WAIT_MESSAGE,
+};
 pub use workloads::tail;
 
 /// Payload sizes of the table.

@@ -1,7 +1,8 @@
 //! `cargo run --release -p sfb-bench -- [--quick] [--repeat N] [--only TEXT...]`
 //! (or `--stream [rounds]`, or `--tail [seconds]`, or
-//! `--scenario fanout [--seconds N]`, or `--scenario jobs [--jobs N]`): the
-//! performance table of stable-fragmented-buffer with its baselines (memcpy
+//! `--scenario fanout [--seconds N]`, or `--scenario jobs [--jobs N]`, or
+//! `--scenario wait [--repeat N] [--rates 1000,10000] [--seconds 3,2]
+//! [--spins 0,2,5,20,100]`): the performance table of stable-fragmented-buffer with its baselines (memcpy
 //! into faulted memory, a Unix-domain socket, iceoryx2), in one run.
 
 mod iceoryx;
@@ -13,8 +14,9 @@ fn main() {
         return;
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
-    // `--scenario fanout [--seconds N]` / `--scenario jobs [--jobs N]`:
-    // the multi-process scenarios (see the library's `fanout` and `jobs`).
+    // `--scenario fanout [--seconds N]` / `--scenario jobs [--jobs N]` /
+    // `--scenario wait [...]`: the multi-process scenarios (see the
+    // library's `fanout`, `jobs` and `wait`).
     if let Some(i) = args.iter().position(|a| a == "--scenario") {
         std::process::exit(scenario(args.get(i + 1).map(String::as_str), &args));
     }
@@ -170,9 +172,40 @@ fn scenario(name: Option<&str>, args: &[String]) -> i32 {
                 }
             }
         }
+        Some("wait") => {
+            let opts = match bench::WaitOptions::from_args(args) {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return 2;
+                }
+            };
+            println!("Command: sfb-bench {}\n", args.join(" "));
+            println!(
+                "Scenario wait: {} B messages, paced (absolute deadlines, a sleep until each), from the parent to one receiver process blocked in recv(); channel (broadcast, ChannelConfig::default().spin(s)) for spin in {{{}}}, each run followed by a Unix SOCK_SEQPACKET socket run; {} rounds; about {:.0} s of sending\n",
+                bench::WAIT_MESSAGE,
+                opts.spins
+                    .iter()
+                    .map(|s| bench::spin_label(*s))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                opts.repeat,
+                opts.sending_seconds()
+            );
+            match bench::wait(&opts) {
+                Ok(runs) => {
+                    println!("{}", bench::wait_markdown(&opts, &runs));
+                    0
+                }
+                Err(e) => {
+                    eprintln!("wait failed: {e}");
+                    1
+                }
+            }
+        }
         other => {
             eprintln!(
-                "--scenario {}: expected fanout or jobs",
+                "--scenario {}: expected fanout, jobs or wait",
                 other.unwrap_or("")
             );
             return 2;

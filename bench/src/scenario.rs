@@ -1,5 +1,5 @@
 //! Machinery shared by the multi-process scenarios (`--scenario fanout`,
-//! `--scenario jobs`): a namespace that is removed however the run ends,
+//! `--scenario jobs`, `--scenario wait`): a namespace that is removed however the run ends,
 //! peer processes that are killed and reaped however it ends, signals, and
 //! a sampler of the namespace's shared-memory use.
 

@@ -27,6 +27,16 @@ impl Latency {
     }
 }
 
+/// The `p` quantile (0 to 1) of `sorted` (ascending), by the nearest rank
+/// as [`Latency::from_samples`] takes it; 0 if empty.
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p.clamp(0.0, 1.0)).round() as usize;
+    sorted[i]
+}
+
 /// One measured cell of the results table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cell {
@@ -150,6 +160,9 @@ mod tests {
         let l = Latency::from_samples(&mut v).unwrap();
         assert_eq!((l.p50, l.p99, l.max), (51, 99, 100));
         assert_eq!(Latency::from_samples(&mut []), None);
+        assert_eq!(percentile(&v, 0.999), 100);
+        assert_eq!(percentile(&v, 0.5), l.p50);
+        assert_eq!(percentile(&[], 0.5), 0);
         assert_eq!(size_label(64), "64 B");
         assert_eq!(size_label(4096), "4 KiB");
         assert_eq!(size_label(1 << 20), "1 MiB");
