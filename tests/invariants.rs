@@ -47,6 +47,19 @@ fn invariant_1_stale_handle_after_recycling_resolves_to_nothing_not_new_bytes() 
         "old handle must not see the new bytes"
     );
     assert_eq!(store.resolve(&new), Some(data));
+    // The other old handles name offsets the new life has not written yet
+    // (or has written differently): none resolves, none acknowledges, and
+    // none disturbs the new life.
+    for (i, o) in old.iter().enumerate() {
+        assert_eq!(store.resolve(o), None, "old handle {i}");
+        assert!(
+            store.resolve_checked(o).is_err(),
+            "old handle {i} checked"
+        );
+        assert!(!store.acknowledge_shared(o), "old handle {i} acknowledged");
+    }
+    assert_eq!(store.resolve(&new).map(|b| b.len()), Some(1500));
+    assert!(store.acknowledge_shared(&new), "the new entry's own ack");
 }
 
 #[test]
