@@ -196,7 +196,8 @@ fn invariant_2_no_reclamation_under_a_writer_stress() {
 fn invariant_2_a_writer_stalled_past_the_ttl_never_writes_into_the_next_life() {
     use stable_fragmented_buffer::hooks::{self, Point};
     let ns = Ns::new("inv2-stall");
-    let store = Arc::new(PinnedBlobStore::new_shared(cfg(0, 300), ns.as_str(), 16 << 10).unwrap());
+    let store =
+        Arc::new(PinnedBlobStore::new_shared(cfg(0, 1_000), ns.as_str(), 16 << 10).unwrap());
     let (parked_tx, parked) = std::sync::mpsc::channel();
     let (go, go_rx) = std::sync::mpsc::channel::<()>();
     let stalled = {
@@ -220,14 +221,14 @@ fn invariant_2_a_writer_stalled_past_the_ttl_never_writes_into_the_next_life() {
     let first = store.append_shared(&payload(1, 700)).unwrap();
     let chunk = first.page_id;
     while store.append_shared(&payload(2, 700)).unwrap().page_id == chunk {}
-    std::thread::sleep(Duration::from_millis(350));
+    std::thread::sleep(Duration::from_millis(1_050));
     store.cleanup_shared();
     // New data, the same size, until a new life of that chunk id is full
     // (recycled in place, it is the next target; retired, its id may not
     // come back at all).
     let mut fresh = Vec::new();
     let mut in_chunk = 0;
-    for i in 0..2_000u64 {
+    for i in 0..300u64 {
         let data = payload(1000 + i, 700);
         let h = store.append_shared(&data).unwrap();
         if h.page_id == chunk {
