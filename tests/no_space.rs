@@ -1,7 +1,8 @@
 //! A full shm file system (ENOSPC) is an error at chunk creation, or at the
 //! step of a large chunk that no longer finds memory, never a SIGBUS later,
 //! and the store keeps serving what it holds. Runs on a 1 MiB
-//! tmpfs mounted for the test (needs root, as CI has); this binary holds
+//! tmpfs mounted for the test (as root, or as root of a user namespace of
+//! its own when user namespaces are allowed); this binary holds
 //! one test because it points `SFB_SHM_DIR` at that mount for the process.
 
 mod common;
@@ -10,6 +11,9 @@ use common::{payload, Ns};
 use stable_fragmented_buffer::layout::PREPARE_STEP;
 use stable_fragmented_buffer::{BlobError, Config, OverflowHandle, PinnedBlobStore};
 use std::process::Command;
+
+/// Set in the copy of this test that runs in its own user namespace.
+const IN_USERNS: &str = "SFB_NOSPACE_IN_USERNS";
 
 struct Mount(std::path::PathBuf);
 
@@ -23,13 +27,37 @@ impl Drop for Mount {
 #[test]
 fn full_shm_returns_no_space_and_keeps_serving() {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    let root = unsafe { libc::geteuid() } == 0;
+    let force_userns = std::env::var_os("SFB_NOSPACE_FORCE_USERNS").is_some();
+    if (!root || force_userns) && std::env::var_os(IN_USERNS).is_none() {
+        // Not root: run this test again as root of a user namespace of its
+        // own (`unshare -Urm`), where it may mount a tmpfs.
+        let userns = Command::new("unshare")
+            .args(["-Urm", "true"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if userns {
+            let status = Command::new("unshare")
+                .args(["-Urm"])
+                .arg(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "full_shm_returns_no_space_and_keeps_serving",
+                    "--nocapture",
+                ])
+                .env(IN_USERNS, "1")
+                .env_remove("SFB_NOSPACE_FORCE_USERNS")
+                .status()
+                .unwrap();
+            assert!(status.success(), "the test failed in its user namespace");
+            return;
+        }
         // CI sets SFB_REQUIRE_ROOT_TESTS, so there a skip is a failure.
         assert!(
             std::env::var_os("SFB_REQUIRE_ROOT_TESTS").is_none(),
-            "this test needs root (it mounts a tmpfs), and SFB_REQUIRE_ROOT_TESTS says it must run"
+            "this test needs root or user namespaces (it mounts a tmpfs), and SFB_REQUIRE_ROOT_TESTS says it must run"
         );
-        eprintln!("SKIPPED: mounting a small tmpfs needs root");
+        eprintln!("SKIPPED: mounting a small tmpfs needs root or user namespaces");
         return;
     }
     let dir = std::env::temp_dir().join(format!("sfbt-nospace-{}", std::process::id()));
