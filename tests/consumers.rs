@@ -744,6 +744,47 @@ fn a_repair_wakes_a_producer_asleep_waiting_for_space() {
     );
 }
 
+/// R4, the repair itself: a subscriber that joins takes the dead
+/// subscriber's record and repairs it on the way (no producer looks, no
+/// release of its own follows); the producer asleep waiting for space is
+/// woken by that repair at once, not at its next liveness tick.
+#[test]
+fn a_repair_by_a_joining_subscriber_wakes_a_producer_asleep_waiting_for_space() {
+    let mut fast_rounds = 0;
+    for _ in 0..5 {
+        let ns = Ns::new("cwakej");
+        let store = shared(&ns);
+        let cfg = config("block");
+        let tx = Arc::new(store.publisher_with("c", cfg).unwrap());
+        let mut victim = peer("subscriber", &ns, "block", &[]);
+        victim.expect("ready");
+        signal(&victim, libc::SIGSTOP);
+        for seq in 0..16 {
+            tx.send(&message(seq, 100)).unwrap();
+        }
+        let tx2 = Arc::clone(&tx);
+        let sleeper = std::thread::spawn(move || {
+            tx2.send(&message(16, 100)).unwrap();
+            Instant::now()
+        });
+        // Asleep by now (its own liveness look just found everyone alive).
+        std::thread::sleep(Duration::from_millis(30));
+        victim.kill9();
+        std::thread::sleep(Duration::from_millis(5));
+        let t = Instant::now();
+        let joiner = store.subscriber_with("c", cfg).unwrap();
+        let woke = sleeper.join().unwrap();
+        if woke.saturating_duration_since(t) < Duration::from_millis(50) {
+            fast_rounds += 1;
+        }
+        drop(joiner);
+    }
+    assert!(
+        fast_rounds >= 4,
+        "woken at once in {fast_rounds} of 5 rounds"
+    );
+}
+
 /// R1: a subscriber SIGKILLed while a fork child of it lives is still seen
 /// dead (its lock does not live on in the child), and the fork child that
 /// attached on its own works like any process.
