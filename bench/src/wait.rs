@@ -9,7 +9,11 @@
 //! message. Over the measured window (every message after the first 10 %,
 //! up to the last), the receiver reports the one-way latency percentiles
 //! and its own CPU time (user + system, `getrusage(RUSAGE_SELF)`) and
-//! voluntary context switches (sleeps in the kernel), per message.
+//! voluntary context switches (sleeps in the kernel), per message, and how
+//! many messages it got on the CPU the sender sent them from. The sender
+//! times each `send`, and the run notes what the rest of the machine used
+//! meanwhile (`/proc/stat` less both processes): on a shared 2-vCPU guest
+//! that decides much of the outcome.
 //!
 //! Two transports, interleaved run by run (the host is noisy):
 //!
@@ -214,6 +218,10 @@ pub struct WaitRun {
     pub max: u64,
     /// The receiver's CPU time over its whole life, ns.
     pub receiver_total_ns: u64,
+    /// Messages of the window the receiver got on the CPU the sender sent
+    /// them from (a wake-up that moved it there, as a Unix socket's
+    /// synchronous wake-up may, or a shared CPU).
+    pub same_cpu: u64,
     /// Cores the rest of the machine kept busy meanwhile, on average
     /// (neither this process nor the receiver): the noise of a shared host.
     pub others: f64,
@@ -291,6 +299,7 @@ fn pace(
             std::thread::sleep(next - now);
         }
         msg[0..8].copy_from_slice(&seq.to_le_bytes());
+        msg[24..32].copy_from_slice(&this_cpu().to_le_bytes());
         let stamp = mono_ns();
         msg[16..24].copy_from_slice(&stamp.to_le_bytes());
         send(&msg)?;
@@ -458,7 +467,7 @@ fn finish(
         .split_whitespace()
         .map(str::parse)
         .collect::<Result<_, _>>()?;
-    let [received, lagged, measured, cpu_ns, sleeps, preemptions, p50, p99, p999, max, receiver_total_ns] =
+    let [received, lagged, measured, cpu_ns, sleeps, preemptions, p50, p99, p999, max, receiver_total_ns, same_cpu] =
         v[..]
     else {
         return Err(format!("a malformed report: {line}").into());
@@ -485,6 +494,7 @@ fn finish(
         p999,
         max,
         receiver_total_ns,
+        same_cpu,
         others: 0.0,
         steal: 0.0,
     })
@@ -507,6 +517,12 @@ fn usage() -> (u64, u64, u64) {
     )
 }
 
+/// The CPU this thread runs on (`u64::MAX` if unknown).
+fn this_cpu() -> u64 {
+    // SAFETY: sched_getcpu has no preconditions.
+    u64::try_from(unsafe { libc::sched_getcpu() }).unwrap_or(u64::MAX)
+}
+
 fn u64_at(b: &[u8], at: usize) -> u64 {
     b.get(at..at + 8)
         .and_then(|s| s.try_into().ok())
@@ -521,6 +537,7 @@ struct Meter {
     start: Option<(u64, u64, u64)>,
     end: Option<(u64, u64, u64)>,
     received: u64,
+    same_cpu: u64,
     sink: u64,
 }
 
@@ -532,20 +549,22 @@ impl Meter {
             start: None,
             end: None,
             received: 0,
+            same_cpu: 0,
             sink: 0,
         }
     }
 
-    /// One message, received at `got` (ns): reads it whole; the window
-    /// opens after the first message past the warm-up and closes after the
-    /// last message of the run.
-    fn message(&mut self, m: &[u8], got: u64) {
+    /// One message, received at `got` (ns) on CPU `cpu`: reads it whole;
+    /// the window opens after the first message past the warm-up and
+    /// closes after the last message of the run.
+    fn message(&mut self, m: &[u8], got: u64, cpu: u64) {
         let (seq, total, sent) = (u64_at(m, 0), u64_at(m, 8), u64_at(m, 16));
         self.sink = self.sink.wrapping_add(touch(m));
         self.received += 1;
         if seq >= self.warmup && self.end.is_none() {
             if self.start.is_some() {
                 self.lat.push(got.saturating_sub(sent));
+                self.same_cpu += u64::from(cpu == u64_at(m, 24));
             } else {
                 self.start = Some(usage());
             }
@@ -563,7 +582,7 @@ impl Meter {
         let l = Latency::from_samples(&mut self.lat).unwrap_or_default();
         let p999 = percentile(&self.lat, 0.999);
         println!(
-            "RESULT {} {lagged} {measured} {} {} {} {} {} {p999} {} {}",
+            "RESULT {} {lagged} {measured} {} {} {} {} {} {p999} {} {} {}",
             self.received,
             end.0.saturating_sub(c0),
             end.1.saturating_sub(v0),
@@ -571,7 +590,8 @@ impl Meter {
             l.p50,
             l.p99,
             l.max,
-            usage().0
+            usage().0,
+            self.same_cpu
         );
         let _ = std::io::stdout().flush();
     }
@@ -603,9 +623,10 @@ fn receiver() {
             // SAFETY: `buf` is valid and writable for `buf.len()` bytes.
             let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             let got = mono_ns();
+            let cpu = this_cpu();
             match n {
                 0 => break,
-                n if n > 0 => meter.message(&buf[..n as usize], got),
+                n if n > 0 => meter.message(&buf[..n as usize], got, cpu),
                 _ => {
                     let e = std::io::Error::last_os_error();
                     if e.kind() != std::io::ErrorKind::Interrupted {
@@ -627,7 +648,8 @@ fn receiver() {
             match sub.recv() {
                 Ok(m) => {
                     let got = mono_ns();
-                    meter.message(&m, got);
+                    let cpu = this_cpu();
+                    meter.message(&m, got, cpu);
                 }
                 Err(RecvError::Lagged(n)) => lagged += n,
                 Err(RecvError::Disconnected) => break,
@@ -678,6 +700,8 @@ pub struct WaitSummary {
     pub cpu_us: f64,
     /// Median receiver sleeps per message.
     pub sleeps: f64,
+    /// Median fraction of messages received on the sender's CPU.
+    pub same_cpu: f64,
     /// Median messages received per run.
     pub received: f64,
     /// Median messages sent per second.
@@ -731,6 +755,7 @@ pub fn summarize(opts: &WaitOptions, runs: &[WaitRun]) -> Vec<(u32, Vec<WaitSumm
                     p999_us: med(&|r| r.p999 as f64 / 1e3),
                     cpu_us: med(&|r| r.cpu_per_msg() / 1e3),
                     sleeps: med(&|r| r.sleeps_per_msg()),
+                    same_cpu: med(&|r| r.same_cpu as f64 / r.measured.max(1) as f64),
                     received: med(&|r| r.received as f64),
                     send_rate: med(&|r| r.sent as f64 / r.send_secs.max(1e-9)),
                     send_us: med(&|r| r.send_p50 as f64 / 1e3),
@@ -789,8 +814,8 @@ pub fn wait_markdown(opts: &WaitOptions, runs: &[WaitRun]) -> String {
             socket.runs,
         ));
         s.push_str(
-            "| transport | spin | p50 µs | p99 µs | p99.9 µs | CPU µs/msg | sleeps/msg | send µs | sent/s | received | others' CPU | CPU ≤ socket and p50 < socket | pairs won |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n",
+            "| transport | spin | p50 µs | p99 µs | p99.9 µs | CPU µs/msg | sleeps/msg | on sender's CPU | send µs | sent/s | received | others' CPU | CPU ≤ socket and p50 < socket | pairs won |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n",
         );
         for r in rows {
             let (name, spin, verdict, pairs) = match r.transport {
@@ -819,12 +844,13 @@ pub fn wait_markdown(opts: &WaitOptions, runs: &[WaitRun]) -> String {
                 ),
             };
             s.push_str(&format!(
-                "| {name} | {spin} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.1} | {:.0} | {:.0}{} | {:.0} %{} | {verdict} | {pairs} |\n",
+                "| {name} | {spin} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.0} % | {:.1} | {:.0} | {:.0}{} | {:.0} %{} | {verdict} | {pairs} |\n",
                 r.p50_us,
                 r.p99_us,
                 r.p999_us,
                 r.cpu_us,
                 r.sleeps,
+                r.same_cpu * 100.0,
                 r.send_us,
                 r.send_rate,
                 r.received,
@@ -958,6 +984,7 @@ mod tests {
             max: p50 * 4,
             send_p50: 1_000,
             receiver_total_ns: cpu_ns,
+            same_cpu: 0,
             others: 0.0,
             steal: 0.0,
         };
