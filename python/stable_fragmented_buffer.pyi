@@ -4,6 +4,7 @@ shared memory (/dev/shm)."""
 from types import TracebackType
 from typing import Any, Final, Literal, Protocol, TypeAlias, final
 
+import numpy.typing as npt
 from typing_extensions import Buffer, Self
 
 class _ArrayInterface(Protocol):
@@ -81,7 +82,9 @@ class SystemCallError(BlobError, OSError):
     """A system call failed; errno holds its error number."""
 
 class ChannelTimeout(BlobError, TimeoutError):
-    """No message arrived before the timeout."""
+    """A timeout ran out: no message arrived (recv), or the channel had no
+    room (send_timeout, send_array, loan, Loan.send; the message names what
+    was full and who held it)."""
 
 class DisconnectedError(BlobError):
     """No producer is alive and everything sent was received."""
@@ -102,6 +105,10 @@ class InheritedError(BlobError):
 class ChannelMismatchError(BlobError):
     """An opener given keywords found the channel existing with another
     geometry or policy: open it without keywords to adopt what exists."""
+
+class NotAnArrayError(BlobError, ValueError):
+    """Message.array() on a message that send_array did not send (no array
+    header), or whose array header is inconsistent."""
 
 @final
 class Handle:
@@ -161,6 +168,61 @@ class Message:
     @property
     def redelivered(self) -> int: ...
     def tobytes(self) -> bytes: ...
+    def array(self) -> npt.NDArray[Any]:
+        """The numpy array `send_array` sent, with its dtype and shape:
+        zero-copy and read-only (`.copy()` it to write). It views the
+        message's memory and keeps the message alive: `release()` raises
+        `BufferError` while it lives, and the message is released once it
+        and the message object are gone. Raises `NotAnArrayError` (a
+        `ValueError`) if the message was not sent by `send_array`, and
+        `BufferError` once the message was released. Imports numpy."""
+    def __len__(self) -> int: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+@final
+class Loan:
+    """A message being written in place, in shared memory: a writable
+    buffer of `len(loan)` bytes (buffer protocol: `memoryview(loan)[:] =
+    ...`, `numpy.frombuffer(loan, dtype)[...] = ...` write straight into
+    the message; its initial bytes are unspecified). `send()`, or leaving
+    its `with` block without an exception, publishes it without a copy.
+    `close()`, an exception in its `with` block, or dropping it unsent
+    discards it and gives its space back.
+
+    It cannot be sent while memoryviews or arrays made from it are alive
+    (`BufferError`: they would write into a published message; delete them
+    first). Leaving the `with` block with one alive discards the loan and
+    raises `BufferError`; a loan closed while exported gives its space back
+    once the last export is released. After it was sent or discarded,
+    `send()` raises `ClosedError` and exporting it raises `BufferError`.
+    A loan that ended holds nothing: not its endpoint, not its channel."""
+
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+    def __release_buffer__(self, buffer: memoryview, /) -> None: ...
+    def send(self, timeout: float | None = None) -> None:
+        """Publishes the loaned bytes, waiting at most `timeout` seconds
+        (None: no limit) for room in the channel's ring; a timeout raises
+        `ChannelTimeout` and discards the loan. The wait runs without the
+        GIL and, unlike the other waits, cannot be interrupted by Ctrl-C."""
+    def close(self) -> None:
+        """Discards the loan unless it was sent; a second call does nothing."""
+    @property
+    def sent(self) -> bool: ...
+    @property
+    def closed(self) -> bool:
+        """Whether it was sent or discarded."""
+    @property
+    def is_inline(self) -> bool:
+        """Whether it is a ring slot (it fits `inline_capacity`) rather
+        than store space."""
+    @property
+    def exports(self) -> int: ...
     def __len__(self) -> int: ...
     def __enter__(self) -> Self: ...
     def __exit__(
@@ -172,10 +234,57 @@ class Message:
 
 @final
 class Publisher:
-    """The producing end of a broadcast channel."""
+    """The producing end of a broadcast channel.
 
-    def send(self, obj: _BufferLike) -> None: ...
-    def try_send(self, obj: _BufferLike) -> bool: ...
+    Waits for room (a full ring or pool under overflow="block", a full
+    store) release the GIL; `timeout=` bounds them, raising
+    `ChannelTimeout`. They run in slices of 50 ms, so Ctrl-C interrupts
+    them, except the wait for a ring entry of a message already written
+    into the store (larger than `inline_capacity`), and `Loan.send`: the
+    library gives no way to resume those."""
+
+    def send(self, obj: _BufferLike) -> None:
+        """Sends the bytes of `obj` (anything with the buffer protocol,
+        contiguous or not), waiting while the channel is full."""
+    def try_send(self, obj: _BufferLike) -> bool:
+        """Sends if the channel has room now; `False` if it is full."""
+    def send_timeout(self, obj: _BufferLike, timeout: float) -> None:
+        """Sends, waiting at most `timeout` seconds for room; then raises
+        `ChannelTimeout` (nothing was sent)."""
+    def send_array(self, arr: npt.NDArray[Any], timeout: float | None = None) -> None:
+        """Sends numpy array `arr` with its dtype and shape, for
+        `Message.array()` to view zero-copy on receipt; waits for room at
+        most `timeout` seconds (None: no limit), then raises
+        `ChannelTimeout`.
+
+        Dtypes: bool, int8 to int64, uint8 to uint64, float16, float32,
+        float64, complex64, complex128, in either byte order; others raise
+        `TypeError` (send their bytes with `send`). An array that is not
+        C-contiguous (a transpose, a slice with steps, Fortran order) is
+        gathered into C order as it is copied into the message: one copy,
+        as for any send.
+
+        The message is a header, then the elements in C order:
+
+            bytes 0-6    magic b"\x93SFBARR"
+            byte  7      format version, 1
+            byte  8      ndim, 0 to 64
+            bytes 10-11  data offset (the header's length), uint16 little-endian:
+                         32 + 8 * ndim rounded up to a multiple of 64
+            bytes 16-31  numpy's dtype.str in ASCII, NUL-padded ("<f8", "|b1", ">c16")
+            bytes 32-    the shape, ndim uint64 little-endian
+            then zeros up to the data offset (bytes 9 and 12-15 are 0 too),
+            then prod(shape) * itemsize bytes of elements, ending the message.
+
+        A message starts 64-aligned in a ring slot and 8-aligned in the
+        store, so the elements are aligned for every dtype carried (none
+        needs more than 8)."""
+    def loan(self, nbytes: int, timeout: float | None = None) -> Loan:
+        """A `Loan` of `nbytes` to write in place: a ring slot if it fits
+        `inline_capacity`, else store space. Waits for room at most
+        `timeout` seconds (None: no limit), then raises `ChannelTimeout`."""
+    def try_loan(self, nbytes: int) -> Loan | None:
+        """A `Loan` if the channel has room now, else `None`."""
     @property
     def inline_capacity(self) -> int: ...
     @property
@@ -220,10 +329,15 @@ class Subscriber:
 
 @final
 class Sender:
-    """The producing end of a work queue."""
+    """The producing end of a work queue (its methods are the
+    `Publisher`'s)."""
 
     def send(self, obj: _BufferLike) -> None: ...
     def try_send(self, obj: _BufferLike) -> bool: ...
+    def send_timeout(self, obj: _BufferLike, timeout: float) -> None: ...
+    def send_array(self, arr: npt.NDArray[Any], timeout: float | None = None) -> None: ...
+    def loan(self, nbytes: int, timeout: float | None = None) -> Loan: ...
+    def try_loan(self, nbytes: int) -> Loan | None: ...
     @property
     def inline_capacity(self) -> int: ...
     @property

@@ -310,13 +310,47 @@ pub(crate) unsafe fn export_readonly(
     len: usize,
     owner: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
-    if view.is_null() {
-        return Err(PyBufferError::new_err("null Py_buffer"));
-    }
     if flags & ffi::PyBUF_WRITABLE == ffi::PyBUF_WRITABLE {
         return Err(PyBufferError::new_err(
             "shared-memory blobs are read-only: copy them to write (bytearray(x), numpy.array(x))",
         ));
+    }
+    // SAFETY: the caller's contract, and a read-only export is never
+    // written through.
+    unsafe { export(view, flags, buf as *mut u8, len, owner, false) }
+}
+
+/// Fills `view` with a writable, one-dimensional export of `len` bytes at
+/// `buf`, owned by `owner` (a new strong reference goes into `view.obj`).
+///
+/// # Safety
+/// `view` must be the `Py_buffer` passed to `__getbuffer__`, and the `len`
+/// bytes at `buf` must stay valid, and be written by no one but the
+/// export's users, for as long as `owner` counts the export (until the
+/// matching `__releasebuffer__`).
+pub(crate) unsafe fn export_writable(
+    view: *mut ffi::Py_buffer,
+    flags: c_int,
+    buf: *mut u8,
+    len: usize,
+    owner: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    // SAFETY: the caller's contract.
+    unsafe { export(view, flags, buf, len, owner, true) }
+}
+
+/// # Safety
+/// See [`export_readonly`] and [`export_writable`].
+unsafe fn export(
+    view: *mut ffi::Py_buffer,
+    flags: c_int,
+    buf: *mut u8,
+    len: usize,
+    owner: &Bound<'_, PyAny>,
+    writable: bool,
+) -> PyResult<()> {
+    if view.is_null() {
+        return Err(PyBufferError::new_err("null Py_buffer"));
     }
     // SAFETY: `view` is the non-null Py_buffer of this __getbuffer__ call
     // (the caller's contract), which we fill entirely. `shape` and
@@ -326,7 +360,7 @@ pub(crate) unsafe fn export_readonly(
         (*view).obj = owner.clone().into_ptr();
         (*view).buf = buf as *mut c_void;
         (*view).len = len as isize;
-        (*view).readonly = 1;
+        (*view).readonly = c_int::from(!writable);
         (*view).itemsize = 1;
         (*view).format = if flags & ffi::PyBUF_FORMAT == ffi::PyBUF_FORMAT {
             FORMAT_B.as_ptr() as *mut _

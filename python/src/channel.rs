@@ -5,20 +5,21 @@
 //! thread takes the GIL back and runs Python's signal handlers, so Ctrl-C
 //! interrupts a blocked `recv` (and a `send` waiting for room in the ring).
 
-use crate::buffer::{self, Input};
+use crate::array::{self, NotArray};
+use crate::buffer::{self, Input, Layout};
 use crate::errors::{self, Exc};
 use crate::pinned::Pinned;
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyBufferError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyDict, PyTuple};
 use stable_fragmented_buffer as sfb;
 use stable_fragmented_buffer::{
-    BlobError, ChannelConfig, Delivery, Loan, Overflow, PinnedBlobStore, RecvTimeoutError,
-    SendError, TryRecvError, TrySendError,
+    BlobError, ChannelConfig, Delivery, Overflow, PinnedBlobStore, RecvTimeoutError, SendError,
+    SendTimeoutError, TryRecvError, TrySendError,
 };
 use std::ffi::c_int;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Longest wait without looking at Python's signals.
@@ -149,10 +150,12 @@ impl<T> Open<T> {
 
 /// What `Publisher` and `Sender` have in common.
 trait Produce: Send + Sync {
-    fn send(&self, data: &[u8]) -> Result<(), SendError>;
     fn try_send(&self, data: &[u8]) -> Result<(), TrySendError>;
-    fn loan(&self, len: usize) -> Result<Loan, SendError>;
+    fn send_timeout(&self, data: &[u8], timeout: Duration) -> Result<(), SendTimeoutError>;
+    fn try_loan(&self, len: usize) -> Result<sfb::Loan, TrySendError>;
+    fn loan_timeout(&self, len: usize, timeout: Duration) -> Result<sfb::Loan, SendTimeoutError>;
     fn inline_capacity(&self) -> usize;
+    fn full_reason(&self) -> Option<String>;
 }
 
 /// What `Subscriber` and `Receiver` have in common.
@@ -164,17 +167,27 @@ trait Consume: Send + Sync {
 macro_rules! produce {
     ($t:ty) => {
         impl Produce for $t {
-            fn send(&self, data: &[u8]) -> Result<(), SendError> {
-                <$t>::send(self, data)
-            }
             fn try_send(&self, data: &[u8]) -> Result<(), TrySendError> {
                 <$t>::try_send(self, data)
             }
-            fn loan(&self, len: usize) -> Result<Loan, SendError> {
-                <$t>::loan(self, len)
+            fn send_timeout(&self, data: &[u8], timeout: Duration) -> Result<(), SendTimeoutError> {
+                <$t>::send_timeout(self, data, timeout)
+            }
+            fn try_loan(&self, len: usize) -> Result<sfb::Loan, TrySendError> {
+                <$t>::try_loan(self, len)
+            }
+            fn loan_timeout(
+                &self,
+                len: usize,
+                timeout: Duration,
+            ) -> Result<sfb::Loan, SendTimeoutError> {
+                <$t>::loan_timeout(self, len, timeout)
             }
             fn inline_capacity(&self) -> usize {
                 <$t>::inline_capacity(self)
+            }
+            fn full_reason(&self) -> Option<String> {
+                <$t>::full_reason(self)
             }
         }
     };
@@ -204,120 +217,283 @@ fn send_error(py: Python<'_>, e: SendError) -> PyErr {
     }
 }
 
-/// Waits, GIL released, until `attempt` stops answering `Full` or a slice
-/// is over; spins, then yields, then sleeps, so a ring that frees a slot
-/// within microseconds costs no system call.
-fn retry_full(attempt: impl Fn() -> Result<(), TrySendError>) -> Result<(), TrySendError> {
-    let until = Instant::now() + SLICE;
-    let mut round = 0u32;
-    loop {
-        match attempt() {
-            Err(TrySendError::Full) => {}
-            other => return other,
+/// The instant `t` seconds from now; `ValueError` unless `t` is a finite
+/// number >= 0.
+fn deadline(t: f64) -> PyResult<Instant> {
+    if t.is_finite() && t >= 0.0 {
+        Ok(Instant::now() + Duration::from_secs_f64(t.min(1e9)))
+    } else {
+        Err(PyValueError::new_err(format!(
+            "timeout must be a finite number of seconds >= 0 or None, got {t}"
+        )))
+    }
+}
+
+/// How long a send or a loan may wait for room (in the ring, the pool or
+/// the store).
+#[derive(Clone, Copy, Debug)]
+enum Wait {
+    /// Not at all (`try_` calls): a full channel is `False` or `None`.
+    Never,
+    /// Until this instant (`timeout=`), then `ChannelTimeout`.
+    Until(Instant),
+    /// As long as it takes.
+    Forever,
+}
+
+impl Wait {
+    /// `timeout` seconds from now; forever for `None`.
+    fn from_timeout(timeout: Option<f64>) -> PyResult<Self> {
+        match timeout {
+            None => Ok(Wait::Forever),
+            Some(t) => deadline(t).map(Wait::Until),
         }
-        round += 1;
-        if round < 64 {
-            std::hint::spin_loop();
-        } else if round < 512 {
-            std::thread::yield_now();
-        } else {
-            if Instant::now() >= until {
-                return Err(TrySendError::Full);
-            }
-            std::thread::sleep(Duration::from_micros(50));
+    }
+
+    /// Whether the wait is over.
+    fn over(self) -> bool {
+        match self {
+            Wait::Never => true,
+            Wait::Until(d) => Instant::now() >= d,
+            Wait::Forever => false,
+        }
+    }
+
+    /// The next stretch of waiting: at most a slice, between two looks at
+    /// Python's signals.
+    fn slice(self) -> Duration {
+        match self {
+            Wait::Never => Duration::ZERO,
+            Wait::Until(d) => d.saturating_duration_since(Instant::now()).min(SLICE),
+            Wait::Forever => SLICE,
         }
     }
 }
 
-/// Sends the bytes of `obj`; `block` waits for room, else `Ok(false)` when
-/// the channel is full.
-fn send_obj(
+/// Why a send or a loan gave up.
+enum Failed {
+    /// No room (in time).
+    Full,
+    Send(SendError),
+    /// A failure added to the library's non-exhaustive enums later.
+    Other(String),
+}
+
+impl Failed {
+    fn from_try(e: TrySendError) -> Self {
+        match e {
+            TrySendError::Full => Failed::Full,
+            TrySendError::Send(e) => Failed::Send(e),
+            e => Failed::Other(e.to_string()),
+        }
+    }
+
+    fn from_timeout(e: SendTimeoutError) -> Self {
+        match e {
+            SendTimeoutError::Timeout => Failed::Full,
+            SendTimeoutError::Send(e) => Failed::Send(e),
+            e => Failed::Other(e.to_string()),
+        }
+    }
+
+    /// The Python exception: `Full` is a wait that ran out
+    /// (`ChannelTimeout`, `then` appended to its message).
+    fn raise(self, py: Python<'_>, p: &dyn Produce, channel: &str, then: &str) -> PyErr {
+        match self {
+            Failed::Full => {
+                let why = p
+                    .full_reason()
+                    .map_or_else(String::new, |r| format!(" (full: {r})"));
+                errors::new(
+                    py,
+                    Exc::ChannelTimeout,
+                    format!("timed out waiting for room in channel \"{channel}\"{why}{then}"),
+                )
+            }
+            Failed::Send(e) => send_error(py, e),
+            Failed::Other(m) => errors::new(py, Exc::Blob, m),
+        }
+    }
+}
+
+/// The bytes of one message: `header`, then the bytes of an export.
+struct Payload<'a> {
+    header: &'a [u8],
+    body: &'a Layout,
+    /// The whole message as one slice, when it is one (no header, a
+    /// C-contiguous export).
+    whole: Option<&'a [u8]>,
+}
+
+impl<'a> Payload<'a> {
+    /// The bytes of `input`.
+    fn of(input: &'a Input) -> Self {
+        Payload {
+            header: &[],
+            body: input.layout(),
+            whole: input.contiguous(),
+        }
+    }
+
+    /// `header`, then the bytes of `input` in C order.
+    fn with_header(header: &'a [u8], input: &'a Input) -> Self {
+        Payload {
+            header,
+            body: input.layout(),
+            whole: None,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.header.len() + self.body.len()
+    }
+
+    /// Writes the message into `dst`, exactly [`len`](Self::len) bytes.
+    ///
+    /// # Safety
+    /// The export `body` came from must be alive for the whole call.
+    unsafe fn write(&self, dst: &mut [u8]) {
+        let (head, rest) = dst.split_at_mut(self.header.len());
+        head.copy_from_slice(self.header);
+        // SAFETY: the caller's contract.
+        unsafe { buffer::gather(self.body, rest) };
+    }
+}
+
+/// Publishes a filled loan as `wait` allows.
+fn publish(loan: sfb::Loan, wait: Wait) -> Result<(), Failed> {
+    match wait {
+        Wait::Never => loan.try_send().map_err(Failed::from_try),
+        Wait::Until(d) => loan
+            .send_timeout(d.saturating_duration_since(Instant::now()))
+            .map_err(Failed::from_timeout),
+        Wait::Forever => loan.send().map_err(Failed::Send),
+    }
+}
+
+/// A loan of `len` bytes as `wait` allows: `None` if the channel is full
+/// and `wait` is `Never`; a wait that runs out raises `ChannelTimeout`.
+/// Tried once at first, with the GIL held for a ring slot (cheap), released
+/// for store space (which may map a chunk); then waited for with the GIL
+/// released, in slices, running signal handlers between them.
+fn take_loan(
     py: Python<'_>,
     p: &dyn Produce,
-    obj: &Bound<'_, PyAny>,
-    block: bool,
+    channel: &str,
+    len: usize,
+    wait: Wait,
+) -> PyResult<Option<sfb::Loan>> {
+    let mut r = if len <= p.inline_capacity() {
+        p.try_loan(len)
+    } else {
+        py.detach(|| p.try_loan(len))
+    }
+    .map_err(Failed::from_try);
+    loop {
+        match r {
+            Ok(loan) => return Ok(Some(loan)),
+            Err(Failed::Full) if matches!(wait, Wait::Never) => return Ok(None),
+            Err(Failed::Full) if !wait.over() => {}
+            Err(f) => return Err(f.raise(py, p, channel, "")),
+        }
+        r = py
+            .detach(|| p.loan_timeout(len, wait.slice()))
+            .map_err(Failed::from_timeout);
+        if matches!(r, Err(Failed::Full)) {
+            py.check_signals()?;
+        }
+    }
+}
+
+/// Sends one message as `wait` allows: `Ok(false)` if the channel is full
+/// and `wait` is `Never`; a wait that runs out raises `ChannelTimeout`.
+///
+/// A message that fits a ring slot is copied there (a cheap copy: tried
+/// once with the GIL held, then waited for with the GIL released, in
+/// slices, running signal handlers between them). A larger one is written
+/// straight into a loan of store space (one copy, split between threads
+/// when large, gathering a strided export) with the GIL released, then
+/// published.
+fn send_payload(
+    py: Python<'_>,
+    p: &dyn Produce,
+    channel: &str,
+    msg: &Payload<'_>,
+    wait: Wait,
 ) -> PyResult<bool> {
-    let input = Input::new(obj)?;
-    let len = input.len();
-    let gathered: Vec<u8>;
-    let data: Option<&[u8]> = match input.contiguous() {
-        Some(d) => Some(d),
-        None if len <= p.inline_capacity() || !block => {
-            // Small (or a non-blocking try): gathered first, then copied
-            // into the ring slot (or the store).
-            let mut tmp = vec![0u8; len];
-            // SAFETY: `input` holds the export for the whole call.
-            unsafe { buffer::gather(input.layout(), &mut tmp) };
-            gathered = tmp;
-            Some(&gathered)
+    let len = msg.len();
+    let result = if len <= p.inline_capacity() {
+        let gathered: Vec<u8>;
+        let data: &[u8] = match msg.whole {
+            Some(data) => data,
+            None => {
+                let mut tmp = vec![0u8; len];
+                // SAFETY: the caller holds the export for the whole call.
+                unsafe { msg.write(&mut tmp) };
+                gathered = tmp;
+                &gathered
+            }
+        };
+        let mut r = p.try_send(data).map_err(Failed::from_try);
+        while matches!(r, Err(Failed::Full)) && !wait.over() {
+            r = py
+                .detach(|| p.send_timeout(data, wait.slice()))
+                .map_err(Failed::from_timeout);
+            if matches!(r, Err(Failed::Full)) {
+                py.check_signals()?;
+            }
         }
-        None => None,
+        r
+    } else {
+        let Some(mut loan) = take_loan(py, p, channel, len, wait)? else {
+            return Ok(false);
+        };
+        py.detach(|| {
+            // SAFETY: the caller holds the export for the whole call.
+            unsafe { msg.write(&mut loan) };
+            publish(loan, wait)
+        })
     };
-    let result = match data {
-        Some(data) if data.len() <= p.inline_capacity() => {
-            // Inline in the ring: a cheap copy, so a full ring is waited on
-            // by retrying, in slices, interruptibly.
-            let mut r = p.try_send(data);
-            while block && matches!(r, Err(TrySendError::Full)) {
-                r = py.detach(|| retry_full(|| p.try_send(data)));
-                if matches!(r, Err(TrySendError::Full)) {
-                    py.check_signals()?;
-                }
-            }
-            r
-        }
-        Some(data) if !block => py.detach(|| p.try_send(data)),
-        Some(data) if data.len() >= buffer::PARALLEL_MIN => {
-            // Very large: into a loan, the copy split between threads.
-            match p.loan(data.len()) {
-                Ok(mut loan) => py
-                    .detach(|| {
-                        buffer::copy_large(&mut loan, data);
-                        loan.send()
-                    })
-                    .map_err(TrySendError::Send),
-                // A full store: the blocking send waits for room.
-                Err(SendError::Store(BlobError::StoreFull { .. })) => {
-                    py.detach(|| p.send(data)).map_err(TrySendError::Send)
-                }
-                Err(e) => Err(TrySendError::Send(e)),
-            }
-        }
-        Some(data) => py.detach(|| p.send(data)).map_err(TrySendError::Send),
-        None => {
-            // Strided and larger than a slot: gathered straight into a
-            // loan in shared memory (one copy), then published.
-            let layout = input.layout();
-            match p.loan(len) {
-                Ok(mut loan) => py
-                    .detach(|| {
-                        // SAFETY: `input` holds the export for the whole call.
-                        unsafe { buffer::gather(layout, &mut loan) };
-                        loan.send()
-                    })
-                    .map_err(TrySendError::Send),
-                Err(SendError::Store(BlobError::StoreFull { .. })) => {
-                    // A full store: the blocking send waits for room (and
-                    // evicts dead consumers); it needs the bytes in one piece.
-                    let mut tmp = vec![0u8; len];
-                    py.detach(|| {
-                        // SAFETY: `input` holds the export for the whole call.
-                        unsafe { buffer::gather(layout, &mut tmp) };
-                        p.send(&tmp)
-                    })
-                    .map_err(TrySendError::Send)
-                }
-                Err(e) => Err(TrySendError::Send(e)),
-            }
-        }
-    };
-    drop(input);
     match result {
         Ok(()) => Ok(true),
-        Err(TrySendError::Full) => Ok(false),
-        Err(TrySendError::Send(e)) => Err(send_error(py, e)),
-        Err(e) => Err(errors::new(py, Exc::Blob, e.to_string())),
+        Err(Failed::Full) if matches!(wait, Wait::Never) => Ok(false),
+        Err(f) => Err(f.raise(py, p, channel, "")),
     }
+}
+
+/// `send_array`: the array's header (see `array.rs`), then its elements in
+/// C order, gathered on the way if it is not C-contiguous.
+fn send_array(
+    py: Python<'_>,
+    p: &dyn Produce,
+    channel: &str,
+    arr: &Bound<'_, PyAny>,
+    wait: Wait,
+) -> PyResult<bool> {
+    let not_array = |_| {
+        PyTypeError::new_err(format!(
+            "send_array takes a numpy array (with dtype and shape), got {}",
+            arr.get_type()
+        ))
+    };
+    let dtype_str: String = arr
+        .getattr("dtype")
+        .and_then(|d| d.getattr("str"))
+        .and_then(|s| s.extract())
+        .map_err(not_array)?;
+    let shape: Vec<usize> = arr
+        .getattr("shape")
+        .and_then(|s| s.extract())
+        .map_err(not_array)?;
+    let Some(dtype) = array::dtype(&dtype_str) else {
+        return Err(PyTypeError::new_err(format!(
+            "send_array carries arrays of bool, int8 to int64, uint8 to uint64, float16/32/64 \
+             and complex64/128, not of dtype {dtype_str:?}; send its bytes with send()"
+        )));
+    };
+    let input = Input::new(arr)?;
+    let header = array::header(dtype, &shape, input.len()).map_err(PyValueError::new_err)?;
+    send_payload(py, p, channel, &Payload::with_header(&header, &input), wait)
 }
 
 /// Receives the next message: at once if one is ready, else waiting with
@@ -332,17 +508,7 @@ fn recv_msg(
     timeout: Option<f64>,
     iterating: bool,
 ) -> PyResult<Option<Message>> {
-    let deadline = match timeout {
-        None => None,
-        Some(t) if t.is_finite() && t >= 0.0 => {
-            Some(Instant::now() + Duration::from_secs_f64(t.min(1e9)))
-        }
-        Some(t) => {
-            return Err(PyValueError::new_err(format!(
-                "timeout must be a finite number of seconds >= 0 or None, got {t}"
-            )))
-        }
-    };
+    let deadline = timeout.map(deadline).transpose()?;
     loop {
         match c.try_recv() {
             Ok(m) => return Ok(Some(Message::new(m))),
@@ -413,13 +579,75 @@ macro_rules! producer_class {
             /// protocol), waiting while the channel is full.
             fn send(&self, py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<()> {
                 let p = self.open.get(py)?;
-                send_obj(py, &*p, obj, true).map(|_| ())
+                let input = Input::new(obj)?;
+                send_payload(
+                    py,
+                    &*p,
+                    &self.open.name,
+                    &Payload::of(&input),
+                    Wait::Forever,
+                )?;
+                Ok(())
             }
 
             /// Sends if the channel has room now; `False` if it is full.
             fn try_send(&self, py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<bool> {
                 let p = self.open.get(py)?;
-                send_obj(py, &*p, obj, false)
+                let input = Input::new(obj)?;
+                send_payload(py, &*p, &self.open.name, &Payload::of(&input), Wait::Never)
+            }
+
+            /// Sends the bytes of `obj`, waiting at most `timeout` seconds
+            /// for room; then raises `ChannelTimeout` (nothing was sent).
+            fn send_timeout(
+                &self,
+                py: Python<'_>,
+                obj: &Bound<'_, PyAny>,
+                timeout: f64,
+            ) -> PyResult<()> {
+                let wait = Wait::Until(deadline(timeout)?);
+                let p = self.open.get(py)?;
+                let input = Input::new(obj)?;
+                send_payload(py, &*p, &self.open.name, &Payload::of(&input), wait)?;
+                Ok(())
+            }
+
+            /// Sends numpy array `arr` with its dtype and shape, for
+            /// `Message.array()` to view on receipt; waits for room at most
+            /// `timeout` seconds (None: no limit), then raises
+            /// `ChannelTimeout`.
+            #[pyo3(signature = (arr, timeout = None))]
+            fn send_array(
+                &self,
+                py: Python<'_>,
+                arr: &Bound<'_, PyAny>,
+                timeout: Option<f64>,
+            ) -> PyResult<()> {
+                let wait = Wait::from_timeout(timeout)?;
+                let p = self.open.get(py)?;
+                send_array(py, &*p, &self.open.name, arr, wait)?;
+                Ok(())
+            }
+
+            /// A writable buffer of `nbytes` in shared memory, published
+            /// without a copy by `Loan.send()`; waits for room at most
+            /// `timeout` seconds (None: no limit), then raises
+            /// `ChannelTimeout`.
+            #[pyo3(signature = (nbytes, timeout = None))]
+            fn loan(&self, py: Python<'_>, nbytes: usize, timeout: Option<f64>) -> PyResult<Loan> {
+                let wait = Wait::from_timeout(timeout)?;
+                let p = self.open.get(py)?;
+                match take_loan(py, &*p, &self.open.name, nbytes, wait)? {
+                    Some(loan) => Ok(Loan::new(loan, p, &self.open.name)),
+                    None => Err(errors::new(py, Exc::Blob, "no loan from a blocking call")),
+                }
+            }
+
+            /// A loan if the channel has room now, else `None`.
+            fn try_loan(&self, py: Python<'_>, nbytes: usize) -> PyResult<Option<Loan>> {
+                let p = self.open.get(py)?;
+                let loan = take_loan(py, &*p, &self.open.name, nbytes, Wait::Never)?;
+                Ok(loan.map(|loan| Loan::new(loan, p, &self.open.name)))
             }
 
             /// Largest message carried inline in a ring slot; larger ones
@@ -684,6 +912,39 @@ impl Message {
             .with("message", |m| PyBytes::new(py, m.as_slice()))
     }
 
+    /// The numpy array `send_array` sent, zero-copy and read-only: it views
+    /// the message's memory and keeps the message alive (and unreleasable)
+    /// while it lives. `NotAnArrayError` if the message was not sent by
+    /// `send_array`.
+    fn array<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let meta = slf
+            .get()
+            .pinned
+            .with("message", |m| array::read(m.as_slice()))?
+            .map_err(|e| match e {
+                NotArray::NoHeader => errors::new(
+                    py,
+                    Exc::NotAnArray,
+                    "the message was not sent by send_array (it has no array header); read its \
+                     bytes with numpy.frombuffer(msg, dtype) or memoryview(msg)",
+                ),
+                NotArray::Bad(why) => errors::new(
+                    py,
+                    Exc::NotAnArray,
+                    format!("the message's array header is inconsistent: {why}"),
+                ),
+            })?;
+        let numpy = py.import("numpy")?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("dtype", meta.dtype)?;
+        kwargs.set_item("count", meta.count)?;
+        kwargs.set_item("offset", meta.offset)?;
+        // Zero-copy: the array's base is an export of the message.
+        let flat = numpy.call_method("frombuffer", (slf,), Some(&kwargs))?;
+        flat.call_method1("reshape", (PyTuple::new(py, &meta.shape)?,))
+    }
+
     fn __len__(&self) -> usize {
         self.pinned.len()
     }
@@ -712,6 +973,262 @@ impl Message {
             } else {
                 ""
             }
+        )
+    }
+}
+
+/// How a loan ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    Sent,
+    Discarded,
+    /// Its send failed (or timed out): discarded.
+    Failed,
+}
+
+impl End {
+    fn describe(self) -> &'static str {
+        match self {
+            End::Sent => "the loan was sent: its bytes belong to the channel now",
+            End::Discarded => "the loan was discarded (closed, or its with block raised)",
+            End::Failed => "sending the loan failed, and it was discarded",
+        }
+    }
+}
+
+struct LoanState {
+    /// The library's loan, and the endpoint it came from (for the message
+    /// of a timeout); `None` once sent, or once discarded with no export
+    /// left: a loan that ended keeps neither the endpoint nor its channel
+    /// registration alive.
+    loan: Option<(sfb::Loan, Arc<dyn Produce>)>,
+    /// Buffer exports alive (memoryviews, numpy arrays, ...).
+    exports: usize,
+    /// `None` while open.
+    end: Option<End>,
+}
+
+/// A message being written in place, in shared memory: a writable buffer
+/// (buffer protocol) of a fixed length, published without a copy by
+/// `send()` or by leaving its `with` block without an exception. Closing
+/// it, an exception in its `with` block, or dropping it unsent discards it.
+/// It cannot be sent while memoryviews or arrays made from it are alive
+/// (`BufferError`): they would write into a message already published.
+#[pyclass(frozen, module = "stable_fragmented_buffer")]
+pub(crate) struct Loan {
+    state: Mutex<LoanState>,
+    channel: String,
+    len: usize,
+    inline: bool,
+}
+
+impl Loan {
+    fn new(loan: sfb::Loan, producer: Arc<dyn Produce>, channel: &str) -> Self {
+        Loan {
+            len: loan.len(),
+            inline: loan.is_inline(),
+            state: Mutex::new(LoanState {
+                loan: Some((loan, producer)),
+                exports: 0,
+                end: None,
+            }),
+            channel: channel.to_owned(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LoanState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ends the loan unsent (if it is open): the library's loan is dropped,
+    /// giving its space back, now or at the release of the last export.
+    fn discard(&self) {
+        let dropped = {
+            let mut st = self.lock();
+            if st.end.is_none() {
+                st.end = Some(End::Discarded);
+            }
+            if st.exports == 0 {
+                st.loan.take()
+            } else {
+                None
+            }
+        };
+        drop(dropped);
+    }
+}
+
+#[pymethods]
+impl Loan {
+    /// # Safety
+    /// Called by Python's buffer protocol only.
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        let this = slf.get();
+        let mut st = this.lock();
+        let open = if st.end.is_none() {
+            st.loan.as_mut()
+        } else {
+            None
+        };
+        let Some((loan, _)) = open else {
+            let why = st.end.map_or("the loan is gone", End::describe);
+            return Err(PyBufferError::new_err(format!(
+                "{why}; it cannot be written"
+            )));
+        };
+        let (buf, len) = (loan.as_mut_ptr(), loan.len());
+        // SAFETY: `view` is this call's Py_buffer. The loan's bytes stay
+        // mapped and reserved for it (written by no one else) while the
+        // library's loan is held, and it is held while the count below is
+        // non-zero: `send` refuses to publish it, and a discard leaves the
+        // drop to the last `__releasebuffer__`. The export holds a
+        // reference to `slf`, which owns the loan.
+        unsafe { buffer::export_writable(view, flags, buf, len, slf.as_any())? };
+        st.exports += 1;
+        Ok(())
+    }
+
+    /// # Safety
+    /// Called by Python's buffer protocol only.
+    unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {
+        let dropped = {
+            let mut st = self.lock();
+            st.exports = st.exports.saturating_sub(1);
+            if st.exports == 0 && st.end.is_some() {
+                st.loan.take()
+            } else {
+                None
+            }
+        };
+        drop(dropped);
+    }
+
+    /// Publishes the loaned bytes, waiting for room in the channel at most
+    /// `timeout` seconds (None: no limit); a timeout raises
+    /// `ChannelTimeout` and discards the loan. Raises `BufferError` while
+    /// exports of the loan are alive (delete them, then send), and
+    /// `ClosedError` once the loan was sent or discarded.
+    #[pyo3(signature = (timeout = None))]
+    fn send(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<()> {
+        let wait = Wait::from_timeout(timeout)?;
+        let loan = {
+            let mut st = self.lock();
+            if let Some(end) = st.end {
+                return Err(errors::new(
+                    py,
+                    Exc::Closed,
+                    format!("cannot send: {}", end.describe()),
+                ));
+            }
+            if st.exports > 0 {
+                return Err(PyBufferError::new_err(format!(
+                    "cannot send the loan: {} exported buffer(s) (memoryview, numpy array, ...) \
+                     still write into its memory; delete them first",
+                    st.exports
+                )));
+            }
+            st.end = Some(End::Sent);
+            st.loan.take()
+        };
+        let Some((loan, producer)) = loan else {
+            return Err(errors::new(
+                py,
+                Exc::Closed,
+                "cannot send: the loan is gone",
+            ));
+        };
+        py.detach(|| publish(loan, wait)).map_err(|f| {
+            self.lock().end = Some(End::Failed);
+            f.raise(py, &*producer, &self.channel, "; the loan was discarded")
+        })
+    }
+
+    /// Discards the loan unless it was sent (its bytes are given back once
+    /// no export of it is left); a second call does nothing.
+    fn close(&self) {
+        self.discard();
+    }
+
+    /// Whether `send` published it.
+    #[getter]
+    fn sent(&self) -> bool {
+        self.lock().end == Some(End::Sent)
+    }
+
+    /// Whether it was sent or discarded.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.lock().end.is_some()
+    }
+
+    /// Whether it is a ring slot (it fits `inline_capacity`) rather than
+    /// store space.
+    #[getter]
+    fn is_inline(&self) -> bool {
+        self.inline
+    }
+
+    /// Buffer exports alive (memoryviews, numpy arrays, ...).
+    #[getter]
+    fn exports(&self) -> usize {
+        self.lock().exports
+    }
+
+    fn __len__(&self) -> usize {
+        self.len
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    /// Sends the loan if the block ended without an exception (unless it
+    /// was sent or closed in the block), else discards it. Exports alive at
+    /// that point discard it and raise `BufferError`.
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        exc_type: &Bound<'_, PyAny>,
+        _exc: &Bound<'_, PyAny>,
+        _tb: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        if !exc_type.is_none() {
+            self.discard();
+            return Ok(());
+        }
+        let exports = {
+            let st = self.lock();
+            if st.end.is_some() {
+                return Ok(());
+            }
+            st.exports
+        };
+        if exports > 0 {
+            self.discard();
+            return Err(PyBufferError::new_err(format!(
+                "cannot send the loan on leaving its with block: {exports} exported buffer(s) \
+                 (memoryview, numpy array, ...) still write into its memory (delete them inside \
+                 the block); the loan was discarded"
+            )));
+        }
+        self.send(py, None)
+    }
+
+    fn __repr__(&self) -> String {
+        let state = match self.lock().end {
+            None => "open",
+            Some(End::Sent) => "sent",
+            Some(End::Discarded | End::Failed) => "discarded",
+        };
+        format!(
+            "Loan(channel={:?}, len={}, {}, {state})",
+            self.channel,
+            self.len,
+            if self.inline { "inline" } else { "store" }
         )
     }
 }

@@ -46,9 +46,10 @@ pub(crate) enum Exc {
     TooManyHeld,
     Inherited,
     ChannelMismatch,
+    NotAnArray,
 }
 
-const CLASSES: [Class; 26] = [
+const CLASSES: [Class; 27] = [
     Class {
         name: "BlobError",
         parent: None,
@@ -173,7 +174,8 @@ const CLASSES: [Class; 26] = [
         name: "ChannelTimeout",
         parent: Some(Exc::Blob),
         builtin: Some(timeout_error),
-        doc: "No message arrived before the timeout (a TimeoutError).",
+        doc: "A timeout ran out (a TimeoutError): no message arrived (recv), or the channel had \
+              no room (send_timeout, loan, send_array, Loan.send).",
     },
     Class {
         name: "DisconnectedError",
@@ -211,6 +213,13 @@ const CLASSES: [Class; 26] = [
         doc: "An opener was given keywords (max_message, in_flight, overflow, stall_timeout, \
               delivery, max_held) and the channel exists with another geometry or policy: open it \
               without keywords to adopt what exists, or pick another name.",
+    },
+    Class {
+        name: "NotAnArrayError",
+        parent: Some(Exc::Blob),
+        builtin: Some(value_error),
+        doc: "Message.array() on a message that send_array did not send (it has no array \
+              header), or whose array header is inconsistent.",
     },
 ];
 

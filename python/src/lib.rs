@@ -15,6 +15,7 @@
 
 use pyo3::prelude::*;
 
+mod array;
 mod buffer;
 mod channel;
 mod errors;
@@ -33,6 +34,7 @@ fn sfb_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<channel::Sender>()?;
     m.add_class::<channel::Receiver>()?;
     m.add_class::<channel::Message>()?;
+    m.add_class::<channel::Loan>()?;
     m.add_function(wrap_pyfunction!(store::cleanup_namespace, m)?)?;
     m.add(
         "DEFAULT_CHUNK_SIZE",

@@ -304,3 +304,128 @@ def fork_with_endpoints(ns: str, channel: str, results: "Queue[Any]") -> None:
     pub.close()
     sub.close()
     store.close()
+
+
+# Arrays for send_array / Message.array(): every dtype carried, in shapes
+# from 0-d to 6-d (a 128-byte header), empty ones, views that are not
+# C-contiguous, big-endian ones, inline and through the store: (dtype,
+# shape, how the sent array is taken from the generated one).
+TYPED_SPECS: list[tuple[str, tuple[int, ...], str]] = [
+    ("bool", (17,), "plain"),
+    ("int8", (3, 5), "plain"),
+    ("uint8", (120, 64, 3), "plain"),  # 23 KB: through the store
+    ("int16", (7,), "step"),
+    ("uint16", (4, 4), "transpose"),
+    ("int32", (), "plain"),
+    ("uint32", (2, 3, 4, 5, 2, 3), "plain"),
+    ("int64", (300, 300), "plain"),  # 720 KB
+    ("uint64", (5,), "big-endian"),
+    ("float16", (10, 10), "reverse"),
+    ("float32", (64, 64), "fortran"),  # 16 KB, F-contiguous
+    ("float64", (0, 3), "plain"),
+    ("complex64", (9, 9), "plain"),
+    ("complex128", (200, 100), "step"),  # 320 KB, strided
+    ("complex128", (3,), "plain"),
+    ("float64", (6,), "big-endian"),
+]
+
+
+def make_typed(i: int) -> np.ndarray:
+    """The i-th array of TYPED_SPECS, the same in every process (random
+    bytes: floats among them may be NaN, so compare bytes, not values)."""
+    dtype, shape, how = TYPED_SPECS[i]
+    rng = np.random.default_rng(2000 + i)
+    n = int(np.prod(shape))
+    raw = rng.integers(0, 256, size=2 * n * np.dtype(dtype).itemsize, dtype=np.uint8)
+    arr = (raw[: 2 * n] & 1).astype(bool) if dtype == "bool" else raw.view(dtype)
+    if how == "plain":
+        return arr[:n].reshape(shape)
+    if how == "step":
+        return arr[::2].reshape(shape)
+    if how == "transpose":
+        return arr[:n].reshape(shape).T
+    if how == "reverse":
+        return arr[:n].reshape(shape)[::-1, ::-1]
+    if how == "fortran":
+        return np.asfortranarray(arr[:n].reshape(shape))
+    if how == "big-endian":
+        return arr[:n].reshape(shape).astype(np.dtype(dtype).newbyteorder(">"))
+    raise ValueError(how)
+
+
+def check_typed(i: int, got: np.ndarray, msg: "sfb.Message") -> list[str]:
+    """What is wrong with `got`, Message.array() of `msg`, against
+    make_typed(i): dtype (byte order included), shape, bytes, alignment,
+    read-only, a view of the message's memory."""
+    expected = make_typed(i)
+    wrong = []
+    if got.dtype != expected.dtype or got.dtype.str != expected.dtype.str:
+        wrong.append(f"dtype {got.dtype.str} != {expected.dtype.str}")
+    if got.shape != expected.shape:
+        wrong.append(f"shape {got.shape} != {expected.shape}")
+    if got.tobytes() != np.ascontiguousarray(expected).tobytes():
+        wrong.append("bytes differ")
+    if not got.flags.aligned:
+        wrong.append("not aligned")
+    if got.flags.writeable:
+        wrong.append("writeable")
+    if got.size and not np.shares_memory(got, np.frombuffer(msg, dtype=np.uint8)):
+        wrong.append("a copy, not a view of the message")
+    return wrong
+
+
+def send_typed_arrays(ns: str, channel: str) -> None:
+    """Sends every array of TYPED_SPECS with send_array on work queue `channel`."""
+    store = sfb.Store.attach(ns)
+    with store.sender(channel) as tx:
+        for i in range(len(TYPED_SPECS)):
+            tx.send_array(make_typed(i))
+    store.close()
+
+
+def receive_typed_arrays(ns: str, channel: str, ready: Event, results: "Queue[Any]") -> None:
+    """Receives arrays with Message.array() until disconnection; reports,
+    for each, what is wrong with it (see check_typed) and whether it came
+    through the store."""
+    store = sfb.Store.attach(ns)
+    rx = store.receiver(channel)
+    ready.set()
+    out = []
+    for i, msg in enumerate(rx):
+        got = msg.array()
+        out.append((i, check_typed(i, got, msg), msg.is_overflow))
+        del got
+        msg.release()
+    results.put(out)
+    rx.close()
+    store.close()
+
+
+def loan_payload(i: int, n: int) -> np.ndarray:
+    """What loan i of `n` float64 holds (see fill_loans)."""
+    return np.arange(n, dtype=np.float64) * (i + 1) + i
+
+
+LOAN_COUNTS = [0, 1, 100, 511, 513, 5000, 250_000]  # float64 elements
+
+
+def fill_loans(ns: str, channel: str, kind: str) -> None:
+    """Producer: for each count of LOAN_COUNTS, a loan filled in place
+    through numpy and sent by leaving its with block; after each, a loan
+    abandoned by an exception in its with block, which must never arrive."""
+    store = sfb.Store.attach(ns)
+    tx = store.publisher(channel, overflow="block") if kind == "broadcast" else store.sender(channel)
+    for i, n in enumerate(LOAN_COUNTS):
+        with tx.loan(8 * n) as loan:
+            arr = np.frombuffer(loan, dtype=np.float64)
+            arr[:] = loan_payload(i, n)
+            del arr
+        try:
+            with tx.loan(8 * n + 8) as abandoned:
+                np.frombuffer(abandoned, dtype=np.float64)[:] = -1.0
+                raise RuntimeError("abandoned")
+        except RuntimeError:
+            pass
+    tx.close()
+    store.close()
+
