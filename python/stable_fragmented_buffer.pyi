@@ -382,7 +382,18 @@ class Receiver:
 
 @final
 class Store:
-    """A namespace in POSIX shared memory: blobs and channels."""
+    """A namespace in POSIX shared memory: blobs and channels.
+
+    The namespace lives while its creator's Store or any endpoint (or loan)
+    opened through it lives: leaving `with Store.create(...)` closes the
+    Store object, and the files are removed when the last endpoint opened
+    through it is closed too. Endpoints of other processes then raise
+    `ClosedError` (they never write into removed files).
+
+    A Store pickles as its namespace's name: unpickling attaches to the
+    namespace (`Store.attach`), so it can be passed to a process started
+    with the spawn method; the copy is never the creator. Pickling a closed
+    Store raises `ClosedError`."""
 
     @staticmethod
     def create(

@@ -375,6 +375,19 @@ impl Store {
         self.close(py);
     }
 
+    /// Pickles as the namespace's name: unpickling attaches to the
+    /// namespace (`Store.attach`), so a `Store` can be passed to a process
+    /// started with the spawn method. The copy is never the namespace's
+    /// creator: its closing removes nothing. A closed store raises
+    /// `ClosedError`.
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, (String,))> {
+        let py = slf.py();
+        let this = slf.get();
+        this.get(py)?;
+        let attach = py.get_type::<Store>().getattr("attach")?;
+        Ok((attach, (this.namespace.clone(),)))
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "Store(namespace={:?}{})",

@@ -429,3 +429,47 @@ def fill_loans(ns: str, channel: str, kind: str) -> None:
     tx.close()
     store.close()
 
+
+def use_pickled_store(store: "sfb.Store", channel: str, results: "Queue[Any]") -> None:
+    """Gets a Store its parent passed pickled (spawn): sends one message on
+    work queue `channel` through it, closes it, and reports (namespace,
+    is_creator, pid)."""
+    report = (store.namespace, store.is_creator, os.getpid())
+    with store.sender(channel) as tx:
+        tx.send(f"from {os.getpid()}".encode())
+    store.close()
+    results.put(report)
+
+
+def use_after_removal(ns: str, channel: str, ready: Event, go: Event, results: "Queue[Any]") -> None:
+    """Attaches, opens a sender and a receiver on work queue `channel` and
+    sends one message; once `go` is set (the creator's side has removed the
+    namespace), tries every kind of use and reports what each raised."""
+    store = sfb.Store.attach(ns)
+    tx = store.sender(channel)
+    rx = store.receiver(channel)
+    tx.send(b"before")
+    ready.set()
+    assert go.wait(60)
+    out: list[tuple[str, str]] = []
+    attempts: list[tuple[str, Any]] = [
+        ("send", lambda: tx.send(b"after")),
+        ("try_send", lambda: tx.try_send(b"after")),
+        ("send_timeout", lambda: tx.send_timeout(b"after", 1.0)),
+        ("send through the store", lambda: tx.send(bytes(100_000))),
+        ("loan", lambda: tx.loan(8)),
+        ("send_array", lambda: tx.send_array(np.zeros(3))),
+        ("open a sender", lambda: store.sender(channel)),
+        ("append", lambda: store.append(b"after")),
+        ("attach", lambda: sfb.Store.attach(ns)),
+    ]
+    for what, attempt in attempts:
+        try:
+            attempt()
+            out.append((what, "ok"))
+        except sfb.BlobError as e:
+            out.append((what, type(e).__name__))
+    tx.close()
+    rx.close()
+    store.close()
+    results.put(out)
