@@ -387,8 +387,10 @@ class Store:
     The namespace lives while its creator's Store or any endpoint (or loan)
     opened through it lives: leaving `with Store.create(...)` closes the
     Store object, and the files are removed when the last endpoint opened
-    through it is closed too. Endpoints of other processes then raise
-    `ClosedError` (they never write into removed files).
+    through it is closed too. Producers of other processes then raise
+    `ClosedError` (so do their openers and `append`: nothing is written
+    into removed files); consumers there receive what was sent before,
+    then raise `DisconnectedError`.
 
     A Store pickles as its namespace's name: unpickling attaches to the
     namespace (`Store.attach`), so it can be passed to a process started

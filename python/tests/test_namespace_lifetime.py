@@ -1,8 +1,9 @@
 """How long a namespace lives, the same rule as the Rust library's: while
 its creator's Store or any endpoint (or loan) opened through it lives.
 Leaving `with Store.create(...)` closes the Store object; the files go with
-the last endpoint. Endpoints of other processes then raise ClosedError and
-never write into removed files. And a Store pickles as its namespace's
+the last endpoint. Producers of other processes then raise ClosedError and
+never write into removed files; consumers there see the channel
+disconnected. And a Store pickles as its namespace's
 name: unpickled, it is attached, never the creator."""
 
 import gc
@@ -59,6 +60,7 @@ def test_the_namespace_lives_while_an_endpoint_opened_through_its_creator_lives(
         "open a sender": "ClosedError",
         "append": "ClosedError",
         "attach": "NotFoundError",
+        "try_recv": "DisconnectedError",
     }
     assert namespace_files(ns) == []  # nothing was written into new files
 

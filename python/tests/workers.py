@@ -443,8 +443,9 @@ def use_pickled_store(store: "sfb.Store", channel: str, results: "Queue[Any]") -
 
 def use_after_removal(ns: str, channel: str, ready: Event, go: Event, results: "Queue[Any]") -> None:
     """Attaches, opens a sender and a receiver on work queue `channel` and
-    sends one message; once `go` is set (the creator's side has removed the
-    namespace), tries every kind of use and reports what each raised."""
+    sends one message (for the parent's receiver); once `go` is set (the
+    creator's side has removed the namespace), tries every kind of use and
+    reports what each raised."""
     store = sfb.Store.attach(ns)
     tx = store.sender(channel)
     rx = store.receiver(channel)
@@ -462,6 +463,7 @@ def use_after_removal(ns: str, channel: str, ready: Event, go: Event, results: "
         ("open a sender", lambda: store.sender(channel)),
         ("append", lambda: store.append(b"after")),
         ("attach", lambda: sfb.Store.attach(ns)),
+        ("try_recv", lambda: rx.try_recv()),  # "before" went to the parent
     ]
     for what, attempt in attempts:
         try:
