@@ -267,6 +267,16 @@ pub fn wait(opts: &WaitOptions) -> Result<Vec<WaitRun>, Box<dyn std::error::Erro
                     );
                     let mut r = run(rate, secs, transport)?;
                     r.round = round;
+                    // Every run, not only the medians.
+                    eprintln!(
+                        "    p50 {:.1} µs, p99 {:.1} µs, CPU {:.2} µs/msg, {:.2} sleeps/msg, {:.0} % on the sender's CPU, others {:.0} %",
+                        r.p50 as f64 / 1e3,
+                        r.p99 as f64 / 1e3,
+                        r.cpu_per_msg() / 1e3,
+                        r.sleeps_per_msg(),
+                        r.same_cpu as f64 * 100.0 / r.measured.max(1) as f64,
+                        r.others * 100.0
+                    );
                     runs.push(r);
                 }
             }
