@@ -238,10 +238,13 @@ class Publisher:
 
     Waits for room (a full ring or pool under overflow="block", a full
     store) release the GIL; `timeout=` bounds them, raising
-    `ChannelTimeout`. They run in slices of 50 ms, so Ctrl-C interrupts
-    them, except the wait for a ring entry of a message already written
-    into the store (larger than `inline_capacity`), and `Loan.send`: the
-    library gives no way to resume those."""
+    `ChannelTimeout`. Ctrl-C interrupts those of a message that fits
+    `inline_capacity`, of a loan, and of a message larger than that whose
+    bytes are not in one piece (strided) or that is at least 8 MiB, up to
+    its copy into the store (they wait in slices of 50 ms). A larger
+    message in one piece is sent by one library call (which streams its
+    copy into the store, and would copy it again at each retry), and
+    `Loan.send` is one library call too: Ctrl-C waits for those."""
 
     def send(self, obj: _BufferLike) -> None:
         """Sends the bytes of `obj` (anything with the buffer protocol,

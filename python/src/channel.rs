@@ -150,6 +150,7 @@ impl<T> Open<T> {
 
 /// What `Publisher` and `Sender` have in common.
 trait Produce: Send + Sync {
+    fn send(&self, data: &[u8]) -> Result<(), SendError>;
     fn try_send(&self, data: &[u8]) -> Result<(), TrySendError>;
     fn send_timeout(&self, data: &[u8], timeout: Duration) -> Result<(), SendTimeoutError>;
     fn try_loan(&self, len: usize) -> Result<sfb::Loan, TrySendError>;
@@ -167,6 +168,9 @@ trait Consume: Send + Sync {
 macro_rules! produce {
     ($t:ty) => {
         impl Produce for $t {
+            fn send(&self, data: &[u8]) -> Result<(), SendError> {
+                <$t>::send(self, data)
+            }
             fn try_send(&self, data: &[u8]) -> Result<(), TrySendError> {
                 <$t>::try_send(self, data)
             }
@@ -410,9 +414,14 @@ fn take_loan(
 ///
 /// A message that fits a ring slot is copied there (a cheap copy: tried
 /// once with the GIL held, then waited for with the GIL released, in
-/// slices, running signal handlers between them). A larger one is written
-/// straight into a loan of store space (one copy, split between threads
-/// when large, gathering a strided export) with the GIL released, then
+/// slices, running signal handlers between them). A larger one in one
+/// piece, below [`buffer::PARALLEL_MIN`], goes to the library's own send,
+/// with the GIL released: it streams the copy into large chunks
+/// (non-temporal stores), twice as fast at 1 MiB as a loan filled by
+/// `memcpy`. Its wait is one call, not slices (a retry would append the
+/// bytes again). Any other (a header before it, strided, or so large that
+/// the copy is split between threads) is written straight into a loan of
+/// store space with the GIL released, the loan waited for in slices, then
 /// published.
 fn send_payload(
     py: Python<'_>,
@@ -444,6 +453,14 @@ fn send_payload(
             }
         }
         r
+    } else if let Some(data) = msg.whole.filter(|d| d.len() < buffer::PARALLEL_MIN) {
+        py.detach(|| match wait {
+            Wait::Never => p.try_send(data).map_err(Failed::from_try),
+            Wait::Until(d) => p
+                .send_timeout(data, d.saturating_duration_since(Instant::now()))
+                .map_err(Failed::from_timeout),
+            Wait::Forever => p.send(data).map_err(Failed::Send),
+        })
     } else {
         let Some(mut loan) = take_loan(py, p, channel, len, wait)? else {
             return Ok(false);
