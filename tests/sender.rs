@@ -456,6 +456,34 @@ fn a_blocked_receive_spins_as_configured_then_sleeps() {
     assert!(spinning > Duration::from_millis(60), "{spinning:?}");
 }
 
+/// The spin adapts: a receiver of messages 15 ms apart with a 5 ms spin
+/// would burn 5 ms a message spinning in vain; once its waits outlast the
+/// spin it sleeps at once, and spins again only on a probe (one wait in
+/// 16), so 32 messages cost a few spins, not 32.
+#[test]
+fn a_spin_that_never_pays_is_turned_off() {
+    let ns = Ns::new("spinadapt");
+    let store = PinnedBlobStore::new_shared(Config::default(), ns.as_str(), 1 << 20).unwrap();
+    let rx = store
+        .subscriber_with("c", ChannelConfig::default().spin(Duration::from_millis(5)))
+        .unwrap();
+    let tx = store.publisher("c").unwrap();
+    let sender = std::thread::spawn(move || {
+        for i in 0..32u64 {
+            std::thread::sleep(Duration::from_millis(15));
+            tx.send(&i.to_le_bytes()).unwrap();
+        }
+    });
+    let t = thread_cpu_ns();
+    for i in 0..32u64 {
+        assert_eq!(&*rx.recv().unwrap(), &i.to_le_bytes());
+    }
+    let cpu = Duration::from_nanos(thread_cpu_ns() - t);
+    sender.join().unwrap();
+    // Spinning every wait: 160 ms. Adapted: the first wait, two probes.
+    assert!(cpu < Duration::from_millis(60), "{cpu:?}");
+}
+
 /// The closing rule: the creator's store dropped while an endpoint of its
 /// lives keeps the namespace (the endpoint still sends and is received);
 /// once that endpoint goes too, the files are removed, and a publisher in

@@ -22,8 +22,8 @@ pub(crate) struct Consumer {
     store: StoreLink,
     index: usize,
     sleeper: Sleeper,
-    /// How long a wait spins before it sleeps.
-    spin: std::time::Duration,
+    /// How long a wait spins before it sleeps, adapted to the traffic.
+    spin: wait::SpinPolicy,
     /// Paces its looks for dead producers.
     liveness: Throttle,
     /// Held-message budget (the file's).
@@ -67,7 +67,7 @@ impl Consumer {
             store,
             index,
             sleeper: Sleeper::new(index),
-            spin,
+            spin: wait::SpinPolicy::new(spin),
             liveness: Throttle::new(),
             state: Mutex::new(State {
                 cursor,
@@ -297,10 +297,13 @@ impl Consumer {
         deadline: Option<Instant>,
     ) -> Result<Message, RecvTimeoutError> {
         let h = self.chan.ring.header();
-        let mut spin = wait::Spin::new(self.spin);
+        let mut spin = self.spin.start();
         loop {
             match self.try_recv() {
-                Ok(m) => return Ok(m),
+                Ok(m) => {
+                    self.spin.settle(&spin);
+                    return Ok(m);
+                }
                 Err(TryRecvError::Empty) => {}
                 Err(TryRecvError::Expired) => return Err(RecvTimeoutError::Expired),
                 Err(TryRecvError::Lagged(n)) => return Err(RecvTimeoutError::Lagged(n)),

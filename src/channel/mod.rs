@@ -154,8 +154,11 @@ pub struct ChannelConfig {
     /// How long a blocked send or receive of this endpoint spins before it
     /// sleeps on a futex. Not part of the channel file: each endpoint
     /// chooses its own. Default 5 µs, chosen from the measurement of
-    /// wake-up latency against CPU per message in `BENCHMARKS.md`; longer
-    /// spins lower latency at high rates and cost CPU at low ones.
+    /// wake-up latency against CPU per message in `BENCHMARKS.md`. The spin
+    /// adapts: while waits outlast it, the endpoint sleeps at once (but for
+    /// one wait in 16, which spins to see whether traffic sped up), so a
+    /// longer spin costs little CPU at low rates and saves a sleep and a
+    /// wake-up per message in a stream.
     pub spin: Duration,
 }
 

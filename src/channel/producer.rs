@@ -66,8 +66,8 @@ pub(crate) struct Producer {
     store: StoreLink,
     index: usize,
     sleeper: Sleeper,
-    /// How long a wait spins before it sleeps.
-    spin: Duration,
+    /// How long a wait spins before it sleeps, adapted to the traffic.
+    spin: wait::SpinPolicy,
     /// Paces its looks for dead participants.
     liveness: Throttle,
     /// Inline loans outstanding (each holds a pool slot).
@@ -111,7 +111,7 @@ impl Producer {
             store,
             index,
             sleeper: Sleeper::new(index),
-            spin,
+            spin: wait::SpinPolicy::new(spin),
             liveness: Throttle::new(),
             loans: AtomicU32::new(0),
             last_full: AtomicU32::new(FULL_NONE),
@@ -215,11 +215,12 @@ impl Producer {
     fn claim(&self, wait: Wait) -> Result<u64, TrySendError> {
         let ring = &self.chan.ring;
         let h = ring.header();
-        let mut spin = wait::Spin::new(self.spin);
+        let mut spin = self.spin.start();
         loop {
             let now = crate::clock::now_ms();
             match ring.try_claim(self.me(), now, &mut |x| self.ack(x)) {
                 Claim::Claimed(seq) => {
+                    self.spin.settle(&spin);
                     if h.full_since_ms.load(Ordering::Relaxed) != 0 {
                         h.full_since_ms.store(0, Ordering::Relaxed);
                     }
@@ -269,10 +270,13 @@ impl Producer {
     /// allows. Under DropOldest the oldest message makes room.
     fn alloc(&self, prefer: Option<u32>, wait: Wait) -> Result<u32, TrySendError> {
         let ring = &self.chan.ring;
-        let mut spin = wait::Spin::new(self.spin);
+        let mut spin = self.spin.start();
         loop {
             match ring.alloc(self.me(), prefer, &|b| self.chan.back(b)) {
-                Ok(b) => return Ok(b),
+                Ok(b) => {
+                    self.spin.settle(&spin);
+                    return Ok(b);
+                }
                 Err(NoSlot::NoSpace) => {
                     return Err(TrySendError::Send(SendError::Store(BlobError::NoSpace {
                         file: self.chan.path.clone(),

@@ -10,37 +10,92 @@
 use crate::sync::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-/// How long a waiter spins before it sleeps, unless the endpoint's
-/// [`ChannelConfig::spin`](crate::ChannelConfig::spin) says otherwise. Chosen
-/// from the measurement in `BENCHMARKS.md` (wake-up latency against the
-/// receiver's CPU per message): see `docs/design.md`.
+/// How long a waiter spins before it sleeps (while spinning pays, see
+/// [`SpinPolicy`]), unless the endpoint's
+/// [`ChannelConfig::spin`](crate::ChannelConfig::spin) says otherwise.
+/// Chosen from `sfb-bench --scenario wait` in `BENCHMARKS.md` (latency
+/// against the receiver's CPU per message at 1 and 10 kHz, beside a Unix
+/// socket): see `docs/design.md`.
 pub(crate) const DEFAULT_SPIN: Duration = Duration::from_micros(5);
+
+/// An endpoint's spin, adapted to how its waits end. A wait that ended
+/// within the spin budget (the message or the room came while spinning, or
+/// would have) keeps the next waits spinning; one that outlasted it (the
+/// thread slept, and would have spun in vain) turns spinning off, except
+/// for one wait in [`PROBE_EVERY`] that spins again to find out whether the
+/// traffic has sped up. A stream spins and never sleeps; a receiver of
+/// messages milliseconds apart sleeps at once and pays the spin only on
+/// the probes.
+#[derive(Debug)]
+pub(crate) struct SpinPolicy {
+    budget: Duration,
+    /// Waits in a row that outlasted the budget (0: the last one did not).
+    unpaid: AtomicU32,
+}
+
+/// One wait in this many spins while spinning does not pay.
+pub(crate) const PROBE_EVERY: u32 = 16;
+
+impl SpinPolicy {
+    /// A policy of `budget` (at most an hour: any `Instant` has room for
+    /// that, so no budget makes a deadline overflow).
+    pub(crate) fn new(budget: Duration) -> Self {
+        Self {
+            budget: budget.min(Duration::from_secs(3600)),
+            unpaid: AtomicU32::new(0),
+        }
+    }
+
+    /// The spin of a wait about to begin.
+    pub(crate) fn start(&self) -> Spin {
+        let n = self.unpaid.load(Ordering::Relaxed);
+        Spin {
+            budget: if n % PROBE_EVERY == 0 {
+                self.budget
+            } else {
+                Duration::ZERO
+            },
+            started: None,
+            until: None,
+        }
+    }
+
+    /// Records how the wait of `spin` ended (it got what it waited for).
+    pub(crate) fn settle(&self, spin: &Spin) {
+        let Some(started) = spin.started else {
+            return; // No wait: the first try succeeded.
+        };
+        if started.elapsed() <= self.budget {
+            if self.unpaid.load(Ordering::Relaxed) != 0 {
+                self.unpaid.store(0, Ordering::Relaxed);
+            }
+        } else {
+            // Relaxed, and a lost update between threads only shifts a probe.
+            let n = self.unpaid.load(Ordering::Relaxed);
+            self.unpaid.store(n.wrapping_add(1), Ordering::Relaxed);
+        }
+    }
+}
 
 /// The spin phase of one wait: true while the caller should spin on (its
 /// budget has not run out since the first call).
 #[derive(Debug)]
 pub(crate) struct Spin {
     budget: Duration,
+    /// When the wait began (the first call of [`again`](Self::again)).
+    started: Option<std::time::Instant>,
     until: Option<std::time::Instant>,
 }
 
 impl Spin {
-    /// A spin of `budget` (at most an hour: any `Instant` has room for
-    /// that, so no budget makes the deadline overflow).
-    pub(crate) fn new(budget: Duration) -> Self {
-        Self {
-            budget: budget.min(Duration::from_secs(3600)),
-            until: None,
-        }
-    }
-
     /// Whether to spin once more (with a `spin_loop` hint) rather than sleep.
     pub(crate) fn again(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let started = *self.started.get_or_insert(now);
         if self.budget.is_zero() {
             return false;
         }
-        let now = std::time::Instant::now();
-        let until = *self.until.get_or_insert(now + self.budget);
+        let until = *self.until.get_or_insert(started + self.budget);
         if now < until {
             std::hint::spin_loop();
             true
@@ -165,4 +220,54 @@ fn wake_all(word: &AtomicU32) {
     crate::os::futex_wake_all(word);
     #[cfg(loom)]
     let _ = word;
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn wait_for(policy: &SpinPolicy, wait: Duration) -> bool {
+        let mut spin = policy.start();
+        let spun = spin.again();
+        std::thread::sleep(wait);
+        policy.settle(&spin);
+        spun
+    }
+
+    #[test]
+    fn a_spin_that_does_not_pay_is_turned_off_but_for_probes() {
+        let policy = SpinPolicy::new(Duration::from_millis(2));
+        // A wait that ended within the budget keeps the next one spinning.
+        assert!(wait_for(&policy, Duration::ZERO));
+        assert!(wait_for(&policy, Duration::ZERO));
+        // Waits that outlast it: spinning stops, but for one wait in
+        // PROBE_EVERY.
+        assert!(wait_for(&policy, Duration::from_millis(4)));
+        let spun: Vec<bool> = (0..2 * PROBE_EVERY)
+            .map(|_| wait_for(&policy, Duration::from_millis(3)))
+            .collect();
+        assert_eq!(spun.iter().filter(|&&s| s).count(), 2, "{spun:?}");
+        assert!(spun[PROBE_EVERY as usize - 1]);
+        // A quick wait (a probe would have caught it) turns it back on.
+        let mut spin = policy.start();
+        let _ = spin.again();
+        policy.settle(&spin);
+        assert!(wait_for(&policy, Duration::ZERO));
+    }
+
+    #[test]
+    fn a_first_try_that_succeeds_changes_nothing() {
+        let policy = SpinPolicy::new(Duration::from_millis(1));
+        assert!(wait_for(&policy, Duration::from_millis(3)));
+        let spin = policy.start();
+        policy.settle(&spin); // never waited
+        assert!(!policy.start().again(), "still off");
+    }
+
+    #[test]
+    fn a_huge_budget_does_not_overflow() {
+        let policy = SpinPolicy::new(Duration::MAX);
+        let mut spin = policy.start();
+        assert!(spin.again());
+    }
 }
