@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{env, payload, say, spawn_peer, Ns, Peer};
+use common::{env, monotonic_ns, payload, say, spawn_peer, Ns, Peer};
 use stable_fragmented_buffer::{
     BlobError, ChannelConfig, Config, PinnedBlobStore, RecvError, RecvTimeoutError, SendError,
     TryRecvError, TrySendError,
@@ -158,17 +158,6 @@ fn role_idle_receiver() {
 
 /// Sends the idle receiver makes of waking up.
 const WAKE_ROUNDS: usize = 6;
-
-/// CLOCK_MONOTONIC in nanoseconds: the same clock in every process.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// Subscribes (or receives), takes SFB_TAKE messages, holds them, says
 /// "holding", and waits to be killed.

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{env, payload, say, spawn_peer, Ns, Peer};
+use common::{env, payload, say, spawn_peer, thread_cpu_ns, Ns, Peer};
 use stable_fragmented_buffer::{
     BlobError, ChannelConfig, Config, Overflow, PinnedBlobStore, RecvError, RecvTimeoutError,
     SendError, SendTimeoutError, TrySendError,
@@ -416,17 +416,6 @@ fn lag_and_memory_bound_are_what_the_channel_holds() {
     assert_eq!(r.lag(), 5);
     drop(r.recv().unwrap());
     assert_eq!(r.lag(), 4);
-}
-
-/// Thread CPU time, in nanoseconds.
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The spin before sleeping is the endpoint's `ChannelConfig::spin`: with

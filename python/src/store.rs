@@ -176,7 +176,6 @@ impl Store {
         delivery: Option<&str>,
         max_held: Option<i64>,
     ) -> PyResult<channel::Publisher> {
-        let store = self.get(py)?;
         let options = channel::Options {
             max_message,
             in_flight,
@@ -185,14 +184,14 @@ impl Store {
             delivery,
             max_held,
         };
-        let p = if options.given() {
-            let cfg = channel::config(py, &options)?;
-            store.publisher_with(name, cfg)
-        } else {
-            store.publisher(name)
-        }
-        .map_err(|e| errors::from_blob(py, &e))?;
-        Ok(channel::Publisher::open(p, store, name))
+        let (e, store) = self.open_endpoint(
+            py,
+            name,
+            &options,
+            PinnedBlobStore::publisher,
+            PinnedBlobStore::publisher_with,
+        )?;
+        Ok(channel::Publisher::open(e, store, name))
     }
 
     /// Subscribes to broadcast channel `name` (creating it if needed): it
@@ -215,7 +214,6 @@ impl Store {
         delivery: Option<&str>,
         max_held: Option<i64>,
     ) -> PyResult<Subscriber> {
-        let store = self.get(py)?;
         let options = channel::Options {
             max_message,
             in_flight,
@@ -224,14 +222,14 @@ impl Store {
             delivery,
             max_held,
         };
-        let s = if options.given() {
-            let cfg = channel::config(py, &options)?;
-            store.subscriber_with(name, cfg)
-        } else {
-            store.subscriber(name)
-        }
-        .map_err(|e| errors::from_blob(py, &e))?;
-        Ok(Subscriber::open(s, store, name))
+        let (e, store) = self.open_endpoint(
+            py,
+            name,
+            &options,
+            PinnedBlobStore::subscriber,
+            PinnedBlobStore::subscriber_with,
+        )?;
+        Ok(Subscriber::open(e, store, name))
     }
 
     /// Opens (creating if needed) work queue `name` for sending.
@@ -258,7 +256,6 @@ impl Store {
         delivery: Option<&str>,
         max_held: Option<i64>,
     ) -> PyResult<Sender> {
-        let store = self.get(py)?;
         let options = channel::Options {
             max_message,
             in_flight,
@@ -267,14 +264,14 @@ impl Store {
             delivery,
             max_held,
         };
-        let s = if options.given() {
-            let cfg = channel::config(py, &options)?;
-            store.sender_with(name, cfg)
-        } else {
-            store.sender(name)
-        }
-        .map_err(|e| errors::from_blob(py, &e))?;
-        Ok(Sender::open(s, store, name))
+        let (e, store) = self.open_endpoint(
+            py,
+            name,
+            &options,
+            PinnedBlobStore::sender,
+            PinnedBlobStore::sender_with,
+        )?;
+        Ok(Sender::open(e, store, name))
     }
 
     /// Opens (creating if needed) work queue `name` for receiving: each
@@ -296,7 +293,6 @@ impl Store {
         delivery: Option<&str>,
         max_held: Option<i64>,
     ) -> PyResult<Receiver> {
-        let store = self.get(py)?;
         let options = channel::Options {
             max_message,
             in_flight,
@@ -305,14 +301,14 @@ impl Store {
             delivery,
             max_held,
         };
-        let r = if options.given() {
-            let cfg = channel::config(py, &options)?;
-            store.receiver_with(name, cfg)
-        } else {
-            store.receiver(name)
-        }
-        .map_err(|e| errors::from_blob(py, &e))?;
-        Ok(Receiver::open(r, store, name))
+        let (e, store) = self.open_endpoint(
+            py,
+            name,
+            &options,
+            PinnedBlobStore::receiver,
+            PinnedBlobStore::receiver_with,
+        )?;
+        Ok(Receiver::open(e, store, name))
     }
 
     /// The namespace's name.
@@ -504,4 +500,32 @@ pub(crate) fn cleanup_namespace(py: Python<'_>, namespace: String, force: bool) 
         }
     })
     .map_err(|e| errors::from_blob(py, &e))
+}
+
+impl Store {
+    /// Opens an endpoint of channel `name`: with the plain opener (adopting
+    /// the channel as it exists) when no keyword was given, else with the
+    /// `_with` opener and the config the keywords make (a channel that
+    /// exists with another geometry or policy is `ChannelMismatchError`).
+    fn open_endpoint<T>(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        options: &channel::Options<'_>,
+        plain: fn(&PinnedBlobStore, &str) -> stable_fragmented_buffer::Result<T>,
+        with: fn(
+            &PinnedBlobStore,
+            &str,
+            stable_fragmented_buffer::ChannelConfig,
+        ) -> stable_fragmented_buffer::Result<T>,
+    ) -> PyResult<(T, Arc<PinnedBlobStore>)> {
+        let store = self.get(py)?;
+        let endpoint = if options.given() {
+            with(&store, name, channel::config(py, options)?)
+        } else {
+            plain(&store, name)
+        }
+        .map_err(|e| errors::from_blob(py, &e))?;
+        Ok((endpoint, store))
+    }
 }

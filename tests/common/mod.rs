@@ -244,3 +244,23 @@ pub fn lossless() -> stable_fragmented_buffer::ChannelConfig {
     stable_fragmented_buffer::ChannelConfig::default()
         .overflow(stable_fragmented_buffer::Overflow::Block)
 }
+
+/// CLOCK_MONOTONIC in nanoseconds: the same clock in every process.
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// CPU time of the calling thread, in nanoseconds.
+pub fn thread_cpu_ns() -> u64 {
+    clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
