@@ -61,7 +61,17 @@ fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(1)
         .max(1);
-    let only: Vec<&String> = args.iter().skip_while(|a| *a != "--only").skip(1).collect();
+    // `--only A B --only C`: every word after an `--only` up to the next
+    // `--flag`.
+    let mut only: Vec<&String> = Vec::new();
+    let mut listing = false;
+    for a in &args {
+        if a.starts_with("--") {
+            listing = a == "--only";
+        } else if listing {
+            only.push(a);
+        }
+    }
     let wanted = |label: &str| only.is_empty() || only.iter().any(|o| label.contains(o.as_str()));
     let iox: Vec<usize> = PAYLOADS
         .into_iter()
