@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 /// Paced messages per cell, and their spacing, by consumer kind and size
 /// (a gap longer than the transfer itself, so the figure is latency, not
 /// queueing).
-fn paced(opts: &Options, blocking: bool, size: usize) -> (u64, Duration) {
+pub(crate) fn paced(opts: &Options, blocking: bool, size: usize) -> (u64, Duration) {
     let n = opts.latency_samples.clamp(100, 2_000);
     let transfer = Duration::from_nanos((size as u64) / 2); // 2 GB/s, pessimistic
     if blocking {

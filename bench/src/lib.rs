@@ -13,6 +13,7 @@
 //! in `main`: the cross-process cells re-execute the binary as their
 //! consumer process.
 
+mod bare_ring;
 mod bound;
 mod channel;
 mod cross;
@@ -38,6 +39,12 @@ pub use wait::{
     WaitOptions, WaitRun, WaitSummary, MESSAGE as WAIT_MESSAGE,
 };
 pub use workloads::tail;
+
+use std::rc::Rc;
+
+/// The bare ring's throughput of one size in one run (payload bytes per
+/// second), shared by the channel rows of that size.
+type RingBound = Rc<std::cell::Cell<Option<f64>>>;
 
 /// Payload sizes of the table.
 pub const PAYLOADS: [usize; 4] = [64, 4096, 64 << 10, 1 << 20];
@@ -139,18 +146,49 @@ pub fn plan(opts: Options) -> Vec<Step> {
             format!("full cycle {l}"),
             Box::new(move || cross::store_cycle(&opts, size)),
         );
-        add(
-            format!("channel busy-poll {l}"),
-            Box::new(move || channel::channel_cycle(&opts, size, false, false)),
-        );
-        add(
-            format!("channel blocking {l}"),
-            Box::new(move || channel::channel_cycle(&opts, size, true, false)),
-        );
-        if size > 4096 {
+        // The channel rows' bound, measured once per run and size: by its
+        // own row, or by the first channel row of the size if that row was
+        // left out (`--only`).
+        let ring: RingBound = Rc::new(std::cell::Cell::new(None));
+        {
+            let ring = Rc::clone(&ring);
             add(
-                format!("channel busy-poll, ring sized {l}"),
-                Box::new(move || channel::channel_cycle(&opts, size, false, true)),
+                format!("bare ring {l}"),
+                Box::new(move || {
+                    let c = bare_ring::bare_ring_cycle(&opts, size);
+                    ring.set(c.bound);
+                    c
+                }),
+            );
+        }
+        for (label, blocking, sized) in [
+            ("channel busy-poll", false, false),
+            ("channel blocking", true, false),
+            ("channel busy-poll, ring sized", false, true),
+        ] {
+            if sized && size <= 4096 {
+                continue;
+            }
+            let ring = Rc::clone(&ring);
+            add(
+                format!("{label} {l}"),
+                Box::new(move || {
+                    let (bound, whose) = match ring.get() {
+                        Some(b) => (b, "the bare ring row of this size and run"),
+                        None => {
+                            let b = bare_ring::bare_ring_cycle(&opts, size).bound;
+                            ring.set(b);
+                            (
+                                b.unwrap_or(0.0),
+                                "a bare ring of this size measured for this row",
+                            )
+                        }
+                    };
+                    let mut c = channel::channel_cycle(&opts, size, blocking, sized);
+                    c.bound = Some(bound);
+                    c.note.push_str(&format!("; of bound: {whose}"));
+                    c
+                }),
             );
         }
         add(

@@ -48,8 +48,10 @@ pub struct Cell {
     /// operation that does not (a view, an acknowledgement) is O(1): its
     /// table row has operations per second and no GB/s.
     pub copies: bool,
-    /// The memory bound of this cell, payload bytes per second, measured
-    /// interleaved with it (appends only; see `bound.rs`).
+    /// The bound of this cell, payload bytes per second: for an append,
+    /// the memory bound measured interleaved with it (see `bound.rs`); for
+    /// a channel row, the bare ring of the same size in the same run (see
+    /// `bare_ring.rs`).
     pub bound: Option<f64>,
     /// Producer threads.
     pub threads: usize,
