@@ -324,9 +324,18 @@ impl Consumer {
 
 /// Kills and reaps the consumer process if it is still running when
 /// dropped (a run that failed).
-struct Reaped(Child);
+pub(crate) struct Reaped(Child);
 
 impl Reaped {
+    pub(crate) fn new(child: Child) -> Self {
+        Self(child)
+    }
+
+    /// Waits for the process to exit.
+    pub(crate) fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.0.wait()
+    }
+
     fn gone(&mut self) -> bool {
         !matches!(self.0.try_wait(), Ok(None))
     }
@@ -358,7 +367,7 @@ pub fn bare_ring_cycle(opts: &Options, size: usize) -> Cell {
         ],
     )
     .expect("consumer process");
-    let mut child = Reaped(child);
+    let mut child = Reaped::new(child);
     expect_line(&mut out, "READY");
     // Both ends have it mapped: nothing is left in the shared-memory
     // directory from here on, however the run ends.
@@ -386,7 +395,7 @@ pub fn bare_ring_cycle(opts: &Options, size: usize) -> Cell {
     }
     ring.close();
     let (count, lat) = parse_result(&expect_line(&mut out, "RESULT "));
-    let _ = child.0.wait();
+    let _ = child.wait();
     assert_eq!(count, ops + n_paced, "the consumer received every message");
     let (slots, stride, batch) = ring.geometry();
     let mut cell = Cell {

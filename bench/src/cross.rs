@@ -257,6 +257,7 @@ pub fn run_peer_if_asked() -> bool {
         Ok(role) => {
             return super::channel::run_peer(role)
                 || super::bare_ring::run_peer(role)
+                || super::chunks::run_peer(role)
                 || super::fanout::run_peer(role)
                 || super::jobs::run_peer(role)
                 || super::wait::run_peer(role)

@@ -3,11 +3,13 @@
 //! binary: every workload of the performance table, the memcpy bound and
 //! the Unix-socket baseline, measured in one run.
 //!
-//! Three multi-process scenarios stand beside the table:
+//! Four multi-process scenarios stand beside the table:
 //! [`fanout`] (2 MiB frames at 120 fps to subscribers of different speeds),
 //! [`jobs`] (a work queue with at-least-once delivery under worker
-//! crashes) and [`wait`] (the latency and CPU per message of a blocked
-//! receiver at a paced rate, per spin, against a Unix socket).
+//! crashes), [`wait`] (the latency and CPU per message of a blocked
+//! receiver at a paced rate, per spin, against a Unix socket) and
+//! [`chunks`] (the cost per chunk of creating, reclaiming and first
+//! resolving from another process, at 100, 1,000 and 4,000 chunks).
 //!
 //! A binary that runs the suite must call [`run_peer_if_asked`] first thing
 //! in `main`: the cross-process cells re-execute the binary as their
@@ -16,6 +18,7 @@
 mod bare_ring;
 mod bound;
 mod channel;
+mod chunks;
 mod cross;
 mod fanout;
 mod jobs;
@@ -27,6 +30,7 @@ mod wait;
 mod workloads;
 
 pub use channel::touch;
+pub use chunks::{chunks, chunks_markdown, ChunksRun, COUNTS as CHUNK_COUNTS};
 pub use cross::{mono_ns, run_peer_if_asked, PEER_ENV};
 pub use fanout::{fanout, fanout_markdown, FanoutRun, SubscriberResult};
 pub use jobs::{job_size, jobs, jobs_markdown, JobsRun, Kill, KillPhase};

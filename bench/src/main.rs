@@ -2,7 +2,7 @@
 //! (or `--stream [rounds]`, or `--tail [seconds]`, or
 //! `--scenario fanout [--seconds N]`, or `--scenario jobs [--jobs N]`, or
 //! `--scenario wait [--repeat N] [--rates 1000,10000] [--seconds 3,2]
-//! [--spins 0,2,5,20,100]`): the performance table of stable-fragmented-buffer with its baselines (memcpy
+//! [--spins 0,2,5,20,100]`, or `--scenario chunks [--rounds N] [--counts 100,1000,4000]`): the performance table of stable-fragmented-buffer with its baselines (memcpy
 //! into faulted memory, a Unix-domain socket, iceoryx2), in one run.
 
 mod iceoryx;
@@ -213,9 +213,45 @@ fn scenario(name: Option<&str>, args: &[String]) -> i32 {
                 }
             }
         }
+        Some("chunks") => {
+            let rounds: usize = bench::flag_value(args, "--rounds").unwrap_or(3);
+            if rounds == 0 {
+                eprintln!("--rounds: a positive number of rounds");
+                return 2;
+            }
+            let counts: Vec<usize> = match bench::flag_value::<String>(args, "--counts") {
+                None => bench::CHUNK_COUNTS.to_vec(),
+                Some(list) => match list.split(',').map(str::parse).collect() {
+                    Ok(c) => c,
+                    Err(_) => {
+                        eprintln!("--counts: chunk counts separated by commas");
+                        return 2;
+                    }
+                },
+            };
+            println!("Command: sfb-bench {}\n", args.join(" "));
+            println!(
+                "Scenario chunks: 64 KiB chunks holding one unacknowledged blob each, {} of them; per chunk: the append that creates it, reclaiming it (everything acknowledged, then cleanup_shared() passes), and its first resolve from an attached process; {rounds} rounds\n",
+                counts
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            match bench::chunks(rounds, &counts) {
+                Ok(runs) => {
+                    println!("{}", bench::chunks_markdown(&runs, &counts));
+                    0
+                }
+                Err(e) => {
+                    eprintln!("chunks failed: {e}");
+                    1
+                }
+            }
+        }
         other => {
             eprintln!(
-                "--scenario {}: expected fanout, jobs or wait",
+                "--scenario {}: expected fanout, jobs, wait or chunks",
                 other.unwrap_or("")
             );
             return 2;
