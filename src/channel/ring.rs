@@ -1668,6 +1668,69 @@ mod tests {
             }
         }
     }
+
+    /// A reclaimer between the two steps of `free_entry`: the slot is out
+    /// of the ring (freed, or already another producer's), the entry still
+    /// reads READY. A subscriber's hold must see it and lag, leaving the
+    /// owners word as it found it.
+    #[test]
+    fn a_subscriber_never_holds_a_slot_that_left_the_ring_under_it() {
+        let m = mem(4, false, false);
+        let r = &m.ring;
+        join(r, 0);
+        assert!(send(r, 0, 5));
+        assert!(send(r, 0, 6));
+        let (b0, b1) = (
+            r.entry(0).slot.load(Ordering::Relaxed),
+            r.entry(1).slot.load(Ordering::Relaxed),
+        );
+        // Seq 0: out of the ring and free, entry still READY.
+        r.out_of_ring(b0, 0, &mut no_ack());
+        assert_eq!(r.slot(b0).owners.load(Ordering::SeqCst), 0);
+        assert_eq!(r.read(0), Read::Ready { slot: b0 });
+        assert_eq!(r.next(0, 0, &mut no_ack()), Next::Lagged { at: 1 });
+        assert_eq!(
+            r.slot(b0).owners.load(Ordering::SeqCst),
+            0,
+            "no bit left behind"
+        );
+        // Seq 1: out of the ring and taken by producer 2 for a new message.
+        r.out_of_ring(b1, 1, &mut no_ack());
+        assert_eq!(r.alloc(2, Some(b1), &|_| true), Ok(b1));
+        assert_eq!(r.next(0, 1, &mut no_ack()), Next::Lagged { at: 2 });
+        assert_eq!(
+            r.slot(b1).owners.load(Ordering::SeqCst),
+            owners_writer(2),
+            "the writer's slot, without our bit"
+        );
+    }
+
+    /// The redelivery count belongs to a message, not to its slot: a slot
+    /// freed after a redelivery carries its next message as a first one.
+    #[test]
+    fn a_slot_reused_after_a_redelivery_starts_a_first_delivery() {
+        let m = mem(4, true, false);
+        let r = &m.ring;
+        join(r, 0);
+        join(r, 1);
+        assert!(send(r, 0, 7));
+        let Take::Taken(a) = r.take(0) else { panic!() };
+        r.leave(0);
+        assert_eq!(r.drop_holds_of(0, true, &mut no_ack()), 1);
+        let Take::Taken(b) = r.take(1) else { panic!() };
+        assert_eq!((b.slot, b.delivered), (a.slot, 1));
+        r.unhold(b.slot, 1, &mut no_ack());
+        assert_eq!(r.slot(a.slot).owners.load(Ordering::SeqCst), 0);
+        let Claim::Claimed(s) = r.try_claim(0, 0, &mut no_ack()) else {
+            panic!()
+        };
+        assert_eq!(r.alloc(0, Some(a.slot), &|_| true), Ok(a.slot));
+        // SAFETY: we are the slot's writer; 1 byte fits.
+        unsafe { r.write_inline(a.slot, &[9]) };
+        r.publish(s, 0, a.slot, 1, 0);
+        let Take::Taken(c) = r.take(1) else { panic!() };
+        assert_eq!((c.seq, c.slot, c.delivered, byte(r, &c)), (1, a.slot, 0, 9));
+    }
 }
 
 /// Model checks of the ring: `RUSTFLAGS="--cfg loom" cargo test --release --lib loom`.
