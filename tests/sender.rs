@@ -11,7 +11,7 @@ mod common;
 use common::{env, payload, say, spawn_peer, thread_cpu_ns, Ns, Peer};
 use stable_fragmented_buffer::{
     BlobError, ChannelConfig, Config, Overflow, PinnedBlobStore, RecvError, RecvTimeoutError,
-    SendError, SendTimeoutError, TrySendError,
+    SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
 use std::time::{Duration, Instant};
 
@@ -416,6 +416,36 @@ fn lag_and_memory_bound_are_what_the_channel_holds() {
     assert_eq!(r.lag(), 5);
     drop(r.recv().unwrap());
     assert_eq!(r.lag(), 4);
+}
+
+/// A subscriber overrun under `DropOldest`: `lag()` counts from its own
+/// place (the messages it will miss included), `Lagged(n)` is exactly what
+/// it missed, its cursor lands on the oldest message kept, and `lagged()`
+/// is the sum of its `Lagged` counts.
+#[test]
+fn an_overrun_subscriber_lags_by_exactly_what_it_missed() {
+    let ns = Ns::new("overrun");
+    let store = PinnedBlobStore::new_shared(common::cfg(0, 600_000), ns.as_str(), 1 << 20).unwrap();
+    let rx = store.subscriber_with("c", config("drop")).unwrap();
+    let tx = store.publisher_with("c", config("drop")).unwrap();
+    for seq in 0..20 {
+        tx.send(&message(seq, 16)).unwrap();
+    }
+    assert_eq!(rx.lag(), 20, "the four kept and the sixteen it will miss");
+    match rx.try_recv() {
+        Err(TryRecvError::Lagged(n)) => assert_eq!(n, 16),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!((rx.lagged(), rx.lag()), (16, 4));
+    for seq in 16..20 {
+        let m = rx.try_recv().unwrap();
+        assert_eq!(m.sequence(), seq);
+        assert_eq!(m[..8], seq.to_le_bytes());
+    }
+    assert_eq!(rx.lag(), 0);
+    assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+    assert_eq!(rx.lagged(), 16);
+    drop((tx, rx, store));
 }
 
 /// The spin before sleeping is the endpoint's `ChannelConfig::spin`: with
