@@ -677,6 +677,9 @@ fn at_least_once_redelivers_exactly_the_jobs_a_killed_receiver_held() {
         held.push(l);
     }
     assert_eq!(held, ["m 0 0", "m 1 0", "m 2 0", "m 3 0"]);
+    // What the channel file says: the victim's record holds the four.
+    let (held, redelivered) = held_and_redelivered(&ns);
+    assert_eq!((held, redelivered), (4, 0));
     let rx = store.receiver_with("c", cfg).unwrap();
     assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
     victim.kill9();
@@ -701,6 +704,18 @@ fn at_least_once_redelivers_exactly_the_jobs_a_killed_receiver_held() {
     }
     again.sort();
     assert_eq!(again, [(0, 1), (1, 1), (2, 1), (3, 1)]);
+    assert_eq!(
+        held_and_redelivered(&ns).1,
+        4,
+        "the channel counts the four requeued"
+    );
+}
+
+/// The channel's `held` and `redelivered` counts, as `sfb stat` reads them.
+fn held_and_redelivered(ns: &Ns) -> (u64, u64) {
+    let report = stable_fragmented_buffer::inspect::inspect_namespace(ns.as_str()).unwrap();
+    let ch = report.channels.iter().find(|c| c.name == "c").unwrap();
+    (ch.held, ch.redelivered)
 }
 
 /// R4: a producer asleep waiting for space while the subscriber holding
