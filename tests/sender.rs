@@ -448,6 +448,52 @@ fn an_overrun_subscriber_lags_by_exactly_what_it_missed() {
     drop((tx, rx, store));
 }
 
+/// What a message and an endpoint say of themselves: the bytes through
+/// `Deref`, `AsRef` and `as_slice`, inline or through the store, the
+/// sequence, a first delivery, and the `Debug` lines.
+#[test]
+fn a_message_and_an_endpoint_describe_themselves() {
+    let ns = Ns::new("describe");
+    let store = PinnedBlobStore::new_shared(common::cfg(0, 600_000), ns.as_str(), 1 << 20).unwrap();
+    let rx = store.subscriber_with("c", config("block")).unwrap();
+    let tx = store.publisher_with("c", config("block")).unwrap();
+    let big = message(1, 1000);
+    tx.send(b"small").unwrap();
+    tx.send(&big).unwrap();
+    let (a, b) = (rx.try_recv().unwrap(), rx.try_recv().unwrap());
+    assert_eq!(
+        (&*a, a.as_ref(), a.as_slice()),
+        (&b"small"[..], &b"small"[..], &b"small"[..])
+    );
+    assert_eq!(
+        (a.is_overflow(), a.sequence(), a.redelivered()),
+        (false, 0, 0)
+    );
+    assert_eq!(
+        (
+            &*b == &big[..],
+            b.as_ref() == &big[..],
+            b.is_overflow(),
+            b.sequence()
+        ),
+        (true, true, true, 1)
+    );
+    assert_eq!(
+        format!("{a:?}"),
+        "Message { seq: 0, len: 5, overflow: false }"
+    );
+    assert_eq!(
+        format!("{b:?}"),
+        "Message { seq: 1, len: 1000, overflow: true }"
+    );
+    assert_eq!(rx.name(), "c");
+    assert!(
+        format!("{rx:?}").contains("ChanFile { name: \"c\", ring: "),
+        "{rx:?}"
+    );
+    drop((a, b, tx, rx, store));
+}
+
 /// The spin before sleeping is the endpoint's `ChannelConfig::spin`: with
 /// none, a receive that waits 300 ms costs next to no CPU; with 200 ms of
 /// spin, it burns most of that.
