@@ -471,7 +471,7 @@ fn a_message_and_an_endpoint_describe_themselves() {
     );
     assert_eq!(
         (
-            &*b == &big[..],
+            *b == big[..],
             b.as_ref() == &big[..],
             b.is_overflow(),
             b.sequence()
