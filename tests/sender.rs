@@ -494,6 +494,44 @@ fn a_message_and_an_endpoint_describe_themselves() {
     drop((a, b, tx, rx, store));
 }
 
+/// A publisher asleep on a full `Block` ring is woken by the receive that
+/// makes room (the subscriber's cursor move), not by its own liveness tick
+/// (100 ms): the receive comes 10 ms into its sleep, and in at least 4 of 5
+/// rounds the send returns within 40 ms of it. The message received is
+/// held meanwhile, so only the cursor's move can wake the publisher.
+#[test]
+fn a_receive_wakes_a_publisher_asleep_on_a_full_ring() {
+    let ns = Ns::new("wakepub");
+    let store = PinnedBlobStore::new_shared(common::cfg(0, 600_000), ns.as_str(), 1 << 20).unwrap();
+    let rx = store.subscriber_with("c", config("block")).unwrap();
+    let tx = store
+        .publisher_with("c", config("block").spin(Duration::ZERO))
+        .unwrap();
+    let mut quick = 0;
+    for round in 0..5u64 {
+        while tx.try_send(&message(round, 16)).is_ok() {}
+        let (held, late) = std::thread::scope(|s| {
+            let t = s.spawn(|| {
+                tx.send(&message(round, 16)).unwrap();
+                Instant::now()
+            });
+            std::thread::sleep(Duration::from_millis(10));
+            let m = rx.recv().unwrap();
+            let received = Instant::now();
+            (m, t.join().unwrap().saturating_duration_since(received))
+        });
+        if late < Duration::from_millis(40) {
+            quick += 1;
+        }
+        drop(held);
+        while rx.try_recv().is_ok() {}
+    }
+    assert!(
+        quick >= 4,
+        "only {quick} of 5 sends were woken by the receive"
+    );
+}
+
 /// The spin before sleeping is the endpoint's `ChannelConfig::spin`: with
 /// none, a receive that waits 300 ms costs next to no CPU; with 200 ms of
 /// spin, it burns most of that.
