@@ -270,4 +270,72 @@ mod tests {
         let mut spin = policy.start();
         assert!(spin.again());
     }
+
+    #[test]
+    fn liveness_looks_are_due_once_per_tick() {
+        let t = Throttle::new();
+        assert!(t.due(), "due at once the first time");
+        assert!(!t.due(), "not again within the tick");
+        std::thread::sleep(LIVENESS_TICK + Duration::from_millis(30));
+        assert!(t.due());
+        assert!(!t.due());
+    }
+
+    /// A waiter whose condition already holds does not sleep; one that
+    /// sleeps is announced in the mask while it checks and sleeps, sleeps
+    /// for its timeout when nobody wakes it, returns the word it slept on,
+    /// and leaves the others' bits as they were.
+    #[test]
+    fn a_sleeper_is_announced_only_while_it_waits() {
+        let (word, mask) = (AtomicU32::new(7), AtomicU32::new(1 << 9));
+        let s = Sleeper::new(3);
+        let t = std::time::Instant::now();
+        assert_eq!(s.park(&word, &mask, Duration::from_secs(2), || true), None);
+        assert!(t.elapsed() < Duration::from_secs(1), "ready: no sleep");
+        assert_eq!(mask.load(Ordering::SeqCst), 1 << 9);
+        let mut seen_mask = 0;
+        let t = std::time::Instant::now();
+        let slept = s.park(&word, &mask, Duration::from_millis(50), || {
+            seen_mask = mask.load(Ordering::SeqCst);
+            false
+        });
+        assert_eq!(slept, Some(7));
+        assert!(
+            t.elapsed() >= Duration::from_millis(40),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(seen_mask, 1 << 9 | 1 << 3, "announced while it checks");
+        assert_eq!(mask.load(Ordering::SeqCst), 1 << 9, "and only then");
+    }
+
+    /// A waker makes the call only when someone is announced (or always),
+    /// and the call wakes a sleeper long before its timeout.
+    #[test]
+    fn a_waker_wakes_an_announced_sleeper_and_otherwise_makes_no_call() {
+        let (word, mask) = (AtomicU32::new(0), AtomicU32::new(0));
+        assert!(!wake(&word, &mask, false), "nobody waits");
+        assert_eq!(word.load(Ordering::SeqCst), 0);
+        assert!(wake(&word, &mask, true), "always");
+        assert_eq!(word.load(Ordering::SeqCst), 1);
+        let s = Sleeper::new(0);
+        let checked = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            let t = sc.spawn(|| {
+                let t0 = std::time::Instant::now();
+                s.park(&word, &mask, Duration::from_secs(3), || {
+                    checked.store(true, Ordering::SeqCst);
+                    false
+                });
+                t0.elapsed()
+            });
+            // Its last check done (the word it sleeps on read): wake it.
+            while !checked.load(Ordering::SeqCst) && !t.is_finished() {
+                std::thread::yield_now();
+            }
+            assert!(wake(&word, &mask, false));
+            let slept = t.join().unwrap();
+            assert!(slept < Duration::from_millis(1500), "{slept:?}");
+        });
+    }
 }
