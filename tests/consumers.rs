@@ -715,6 +715,10 @@ fn at_least_once_redelivers_exactly_the_jobs_a_killed_receiver_held() {
 fn held_and_redelivered(ns: &Ns) -> (u64, u64) {
     let report = stable_fragmented_buffer::inspect::inspect_namespace(ns.as_str()).unwrap();
     let ch = report.channels.iter().find(|c| c.name == "c").unwrap();
+    assert_eq!(
+        (ch.kind, ch.overflow, ch.delivery),
+        ("work queue", "block", "at-least-once")
+    );
     (ch.held, ch.redelivered)
 }
 

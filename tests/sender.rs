@@ -437,6 +437,14 @@ fn an_overrun_subscriber_lags_by_exactly_what_it_missed() {
         other => panic!("{other:?}"),
     }
     assert_eq!((rx.lagged(), rx.lag()), (16, 4));
+    // The channel's counts: lagged, but nobody let go (that is `Block`'s).
+    let report = stable_fragmented_buffer::inspect::inspect_namespace(ns.as_str()).unwrap();
+    let ch = report.channels.iter().find(|c| c.name == "c").unwrap();
+    assert_eq!((ch.lagged, ch.let_go), (16, 0), "{ch:?}");
+    assert_eq!(
+        (ch.kind, ch.overflow, ch.delivery),
+        ("broadcast channel", "drop-oldest", "at-most-once")
+    );
     for seq in 16..20 {
         let m = rx.try_recv().unwrap();
         assert_eq!(m.sequence(), seq);
