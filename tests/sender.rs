@@ -540,6 +540,44 @@ fn a_receive_wakes_a_publisher_asleep_on_a_full_ring() {
     );
 }
 
+/// A timed send on a full ring sleeps for what is left of its timeout (not
+/// a whole 100 ms liveness tick, and not in a busy loop), and a producer
+/// that has returned is no longer shown waiting.
+#[test]
+fn a_timed_send_sleeps_for_what_is_left_of_its_timeout() {
+    let ns = Ns::new("timedsend");
+    let store = PinnedBlobStore::new_shared(common::cfg(0, 600_000), ns.as_str(), 1 << 20).unwrap();
+    let rx = store.subscriber_with("c", config("block")).unwrap();
+    let tx = store
+        .publisher_with("c", config("block").spin(Duration::ZERO))
+        .unwrap();
+    while tx.try_send(&message(0, 16)).is_ok() {}
+    let mut prompt = 0;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let r = tx.send_timeout(&message(0, 16), Duration::from_millis(10));
+        assert!(matches!(r, Err(SendTimeoutError::Timeout)), "{r:?}");
+        if t.elapsed() < Duration::from_millis(60) {
+            prompt += 1;
+        }
+    }
+    assert!(prompt >= 4, "only {prompt} of 5 gave up within 60 ms");
+    let (cpu, t) = (thread_cpu_ns(), Instant::now());
+    let r = tx.send_timeout(&message(0, 16), Duration::from_millis(300));
+    assert!(matches!(r, Err(SendTimeoutError::Timeout)), "{r:?}");
+    let (cpu, wall) = (thread_cpu_ns() - cpu, t.elapsed());
+    assert!(cpu < 60_000_000, "{cpu} ns of CPU in {wall:?}");
+    let report = stable_fragmented_buffer::inspect::inspect_namespace(ns.as_str()).unwrap();
+    let ch = report.channels.iter().find(|c| c.name == "c").unwrap();
+    let p = ch
+        .participants
+        .iter()
+        .find(|p| p.role == "producer")
+        .unwrap();
+    assert_eq!(p.waiting_ms, None, "{p:?}");
+    drop((tx, rx, store));
+}
+
 /// The spin before sleeping is the endpoint's `ChannelConfig::spin`: with
 /// none, a receive that waits 300 ms costs next to no CPU; with 200 ms of
 /// spin, it burns most of that.
