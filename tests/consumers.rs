@@ -236,19 +236,6 @@ fn role_fork_subscriber() {
     std::thread::sleep(Duration::from_secs(600));
 }
 
-fn signal(p: &Peer, sig: i32) {
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(p.child.id() as i32, sig) };
-    if sig == libc::SIGSTOP {
-        // The signal is asynchronous: wait until it has really stopped.
-        let t = Instant::now();
-        while !p.is_stopped() {
-            assert!(t.elapsed() < Duration::from_secs(10), "never stopped");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-}
-
 fn shared(ns: &Ns) -> PinnedBlobStore {
     PinnedBlobStore::new_shared(Config::default(), ns.as_str(), 1 << 20).unwrap()
 }
@@ -317,7 +304,7 @@ fn a_stopped_subscriber_under_drop_oldest_costs_the_publisher_and_the_others_not
     let fast = Fast::start(&store, cfg);
     let mut stopped = peer("subscriber", &ns, "drop", &[]);
     stopped.expect("ready");
-    signal(&stopped, libc::SIGSTOP);
+    stopped.signal(libc::SIGSTOP);
     // 50 rings' worth while it is stopped: the publisher never finds the
     // channel full, and the fast subscriber gets every message.
     let n = 16 * 50;
@@ -331,7 +318,7 @@ fn a_stopped_subscriber_under_drop_oldest_costs_the_publisher_and_the_others_not
             fast.wait_for(seq + 1);
         }
     }
-    signal(&stopped, libc::SIGCONT);
+    stopped.signal(libc::SIGCONT);
     // After it resumes it learns what it missed, then gets what follows.
     std::thread::sleep(Duration::from_millis(200));
     for seq in n..n + 10 {
@@ -361,7 +348,7 @@ fn a_stopped_subscriber_under_block_holds_publishers_until_the_stall_timeout_let
     let fast = Fast::start(&store, cfg);
     let mut stopped = peer("subscriber", &ns, "stall", &[]);
     stopped.expect("ready");
-    signal(&stopped, libc::SIGSTOP);
+    stopped.signal(libc::SIGSTOP);
     let n = 200u64;
     let mut longest = Duration::ZERO;
     let t0 = Instant::now();
@@ -379,7 +366,7 @@ fn a_stopped_subscriber_under_block_holds_publishers_until_the_stall_timeout_let
         longest >= Duration::from_millis(150),
         "never held: {longest:?}"
     );
-    signal(&stopped, libc::SIGCONT);
+    stopped.signal(libc::SIGCONT);
     std::thread::sleep(Duration::from_millis(100));
     for seq in n..n + 5 {
         tx.send(&message(seq, 100)).unwrap();
@@ -406,7 +393,7 @@ fn block_without_a_stall_timeout_is_lossless_and_holds_publishers_while_a_subscr
     let tx = store.publisher_with("c", cfg).unwrap();
     let mut stopped = peer("subscriber", &ns, "block", &[]);
     stopped.expect("ready");
-    signal(&stopped, libc::SIGSTOP);
+    stopped.signal(libc::SIGSTOP);
     let mut seq = 0;
     while tx.try_send(&message(seq, 100)).is_ok() {
         seq += 1;
@@ -426,7 +413,7 @@ fn block_without_a_stall_timeout_is_lossless_and_holds_publishers_while_a_subscr
         !sent.load(Ordering::SeqCst),
         "sent past a stopped subscriber"
     );
-    signal(&stopped, libc::SIGCONT);
+    stopped.signal(libc::SIGCONT);
     blocked.join().unwrap();
     drop(tx);
     assert_eq!(end_of(&mut stopped), (17, 0, 17), "nothing lost");
@@ -471,20 +458,13 @@ fn a_held_message_costs_its_own_slot_not_the_ring_on_a_broadcast() {
             assert!(t.elapsed() < Duration::from_secs(20), "{cfg}: stalled");
         }
         fast.wait_for(n);
-        writeln_to(&mut holder);
+        holder.go();
         let l = holder.line().unwrap();
         assert!(l.starts_with("held 0 intact"), "{cfg}: {l}");
         drop(tx);
         assert_eq!(fast.thread.join().unwrap(), (n, 0));
         holder.wait_ok();
     }
-}
-
-fn writeln_to(p: &mut Peer) {
-    use std::io::Write;
-    let stdin = p.child.stdin.as_mut().unwrap();
-    stdin.write_all(b"go\n").unwrap();
-    stdin.flush().unwrap();
 }
 
 /// A worker holding a job does not stop the dispatcher or the other
@@ -514,7 +494,7 @@ fn a_held_job_costs_its_own_slot_not_the_queue() {
         assert_eq!(check(&m), seq);
         assert!(t.elapsed() < Duration::from_secs(20), "stalled");
     }
-    writeln_to(&mut holder);
+    holder.go();
     assert!(holder.line().unwrap().starts_with("held 0 intact"));
     drop(tx);
     holder.wait_ok();
@@ -735,7 +715,7 @@ fn rounds_woken_by_a_repair(tag: &str, repair: impl Fn(&PinnedBlobStore, Channel
         let tx = Arc::new(store.publisher_with("c", cfg).unwrap());
         let mut victim = peer("subscriber", &ns, "block", &[]);
         victim.expect("ready");
-        signal(&victim, libc::SIGSTOP);
+        victim.signal(libc::SIGSTOP);
         for seq in 0..16 {
             tx.send(&message(seq, 100)).unwrap();
         }

@@ -136,23 +136,6 @@ fn message(seq: u64, len: usize) -> Vec<u8> {
     m
 }
 
-fn stop(p: &Peer) {
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(p.child.id() as i32, libc::SIGSTOP) };
-}
-
-fn cont(p: &Peer) {
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(p.child.id() as i32, libc::SIGCONT) };
-}
-
-fn tell(p: &mut Peer) {
-    use std::io::Write;
-    let stdin = p.child.stdin.as_mut().unwrap();
-    stdin.write_all(b"go\n").unwrap();
-    stdin.flush().unwrap();
-}
-
 /// A stopped subscriber of a `Block` channel holds the ring full: a send
 /// with a timeout returns `Timeout` (not before the timeout, and not much
 /// after), `try_send` says `Full`, the reason names the stopped process, and
@@ -167,7 +150,7 @@ fn a_send_with_a_timeout_is_bounded_while_a_stopped_subscriber_holds_the_ring() 
     sub.expect("ready");
     assert_eq!(tx.subscriber_count(), 1);
     assert_eq!(tx.capacity(), 4);
-    stop(&sub);
+    sub.signal(libc::SIGSTOP);
     for seq in 0..4 {
         tx.send(&message(seq, 100)).unwrap();
     }
@@ -205,8 +188,8 @@ fn a_send_with_a_timeout_is_bounded_while_a_stopped_subscriber_holds_the_ring() 
         loan.send_timeout(Duration::from_millis(20)),
         Err(SendTimeoutError::Timeout)
     ));
-    cont(&sub);
-    tell(&mut sub);
+    sub.signal(libc::SIGCONT);
+    sub.go();
     tx.send_timeout(&message(4, 100), Duration::from_secs(30))
         .unwrap();
     let mut loan = tx.try_loan(100).or_else(|_| tx.loan(100)).unwrap();
@@ -293,7 +276,7 @@ fn a_broadcast_with_no_subscriber_releases_each_message_at_once() {
     }
     let mut sub = peer("subscriber", &ns, "block");
     sub.expect("ready");
-    tell(&mut sub);
+    sub.go();
     for seq in 100..103 {
         tx.send(&message(seq, 300 << 10)).unwrap();
     }
@@ -357,7 +340,7 @@ fn a_with_opener_that_differs_is_refused_and_the_plain_one_adopts() {
     let plain = store.publisher("c").unwrap();
     assert_eq!(plain.inline_capacity(), 4096);
     drop((adopted, plain, store));
-    tell(&mut creator);
+    creator.go();
     creator.wait_ok();
 }
 
@@ -376,7 +359,7 @@ fn lag_and_memory_bound_are_what_the_channel_holds() {
     for seq in 0..3 {
         tx.send(&message(seq, 600 << 10)).unwrap();
     }
-    tell(&mut late);
+    late.go();
     assert_eq!(late.line().as_deref(), Some("sent"));
     late.wait_ok();
     assert_eq!(rx.lag(), 4);
@@ -650,10 +633,10 @@ fn a_namespace_lives_while_an_endpoint_of_its_creator_does() {
     assert!(!ns.files().is_empty(), "removed under a live endpoint");
     tx.send(&message(0, 100)).unwrap();
     tx.send(&message(1, 150)).unwrap();
-    tell(&mut sub);
+    sub.go();
     drop(tx);
     assert!(ns.files().is_empty(), "{:?}", ns.files());
-    tell(&mut late);
+    late.go();
     assert_eq!(late.line().as_deref(), Some("closed"));
     late.wait_ok();
     // The subscriber received what was sent, then saw the channel end.

@@ -92,7 +92,12 @@ struct WaitMark<'a>(&'a Producer);
 
 impl Drop for WaitMark<'_> {
     fn drop(&mut self) {
-        if WAITING.with(|w| w.replace(false)) && self.0.waiting.fetch_sub(1, Ordering::Relaxed) == 1
+        // The count first: a thread that marked keeps it above 0 until it
+        // returns, so a send that never waited (the hot path) skips the
+        // thread-local.
+        if self.0.waiting.load(Ordering::Relaxed) != 0
+            && WAITING.with(|w| w.replace(false))
+            && self.0.waiting.fetch_sub(1, Ordering::Relaxed) == 1
         {
             let rec = self.0.chan.ring.record(self.0.index);
             rec.waiting_since_ms.store(0, Ordering::Relaxed);

@@ -183,6 +183,28 @@ impl Peer {
         assert_eq!(got.as_deref(), Some(want));
     }
 
+    /// Sends `sig` to the peer; after SIGSTOP, waits until it has really
+    /// stopped (the signal is asynchronous).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+        if sig == libc::SIGSTOP {
+            let t = std::time::Instant::now();
+            while !self.is_stopped() {
+                assert!(t.elapsed() < Duration::from_secs(10), "never stopped");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// Writes the line "go" to the peer's stdin (peers wait for it).
+    pub fn go(&mut self) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
+    }
+
     pub fn kill9(&mut self) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
