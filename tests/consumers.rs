@@ -851,7 +851,7 @@ fn a_scribbled_head_or_tail_never_hangs_a_blocking_send() {
             let t = Arc::clone(&tx_q);
             send = Box::new(move |s| t.send(&message(s, 60)).is_ok());
             recv = Box::new(move || {
-                rx_q.recv_timeout(Duration::from_millis(200))
+                rx_q.recv_timeout(Duration::from_millis(20))
                     .ok()
                     .map(|m| check(&m))
             });
@@ -861,7 +861,7 @@ fn a_scribbled_head_or_tail_never_hangs_a_blocking_send() {
             let t = Arc::clone(&tx_b);
             send = Box::new(move |s| t.send(&message(s, 60)).is_ok());
             recv = Box::new(move || {
-                rx_b.recv_timeout(Duration::from_millis(200))
+                rx_b.recv_timeout(Duration::from_millis(20))
                     .ok()
                     .map(|m| check(&m))
             });

@@ -153,12 +153,6 @@ fn a_large_send_is_not_full_when_only_warm_chunks_are_left() {
     let r2 = tx.send_timeout(&vec![9u8; 100_000], Duration::from_millis(500));
     eprintln!("send_timeout(500ms): {r2:?} after {:?}", t.elapsed());
     eprintln!("stats: {:?}", store.stats());
-    let t = Instant::now();
-    let r3 = tx.send_timeout(&vec![9u8; 100_000], Duration::from_secs(20));
-    eprintln!(
-        "send_timeout(20s): {r3:?} after {:?} (the pool's idle release)",
-        t.elapsed()
-    );
     assert!(r.is_ok(), "{r:?}: {:?}", tx.full_reason());
     assert!(!matches!(r2, Err(SendTimeoutError::Timeout)));
 }

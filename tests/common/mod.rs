@@ -277,6 +277,19 @@ pub fn thread_cpu_ns() -> u64 {
     clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
+/// Nanoseconds this thread has been runnable: on a CPU plus waiting on a
+/// run queue (`/proc/thread-self/schedstat`'s first two fields). A thread
+/// that spins is runnable all along even on a loaded machine, where its CPU
+/// time alone may be a fraction of the spin; a thread asleep in the kernel
+/// is neither.
+pub fn thread_runnable_ns() -> u64 {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").expect("schedstat");
+    s.split_whitespace()
+        .take(2)
+        .map(|f| f.parse::<u64>().expect("schedstat field"))
+        .sum()
+}
+
 fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
