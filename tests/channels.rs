@@ -192,6 +192,12 @@ fn peer(role: &str, ns: &Ns, chan: &str, extra: &[(&str, String)]) -> Peer {
     spawn_peer(ENTRY, role, &env)
 }
 
+/// A ring of 4 KiB inline slots, for tests of messages through the store
+/// (the default ring carries up to 1 MiB inline).
+fn four_k() -> ChannelConfig {
+    ChannelConfig::for_messages(4096, 256)
+}
+
 fn shared(ns: &Ns) -> PinnedBlobStore {
     PinnedBlobStore::new_shared(Config::default(), ns.as_str(), CHUNK).unwrap()
 }
@@ -562,12 +568,47 @@ fn a_message_outlives_its_killed_producer_unchanged() {
     }
 }
 
+/// On the defaults a message up to 1 MiB travels inline, a larger one
+/// through the store; and a stream of large messages cycles through a few
+/// slots a consumer has just let go of (still in cache), not through the
+/// whole ring: the channel file backs a handful of 256 KiB slots after 200
+/// messages, where taking each entry's own slot would back 200 of them
+/// (50 MiB).
+#[test]
+fn large_messages_on_the_defaults_travel_inline_through_a_few_warm_slots() {
+    use std::os::unix::fs::MetadataExt;
+    let ns = Ns::new("chwarm");
+    let store = shared(&ns);
+    let rx = store.subscriber("w").unwrap();
+    let tx = store.publisher("w").unwrap();
+    for (len, overflow) in [(1 << 20, false), ((1 << 20) + 1, true)] {
+        tx.send(&payload(len as u64, len)).unwrap();
+        let m = rx.recv().unwrap();
+        assert_eq!(m.is_overflow(), overflow, "{len}");
+        assert_eq!(&*m, &payload(len as u64, len)[..]);
+    }
+    let file = common::shm_dir().join(format!("{}_chan+w", ns.as_str()));
+    let backed = || std::fs::metadata(&file).unwrap().blocks() * 512;
+    let before = backed();
+    for i in 0..200u64 {
+        tx.send(&payload(i, 256 << 10)).unwrap();
+        let m = rx.recv().unwrap();
+        assert!(!m.is_overflow());
+        assert_eq!(&*m, &payload(i, 256 << 10)[..]);
+    }
+    let grown = backed() - before;
+    assert!(
+        grown <= 8 * (256 << 10),
+        "200 messages of 256 KiB backed {grown} more bytes of the channel file"
+    );
+}
+
 #[test]
 fn loans_publish_in_place_and_unsent_loans_give_their_space_back() {
     let ns = Ns::new("chloan");
     let store = shared(&ns);
-    let rx = store.receiver("l").unwrap();
-    let tx = store.sender("l").unwrap();
+    let rx = store.receiver_with("l", four_k()).unwrap();
+    let tx = store.sender_with("l", four_k()).unwrap();
     let mut loan = tx.loan(10_000).unwrap();
     loan.copy_from_slice(&payload(3, 10_000));
     loan.send().unwrap();
@@ -584,7 +625,7 @@ fn loans_publish_in_place_and_unsent_loans_give_their_space_back() {
         Some(3),
     )
     .unwrap();
-    let tx = bounded.sender("l").unwrap();
+    let tx = bounded.sender_with("l", four_k()).unwrap();
     for _ in 0..200 {
         let mut l = tx.loan(30_000).unwrap();
         l[0] = 1;
@@ -592,7 +633,7 @@ fn loans_publish_in_place_and_unsent_loans_give_their_space_back() {
         bounded.cleanup_shared();
     }
     // Loans that fit a slot are slots of the ring, an empty one too.
-    let rx = bounded.receiver("l").unwrap();
+    let rx = bounded.receiver_with("l", four_k()).unwrap();
     for len in [0, 100, 4096] {
         let mut l = tx.loan(len).unwrap();
         assert!(l.is_inline(), "{len}");
@@ -1006,9 +1047,9 @@ fn a_send_makes_no_wake_call_while_no_consumer_sleeps() {
 fn a_queue_message_acknowledges_its_entry_when_dropped_even_behind_a_held_one() {
     let ns = Ns::new("chackdrop");
     let store = shared(&ns);
-    let a = store.receiver("a").unwrap();
-    let b = store.receiver("a").unwrap();
-    let tx = store.sender("a").unwrap();
+    let a = store.receiver_with("a", four_k()).unwrap();
+    let b = store.receiver_with("a", four_k()).unwrap();
+    let tx = store.sender_with("a", four_k()).unwrap();
     tx.send(&payload(1, 10_000)).unwrap();
     tx.send(&payload(2, 10_000)).unwrap();
     let acknowledged = || -> u32 {

@@ -297,7 +297,7 @@ fn a_with_opener_that_differs_is_refused_and_the_plain_one_adopts() {
     match store.publisher_with("c", ChannelConfig::for_messages(2 << 20, 8)) {
         Err(e @ BlobError::ChannelMismatch { .. }) => {
             let text = e.to_string();
-            assert!(text.contains("256 slots of 4160 bytes"), "{text}");
+            assert!(text.contains("256 slots of 1048640 bytes"), "{text}");
             assert!(text.contains("8 slots of 2097216 bytes"), "{text}");
         }
         other => panic!("{other:?}"),
@@ -336,9 +336,9 @@ fn a_with_opener_that_differs_is_refused_and_the_plain_one_adopts() {
             ChannelConfig::default().spin(Duration::from_micros(50)),
         )
         .unwrap();
-    assert_eq!(adopted.inline_capacity(), 4096);
+    assert_eq!(adopted.inline_capacity(), 1 << 20);
     let plain = store.publisher("c").unwrap();
-    assert_eq!(plain.inline_capacity(), 4096);
+    assert_eq!(plain.inline_capacity(), 1 << 20);
     drop((adopted, plain, store));
     creator.go();
     creator.wait_ok();

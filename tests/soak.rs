@@ -283,8 +283,14 @@ fn soak_bounded() {
 
 // ---------------------------------------------------------------- channels
 
+/// The soak's rings: 256 slots of 4 KiB inline, so its messages travel
+/// both ways (the default ring carries up to 1 MiB inline).
+fn soak_ring() -> stable_fragmented_buffer::ChannelConfig {
+    stable_fragmented_buffer::ChannelConfig::for_messages(4096, 256)
+}
+
 /// Message `seq` of thread `t` of producer `p`: 16 B to 20 KB (inline in
-/// the default ring up to 4 KiB, through the store above), its first 16
+/// the soak's rings up to 4 KiB, through the store above), its first 16
 /// bytes saying whose it is, the rest derived from that.
 fn channel_message(p: u64, t: u64, seq: u64) -> Vec<u8> {
     let key = (p << 48) | (t << 40) | seq;
@@ -313,10 +319,15 @@ fn channel_producer() {
     let stop = Arc::new(AtomicBool::new(false));
     type Send = Arc<dyn Fn(&[u8]) + std::marker::Send + Sync>;
     let send: Send = if env("SFB_QUEUE") == "1" {
-        let tx = store.sender("q").unwrap();
+        let tx = store.sender_with("q", soak_ring()).unwrap();
         Arc::new(move |m| tx.send(m).unwrap())
     } else {
-        let tx = store.publisher_with("b", common::lossless()).unwrap();
+        let tx = store
+            .publisher_with(
+                "b",
+                soak_ring().overflow(stable_fragmented_buffer::Overflow::Block),
+            )
+            .unwrap();
         Arc::new(move |m| tx.send(m).unwrap())
     };
     say("ready");
@@ -357,10 +368,15 @@ fn channel_consumer() {
             + Sync,
     >;
     let recv: Recv = if queue {
-        let rx = store.receiver("q").unwrap();
+        let rx = store.receiver_with("q", soak_ring()).unwrap();
         Arc::new(move || rx.recv())
     } else {
-        let rx = store.subscriber_with("b", common::lossless()).unwrap();
+        let rx = store
+            .subscriber_with(
+                "b",
+                soak_ring().overflow(stable_fragmented_buffer::Overflow::Block),
+            )
+            .unwrap();
         Arc::new(move || rx.recv())
     };
     say("ready");

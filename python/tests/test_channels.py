@@ -12,8 +12,9 @@ import stable_fragmented_buffer as sfb
 
 def test_every_size_round_trips_inline_and_through_the_store(ns: str) -> None:
     with sfb.Store.create(ns, chunk_size=1 << 20) as store:
-        rx = store.receiver("q")
-        tx = store.sender("q")
+        assert store.sender("d").inline_capacity == 1 << 20  # the default ring
+        rx = store.receiver("q", max_message=4096)
+        tx = store.sender("q", max_message=4096)
         cap = tx.inline_capacity
         assert cap == 4096
         sizes = [0, 1, cap - 1, cap, cap + 1, 100_000, 3 << 20]

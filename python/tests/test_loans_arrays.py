@@ -31,7 +31,7 @@ def endpoints(store: sfb.Store, kind: str, **kwargs: Any) -> tuple[Any, Any]:
 @pytest.mark.parametrize("kind", ["broadcast", "queue"])
 def test_a_loan_filled_through_numpy_is_published_in_place(ns: str, kind: str) -> None:
     with sfb.Store.create(ns, chunk_size=1 << 20) as store:
-        rx, tx = endpoints(store, kind)
+        rx, tx = endpoints(store, kind, max_message=4096)
         cap = tx.inline_capacity
         for n in [0, 8, cap - cap % 8, cap + 8, 200_000]:
             expected = np.arange(n // 8, dtype=np.float64) * 1.5 + n
@@ -228,7 +228,7 @@ def test_a_loan_filled_by_numpy_in_another_process_arrives(ns: str) -> None:
 @pytest.mark.parametrize("kind", ["broadcast", "queue"])
 def test_send_array_carries_dtype_and_shape_and_array_views_the_message(ns: str, kind: str) -> None:
     with sfb.Store.create(ns, chunk_size=4 << 20) as store:
-        rx, tx = endpoints(store, kind)
+        rx, tx = endpoints(store, kind, max_message=4096)
         paths = set()
         for i in range(len(workers.TYPED_SPECS)):
             sent = workers.make_typed(i)

@@ -158,7 +158,7 @@ def test_at_least_once_redelivers_a_job_whose_receiver_was_killed_holding_it(ns:
     once has redelivered == 0."""
     jobs = [b"job 0", bytes(range(256)) * 400, b"job 2"]
     with sfb.Store.create(ns, chunk_size=1 << 20) as store:
-        tx = store.sender("jobs", delivery="at-least-once")
+        tx = store.sender("jobs", delivery="at-least-once", max_message=4096)
         rx = store.receiver("jobs")
         results = ctx.Queue()
         victim = ctx.Process(target=workers.take_and_hold, args=(ns, "jobs", 2, results))

@@ -50,7 +50,8 @@ def make_array(i: int) -> np.ndarray:
 
 def payload(source: int, seq: int) -> bytes:
     """Message `seq` of producer `source`: sizes from 0 to 120 000 bytes
-    (inline and through the store), content that names it."""
+    (inline in a default ring; through the store above 4 KiB in a ring
+    opened with max_message=4096), content that names it."""
     size = (seq * 7919 + source * 104729) % 120_000 if seq % 3 else seq % 200
     head = f"{source}:{seq}:".encode()
     body = hashlib.sha256(head).digest() * (size // 32 + 1)

@@ -123,8 +123,8 @@ impl ChanFile {
             }
             let file = os::create_anonymous(dir)?;
             let guard = fork::register(file.as_raw_fd());
-            // The header, records, ring and the ring's own slots are backed
-            // now; the rest of the pool when first used (`back`).
+            // The header, records, ring and slot headers are backed now; a
+            // slot's payload as messages first reach it (`back`).
             os::reserve_space(&file, geo.backed_at_creation() as u64, dir)?;
             file.set_len(geo.file_size() as u64)
                 .map_err(|e| BlobError::os("ftruncate", dir, e))?;
@@ -215,14 +215,13 @@ impl ChanFile {
         }
     }
 
-    /// Backs the payload of pool slot `b` (its first use): false when the
-    /// file system is full.
-    pub(crate) fn back(&self, b: u32) -> bool {
-        let geo = self.ring.geometry();
+    /// Backs bytes `from..to` of pool slot `b`'s payload (the first message
+    /// that reaches them): false when the file system is full.
+    pub(crate) fn back(&self, b: u32, from: usize, to: usize) -> bool {
         os::reserve_range(
             &self.file,
-            self.ring.payload_offset(b) as u64,
-            geo.payload_stride() as u64,
+            (self.ring.payload_offset(b) + from) as u64,
+            to.saturating_sub(from) as u64,
         )
         .is_ok()
     }
@@ -398,10 +397,10 @@ fn init_header(ring: &Ring, kind: u32, geo: Geometry, key: u64, policy: Policy) 
         ring.record(i).low.store(LOW_NONE, Ordering::Relaxed);
     }
     // Each entry starts out naming its own slot (the one it reuses while
-    // free), and those slots are backed already.
+    // free). No payload is backed yet: a slot is backed as far as the
+    // messages written into it reach.
     for i in 0..geo.slots {
         ring.entry(i as u64).slot.store(i, Ordering::Relaxed);
-        ring.slot(i).backed.store(1, Ordering::Relaxed);
     }
     // The file has no name yet: `linkat` publishes it complete.
     h.magic.store(CHAN_MAGIC, Ordering::Release);

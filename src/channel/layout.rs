@@ -1,4 +1,4 @@
-//! Byte layout of a channel file, `{ns}_chan+{name}` (format version 2).
+//! Byte layout of a channel file, `{ns}_chan+{name}` (format version 3).
 //!
 //! Every offset of the file is defined here, checked at compile time, and
 //! documented byte by byte in `docs/design.md`. Little-endian, fixed-width,
@@ -26,7 +26,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// `b"SFBCHAN1"` little-endian: the first 8 bytes of every channel file.
 pub(crate) const CHAN_MAGIC: u64 = u64::from_le_bytes(*b"SFBCHAN1");
 /// Version of this layout.
-pub(crate) const CHAN_VERSION: u32 = 2;
+pub(crate) const CHAN_VERSION: u32 = 3;
 
 /// Kind word of a broadcast channel (publishers and subscribers).
 pub(crate) const KIND_BROADCAST: u32 = 1;
@@ -81,6 +81,10 @@ pub(crate) const MAX_HELD: u32 = 1024;
 /// Largest pool, in bytes of payload (its spare slots are backed only when
 /// first used, so this is address space, not memory).
 pub(crate) const MAX_POOL_BYTES: u64 = 64 << 30;
+
+/// Granule in which a pool slot's payload is backed: a message backs the
+/// pages it reaches the first time a message that long uses the slot.
+pub(crate) const BACK_STEP: usize = 4096;
 
 /// Slot flag: the payload is a 24-byte store handle, not the message.
 pub(crate) const FLAG_OVERFLOW: u32 = 1;
@@ -320,7 +324,9 @@ pub(crate) struct SlotHeader {
     pub flags: AtomicU32, // 12
     /// Times the message was handed out before (work queue, at least once).
     pub delivered: AtomicU32, // 16
-    /// 1 once the slot's payload pages are backed.
+    /// Bytes of the slot's payload backed so far (a multiple of
+    /// [`BACK_STEP`], at most the payload): a slot is backed as far as the
+    /// longest message it has carried.
     pub backed: AtomicU32, // 20
     /// Sequence number the message was published at.
     pub seq: AtomicU64, // 24
@@ -410,7 +416,7 @@ pub(crate) mod loom_words {
             len: AtomicU32::new(0),
             flags: AtomicU32::new(0),
             delivered: AtomicU32::new(0),
-            backed: AtomicU32::new(1),
+            backed: AtomicU32::new(0),
             seq: AtomicU64::new(0),
             _pad: [0; 32],
         }
@@ -572,9 +578,9 @@ impl Geometry {
     }
 
     /// Bytes backed when the file is made: everything up to the payloads
-    /// of the ring's own slots (the rest of the pool is backed on first use).
+    /// (a slot's payload is backed as messages first reach it).
     pub(crate) fn backed_at_creation(&self) -> usize {
-        self.payloads_offset() + self.slots as usize * self.payload_stride()
+        self.payloads_offset()
     }
 
     /// Largest message carried inline in a slot.

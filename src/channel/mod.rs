@@ -12,10 +12,13 @@
 //!   exactly one receiver.
 //!
 //! A channel is one file of the namespace, `{ns}_chan+{name}`, holding a
-//! ring of slots. A message up to a slot's inline capacity (4 KiB by
+//! ring of slots. A message up to a slot's inline capacity (1 MiB by
 //! default; [`ChannelConfig::for_messages`] sizes it to yours) is copied
 //! into the slot; a larger one is appended to the store and its 24-byte
-//! handle travels in the slot. Receiving is zero-copy either
+//! handle travels in the slot. A slot's memory is backed as far as the
+//! messages written into it reach, and a large message takes a slot a
+//! consumer has just let go of, so a stream of large messages cycles
+//! through a few slots that are still in cache. Receiving is zero-copy either
 //! way: a [`Message`] reads the slot or a pinned view of the store in place.
 //! [`Publisher::loan`] makes sending zero-copy too.
 //!
@@ -39,7 +42,7 @@
 //! let sub = store.subscriber("frames")?;      // any attached process may do this
 //! let publisher = store.publisher("frames")?;
 //! publisher.send(b"small: travels in the ring slot")?;
-//! publisher.send(&vec![7u8; 100_000])?;       // large: through the store
+//! publisher.send(&vec![7u8; 2 << 20])?;       // over 1 MiB: through the store
 //! assert_eq!(&*sub.recv()?, b"small: travels in the ring slot");
 //! let big = sub.recv()?;
 //! assert!(big.is_overflow() && big.iter().all(|&b| b == 7));
@@ -137,7 +140,10 @@ pub struct ChannelConfig {
     pub slots: u32,
     /// Bytes per slot, a multiple of 64 from 128 to 16 MiB + 64 (and at most
     /// 1 GiB for the whole ring); messages up to `slot_size - 64` bytes
-    /// travel inline. Default 4160 (4 KiB inline, a 1 MiB ring).
+    /// travel inline. Default 1 MiB + 64 (1 MiB inline). This is address
+    /// space, not memory: a slot is backed (in 4 KiB pages) as far as the
+    /// longest message it has carried, so a stream of 64-byte messages
+    /// backs a page per slot in use.
     pub slot_size: u32,
     /// Broadcast overflow policy. Default [`Overflow::DropOldest`].
     pub overflow: Overflow,
@@ -166,7 +172,7 @@ impl Default for ChannelConfig {
     fn default() -> Self {
         Self {
             slots: 256,
-            slot_size: 4096 + 64,
+            slot_size: (1 << 20) + 64,
             overflow: Overflow::DropOldest,
             delivery: Delivery::AtMostOnce,
             max_held: 16,
@@ -405,6 +411,6 @@ mod tests {
         }
         let d = ChannelConfig::default();
         assert!(Geometry::new(d.slots, d.slot_size, d.max_held).is_ok());
-        assert_eq!(d.inline_capacity(), 4096);
+        assert_eq!(d.inline_capacity(), 1 << 20);
     }
 }

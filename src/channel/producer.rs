@@ -50,6 +50,13 @@ impl Wait {
     }
 }
 
+/// Messages from this size on take a warm slot (see `Producer::alloc`).
+const WARM_FROM: usize = 16 << 10;
+/// Slots of recent messages a large message tries before its own.
+const WARM_CANDIDATES: usize = 4;
+/// Bytes of a store handle in a slot.
+const HANDLE_LEN: usize = 24;
+
 /// What was full the last time a call of this producer gave up or waited.
 const FULL_NONE: u32 = 0;
 /// No ring entry was free.
@@ -271,13 +278,34 @@ impl Producer {
         }
     }
 
-    /// Takes a pool slot (`prefer` first), waiting for one as `wait`
-    /// allows. Under DropOldest the oldest message makes room.
-    fn alloc(&self, prefer: Option<u32>, wait: Wait) -> Result<u32, TrySendError> {
+    /// Takes a pool slot for a message of `need` bytes at sequence `seq`
+    /// (or the head, for a loan), waiting for one as `wait` allows. Under
+    /// DropOldest the oldest message makes room.
+    ///
+    /// Which slot: for a small message, the one its entry held last lap
+    /// (its cache lines are as good as any). For a large one, what decides
+    /// the speed is whether its bytes are still in cache, and the slot of
+    /// last lap is a whole ring of messages old: the entries consumers have
+    /// passed are released first, and the slots of the last few messages —
+    /// read and let go of a moment ago — are tried before it, so a steady
+    /// stream cycles through a few warm slots, not the whole ring.
+    fn alloc(&self, seq: u64, need: usize, wait: Wait) -> Result<u32, TrySendError> {
         let ring = &self.chan.ring;
+        let mut prefer = [0u32; WARM_CANDIDATES + 1];
+        let prefer: &[u32] = if need >= WARM_FROM {
+            self.help_release();
+            ring.recent_slots(seq, &mut prefer[..WARM_CANDIDATES]);
+            prefer[WARM_CANDIDATES] = ring.previous_slot(seq);
+            &prefer
+        } else {
+            prefer[0] = ring.previous_slot(seq);
+            &prefer[..1]
+        };
         let mut spin = self.spin.start();
         loop {
-            match ring.alloc(self.me(), prefer, &|b| self.chan.back(b)) {
+            match ring.alloc(self.me(), prefer, need, &|b, from, to| {
+                self.chan.back(b, from, to)
+            }) {
                 Ok(b) => {
                     self.spin.settle(&spin);
                     return Ok(b);
@@ -332,7 +360,7 @@ impl Producer {
         let ring = &self.chan.ring;
         if data.len() <= ring.geometry().inline_capacity() {
             let seq = self.claim(wait)?;
-            let b = match self.alloc(Some(ring.previous_slot(seq)), wait) {
+            let b = match self.alloc(seq, data.len(), wait) {
                 Ok(b) => b,
                 Err(e) => {
                     ring.skip(seq, self.me());
@@ -395,15 +423,15 @@ impl Producer {
         wait: Wait,
     ) -> Result<(), TrySendError> {
         let ring = &self.chan.ring;
-        let placed = self.claim(wait).and_then(|seq| {
-            match self.alloc(Some(ring.previous_slot(seq)), wait) {
+        let placed = self
+            .claim(wait)
+            .and_then(|seq| match self.alloc(seq, HANDLE_LEN, wait) {
                 Ok(b) => Ok((seq, b)),
                 Err(e) => {
                     ring.skip(seq, self.me());
                     Err(e)
                 }
-            }
-        });
+            });
         let (seq, b) = match placed {
             Ok(x) => x,
             Err(e) => {
@@ -452,7 +480,7 @@ impl Producer {
         if len <= ring.geometry().inline_capacity() {
             if self.loans.fetch_add(1, Ordering::Relaxed) < SLOTS_PER_PRODUCER {
                 let head = ring.header().head.load(Ordering::Relaxed);
-                return match self.alloc(Some(ring.previous_slot(head)), wait) {
+                return match self.alloc(head, len, wait) {
                     Ok(slot) => Ok(Loan {
                         producer: Arc::clone(self),
                         body: LoanBody::Slot { slot, len },

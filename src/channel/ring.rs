@@ -327,18 +327,24 @@ impl Ring {
 
     // ---- the pool ----
 
-    /// Takes a free pool slot for producer `me`: `prefer` first (the slot
-    /// its entry named last lap, warm in cache), then the lowest free spare
-    /// slot (past the ring's own), then any. Lowest-first keeps the set of
-    /// slots in use, and so the memory backed and the cache footprint, as
-    /// small as what is in the ring, held and loaned. `back` backs a slot's
-    /// payload the first time it is used (false: no space).
+    /// Takes a free pool slot for producer `me` to write `need` payload
+    /// bytes into: the slots of `prefer` first, in order (the caller's guess
+    /// at what is warm in cache), then the lowest free spare slot (past the
+    /// ring's own), then any. Lowest-first keeps the set of slots in use,
+    /// and so the memory backed and the cache footprint, as small as what
+    /// is in the ring, held and loaned. A slot's payload is backed in
+    /// pages as far as a message has needed (`backed`): `back(b, from, to)`
+    /// backs bytes `from..to` of slot `b`'s payload the first time a
+    /// message reaches them (false: no space).
     pub(crate) fn alloc(
         &self,
         me: u32,
-        prefer: Option<u32>,
-        back: &dyn Fn(u32) -> bool,
+        prefer: &[u32],
+        need: usize,
+        back: &dyn Fn(u32, usize, usize) -> bool,
     ) -> Result<u32, NoSlot> {
+        let stride = self.geo.payload_stride();
+        let to = need.next_multiple_of(BACK_STEP).min(stride);
         let try_one = |b: u32| -> Option<Result<u32, NoSlot>> {
             let slot = self.slot(b);
             // Acquire: pairs with the Release (SeqCst) RMW that freed it, so
@@ -351,22 +357,26 @@ impl Ring {
             {
                 return None;
             }
-            // Acquire: pairs with the Release store below in whoever backed it.
-            if slot.backed.load(Ordering::Acquire) == 0 {
-                if !back(b) {
+            // Acquire: pairs with the Release store below in whoever backed
+            // it. A scribbled value past the payload counts as all of it.
+            let backed = (slot.backed.load(Ordering::Acquire) as usize).min(stride);
+            if backed < to {
+                if !back(b, backed, to) {
                     // Release: pairs with the Acquire CAS of the next allocator.
                     slot.owners.store(0, Ordering::Release);
                     return Some(Err(NoSlot::NoSpace));
                 }
-                slot.backed.store(1, Ordering::Release);
+                slot.backed.store(to as u32, Ordering::Release);
             }
             slot.flags.store(0, Ordering::Relaxed);
             slot.delivered.store(0, Ordering::Relaxed);
             Some(Ok(b))
         };
-        if let Some(b) = prefer.filter(|&b| self.in_pool(b)) {
-            if let Some(r) = try_one(b) {
-                return r;
+        for &b in prefer {
+            if self.in_pool(b) {
+                if let Some(r) = try_one(b) {
+                    return r;
+                }
             }
         }
         let ring = self.geo.slots;
@@ -374,6 +384,16 @@ impl Ring {
             .chain(0..ring)
             .find_map(try_one)
             .unwrap_or(Err(NoSlot::Exhausted))
+    }
+
+    /// The slots of the `n` entries before `seq`, most recent first: for a
+    /// large message, the slots a consumer has just read and let go of are
+    /// the ones still in cache (the entry's own slot from last lap is a
+    /// whole ring of messages old).
+    pub(crate) fn recent_slots(&self, seq: u64, out: &mut [u32]) {
+        for (k, o) in out.iter_mut().enumerate() {
+            *o = self.previous_slot(seq.wrapping_sub(k as u64 + 1));
+        }
     }
 
     /// Whether some pool slot is free (a producer about to sleep for one
@@ -1209,7 +1229,7 @@ mod tests {
             ring.entry(i as u64).slot.store(i, Ordering::Relaxed);
         }
         for b in 0..geo.pool {
-            ring.slot(b).backed.store(1, Ordering::Relaxed);
+            ring.slot(b).backed.store(u32::MAX, Ordering::Relaxed);
         }
         for c in 0..MAX_CONSUMERS {
             ring.consumer(c).low.store(LOW_NONE, Ordering::Relaxed);
@@ -1236,7 +1256,9 @@ mod tests {
     fn send(r: &Ring, me: u32, byte: u8) -> bool {
         match r.try_claim(me, 0, &mut no_ack()) {
             Claim::Claimed(s) => {
-                let b = r.alloc(me, Some(r.previous_slot(s)), &|_| true).unwrap();
+                let b = r
+                    .alloc(me, &[r.previous_slot(s)], 1, &|_, _, _| true)
+                    .unwrap();
                 // SAFETY: we are the slot's writer; 1 byte fits.
                 unsafe { r.write_inline(b, &[byte]) };
                 r.publish(s, me, b, 1, 0);
@@ -1427,7 +1449,7 @@ mod tests {
         let Claim::Claimed(s) = r.try_claim(0, 0, &mut no_ack()) else {
             panic!()
         };
-        let b = r.alloc(0, None, &|_| true).unwrap();
+        let b = r.alloc(0, &[], 1, &|_, _, _| true).unwrap();
         let h: [u8; 24] = std::array::from_fn(|i| i as u8 + 1);
         r.write_handle(b, &h);
         r.publish(s, 0, b, 1 << 20, FLAG_OVERFLOW);
@@ -1445,25 +1467,97 @@ mod tests {
         assert_eq!(acked, vec![h], "acknowledged once, by the last owner");
     }
 
+    /// A slot's payload is backed in pages as far as its longest message
+    /// reaches: never twice, never past the payload, and a slot that could
+    /// not be backed is given back unbacked.
+    #[test]
+    fn a_slot_is_backed_as_far_as_its_messages_reach() {
+        let geo = Geometry::new(2, (64 << 10) + 64, 1).unwrap();
+        let words = geo.file_size() / 8 + 8;
+        let buf: Vec<AtomicU64> = (0..words).map(|_| AtomicU64::new(0)).collect();
+        let addr = buf.as_ptr() as usize;
+        let base = buf
+            .as_ptr()
+            .cast::<u8>()
+            .wrapping_add(((addr + 63) & !63) - addr) as *mut u8;
+        // SAFETY: file_size bytes past the 64-aligned start, zeroed, and
+        // `buf` outlives the ring.
+        let r = unsafe { Ring::new(NonNull::new(base).unwrap(), geo, false, false) };
+        let calls = std::cell::RefCell::new(Vec::new());
+        let back = |b: u32, from: usize, to: usize| {
+            calls.borrow_mut().push((b, from, to));
+            true
+        };
+        let b = r.alloc(0, &[0], 100, &back).unwrap();
+        assert_eq!(b, 0);
+        r.unalloc(b, 0);
+        assert_eq!(
+            r.alloc(0, &[0], 4096, &back),
+            Ok(0),
+            "within what is backed"
+        );
+        r.unalloc(0, 0);
+        assert_eq!(r.alloc(0, &[0], 10_000, &back), Ok(0));
+        r.unalloc(0, 0);
+        assert_eq!(
+            r.alloc(0, &[0], 1 << 20, &back),
+            Ok(0),
+            "clamped to the payload"
+        );
+        r.unalloc(0, 0);
+        assert_eq!(
+            *calls.borrow(),
+            vec![(0, 0, 4096), (0, 4096, 12288), (0, 12288, 64 << 10)]
+        );
+        assert_eq!(r.slot(0).backed.load(Ordering::SeqCst), 64 << 10);
+        // No space: the slot is given back, still backed only as far as before.
+        assert_eq!(
+            r.alloc(0, &[1], 8192, &|_, _, _| false),
+            Err(NoSlot::NoSpace)
+        );
+        assert_eq!(r.slot(1).owners.load(Ordering::SeqCst), 0);
+        assert_eq!(r.slot(1).backed.load(Ordering::SeqCst), 0);
+        // A scribbled `backed` past the payload counts as all of it.
+        r.slot(1).backed.store(u32::MAX, Ordering::Relaxed);
+        assert_eq!(r.alloc(0, &[1], 64 << 10, &|_, _, _| false), Ok(1));
+    }
+
+    /// The slots of the last few entries, most recent first.
+    #[test]
+    fn recent_slots_name_the_last_entries_slots_newest_first() {
+        let m = mem(8, false, false);
+        let r = &m.ring;
+        for (seq, b) in [(5u64, 40u32), (6, 41), (7, 42)] {
+            r.entry(seq).slot.store(b, Ordering::Relaxed);
+        }
+        let mut out = [0u32; 3];
+        r.recent_slots(8, &mut out);
+        assert_eq!(out, [42, 41, 40]);
+    }
+
     #[test]
     fn the_pool_prefers_the_warm_slot_and_reports_exhaustion_and_no_space() {
         let m = mem(2, false, false);
         let r = &m.ring;
         let pool = r.geometry().pool;
-        assert_eq!(r.alloc(3, Some(1), &|_| true), Ok(1));
+        assert_eq!(r.alloc(3, &[1], 1, &|_, _, _| true), Ok(1));
         assert_eq!(r.slot(1).owners.load(Ordering::SeqCst), owners_writer(3));
         let mut all = vec![1];
-        while let Ok(b) = r.alloc(3, Some(1), &|_| true) {
+        while let Ok(b) = r.alloc(3, &[1], 1, &|_, _, _| true) {
             all.push(b);
         }
         assert_eq!(all.len(), pool as usize);
-        assert_eq!(r.alloc(3, None, &|_| true), Err(NoSlot::Exhausted));
+        assert_eq!(r.alloc(3, &[], 1, &|_, _, _| true), Err(NoSlot::Exhausted));
         r.unalloc(5, 3);
         r.slot(5).backed.store(0, Ordering::Relaxed);
-        assert_eq!(r.alloc(3, None, &|_| false), Err(NoSlot::NoSpace));
+        assert_eq!(r.alloc(3, &[], 1, &|_, _, _| false), Err(NoSlot::NoSpace));
         assert_eq!(r.slot(5).owners.load(Ordering::SeqCst), 0, "given back");
-        assert_eq!(r.alloc(3, None, &|b| b == 5), Ok(5));
-        assert_eq!(r.slot(5).backed.load(Ordering::SeqCst), 1);
+        assert_eq!(r.alloc(3, &[], 1, &|b, _, _| b == 5), Ok(5));
+        assert_eq!(
+            r.slot(5).backed.load(Ordering::SeqCst),
+            r.geometry().payload_stride() as u32,
+            "a payload smaller than a page is backed whole"
+        );
         // A dead writer's slots are freed by its repair.
         r.skip_claims_of(3, &mut no_ack());
         assert!((0..pool).all(|b| r.slot(b).owners.load(Ordering::SeqCst) == 0));
@@ -1478,7 +1572,7 @@ mod tests {
         let held = got(r, 0, 0);
         set_low(r, 0, 1);
         r.producer_record_in_use_for_tests(2);
-        let live = r.alloc(2, None, &|_| true).unwrap();
+        let live = r.alloc(2, &[], 1, &|_, _, _| true).unwrap();
         let pool = r.geometry().pool;
         // Scribble every other slot: bits of consumers not in use, writers
         // not in use, in-ring marks no entry backs.
@@ -1494,7 +1588,7 @@ mod tests {
                 fakes += 1;
             }
         }
-        assert_eq!(r.alloc(2, None, &|_| true), Err(NoSlot::Exhausted));
+        assert_eq!(r.alloc(2, &[], 1, &|_, _, _| true), Err(NoSlot::Exhausted));
         assert_eq!(r.sweep_orphans(&mut no_ack()), fakes);
         assert_ne!(r.slot(held.slot).owners.load(Ordering::SeqCst), 0, "held");
         assert_eq!(
@@ -1503,7 +1597,7 @@ mod tests {
             "loaned"
         );
         assert_eq!(byte(r, &held), 1);
-        assert!(r.alloc(2, None, &|_| true).is_ok());
+        assert!(r.alloc(2, &[], 1, &|_, _, _| true).is_ok());
     }
 
     #[test]
@@ -1514,7 +1608,9 @@ mod tests {
         let Claim::Claimed(s) = r.try_claim(7, 0, &mut no_ack()) else {
             panic!()
         };
-        let b = r.alloc(7, Some(r.previous_slot(s)), &|_| true).unwrap();
+        let b = r
+            .alloc(7, &[r.previous_slot(s)], 1, &|_, _, _| true)
+            .unwrap();
         assert!(send(r, 1, 42));
         assert_eq!(r.read(s), Read::Pending { owner: 7 });
         assert_eq!(r.skip_claims_of(6, &mut no_ack()), 0);
@@ -1532,7 +1628,7 @@ mod tests {
         let Claim::Claimed(s) = r.try_claim(4, 0, &mut no_ack()) else {
             panic!()
         };
-        let b = r.alloc(4, None, &|_| true).unwrap();
+        let b = r.alloc(4, &[], 1, &|_, _, _| true).unwrap();
         // publish() up to the owners word, then death.
         r.entry(s).slot.store(b, Ordering::Relaxed);
         r.slot(b).owners.store(owners_in_ring(s), Ordering::SeqCst);
@@ -1660,7 +1756,7 @@ mod tests {
                 let _ = r.take(0);
                 let _ = r.next(0, v, &mut |_| {});
                 let _ = r.release(0, &mut |_| {});
-                let _ = r.alloc(0, Some(v as u32), &|_| true);
+                let _ = r.alloc(0, &[v as u32], 1, &|_, _, _| true);
                 let _ = r.read(v);
                 let _ = r.consistent();
                 let _ = r.drop_holds_of(0, true, &mut |_| {});
@@ -1696,7 +1792,7 @@ mod tests {
         );
         // Seq 1: out of the ring and taken by producer 2 for a new message.
         r.out_of_ring(b1, 1, &mut no_ack());
-        assert_eq!(r.alloc(2, Some(b1), &|_| true), Ok(b1));
+        assert_eq!(r.alloc(2, &[b1], 1, &|_, _, _| true), Ok(b1));
         assert_eq!(r.next(0, 1, &mut no_ack()), Next::Lagged { at: 2 });
         assert_eq!(
             r.slot(b1).owners.load(Ordering::SeqCst),
@@ -1724,7 +1820,7 @@ mod tests {
         let Claim::Claimed(s) = r.try_claim(0, 0, &mut no_ack()) else {
             panic!()
         };
-        assert_eq!(r.alloc(0, Some(a.slot), &|_| true), Ok(a.slot));
+        assert_eq!(r.alloc(0, &[a.slot], 1, &|_, _, _| true), Ok(a.slot));
         // SAFETY: we are the slot's writer; 1 byte fits.
         unsafe { r.write_inline(a.slot, &[9]) };
         r.publish(s, 0, a.slot, 1, 0);
@@ -1777,7 +1873,7 @@ mod loom_tests {
         loop {
             if let Claim::Claimed(s) = r.try_claim(me, 0, &mut |_| {}) {
                 let b = loop {
-                    match r.alloc(me, Some(r.previous_slot(s)), &|_| true) {
+                    match r.alloc(me, &[r.previous_slot(s)], 1, &|_, _, _| true) {
                         Ok(b) => break b,
                         Err(_) => thread::yield_now(),
                     }
