@@ -299,13 +299,16 @@ def test_array_of_other_messages_and_send_array_of_other_objects_are_refused(ns:
 
 def test_arrays_sent_with_send_array_cross_processes_both_ways(ns: str) -> None:
     with sfb.Store.create(ns, chunk_size=4 << 20) as store:
-        # Parent -> child.
+        # Parent -> child, on a ring of 4 KiB slots (made here first; the
+        # child's plain opener adopts it), so arrays go both ways: inline
+        # and through the store.
+        tx = store.sender("down", max_message=4096)
         ready = ctx.Event()
         results = ctx.Queue()
         child = ctx.Process(target=workers.receive_typed_arrays, args=(ns, "down", ready, results))
         child.start()
         assert ready.wait(60)
-        with store.sender("down") as tx:
+        with tx:
             for i in range(len(workers.TYPED_SPECS)):
                 tx.send_array(workers.make_typed(i))
         report = results.get(timeout=60)

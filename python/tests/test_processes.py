@@ -56,13 +56,15 @@ def test_handles_cross_processes_pickled(ns: str) -> None:
 
 def test_numpy_arrays_of_several_dtypes_and_shapes_cross_processes(ns: str) -> None:
     with sfb.Store.create(ns, chunk_size=4 << 20) as store:
-        # Parent -> child.
+        # Parent -> child, on a ring of 4 KiB slots (made here first; the
+        # child's plain opener adopts it): arrays inline and through the store.
+        tx = store.sender("down", max_message=4096)
         ready = ctx.Event()
         results = ctx.Queue()
         child = ctx.Process(target=workers.receive_arrays, args=(ns, "down", ready, results))
         child.start()
         assert ready.wait(60)
-        with store.sender("down") as tx:
+        with tx:
             for i in range(len(workers.ARRAY_SPECS)):
                 tx.send(workers.make_array(i))
         report = results.get(timeout=60)

@@ -206,9 +206,10 @@ def lag_then_receive(ns: str, channel: str, ready: Event, sent: Event, results: 
 
 def take_and_hold(ns: str, channel: str, hold: int, results: "Queue[Any]") -> None:
     """A receiver of at-least-once work queue `channel`: takes `hold` jobs,
-    reports them (content and redelivery count) and keeps them until killed."""
+    reports them (content and redelivery count) and keeps them until killed.
+    Opened without keywords: it adopts the queue its test made."""
     store = sfb.Store.attach(ns)
-    rx = store.receiver(channel, delivery="at-least-once")
+    rx = store.receiver(channel)
     results.put(("ready", os.getpid()))
     kept = []
     for _ in range(hold):
