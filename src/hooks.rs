@@ -31,11 +31,15 @@ pub enum Point {
     /// A namespace removal locked the control file it opened and has not
     /// checked that the name still names that file.
     RemovalLocked,
+    /// A channel endpoint announced itself as a sleeper and has not yet
+    /// checked whether it may sleep (a message or space that arrives now
+    /// must be seen by that check).
+    Parking,
 }
 
 impl Point {
     /// Every point, for tools that iterate over them.
-    pub const ALL: [Point; 9] = [
+    pub const ALL: [Point; 10] = [
         Point::Reserved,
         Point::Copying,
         Point::Committed,
@@ -45,6 +49,7 @@ impl Point {
         Point::Claimed,
         Point::Retired,
         Point::RemovalLocked,
+        Point::Parking,
     ];
 
     /// The point's name, as `SFB_TEST_STOP_AT` takes it.
@@ -59,6 +64,7 @@ impl Point {
             Point::Claimed => "claimed",
             Point::Retired => "retired",
             Point::RemovalLocked => "removal-locked",
+            Point::Parking => "parking",
         }
     }
 }

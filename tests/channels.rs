@@ -603,6 +603,79 @@ fn large_messages_on_the_defaults_travel_inline_through_a_few_warm_slots() {
     );
 }
 
+/// A message published while a blocked receiver is between announcing
+/// itself as a sleeper and sleeping (the hook point `Parking`) is seen by
+/// its readiness check: the receive returns at once, not at its next
+/// liveness tick (100 ms). Both kinds, with no spin.
+#[test]
+fn a_message_published_as_a_receiver_goes_to_sleep_is_received_at_once() {
+    use stable_fragmented_buffer::hooks::{self, Point};
+    for queue in [false, true] {
+        let ns = Ns::new("chparking");
+        let store = shared(&ns);
+        let cfg = ChannelConfig::default().spin(Duration::ZERO);
+        let (tx, recv): (_, Box<dyn Fn() -> Result<Vec<u8>, RecvTimeoutError>>) = if queue {
+            let rx = store.receiver_with("p", cfg).unwrap();
+            let tx = std::sync::Arc::new(store.sender("p").unwrap());
+            let t = std::sync::Arc::clone(&tx);
+            (
+                Box::new(move |d: &[u8]| t.send(d).unwrap()) as Box<dyn Fn(&[u8])>,
+                Box::new(move || rx.recv_timeout(Duration::from_secs(2)).map(|m| m.to_vec())),
+            )
+        } else {
+            let rx = store.subscriber_with("p", cfg).unwrap();
+            let tx = store.publisher("p").unwrap();
+            (
+                Box::new(move |d: &[u8]| tx.send(d).unwrap()) as Box<dyn Fn(&[u8])>,
+                Box::new(move || rx.recv_timeout(Duration::from_secs(2)).map(|m| m.to_vec())),
+            )
+        };
+        let tx = std::rc::Rc::new(tx);
+        for round in 0..5u8 {
+            let (t, mut sent) = (std::rc::Rc::clone(&tx), false);
+            hooks::set(move |p| {
+                if p == Point::Parking && !sent {
+                    sent = true;
+                    t(&[round]);
+                }
+            });
+            let started = Instant::now();
+            let got = recv();
+            let took = started.elapsed();
+            hooks::clear();
+            assert_eq!(got.unwrap(), vec![round], "queue={queue}");
+            assert!(
+                took < Duration::from_millis(50),
+                "queue={queue} round {round}: received after {took:?}"
+            );
+        }
+    }
+}
+
+/// A message whose store entry expired (its chunk reclaimed past the TTL)
+/// while it waited in the ring is reported `Expired` and counted, by the
+/// subscriber and in the channel's report.
+#[test]
+fn a_message_expired_in_the_store_is_reported_and_counted() {
+    let ns = Ns::new("chexpired");
+    let store = PinnedBlobStore::new_shared(common::cfg(0, 200), ns.as_str(), 1 << 20).unwrap();
+    let rx = store.subscriber_with("e", four_k()).unwrap();
+    let tx = store.publisher_with("e", four_k()).unwrap();
+    tx.send(&payload(1, 10_000)).unwrap(); // through the store
+    tx.send(b"inline, after it").unwrap();
+    // Past the TTL, the chunk is sealed and reclaimed under the message.
+    std::thread::sleep(Duration::from_millis(300));
+    store.append_shared(&vec![0u8; (1 << 20) - 4096]).unwrap(); // rolls over: seals
+    std::thread::sleep(Duration::from_millis(300));
+    store.cleanup_shared();
+    assert!(matches!(rx.try_recv(), Err(TryRecvError::Expired)));
+    assert_eq!(rx.expired(), 1);
+    assert_eq!(&*rx.try_recv().unwrap(), b"inline, after it");
+    let report = stable_fragmented_buffer::inspect::inspect_namespace(ns.as_str()).unwrap();
+    let ch = report.channels.iter().find(|c| c.name == "e").unwrap();
+    assert_eq!(ch.expired, 1);
+}
+
 #[test]
 fn loans_publish_in_place_and_unsent_loans_give_their_space_back() {
     let ns = Ns::new("chloan");

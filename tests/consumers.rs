@@ -691,6 +691,30 @@ fn at_least_once_redelivers_exactly_the_jobs_a_killed_receiver_held() {
     );
 }
 
+/// A `try_recv` that finds a dead receiver (its liveness look, once a
+/// tick) takes back the jobs it held and returns one in the same call: it
+/// does not answer `Empty` and leave the job for the next call.
+#[test]
+fn a_try_recv_that_evicts_a_dead_receiver_returns_its_job_at_once() {
+    let ns = Ns::new("calo3");
+    let store = shared(&ns);
+    let cfg = config("alo");
+    let tx = store.sender_with("c", cfg).unwrap();
+    let mut victim = peer("worker", &ns, "alo", &[("SFB_HOLD", "1".into())]);
+    victim.expect("ready");
+    tx.send(&message(0, 64)).unwrap();
+    assert_eq!(victim.line().unwrap(), "m 0 0");
+    let rx = store.receiver_with("c", cfg).unwrap();
+    assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+    victim.kill9();
+    // Past a liveness tick since that look, and nobody else looks.
+    std::thread::sleep(Duration::from_millis(250));
+    let m = rx
+        .try_recv()
+        .expect("the call that evicts the dead receiver returns its job");
+    assert_eq!((check(&m), m.redelivered()), (0, 1));
+}
+
 /// The channel's `held` and `redelivered` counts, as `sfb stat` reads them.
 fn held_and_redelivered(ns: &Ns) -> (u64, u64) {
     let report = stable_fragmented_buffer::inspect::inspect_namespace(ns.as_str()).unwrap();

@@ -169,6 +169,7 @@ impl Sleeper {
         // Pairs with the waker's SeqCst fence before it reads `mask`:
         // either it sees our bit, or we see its publication in `ready`.
         fence(Ordering::SeqCst);
+        crate::hooks::at(crate::hooks::Point::Parking);
         let seen = word.load(Ordering::SeqCst);
         let slept = (!ready()).then(|| {
             sleep_on(word, seen, timeout);
