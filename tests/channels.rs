@@ -614,7 +614,8 @@ fn a_message_published_as_a_receiver_goes_to_sleep_is_received_at_once() {
         let ns = Ns::new("chparking");
         let store = shared(&ns);
         let cfg = ChannelConfig::default().spin(Duration::ZERO);
-        let (tx, recv): (_, Box<dyn Fn() -> Result<Vec<u8>, RecvTimeoutError>>) = if queue {
+        type Recv = Box<dyn Fn() -> Result<Vec<u8>, RecvTimeoutError>>;
+        let (tx, recv): (_, Recv) = if queue {
             let rx = store.receiver_with("p", cfg).unwrap();
             let tx = std::sync::Arc::new(store.sender("p").unwrap());
             let t = std::sync::Arc::clone(&tx);
