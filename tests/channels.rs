@@ -664,6 +664,7 @@ fn a_message_expired_in_the_store_is_reported_and_counted() {
     let tx = store.publisher_with("e", four_k()).unwrap();
     tx.send(&payload(1, 10_000)).unwrap(); // through the store
     tx.send(b"inline, after it").unwrap();
+    assert_eq!(rx.expired(), 0);
     // Past the TTL, the chunk is sealed and reclaimed under the message.
     std::thread::sleep(Duration::from_millis(300));
     store.append_shared(&vec![0u8; (1 << 20) - 4096]).unwrap(); // rolls over: seals

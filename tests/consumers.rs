@@ -715,6 +715,34 @@ fn a_try_recv_that_evicts_a_dead_receiver_returns_its_job_at_once() {
     assert_eq!((check(&m), m.redelivered()), (0, 1));
 }
 
+/// A `try_recv` about to say `Disconnected` (no producer left, nothing in
+/// the queue) first takes back what a dead receiver held, even between
+/// liveness ticks: the last job of a killed worker is not lost to a
+/// receiver that drains and stops.
+#[test]
+fn a_receiver_draining_a_disconnected_queue_takes_back_a_dead_receivers_job() {
+    let ns = Ns::new("calo4");
+    let store = shared(&ns);
+    let cfg = config("alo");
+    let tx = store.sender_with("c", cfg).unwrap();
+    let mut victim = peer("worker", &ns, "alo", &[("SFB_HOLD", "1".into())]);
+    victim.expect("ready");
+    tx.send(&message(0, 64)).unwrap();
+    assert_eq!(victim.line().unwrap(), "m 0 0");
+    let rx = store.receiver_with("c", cfg).unwrap();
+    // This call looks for dead receivers (none yet); the next, within the
+    // same tick, does not look on its own account.
+    assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+    victim.kill9();
+    drop(tx);
+    let m = rx
+        .try_recv()
+        .expect("the dead receiver's job, before Disconnected");
+    assert_eq!((check(&m), m.redelivered()), (0, 1));
+    drop(m);
+    assert!(matches!(rx.try_recv(), Err(TryRecvError::Disconnected)));
+}
+
 /// The channel's `held` and `redelivered` counts, as `sfb stat` reads them.
 fn held_and_redelivered(ns: &Ns) -> (u64, u64) {
     let report = stable_fragmented_buffer::inspect::inspect_namespace(ns.as_str()).unwrap();
