@@ -84,6 +84,8 @@ pub(crate) enum Unlocated {
 pub(crate) enum Verdict {
     /// Still holds live data, or is not ours to judge (active, pooled).
     Keep,
+    /// Fully acknowledged, kept while its decay runs.
+    Decaying,
     /// May be reclaimed; `expired` tells whether by TTL.
     Reclaim {
         /// Generation to claim.
@@ -891,7 +893,7 @@ impl ChunkRegion {
                 expired: false,
             }
         } else {
-            Verdict::Keep
+            Verdict::Decaying
         }
     }
 

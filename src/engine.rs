@@ -4,7 +4,7 @@
 //! written once over the [`Chunks`] trait and used by shared mode (chunk
 //! files in `/dev/shm`) and heap mode (pages in process memory).
 
-use crate::chunk::{ChunkRegion, Deactivate, Reserve, Unlocated, Verdict};
+use crate::chunk::{ChunkRegion, Deactivate, Reserve, Unlocated, Verdict, SEALED_ACTIVATING};
 use crate::clock;
 use crate::error::{BlobError, Result};
 use crate::hooks::{self, Point};
@@ -72,6 +72,55 @@ pub(crate) const POOL_IDLE_MIN_MS: u64 = 1_000;
 /// How long an appender refused by the chunk limit waits for a creation in
 /// flight (a prefetch) to land in the pool.
 const CREATION_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A process's memory of its last reclamation pass by the store's rules, so
+/// that a rollover with an empty pool runs a pass before creating a chunk
+/// only when one may find something: an acknowledgement since that pass
+/// began (the namespace's `last_ack_ms`), a chunk it kept for its decay, a
+/// TTL that may have run out since, or a second gone by (crash recovery).
+/// Without it every such rollover walked every chunk, so creating a chunk
+/// cost O(chunks). A hint: a stale read makes a rollover create a chunk a
+/// pass would have found, and at the chunk limit the pass runs anyway.
+#[derive(Debug, Default)]
+pub(crate) struct Gate {
+    /// Coarse ms at which the last pass began; 0: none yet.
+    start_ms: AtomicU64,
+    /// When a chunk that pass kept may expire (or a second after it began).
+    next_ms: AtomicU64,
+    /// Non-zero if that pass kept a fully acknowledged chunk for its decay.
+    decaying: AtomicU32,
+}
+
+impl Gate {
+    /// Whether a pass now may reclaim something the last one did not.
+    fn pass_may_reclaim(&self, last_ack_ms: &AtomicU64, now_ms: u64) -> bool {
+        // Relaxed throughout: a hint (see the type's documentation).
+        let start = self.start_ms.load(Ordering::Relaxed);
+        start == 0
+            || self.decaying.load(Ordering::Relaxed) != 0
+            || now_ms >= self.next_ms.load(Ordering::Relaxed)
+            // An acknowledgement in the millisecond the pass began, or after.
+            || last_ack_ms.load(Ordering::Relaxed).saturating_add(1) >= start
+    }
+
+    fn record(&self, start_ms: u64, next_ms: u64, decaying: bool) {
+        self.next_ms.store(next_ms, Ordering::Relaxed);
+        self.decaying.store(u32::from(decaying), Ordering::Relaxed);
+        self.start_ms.store(start_ms.max(1), Ordering::Relaxed);
+    }
+}
+
+/// Raises the namespace's latest-acknowledgement time to now (at most one
+/// store per millisecond per thread: a read first).
+fn note_acknowledged<C: Chunks>(c: &C) {
+    if let Some((_, last)) = c.gate() {
+        let now = clock::now_ms();
+        // Relaxed: a hint, read by `Gate::pass_may_reclaim`.
+        if last.load(Ordering::Relaxed) < now {
+            last.fetch_max(now, Ordering::Relaxed);
+        }
+    }
+}
 
 /// Rollovers one append may go through before giving up (only reachable if
 /// another process keeps corrupting the shared words).
@@ -160,6 +209,11 @@ pub(crate) trait Chunks {
     fn creation_in_flight(&self) -> bool {
         false
     }
+    /// This process's [`Gate`] and the namespace's latest-acknowledgement
+    /// word; `None`: every rollover with an empty pool runs a pass.
+    fn gate(&self) -> Option<(&Gate, &AtomicU64)> {
+        None
+    }
     /// Counts a reclamation event.
     fn count(&self, _event: Event) {}
 }
@@ -238,14 +292,24 @@ pub(crate) fn rollover<C: Chunks>(c: &C, seen: u64) -> Result<()> {
                 _ => continue,
             },
             // A warm chunk beats a new one (no page faults, no tmpfs
-            // growth): reclaim once before creating.
-            None if !reclaimed_once => {
+            // growth): reclaim once before creating, if a pass may find
+            // one (`Gate`).
+            None if !reclaimed_once
+                && c.gate()
+                    .is_none_or(|(g, last)| g.pass_may_reclaim(last, clock::now_ms())) =>
+            {
                 reclaimed_once = true;
                 reclaim(c);
                 continue;
             }
             None => match c.create(c.policy().chunk_size as usize, 0, false) {
                 Ok(ch) => ch,
+                // At the limit, a pass the gate skipped runs after all.
+                Err(BlobError::StoreFull { .. }) if !reclaimed_once => {
+                    reclaimed_once = true;
+                    reclaim(c);
+                    continue;
+                }
                 // At the limit while another creation is in flight (this or
                 // another process's prefetch), or just landed: it reaches the
                 // pool within milliseconds, so wait for it rather than fail
@@ -913,7 +977,12 @@ pub(crate) fn acknowledge_via<C: Chunks>(c: &C, reach: &mut impl Reach<C>, loc: 
     let tag = c.policy().tag(loc);
     let ack = |region: &ChunkRegion| region.acknowledge(loc.generation, loc.offset, loc.size, tag);
     let key = loc.id as u64;
-    reach.with(c, loc.id, key, ack) == Some(true) || reach.again(c, loc.id, key, ack) == Some(true)
+    let counted = reach.with(c, loc.id, key, ack) == Some(true)
+        || reach.again(c, loc.id, key, ack) == Some(true);
+    if counted {
+        note_acknowledged(c);
+    }
+    counted
 }
 
 /// Acknowledges every entry of `locs` (each as [`acknowledge`] would) and
@@ -961,6 +1030,9 @@ pub(crate) fn acknowledge_all_via<C: Chunks>(
             })
             .unwrap_or(u64::MAX >> (64 - n));
         counted += n - failed.count_ones() as usize;
+        if failed.count_ones() as usize != n {
+            note_acknowledged(c);
+        }
         // The refused ones one by one: a held chunk may be an earlier file
         // under the same id (see `acknowledge_via`); repeats and stale
         // handles are refused again.
@@ -1017,6 +1089,12 @@ pub(crate) fn reclaim_with<C: Chunks>(c: &C, rules: Rules) -> usize {
     // Acquire: pairs with the AcqRel CAS in `rollover`.
     let active = c.active().load(Ordering::Acquire);
     let mut reclaimed = 0;
+    // For the rollover's `Gate`: when a chunk kept now may expire, and
+    // whether one was kept for its decay.
+    let own_rules =
+        rules.pool && rules.ttl_ms == policy.ttl_ms && rules.decay_ms == policy.decay_ms;
+    let mut next_ms = now.saturating_add(policy.ttl_ms.min(POOL_IDLE_MIN_MS));
+    let mut decaying = false;
     for id in ids {
         let Ok(chunk) = c.chunk(id) else {
             c.forget_missing(id);
@@ -1062,11 +1140,26 @@ pub(crate) fn reclaim_with<C: Chunks>(c: &C, rules: Rules) -> usize {
         } else {
             rules.decay_ms
         };
+        let verdict = region.assess(now, rules.ttl_ms, decay);
         let Verdict::Reclaim {
             generation,
             expired,
-        } = region.assess(now, rules.ttl_ms, decay)
+        } = verdict
         else {
+            if verdict == Verdict::Decaying {
+                decaying = true;
+            } else if state == STATE_IN_USE {
+                let h = region.header();
+                let sealed = h.sealed_ms.load(Ordering::Relaxed);
+                let from = if sealed == SEALED_ACTIVATING {
+                    h.activated_ms.load(Ordering::Relaxed)
+                } else {
+                    sealed
+                };
+                if from != 0 {
+                    next_ms = next_ms.min(from.saturating_add(rules.ttl_ms));
+                }
+            }
             continue;
         };
         if !region.claim(generation) {
@@ -1094,6 +1187,11 @@ pub(crate) fn reclaim_with<C: Chunks>(c: &C, rules: Rules) -> usize {
         }
     }
     shrink_pool(c, now);
+    if own_rules {
+        if let Some((gate, _)) = c.gate() {
+            gate.record(now, next_ms, decaying);
+        }
+    }
     reclaimed
 }
 

@@ -38,7 +38,11 @@
 //! 128     8 recycled         chunks recycled in place (statistics)
 //! 136     8 retired          chunks unlinked
 //! 144     8 expired          chunks reclaimed by TTL
-//! 152   104 (reserved)
+//! 152    40 (reserved)
+//! 192     8 last_ack_ms      ms of the latest acknowledgement (a hint: a
+//!                            rollover's reclamation pass is skipped while
+//!                            nothing was acknowledged since the last one)
+//! 200    56 (reserved)
 //! 256 32768 registry[4096]   one u64 word per slot (see crate::registry):
 //!                            bits 0-1 state (0 FREE, 1 CREATING, 2 READY,
 //!                            3 ABANDONED), bits 2-21 epoch, bit 22 a
@@ -217,7 +221,14 @@ pub struct CtrlHeader {
     /// Chunks reclaimed by TTL.
     pub expired: AtomicU64,
     /// Reserved.
-    pub _reserved2: [AtomicU64; 13],
+    pub _reserved2: [AtomicU64; 5],
+    /// Coarse-monotonic ms of the latest acknowledgement (a hint, raised at
+    /// most once a millisecond per thread): a rollover runs a reclamation
+    /// pass before creating a chunk only if an acknowledgement came since
+    /// its process's last pass (or a TTL may have run out meanwhile).
+    pub last_ack_ms: AtomicU64,
+    /// Reserved.
+    pub _reserved3: [AtomicU64; 7],
 }
 
 /// The header at the start of every chunk. See the module documentation.
@@ -288,6 +299,7 @@ const _: () = {
     assert!(offset_of!(CtrlHeader, ttl_ms) == 56);
     assert!(offset_of!(CtrlHeader, active) == 64);
     assert!(offset_of!(CtrlHeader, closed) == 84);
+    assert!(offset_of!(CtrlHeader, last_ack_ms) == 192);
     assert!(offset_of!(CtrlHeader, pool) == 96);
     assert!(offset_of!(CtrlHeader, recycled) == 128);
     assert!(offset_of!(CtrlHeader, expired) == 144);

@@ -17,7 +17,7 @@ use crate::lifecycle::Maintain;
 use crate::os;
 use crate::profiling::ChunkTotals;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
-use crate::table::ChunkTable;
+use crate::table::{ChunkTable, Keyed};
 use crate::view::PinnedChunk;
 use std::alloc::Layout;
 use std::ptr::NonNull;
@@ -26,12 +26,22 @@ use std::sync::{Arc, Mutex, Weak};
 /// Alignment of a page: a cache line (headers are laid out by cache line).
 const PAGE_ALIGN: usize = 64;
 
+/// Heap page ids are below `1 << HEAP_ID_BITS` (a million pages alive at
+/// once; freed ids are reused), so that an id indexes the page table.
+const HEAP_ID_BITS: u32 = 20;
+
 /// One heap page.
 pub(crate) struct HeapPage {
     id: u32,
     region: ChunkRegion,
     ptr: NonNull<u8>,
     layout: Layout,
+}
+
+impl Keyed for HeapPage {
+    fn table_id(&self) -> u32 {
+        self.id
+    }
 }
 
 // SAFETY: the page's memory is only accessed through the chunk protocol
@@ -104,6 +114,9 @@ pub(crate) struct HeapPages {
     pool: [AtomicU32; POOL_SLOTS],
     generation: AtomicU32,
     pages: ChunkTable<HeapPage>,
+    /// The reclamation pass's memory, and the latest acknowledgement.
+    gate: engine::Gate,
+    last_ack_ms: AtomicU64,
     /// Ids free for reuse, and the next never-used id.
     ids: Mutex<(Vec<u32>, u32)>,
     counters: Counters,
@@ -141,7 +154,9 @@ impl HeapBackend {
             pool: std::array::from_fn(|_| AtomicU32::new(0)),
             // A random start: handles of another store never match this one.
             generation: AtomicU32::new((os::random_u64() >> 32) as u32),
-            pages: ChunkTable::default(),
+            pages: ChunkTable::new(HEAP_ID_BITS),
+            gate: engine::Gate::default(),
+            last_ack_ms: AtomicU64::new(0),
             ids: Mutex::new((Vec::new(), 0)),
             counters: Counters::default(),
         });
@@ -270,15 +285,17 @@ impl Chunks for HeapPages {
         &self.generation
     }
 
+    fn gate(&self) -> Option<(&engine::Gate, &AtomicU64)> {
+        Some((&self.gate, &self.last_ack_ms))
+    }
+
     fn chunk(&self, id: u32) -> Result<Arc<HeapPage>> {
         self.pages.get(id).ok_or_else(|| no_page(id))
     }
 
     fn with_region<R>(&self, id: u32, f: impl FnOnce(&ChunkRegion) -> R) -> Result<R> {
-        let table = self.pages.load();
-        table
-            .get(&id)
-            .map(|p| f(&p.region))
+        self.pages
+            .with(id, |p| f(&p.region))
             .ok_or_else(|| no_page(id))
     }
 
@@ -287,13 +304,13 @@ impl Chunks for HeapPages {
             let mut ids = self.lock_ids();
             match ids.0.pop() {
                 Some(id) => id,
-                None if ids.1 < NO_CHUNK - 1 => {
+                None if ids.1 < 1 << HEAP_ID_BITS => {
                     ids.1 += 1;
                     ids.1 - 1
                 }
                 None => {
                     return Err(BlobError::InvalidConfig {
-                        reason: "heap page ids exhausted".into(),
+                        reason: "heap page ids exhausted (a million pages alive at once)".into(),
                     })
                 }
             }

@@ -20,7 +20,7 @@ use crate::profiling::ChunkTotals;
 use crate::registry::{self, Claim, Registry};
 use crate::stats::BlobStats;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
-use crate::table::ChunkTable;
+use crate::table::{ChunkTable, Keyed};
 use crate::view::{BlobView, PinnedChunk};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -109,6 +109,12 @@ pub(crate) struct ChunkMap {
     _map: Mapping,
 }
 
+impl Keyed for ChunkMap {
+    fn table_id(&self) -> u32 {
+        self.id
+    }
+}
+
 struct Inner {
     ns: String,
     dir: PathBuf,
@@ -129,6 +135,8 @@ struct Inner {
     policy: Policy,
     max_chunks: u32,
     chunks: ChunkTable<ChunkMap>,
+    /// This process's memory of its last reclamation pass.
+    gate: engine::Gate,
     signal: Mutex<Signal>,
     wake: Condvar,
     /// What creating this namespace recovered from (creator only).
@@ -693,12 +701,10 @@ impl Chunks for Inner {
     }
 
     fn with_region<R>(&self, id: u32, f: impl FnOnce(&ChunkRegion) -> R) -> Result<R> {
-        let table = self.chunks.load();
-        if let Some(c) = table.get(&id) {
-            return Ok(f(&c.region));
+        match self.chunks.try_with(id, |c| f(&c.region)) {
+            Ok(r) => Ok(r),
+            Err(g) => self.open_chunk(id).map(|c| g(&c)),
         }
-        drop(table);
-        self.open_chunk(id).map(|c| f(&c.region))
     }
 
     fn create(&self, size: usize, flags: u32, populate: bool) -> Result<Arc<ChunkMap>> {
@@ -744,6 +750,10 @@ impl Chunks for Inner {
 
     fn creation_in_flight(&self) -> bool {
         self.registry().creating() > 0
+    }
+
+    fn gate(&self) -> Option<(&engine::Gate, &AtomicU64)> {
+        Some((&self.gate, &self.ctrl().last_ack_ms))
     }
 
     fn is_listed(&self, id: u32) -> bool {
@@ -861,7 +871,8 @@ impl Inner {
             policy,
             max_chunks,
             ctrl_map: map,
-            chunks: ChunkTable::default(),
+            chunks: ChunkTable::new(SLOT_BITS),
+            gate: engine::Gate::default(),
             signal: Mutex::new(Signal::default()),
             wake: Condvar::new(),
             recovery: None,
