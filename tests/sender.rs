@@ -561,6 +561,35 @@ fn a_timed_send_sleeps_for_what_is_left_of_its_timeout() {
     drop((tx, rx, store));
 }
 
+/// A dropped subscriber leaves at once: the publisher counts it out, and
+/// under `Block` the messages only it had not read stop holding the ring
+/// (a full ring takes a send again without waiting). `held()` counts the
+/// messages a consumer holds.
+#[test]
+fn a_dropped_subscriber_leaves_at_once_and_held_counts_what_is_held() {
+    let ns = Ns::new("dropsub");
+    let store = PinnedBlobStore::new_shared(Config::default(), ns.as_str(), 1 << 20).unwrap();
+    let tx = store.publisher_with("c", config("block")).unwrap();
+    let keeps = store.subscriber_with("c", config("block")).unwrap();
+    let lags = store.subscriber_with("c", config("block")).unwrap();
+    assert_eq!(tx.subscriber_count(), 2);
+    for seq in 0..4 {
+        tx.send(&message(seq, 100)).unwrap();
+    }
+    let (a, b) = (keeps.recv().unwrap(), keeps.recv().unwrap());
+    assert_eq!(keeps.held(), 2);
+    drop((a, b));
+    assert_eq!(keeps.held(), 0);
+    while keeps.try_recv().is_ok() {}
+    // The ring is full of what `lags` has not read.
+    assert!(matches!(tx.try_send(b"x"), Err(TrySendError::Full)));
+    drop(lags);
+    assert_eq!(tx.subscriber_count(), 1);
+    tx.try_send(b"after")
+        .expect("the dropped subscriber no longer holds the ring");
+    assert_eq!(&*keeps.try_recv().unwrap(), b"after");
+}
+
 /// The spin before sleeping is the endpoint's `ChannelConfig::spin`: with
 /// none, a receive that waits 300 ms is runnable next to none of it (asleep
 /// in the kernel); with 200 ms of spin, it is runnable for the 200 ms. The
