@@ -33,6 +33,14 @@ pub(crate) fn paced(opts: &Options, blocking: bool, size: usize) -> (u64, Durati
 /// stream cycles through is what decides whether it stays in cache; the
 /// runs that compared 4 and 8 slots at 1 MiB are in BENCHMARKS.md, and did
 /// not separate them beyond noise).
+/// Messages sent untimed before a cross-process row's clock starts (the
+/// first touch of every slot or sample the stream will use: page faults of
+/// fresh mappings, not the steady state the row reports): 512, more than
+/// the default ring's 256 slots, or all of them for a short cell.
+pub fn warm_up_ops(ops: u64) -> u64 {
+    ops.min(512)
+}
+
 pub fn sized_in_flight(size: usize) -> u32 {
     ((4usize << 20) / size.max(1)).clamp(4, 32) as u32
 }
@@ -73,11 +81,13 @@ pub fn channel_cycle(opts: &Options, size: usize, blocking: bool, sized: bool) -
         ChannelConfig::default()
     };
     let tx = store.sender_with("bench", ring).expect("sender");
+    let warm = warm_up_ops(ops);
     let (mut child, mut out) = spawn_peer(
         "channel-consumer",
         &[
             ("SFB_BENCH_NS", ns.clone()),
-            ("SFB_BENCH_OPS", ops.to_string()),
+            ("SFB_BENCH_OPS", (warm + ops).to_string()),
+            ("SFB_BENCH_WARM", warm.to_string()),
             ("SFB_BENCH_BLOCK", u8::from(blocking).to_string()),
         ],
     )
@@ -89,6 +99,13 @@ pub fn channel_cycle(opts: &Options, size: usize, blocking: bool, sized: bool) -
             d[..8].copy_from_slice(&mono_ns().to_le_bytes());
         }
     };
+    // Untimed: every slot the stream will use gets its first touch (the
+    // page faults of a fresh mapping) before the clock starts.
+    for _ in 0..warm {
+        stamp(&mut data);
+        tx.send(&data).expect("send");
+    }
+    expect_line(&mut out, "WARM");
     let start = Instant::now();
     for _ in 0..ops {
         stamp(&mut data);
@@ -107,7 +124,11 @@ pub fn channel_cycle(opts: &Options, size: usize, blocking: bool, sized: bool) -
     let (count, lat) = parse_result(&expect_line(&mut out, "RESULT "));
     let _ = child.wait();
     let peak = store.stats().chunks;
-    assert_eq!(count, ops + n_paced, "the consumer received every message");
+    assert_eq!(
+        count,
+        warm + ops + n_paced,
+        "the consumer received every message"
+    );
     let path = if size <= ring.inline_capacity() {
         "inline"
     } else {
@@ -128,7 +149,7 @@ pub fn channel_cycle(opts: &Options, size: usize, blocking: bool, sized: bool) -
         secs,
         latency: Some(lat),
         note: format!(
-            "{path}; ring {} x {} B; Config::default(), 32 MiB chunks ({peak} at the end); latency of {n_paced} paced messages, one per {} us",
+            "{path}; ring {} x {} B; Config::default(), 32 MiB chunks ({peak} at the end); {warm} messages untimed first; latency of {n_paced} paced messages, one per {} us",
             ring.slots,
             ring.slot_size,
             gap.as_micros()
@@ -142,6 +163,10 @@ fn channel_consumer() {
         .ok()
         .and_then(|s| s.parse().ok())
         .expect("SFB_BENCH_OPS");
+    let warm: u64 = std::env::var("SFB_BENCH_WARM")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let blocking = std::env::var("SFB_BENCH_BLOCK").as_deref() == Ok("1");
     let store = PinnedBlobStore::attach_shared(Config::default(), &ns).expect("attach");
     let rx = store.receiver("bench").expect("receiver");
@@ -173,6 +198,9 @@ fn channel_consumer() {
         }
         drop(m);
         count += 1;
+        if count == warm && warm > 0 {
+            println!("WARM");
+        }
         if count == ops {
             println!("STREAMED");
         }

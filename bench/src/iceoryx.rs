@@ -6,7 +6,7 @@
 //! the same work as the store's full cycle (view, read, acknowledge).
 
 use iceoryx2::prelude::*;
-use sfb_bench::{mono_ns, touch, Cell, Latency, Options, PEER_ENV};
+use sfb_bench::{mono_ns, touch, warm_up_ops, Cell, Latency, Options, PEER_ENV};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -57,10 +57,12 @@ pub fn cycle(opts: &Options, size: usize) -> Result<Cell, Box<dyn std::error::Er
         .initial_max_slice_len(size)
         .backpressure_strategy(BackpressureStrategy::RetryUntilDelivered)
         .create()?;
+    let warm = warm_up_ops(ops);
     let mut child = Command::new(std::env::current_exe()?)
         .env(PEER_ENV, "iceoryx-consumer")
         .env("SFB_BENCH_IOX", &name)
-        .env("SFB_BENCH_OPS", ops.to_string())
+        .env("SFB_BENCH_OPS", (warm + ops).to_string())
+        .env("SFB_BENCH_WARM", warm.to_string())
         .env("SFB_BENCH_PACED", paced(opts, size).0.to_string())
         .stdout(Stdio::piped())
         .spawn()?;
@@ -73,6 +75,18 @@ pub fn cycle(opts: &Options, size: usize) -> Result<Cell, Box<dyn std::error::Er
         }
     }
     let mut data: Vec<u8> = (0..size).map(|i| i as u8).collect();
+    // Untimed, as in the channel rows: every sample's first touch.
+    for _ in 0..warm {
+        let sample = publisher.loan_slice_uninit(size)?;
+        sample.write_from_slice(&data).send()?;
+    }
+    line.clear();
+    while !line.starts_with("WARM") {
+        line.clear();
+        if out.read_line(&mut line)? == 0 {
+            return Err("iceoryx2 consumer ended early".into());
+        }
+    }
     let start = Instant::now();
     for _ in 0..ops {
         let ts = mono_ns();
@@ -116,7 +130,7 @@ pub fn cycle(opts: &Options, size: usize) -> Result<Cell, Box<dyn std::error::Er
         .skip(1)
         .filter_map(|x| x.parse().ok())
         .collect();
-    if v.first() != Some(&(ops + n_paced)) {
+    if v.first() != Some(&(warm + ops + n_paced)) {
         return Err(format!("iceoryx2 delivered {:?} of {ops} messages", v.first()).into());
     }
     Ok(Cell {
@@ -134,7 +148,7 @@ pub fn cycle(opts: &Options, size: usize) -> Result<Cell, Box<dyn std::error::Er
             max: v[3],
         }),
         note: format!(
-            "baseline: iceoryx2 0.10, queue {QUEUE}, no overflow, busy-polling subscriber reads every byte; latency of {n_paced} paced messages, one per {} us",
+            "baseline: iceoryx2 0.10, queue {QUEUE}, no overflow, busy-polling subscriber reads every byte; {warm} messages untimed first; latency of {n_paced} paced messages, one per {} us",
             gap.as_micros()
         ),
     })
@@ -156,6 +170,7 @@ fn consume() -> Result<(), Box<dyn std::error::Error>> {
     let name = std::env::var("SFB_BENCH_IOX")?;
     let ops: u64 = std::env::var("SFB_BENCH_OPS")?.parse()?;
     let total = ops + std::env::var("SFB_BENCH_PACED")?.parse::<u64>()?;
+    let warm: u64 = std::env::var("SFB_BENCH_WARM")?.parse()?;
     let node = NodeBuilder::new().create::<ipc::Service>()?;
     let svc = service(&node, &name)?;
     let subscriber = svc.subscriber_builder().buffer_size(QUEUE).create()?;
@@ -174,6 +189,9 @@ fn consume() -> Result<(), Box<dyn std::error::Error>> {
             sink = sink.wrapping_add(touch(p));
             drop(sample);
             count += 1;
+            if count == warm && warm > 0 {
+                println!("WARM");
+            }
             if count == ops {
                 println!("STREAMED");
             }

@@ -29,7 +29,7 @@ mod stream;
 mod wait;
 mod workloads;
 
-pub use channel::touch;
+pub use channel::{touch, warm_up_ops};
 pub use chunks::{chunks, chunks_markdown, ChunksRun, COUNTS as CHUNK_COUNTS};
 pub use cross::{mono_ns, run_peer_if_asked, PEER_ENV};
 pub use fanout::{fanout, fanout_markdown, FanoutRun, SubscriberResult};
