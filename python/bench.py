@@ -26,18 +26,26 @@ transports taking turns.
 
 from __future__ import annotations
 
-import argparse
-import ctypes
-import multiprocessing as mp
 import os
-import queue as queue_mod
-import statistics
-import sys
-import time
-from multiprocessing import shared_memory
-from typing import Any
 
-import numpy as np
+# numpy's BLAS thread pool spins between calls: on two cores its threads
+# take CPU from every transport's producer and consumer (seen with `perf`).
+# None of this benchmark's work is BLAS, so one thread (set before numpy
+# loads, and inherited by the spawned processes).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import ctypes  # noqa: E402
+import multiprocessing as mp  # noqa: E402
+import queue as queue_mod  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from multiprocessing import shared_memory  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 ctx = mp.get_context("spawn")
 SIZES = [4 << 10, 1 << 20, 64 << 20]
@@ -83,10 +91,10 @@ def check(arr: np.ndarray, seq: int) -> int:
 
 
 class Sfb:
-    """This package: a work queue of `depth` slots carrying up to 4 KiB
-    inline; larger messages go through the store (chunks of at least 32 MiB
-    or four messages, at most 8 chunks), into which the library streams
-    large copies."""
+    """This package: a work queue of `depth` slots carrying up to 1 MiB
+    inline (the default slot); larger messages go through the store (chunks
+    of at least 32 MiB or four messages, at most 8 chunks), into which the
+    library streams large copies."""
 
     def __init__(self, size: int, depth: int) -> None:
         import stable_fragmented_buffer as sfb

@@ -423,6 +423,10 @@ fn take_loan(
 /// the copy is split between threads) is written straight into a loan of
 /// store space with the GIL released, the loan waited for in slices, then
 /// published.
+/// Largest message copied into a slot with the GIL held (a few
+/// microseconds of copy).
+const GIL_HELD_MAX: usize = 64 << 10;
+
 fn send_payload(
     py: Python<'_>,
     p: &dyn Produce,
@@ -431,7 +435,10 @@ fn send_payload(
     wait: Wait,
 ) -> PyResult<bool> {
     let len = msg.len();
-    let result = if len <= p.inline_capacity() {
+    // Small inline messages are sent with the GIL held (letting go of it
+    // costs more than their copy); a larger one, inline or not, is copied
+    // with the GIL released, so other Python threads run meanwhile.
+    let result = if len <= p.inline_capacity().min(GIL_HELD_MAX) {
         let gathered: Vec<u8>;
         let data: &[u8] = match msg.whole {
             Some(data) => data,
