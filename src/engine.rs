@@ -304,8 +304,11 @@ pub(crate) fn rollover<C: Chunks>(c: &C, seen: u64) -> Result<()> {
             }
             None => match c.create(c.policy().chunk_size as usize, 0, false) {
                 Ok(ch) => ch,
-                // At the limit, a pass the gate skipped runs after all.
-                Err(BlobError::StoreFull { .. }) if !reclaimed_once => {
+                // Any creation error (the chunk limit, a full tmpfs, a full
+                // registry): a pass the gate skipped runs after all, since
+                // the gate does not hear of a seal (the target just sealed
+                // may be fully acknowledged).
+                Err(_) if !reclaimed_once => {
                     reclaimed_once = true;
                     reclaim(c);
                     continue;

@@ -721,26 +721,37 @@ fn a_try_recv_that_evicts_a_dead_receiver_returns_its_job_at_once() {
 /// receiver that drains and stops.
 #[test]
 fn a_receiver_draining_a_disconnected_queue_takes_back_a_dead_receivers_job() {
-    let ns = Ns::new("calo4");
-    let store = shared(&ns);
-    let cfg = config("alo");
-    let tx = store.sender_with("c", cfg).unwrap();
-    let mut victim = peer("worker", &ns, "alo", &[("SFB_HOLD", "1".into())]);
-    victim.expect("ready");
-    tx.send(&message(0, 64)).unwrap();
-    assert_eq!(victim.line().unwrap(), "m 0 0");
-    let rx = store.receiver_with("c", cfg).unwrap();
-    // This call looks for dead receivers (none yet); the next, within the
-    // same tick, does not look on its own account.
-    assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
-    victim.kill9();
-    drop(tx);
-    let m = rx
-        .try_recv()
-        .expect("the dead receiver's job, before Disconnected");
-    assert_eq!((check(&m), m.redelivered()), (0, 1));
-    drop(m);
-    assert!(matches!(rx.try_recv(), Err(TryRecvError::Disconnected)));
+    // The check holds only if the draining call comes within the tick of
+    // the look before it (else its own look evicts, whatever the code
+    // under test does): a round that took longer is run again.
+    for round in 0..5 {
+        let ns = Ns::new("calo4");
+        let store = shared(&ns);
+        let cfg = config("alo");
+        let tx = store.sender_with("c", cfg).unwrap();
+        let mut victim = peer("worker", &ns, "alo", &[("SFB_HOLD", "1".into())]);
+        victim.expect("ready");
+        tx.send(&message(0, 64)).unwrap();
+        assert_eq!(victim.line().unwrap(), "m 0 0");
+        let rx = store.receiver_with("c", cfg).unwrap();
+        // This call looks for dead receivers (none yet); the next, within
+        // the same tick, does not look on its own account.
+        let looked = Instant::now();
+        assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+        victim.kill9();
+        drop(tx);
+        let got = rx.try_recv();
+        if looked.elapsed() >= Duration::from_millis(80) {
+            eprintln!("round {round}: past the tick, again");
+            continue;
+        }
+        let m = got.expect("the dead receiver's job, before Disconnected");
+        assert_eq!((check(&m), m.redelivered()), (0, 1));
+        drop(m);
+        assert!(matches!(rx.try_recv(), Err(TryRecvError::Disconnected)));
+        return;
+    }
+    panic!("five rounds past the liveness tick: the machine is too loaded to check this");
 }
 
 /// The channel's `held` and `redelivered` counts, as `sfb stat` reads them.

@@ -9,7 +9,10 @@ mod common;
 
 use common::{payload, Ns};
 use stable_fragmented_buffer::layout::PREPARE_STEP;
-use stable_fragmented_buffer::{BlobError, Config, OverflowHandle, PinnedBlobStore};
+use stable_fragmented_buffer::{
+    BlobError, ChannelConfig, Config, OverflowHandle, PinnedBlobStore, SendError, TrySendError,
+};
+use std::os::unix::fs::FileExt;
 use std::process::Command;
 
 /// Set in the copy of this test that runs in its own user namespace.
@@ -144,7 +147,6 @@ fn full_shm_returns_no_space_and_keeps_serving() {
     let first = store.append_shared(&payload(0, 10_000)).unwrap();
     let path = dir.join(format!("{}_data_{}", ns.as_str(), first.page_id));
     let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    use std::os::unix::fs::FileExt;
     let scribble = || file.write_all_at(&0u32.to_le_bytes(), 32).unwrap();
     scribble();
     let mut held = vec![(first, payload(0, 10_000))];
@@ -156,6 +158,86 @@ fn full_shm_returns_no_space_and_keeps_serving() {
     drop(file);
     drop(store);
     drop(ns);
+
+    // A rollover whose pass the reclamation gate skipped (nothing was
+    // acknowledged since the last pass, which ran while the now sealed
+    // target was still the target) and whose creation finds no space
+    // runs that pass after all: the fully acknowledged chunk is recycled,
+    // not `NoSpace` answered.
+    let ns = Ns::new("nospace-gate");
+    let store = PinnedBlobStore::new_shared(cfg, ns.as_str(), 256 << 10).unwrap();
+    let handles: Vec<_> = (0..12)
+        .map(|i| store.append_shared(&payload(i, 10_000)).unwrap())
+        .collect();
+    assert!(handles.iter().all(|h| h.page_id == handles[0].page_id));
+    for h in &handles {
+        assert!(store.acknowledge_shared(h));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    store.cleanup_shared();
+    let filler = Filler::fill(&dir);
+    let big = store.append_shared(&payload(99, 150_000));
+    assert!(big.is_ok(), "NoSpace with a reclaimable chunk: {big:?}");
+    drop(filler);
+    drop(store);
+    drop(ns);
+
+    // Channels on a full file system: a small message takes a free slot
+    // that is already backed (the slot it would prefer is not), and a
+    // message that needs new memory is `NoSpace`, also when another process
+    // scribbled "all backed" over the shared `backed` words (each endpoint
+    // backs what it writes into itself: never a SIGBUS).
+    let ns = Ns::new("nospace-chan");
+    let store = PinnedBlobStore::new_shared(cfg, ns.as_str(), 256 << 10).unwrap();
+    let ring = ChannelConfig::for_messages(64 << 10, 16);
+    let rx = store.receiver_with("q", ring).unwrap();
+    let tx = store.sender_with("q", ring).unwrap();
+    for i in 0..4u8 {
+        tx.send(&[i; 100]).unwrap();
+        assert_eq!(&*rx.recv().unwrap(), &[i; 100][..]);
+    }
+    let path = dir.join(format!("{}_chan+q", ns.as_str()));
+    let chan = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let filler = Filler::fill(&dir);
+    for i in 0..40u8 {
+        tx.try_send(&[i; 100])
+            .expect("a small message on a full file system, backed slots free");
+        assert_eq!(&*rx.recv().unwrap(), &[i; 100][..]);
+    }
+    // Every slot header's `backed` word (offset 20) scribbled to "all".
+    let headers = (5120 + 16 * 16usize).next_multiple_of(64);
+    for b in 0..(16 + 32 * 17 + 64) {
+        chan.write_all_at(&u32::MAX.to_le_bytes(), (headers + 64 * b + 20) as u64)
+            .unwrap();
+    }
+    match tx.try_send(&vec![7u8; 60 << 10]) {
+        Err(TrySendError::Send(SendError::Store(BlobError::NoSpace { .. }))) => {}
+        other => panic!("expected NoSpace, got {other:?}"),
+    }
+    drop(filler);
+    tx.send(&vec![7u8; 60 << 10]).unwrap();
+    assert_eq!(rx.recv().unwrap().len(), 60 << 10);
+    drop((chan, rx, tx, store));
+    drop(ns);
+}
+
+/// A file that fills the file system at `dir` until dropped.
+struct Filler(std::path::PathBuf);
+
+impl Filler {
+    fn fill(dir: &std::path::Path) -> Self {
+        use std::io::Write;
+        let path = dir.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        while f.write_all(&[1u8; 4096]).is_ok() {}
+        Self(path)
+    }
+}
+
+impl Drop for Filler {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Appends 10 000-byte payloads until an append fails (calling `before`

@@ -3,7 +3,7 @@
 //! liveness (one OFD lock byte per record), and removal with the namespace.
 
 use super::layout::*;
-use super::ring::Ring;
+use super::ring::{Backing, Ring};
 use crate::error::{BlobError, Result};
 use crate::fork;
 use crate::os::{self, Mapping};
@@ -79,6 +79,11 @@ pub(crate) struct ChanFile {
     file: File,
     // Keeps the ring's memory mapped; must outlive every use of `ring`.
     _map: Mapping,
+    /// Bytes of each pool slot's payload this endpoint has backed itself
+    /// (`fallocate`): what it may write without faulting on a full file
+    /// system, whatever the shared `backed` words say (another process may
+    /// scribble on those).
+    backed: Box<[std::sync::atomic::AtomicU32]>,
 }
 
 impl std::fmt::Debug for ChanFile {
@@ -88,6 +93,51 @@ impl std::fmt::Debug for ChanFile {
             .field("ring", &self.ring)
             .finish()
     }
+}
+
+impl Backing for ChanFile {
+    fn backed(&self, b: u32) -> usize {
+        self.backed
+            .get(b as usize)
+            // Relaxed: written only by this endpoint's writer of slot `b`.
+            .map_or(0, |m| m.load(std::sync::atomic::Ordering::Relaxed) as usize)
+    }
+
+    /// `fallocate` of the pages of slot `b` between what this endpoint
+    /// backed and `to` (cheap over pages another process backed already).
+    fn back(&self, b: u32, to: usize) -> bool {
+        let Some(mark) = self.backed.get(b as usize) else {
+            return false;
+        };
+        let from = mark.load(std::sync::atomic::Ordering::Relaxed) as usize;
+        if from >= to {
+            return true;
+        }
+        if os::reserve_range(
+            &self.file,
+            (self.ring.payload_offset(b) + from) as u64,
+            (to - from) as u64,
+        )
+        .is_err()
+        {
+            return false;
+        }
+        mark.store(to as u32, std::sync::atomic::Ordering::Relaxed);
+        // The shared word says how far anyone backed the slot, for tools;
+        // no writer relies on it.
+        self.ring
+            .slot(b)
+            .backed
+            .fetch_max(to as u32, Ordering::Relaxed);
+        true
+    }
+}
+
+/// An endpoint's backing marks for `pool` slots: none backed yet.
+fn unbacked(pool: u32) -> Box<[std::sync::atomic::AtomicU32]> {
+    (0..pool)
+        .map(|_| std::sync::atomic::AtomicU32::new(0))
+        .collect()
 }
 
 /// Checks a channel name (the namespace rules).
@@ -150,6 +200,7 @@ impl ChanFile {
                         _fork: guard,
                         file,
                         _map: map,
+                        backed: unbacked(geo.pool),
                     })
                 }
                 // Another process created it first: open theirs.
@@ -197,6 +248,7 @@ impl ChanFile {
             _fork: guard,
             file,
             _map: map,
+            backed: unbacked(geo.pool),
         })
     }
 
@@ -213,17 +265,6 @@ impl ChanFile {
             what,
             channel: self.name.clone(),
         }
-    }
-
-    /// Backs bytes `from..to` of pool slot `b`'s payload (the first message
-    /// that reaches them): false when the file system is full.
-    pub(crate) fn back(&self, b: u32, from: usize, to: usize) -> bool {
-        os::reserve_range(
-            &self.file,
-            (self.ring.payload_offset(b) + from) as u64,
-            to.saturating_sub(from) as u64,
-        )
-        .is_ok()
     }
 
     /// Whether a receiver that dies holding a message gives it back.

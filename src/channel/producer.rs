@@ -303,9 +303,7 @@ impl Producer {
         };
         let mut spin = self.spin.start();
         loop {
-            match ring.alloc(self.me(), prefer, need, &|b, from, to| {
-                self.chan.back(b, from, to)
-            }) {
+            match ring.alloc(self.me(), prefer, need, &self.chan) {
                 Ok(b) => {
                     self.spin.settle(&spin);
                     return Ok(b);

@@ -35,6 +35,30 @@ pub(crate) enum Claim {
     Full,
 }
 
+/// How far a pool slot's payload is backed by memory, as one process
+/// knows it, and backing it further (see [`Ring::alloc`]).
+pub(crate) trait Backing {
+    /// Bytes of slot `b`'s payload this process has backed (or knows to be).
+    fn backed(&self, b: u32) -> usize;
+    /// Backs slot `b`'s payload up to `to` bytes: false when the file
+    /// system is full.
+    fn back(&self, b: u32, to: usize) -> bool;
+}
+
+/// A [`Backing`] for tests and models over heap memory: every slot backed.
+#[cfg(any(test, loom))]
+pub(crate) struct AllBacked;
+
+#[cfg(any(test, loom))]
+impl Backing for AllBacked {
+    fn backed(&self, _b: u32) -> usize {
+        usize::MAX
+    }
+    fn back(&self, _b: u32, _to: usize) -> bool {
+        true
+    }
+}
+
 /// Why no pool slot could be had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum NoSlot {
@@ -332,20 +356,30 @@ impl Ring {
     /// at what is warm in cache), then the lowest free spare slot (past the
     /// ring's own), then any. Lowest-first keeps the set of slots in use,
     /// and so the memory backed and the cache footprint, as small as what
-    /// is in the ring, held and loaned. A slot's payload is backed in
-    /// pages as far as a message has needed (`backed`): `back(b, from, to)`
-    /// backs bytes `from..to` of slot `b`'s payload the first time a
-    /// message reaches them (false: no space).
+    /// is in the ring, held and loaned.
+    ///
+    /// A slot's payload is backed in pages as far as a message has needed:
+    /// `backing` says how far this process knows a slot to be backed and
+    /// backs it further (false: no space). When backing fails, the search
+    /// goes on among the free slots already backed far enough, so a full
+    /// file system refuses a message only if no free slot can take it
+    /// without new memory (`NoSpace`).
     pub(crate) fn alloc(
         &self,
         me: u32,
         prefer: &[u32],
         need: usize,
-        back: &dyn Fn(u32, usize, usize) -> bool,
+        backing: &dyn Backing,
     ) -> Result<u32, NoSlot> {
-        let stride = self.geo.payload_stride();
-        let to = need.next_multiple_of(BACK_STEP).min(stride);
-        let try_one = |b: u32| -> Option<Result<u32, NoSlot>> {
+        let to = need
+            .next_multiple_of(BACK_STEP)
+            .min(self.geo.payload_stride());
+        let mut no_space = false;
+        let mut take = |b: u32| -> Option<u32> {
+            let backed = backing.backed(b) >= to;
+            if no_space && !backed {
+                return None;
+            }
             let slot = self.slot(b);
             // Acquire: pairs with the Release (SeqCst) RMW that freed it, so
             // the freer's reads of the old contents come before our writes.
@@ -357,33 +391,29 @@ impl Ring {
             {
                 return None;
             }
-            // Acquire: pairs with the Release store below in whoever backed
-            // it. A scribbled value past the payload counts as all of it.
-            let backed = (slot.backed.load(Ordering::Acquire) as usize).min(stride);
-            if backed < to {
-                if !back(b, backed, to) {
-                    // Release: pairs with the Acquire CAS of the next allocator.
-                    slot.owners.store(0, Ordering::Release);
-                    return Some(Err(NoSlot::NoSpace));
-                }
-                slot.backed.store(to as u32, Ordering::Release);
+            if !backed && !backing.back(b, to) {
+                no_space = true;
+                // Release: pairs with the Acquire CAS of the next allocator.
+                slot.owners.store(0, Ordering::Release);
+                return None;
             }
             slot.flags.store(0, Ordering::Relaxed);
             slot.delivered.store(0, Ordering::Relaxed);
-            Some(Ok(b))
+            Some(b)
         };
-        for &b in prefer {
-            if self.in_pool(b) {
-                if let Some(r) = try_one(b) {
-                    return r;
-                }
-            }
-        }
         let ring = self.geo.slots;
-        (ring..self.geo.pool)
+        let found = prefer
+            .iter()
+            .copied()
+            .filter(|&b| self.in_pool(b))
+            .chain(ring..self.geo.pool)
             .chain(0..ring)
-            .find_map(try_one)
-            .unwrap_or(Err(NoSlot::Exhausted))
+            .find_map(&mut take);
+        match found {
+            Some(b) => Ok(b),
+            None if no_space => Err(NoSlot::NoSpace),
+            None => Err(NoSlot::Exhausted),
+        }
     }
 
     /// The slots of the `n` entries before `seq`, most recent first: for a
@@ -1256,9 +1286,7 @@ mod tests {
     fn send(r: &Ring, me: u32, byte: u8) -> bool {
         match r.try_claim(me, 0, &mut no_ack()) {
             Claim::Claimed(s) => {
-                let b = r
-                    .alloc(me, &[r.previous_slot(s)], 1, &|_, _, _| true)
-                    .unwrap();
+                let b = r.alloc(me, &[r.previous_slot(s)], 1, &AllBacked).unwrap();
                 // SAFETY: we are the slot's writer; 1 byte fits.
                 unsafe { r.write_inline(b, &[byte]) };
                 r.publish(s, me, b, 1, 0);
@@ -1449,7 +1477,7 @@ mod tests {
         let Claim::Claimed(s) = r.try_claim(0, 0, &mut no_ack()) else {
             panic!()
         };
-        let b = r.alloc(0, &[], 1, &|_, _, _| true).unwrap();
+        let b = r.alloc(0, &[], 1, &AllBacked).unwrap();
         let h: [u8; 24] = std::array::from_fn(|i| i as u8 + 1);
         r.write_handle(b, &h);
         r.publish(s, 0, b, 1 << 20, FLAG_OVERFLOW);
@@ -1467,9 +1495,43 @@ mod tests {
         assert_eq!(acked, vec![h], "acknowledged once, by the last owner");
     }
 
-    /// A slot's payload is backed in pages as far as its longest message
-    /// reaches: never twice, never past the payload, and a slot that could
-    /// not be backed is given back unbacked.
+    /// A [`Backing`] that records its calls: `backed` per slot, and
+    /// whether the file system has space.
+    struct Marks {
+        backed: std::cell::RefCell<Vec<usize>>,
+        space: std::cell::Cell<bool>,
+        calls: std::cell::RefCell<Vec<(u32, usize, usize)>>,
+    }
+
+    impl Marks {
+        fn new(pool: u32) -> Self {
+            Self {
+                backed: std::cell::RefCell::new(vec![0; pool as usize]),
+                space: std::cell::Cell::new(true),
+                calls: std::cell::RefCell::new(vec![]),
+            }
+        }
+    }
+
+    impl Backing for Marks {
+        fn backed(&self, b: u32) -> usize {
+            self.backed.borrow()[b as usize]
+        }
+        fn back(&self, b: u32, to: usize) -> bool {
+            let from = self.backed(b);
+            self.calls.borrow_mut().push((b, from, to));
+            if self.space.get() {
+                self.backed.borrow_mut()[b as usize] = to;
+            }
+            self.space.get()
+        }
+    }
+
+    /// A slot is backed in pages as far as its longest message reaches:
+    /// never again below that, never past the payload. With no space left,
+    /// a message takes a free slot already backed far enough (the
+    /// preferred one is passed over), and only when there is none is the
+    /// answer `NoSpace`; a slot that could not be backed is given back.
     #[test]
     fn a_slot_is_backed_as_far_as_its_messages_reach() {
         let geo = Geometry::new(2, (64 << 10) + 64, 1).unwrap();
@@ -1483,43 +1545,25 @@ mod tests {
         // SAFETY: file_size bytes past the 64-aligned start, zeroed, and
         // `buf` outlives the ring.
         let r = unsafe { Ring::new(NonNull::new(base).unwrap(), geo, false, false) };
-        let calls = std::cell::RefCell::new(Vec::new());
-        let back = |b: u32, from: usize, to: usize| {
-            calls.borrow_mut().push((b, from, to));
-            true
-        };
-        let b = r.alloc(0, &[0], 100, &back).unwrap();
-        assert_eq!(b, 0);
-        r.unalloc(b, 0);
+        let m = Marks::new(geo.pool);
+        for need in [100, 4096, 10_000, 1 << 20] {
+            assert_eq!(r.alloc(0, &[0], need, &m), Ok(0), "{need}");
+            r.unalloc(0, 0);
+        }
         assert_eq!(
-            r.alloc(0, &[0], 4096, &back),
-            Ok(0),
-            "within what is backed"
+            *m.calls.borrow(),
+            vec![(0, 0, 4096), (0, 4096, 12288), (0, 12288, 64 << 10)],
+            "pages as far as needed, once, clamped to the payload"
         );
-        r.unalloc(0, 0);
-        assert_eq!(r.alloc(0, &[0], 10_000, &back), Ok(0));
-        r.unalloc(0, 0);
-        assert_eq!(
-            r.alloc(0, &[0], 1 << 20, &back),
-            Ok(0),
-            "clamped to the payload"
-        );
-        r.unalloc(0, 0);
-        assert_eq!(
-            *calls.borrow(),
-            vec![(0, 0, 4096), (0, 4096, 12288), (0, 12288, 64 << 10)]
-        );
-        assert_eq!(r.slot(0).backed.load(Ordering::SeqCst), 64 << 10);
-        // No space: the slot is given back, still backed only as far as before.
-        assert_eq!(
-            r.alloc(0, &[1], 8192, &|_, _, _| false),
-            Err(NoSlot::NoSpace)
-        );
+        // No space: slot 1 (preferred, unbacked) is passed over for slot 0,
+        // backed far enough, and given back untouched.
+        m.space.set(false);
+        assert_eq!(r.alloc(0, &[1], 8192, &m), Ok(0));
         assert_eq!(r.slot(1).owners.load(Ordering::SeqCst), 0);
-        assert_eq!(r.slot(1).backed.load(Ordering::SeqCst), 0);
-        // A scribbled `backed` past the payload counts as all of it.
-        r.slot(1).backed.store(u32::MAX, Ordering::Relaxed);
-        assert_eq!(r.alloc(0, &[1], 64 << 10, &|_, _, _| false), Ok(1));
+        assert_eq!(m.backed(1), 0);
+        // With slot 0 taken, no free slot can take 8 KiB without memory.
+        assert_eq!(r.alloc(0, &[1], 8192, &m), Err(NoSlot::NoSpace));
+        assert!((1..geo.pool).all(|b| r.slot(b).owners.load(Ordering::SeqCst) == 0));
     }
 
     /// The slots of the last few entries, most recent first.
@@ -1540,22 +1584,24 @@ mod tests {
         let m = mem(2, false, false);
         let r = &m.ring;
         let pool = r.geometry().pool;
-        assert_eq!(r.alloc(3, &[1], 1, &|_, _, _| true), Ok(1));
+        assert_eq!(r.alloc(3, &[1], 1, &AllBacked), Ok(1));
         assert_eq!(r.slot(1).owners.load(Ordering::SeqCst), owners_writer(3));
         let mut all = vec![1];
-        while let Ok(b) = r.alloc(3, &[1], 1, &|_, _, _| true) {
+        while let Ok(b) = r.alloc(3, &[1], 1, &AllBacked) {
             all.push(b);
         }
         assert_eq!(all.len(), pool as usize);
-        assert_eq!(r.alloc(3, &[], 1, &|_, _, _| true), Err(NoSlot::Exhausted));
+        assert_eq!(r.alloc(3, &[], 1, &AllBacked), Err(NoSlot::Exhausted));
         r.unalloc(5, 3);
-        r.slot(5).backed.store(0, Ordering::Relaxed);
-        assert_eq!(r.alloc(3, &[], 1, &|_, _, _| false), Err(NoSlot::NoSpace));
+        let marks = Marks::new(pool);
+        marks.space.set(false);
+        assert_eq!(r.alloc(3, &[], 1, &marks), Err(NoSlot::NoSpace));
         assert_eq!(r.slot(5).owners.load(Ordering::SeqCst), 0, "given back");
-        assert_eq!(r.alloc(3, &[], 1, &|b, _, _| b == 5), Ok(5));
+        marks.space.set(true);
+        assert_eq!(r.alloc(3, &[], 1, &marks), Ok(5));
         assert_eq!(
-            r.slot(5).backed.load(Ordering::SeqCst),
-            r.geometry().payload_stride() as u32,
+            marks.backed(5),
+            r.geometry().payload_stride(),
             "a payload smaller than a page is backed whole"
         );
         // A dead writer's slots are freed by its repair.
@@ -1572,7 +1618,7 @@ mod tests {
         let held = got(r, 0, 0);
         set_low(r, 0, 1);
         r.producer_record_in_use_for_tests(2);
-        let live = r.alloc(2, &[], 1, &|_, _, _| true).unwrap();
+        let live = r.alloc(2, &[], 1, &AllBacked).unwrap();
         let pool = r.geometry().pool;
         // Scribble every other slot: bits of consumers not in use, writers
         // not in use, in-ring marks no entry backs.
@@ -1588,7 +1634,7 @@ mod tests {
                 fakes += 1;
             }
         }
-        assert_eq!(r.alloc(2, &[], 1, &|_, _, _| true), Err(NoSlot::Exhausted));
+        assert_eq!(r.alloc(2, &[], 1, &AllBacked), Err(NoSlot::Exhausted));
         assert_eq!(r.sweep_orphans(&mut no_ack()), fakes);
         assert_ne!(r.slot(held.slot).owners.load(Ordering::SeqCst), 0, "held");
         assert_eq!(
@@ -1597,7 +1643,7 @@ mod tests {
             "loaned"
         );
         assert_eq!(byte(r, &held), 1);
-        assert!(r.alloc(2, &[], 1, &|_, _, _| true).is_ok());
+        assert!(r.alloc(2, &[], 1, &AllBacked).is_ok());
     }
 
     #[test]
@@ -1608,9 +1654,7 @@ mod tests {
         let Claim::Claimed(s) = r.try_claim(7, 0, &mut no_ack()) else {
             panic!()
         };
-        let b = r
-            .alloc(7, &[r.previous_slot(s)], 1, &|_, _, _| true)
-            .unwrap();
+        let b = r.alloc(7, &[r.previous_slot(s)], 1, &AllBacked).unwrap();
         assert!(send(r, 1, 42));
         assert_eq!(r.read(s), Read::Pending { owner: 7 });
         assert_eq!(r.skip_claims_of(6, &mut no_ack()), 0);
@@ -1628,7 +1672,7 @@ mod tests {
         let Claim::Claimed(s) = r.try_claim(4, 0, &mut no_ack()) else {
             panic!()
         };
-        let b = r.alloc(4, &[], 1, &|_, _, _| true).unwrap();
+        let b = r.alloc(4, &[], 1, &AllBacked).unwrap();
         // publish() up to the owners word, then death.
         r.entry(s).slot.store(b, Ordering::Relaxed);
         r.slot(b).owners.store(owners_in_ring(s), Ordering::SeqCst);
@@ -1756,7 +1800,7 @@ mod tests {
                 let _ = r.take(0);
                 let _ = r.next(0, v, &mut |_| {});
                 let _ = r.release(0, &mut |_| {});
-                let _ = r.alloc(0, &[v as u32], 1, &|_, _, _| true);
+                let _ = r.alloc(0, &[v as u32], 1, &AllBacked);
                 let _ = r.read(v);
                 let _ = r.consistent();
                 let _ = r.drop_holds_of(0, true, &mut |_| {});
@@ -1792,7 +1836,7 @@ mod tests {
         );
         // Seq 1: out of the ring and taken by producer 2 for a new message.
         r.out_of_ring(b1, 1, &mut no_ack());
-        assert_eq!(r.alloc(2, &[b1], 1, &|_, _, _| true), Ok(b1));
+        assert_eq!(r.alloc(2, &[b1], 1, &AllBacked), Ok(b1));
         assert_eq!(r.next(0, 1, &mut no_ack()), Next::Lagged { at: 2 });
         assert_eq!(
             r.slot(b1).owners.load(Ordering::SeqCst),
@@ -1820,7 +1864,7 @@ mod tests {
         let Claim::Claimed(s) = r.try_claim(0, 0, &mut no_ack()) else {
             panic!()
         };
-        assert_eq!(r.alloc(0, &[a.slot], 1, &|_, _, _| true), Ok(a.slot));
+        assert_eq!(r.alloc(0, &[a.slot], 1, &AllBacked), Ok(a.slot));
         // SAFETY: we are the slot's writer; 1 byte fits.
         unsafe { r.write_inline(a.slot, &[9]) };
         r.publish(s, 0, a.slot, 1, 0);
@@ -1873,7 +1917,7 @@ mod loom_tests {
         loop {
             if let Claim::Claimed(s) = r.try_claim(me, 0, &mut |_| {}) {
                 let b = loop {
-                    match r.alloc(me, &[r.previous_slot(s)], 1, &|_, _, _| true) {
+                    match r.alloc(me, &[r.previous_slot(s)], 1, &AllBacked) {
                         Ok(b) => break b,
                         Err(_) => thread::yield_now(),
                     }
