@@ -36,13 +36,13 @@ pub use fanout::{fanout, fanout_markdown, FanoutRun, SubscriberResult};
 pub use jobs::{job_size, jobs, jobs_markdown, JobsRun, Kill, KillPhase};
 pub use ring::Ring;
 pub use scenario::flag_value;
-pub use stats::{markdown_table, percentile, size_label, Cell, Latency};
+pub use stats::{markdown_table, percentile, rate, size_label, Cell, Latency};
 pub use stream::{compare as stream_compare, stream, StreamRun};
 pub use wait::{
     spin_label, spins_meeting, summarize as wait_summary, wait, wait_markdown, Transport,
     WaitOptions, WaitRun, WaitSummary, MESSAGE as WAIT_MESSAGE,
 };
-pub use workloads::tail;
+pub use workloads::{bench_namespace, tail};
 
 use std::rc::Rc;
 

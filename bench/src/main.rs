@@ -2,15 +2,17 @@
 //! (or `--stream [rounds]`, or `--tail [seconds]`, or
 //! `--scenario fanout [--seconds N]`, or `--scenario jobs [--jobs N]`, or
 //! `--scenario wait [--repeat N] [--rates 1000,10000] [--seconds 3,2]
-//! [--spins 0,2,5,20,100]`, or `--scenario chunks [--rounds N] [--counts 100,1000,4000]`): the performance table of stable-fragmented-buffer with its baselines (memcpy
+//! [--spins 0,2,5,20,100]`, or `--scenario chunks [--rounds N] [--counts 100,1000,4000]`,
+//! or `--scenario curve [--rounds N]`): the performance table of stable-fragmented-buffer with its baselines (memcpy
 //! into faulted memory, a Unix-domain socket, iceoryx2), in one run.
 
+mod curve;
 mod iceoryx;
 
 use sfb_bench::{self as bench, Options, PAYLOADS};
 
 fn main() {
-    if bench::run_peer_if_asked() || iceoryx::run_peer_if_asked() {
+    if bench::run_peer_if_asked() || iceoryx::run_peer_if_asked() || curve::run_peer_if_asked() {
         return;
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -249,9 +251,31 @@ fn scenario(name: Option<&str>, args: &[String]) -> i32 {
                 }
             }
         }
+        Some("curve") => {
+            let rounds: usize = bench::flag_value(args, "--rounds").unwrap_or(3);
+            if rounds == 0 {
+                eprintln!("--rounds: a positive number of rounds");
+                return 2;
+            }
+            println!("Command: sfb-bench {}\n", args.join(" "));
+            println!("Machine: {}\n", bench::machine());
+            println!(
+                "Scenario curve: one publisher, 1, 2, 4 and 8 busy-polling subscriber processes reading every byte, 4 KiB and 1 MiB; this crate's broadcast (default ring, Block) and iceoryx2 (queue 32, no overflow) taking turns; medians of {rounds} rounds\n"
+            );
+            match curve::curve(rounds) {
+                Ok(points) => {
+                    println!("{}", curve::markdown(&points));
+                    0
+                }
+                Err(e) => {
+                    eprintln!("curve failed: {e}");
+                    1
+                }
+            }
+        }
         other => {
             eprintln!(
-                "--scenario {}: expected fanout, jobs, wait or chunks",
+                "--scenario {}: expected fanout, jobs, wait, chunks or curve",
                 other.unwrap_or("")
             );
             return 2;

@@ -102,7 +102,8 @@ pub fn size_label(n: usize) -> String {
     }
 }
 
-fn rate(x: f64) -> String {
+/// A rate with a unit prefix: "1.23 M", "45.6 k", "789".
+pub fn rate(x: f64) -> String {
     if x >= 1e6 {
         format!("{:.2} M", x / 1e6)
     } else if x >= 1e3 {
