@@ -258,7 +258,6 @@ fn scenario(name: Option<&str>, args: &[String]) -> i32 {
                 return 2;
             }
             println!("Command: sfb-bench {}\n", args.join(" "));
-            println!("Machine: {}\n", bench::machine());
             println!(
                 "Scenario curve: one publisher, 1, 2, 4 and 8 busy-polling subscriber processes reading every byte, 4 KiB and 1 MiB; this crate's broadcast (default ring, Block) and iceoryx2 (queue 32, no overflow) taking turns; medians of {rounds} rounds\n"
             );
