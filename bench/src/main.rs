@@ -261,7 +261,15 @@ fn scenario(name: Option<&str>, args: &[String]) -> i32 {
             println!(
                 "Scenario curve: one publisher, 1, 2, 4 and 8 busy-polling subscriber processes reading every byte, 4 KiB and 1 MiB; this crate's broadcast (default ring, Block) and iceoryx2 (queue 32, no overflow) taking turns; medians of {rounds} rounds\n"
             );
-            match curve::curve(rounds) {
+            let before = shm_names();
+            let result = curve::curve(rounds);
+            // iceoryx2's management segment: removed if this run made it.
+            for name in shm_names().difference(&before) {
+                if name.starts_with("iox2_") {
+                    let _ = std::fs::remove_file(std::path::Path::new("/dev/shm").join(name));
+                }
+            }
+            match result {
                 Ok(points) => {
                     println!("{}", curve::markdown(&points));
                     0
