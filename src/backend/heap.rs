@@ -26,9 +26,9 @@ use std::sync::{Arc, Mutex, Weak};
 /// Alignment of a page: a cache line (headers are laid out by cache line).
 const PAGE_ALIGN: usize = 64;
 
-/// Heap page ids are below `1 << HEAP_ID_BITS` (a million pages alive at
+/// Heap page ids are below `1 << HEAP_ID_BITS` (65,536 pages alive at
 /// once; freed ids are reused), so that an id indexes the page table.
-const HEAP_ID_BITS: u32 = 20;
+const HEAP_ID_BITS: u32 = 16;
 
 /// One heap page.
 pub(crate) struct HeapPage {
@@ -310,7 +310,7 @@ impl Chunks for HeapPages {
                 }
                 None => {
                     return Err(BlobError::InvalidConfig {
-                        reason: "heap page ids exhausted (a million pages alive at once)".into(),
+                        reason: "heap page ids exhausted (65,536 pages alive at once)".into(),
                     })
                 }
             }
