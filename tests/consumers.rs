@@ -691,6 +691,20 @@ fn at_least_once_redelivers_exactly_the_jobs_a_killed_receiver_held() {
     );
 }
 
+/// An at-least-once queue "c" whose one job a worker process has taken
+/// and holds; the sender is returned alive.
+fn a_worker_holding_one_job(
+    store: &PinnedBlobStore,
+    ns: &Ns,
+) -> (stable_fragmented_buffer::Sender, Peer) {
+    let tx = store.sender_with("c", config("alo")).unwrap();
+    let mut victim = peer("worker", ns, "alo", &[("SFB_HOLD", "1".into())]);
+    victim.expect("ready");
+    tx.send(&message(0, 64)).unwrap();
+    assert_eq!(victim.line().unwrap(), "m 0 0");
+    (tx, victim)
+}
+
 /// A `try_recv` that finds a dead receiver (its liveness look, once a
 /// tick) takes back the jobs it held and returns one in the same call: it
 /// does not answer `Empty` and leave the job for the next call.
@@ -698,13 +712,8 @@ fn at_least_once_redelivers_exactly_the_jobs_a_killed_receiver_held() {
 fn a_try_recv_that_evicts_a_dead_receiver_returns_its_job_at_once() {
     let ns = Ns::new("calo3");
     let store = shared(&ns);
-    let cfg = config("alo");
-    let tx = store.sender_with("c", cfg).unwrap();
-    let mut victim = peer("worker", &ns, "alo", &[("SFB_HOLD", "1".into())]);
-    victim.expect("ready");
-    tx.send(&message(0, 64)).unwrap();
-    assert_eq!(victim.line().unwrap(), "m 0 0");
-    let rx = store.receiver_with("c", cfg).unwrap();
+    let (_tx, mut victim) = a_worker_holding_one_job(&store, &ns);
+    let rx = store.receiver_with("c", config("alo")).unwrap();
     assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
     victim.kill9();
     // Past a liveness tick since that look, and nobody else looks.
@@ -727,13 +736,8 @@ fn a_receiver_draining_a_disconnected_queue_takes_back_a_dead_receivers_job() {
     for round in 0..5 {
         let ns = Ns::new("calo4");
         let store = shared(&ns);
-        let cfg = config("alo");
-        let tx = store.sender_with("c", cfg).unwrap();
-        let mut victim = peer("worker", &ns, "alo", &[("SFB_HOLD", "1".into())]);
-        victim.expect("ready");
-        tx.send(&message(0, 64)).unwrap();
-        assert_eq!(victim.line().unwrap(), "m 0 0");
-        let rx = store.receiver_with("c", cfg).unwrap();
+        let (tx, mut victim) = a_worker_holding_one_job(&store, &ns);
+        let rx = store.receiver_with("c", config("alo")).unwrap();
         // This call looks for dead receivers (none yet); the next, within
         // the same tick, does not look on its own account.
         let looked = Instant::now();

@@ -20,8 +20,6 @@ use std::time::Instant;
 pub const SUBSCRIBERS: [usize; 4] = [1, 2, 4, 8];
 /// Message sizes of the curve.
 pub const SIZES: [usize; 2] = [4 << 10, 1 << 20];
-/// iceoryx2's queue per subscriber.
-const QUEUE: usize = 32;
 
 /// One point of one round.
 #[derive(Debug, Clone)]
@@ -184,31 +182,12 @@ fn sfb_subscriber() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn iox_service(
-    node: &Node<ipc::Service>,
-    name: &str,
-    n: usize,
-) -> Result<
-    iceoryx2::service::port_factory::publish_subscribe::PortFactory<ipc::Service, [u8], ()>,
-    Box<dyn std::error::Error>,
-> {
-    Ok(node
-        .service_builder(&ServiceName::new(name)?)
-        .publish_subscribe::<[u8]>()
-        .enable_safe_overflow(false)
-        .subscriber_max_buffer_size(QUEUE)
-        .history_size(0)
-        .max_subscribers(n)
-        .max_publishers(1)
-        .open_or_create()?)
-}
-
 fn iox_point(size: usize, n: usize) -> Result<Point, Box<dyn std::error::Error>> {
     let messages = messages_for(size);
     let warm = warm_for(messages);
     let name = format!("sfbbench-curve-{}-{size}-{n}", std::process::id());
     let node = NodeBuilder::new().create::<ipc::Service>()?;
-    let svc = iox_service(&node, &name, n)?;
+    let svc = crate::iceoryx::service(&node, &name, n)?;
     let publisher = svc
         .publisher_builder()
         .initial_max_slice_len(size)
@@ -257,8 +236,11 @@ fn iox_subscriber() -> Result<(), Box<dyn std::error::Error>> {
     let total: u64 = std::env::var("SFB_BENCH_TOTAL")?.parse()?;
     let warm: u64 = std::env::var("SFB_BENCH_WARM")?.parse()?;
     let node = NodeBuilder::new().create::<ipc::Service>()?;
-    let svc = iox_service(&node, &name, n)?;
-    let subscriber = svc.subscriber_builder().buffer_size(QUEUE).create()?;
+    let svc = crate::iceoryx::service(&node, &name, n)?;
+    let subscriber = svc
+        .subscriber_builder()
+        .buffer_size(crate::iceoryx::QUEUE)
+        .create()?;
     println!("READY");
     let (mut count, mut sink) = (0u64, 0u64);
     while count < total {

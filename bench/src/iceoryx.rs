@@ -22,15 +22,19 @@ fn paced(opts: &Options, size: usize) -> (u64, Duration) {
     )
 }
 
-const QUEUE: usize = 32;
+pub(crate) const QUEUE: usize = 32;
 
 fn ops_for(opts: &Options, size: usize) -> u64 {
     (opts.bytes_per_cell / size as u64).clamp(opts.min_ops, opts.max_ops)
 }
 
-fn service(
+/// The publish-subscribe service of byte slices every iceoryx2 row uses:
+/// queue 32 per subscriber, no overflow, no history, one publisher and
+/// `subscribers` subscribers.
+pub(crate) fn service(
     node: &Node<ipc::Service>,
     name: &str,
+    subscribers: usize,
 ) -> Result<
     iceoryx2::service::port_factory::publish_subscribe::PortFactory<ipc::Service, [u8], ()>,
     Box<dyn std::error::Error>,
@@ -41,7 +45,7 @@ fn service(
         .enable_safe_overflow(false)
         .subscriber_max_buffer_size(QUEUE)
         .history_size(0)
-        .max_subscribers(1)
+        .max_subscribers(subscribers)
         .max_publishers(1)
         .open_or_create()?)
 }
@@ -51,7 +55,7 @@ pub fn cycle(opts: &Options, size: usize) -> Result<Cell, Box<dyn std::error::Er
     let ops = ops_for(opts, size);
     let name = format!("sfbbench-iox-{}-{size}", std::process::id());
     let node = NodeBuilder::new().create::<ipc::Service>()?;
-    let svc = service(&node, &name)?;
+    let svc = service(&node, &name, 1)?;
     let publisher = svc
         .publisher_builder()
         .initial_max_slice_len(size)
@@ -172,7 +176,7 @@ fn consume() -> Result<(), Box<dyn std::error::Error>> {
     let total = ops + std::env::var("SFB_BENCH_PACED")?.parse::<u64>()?;
     let warm: u64 = std::env::var("SFB_BENCH_WARM")?.parse()?;
     let node = NodeBuilder::new().create::<ipc::Service>()?;
-    let svc = service(&node, &name)?;
+    let svc = service(&node, &name, 1)?;
     let subscriber = svc.subscriber_builder().buffer_size(QUEUE).create()?;
     println!("READY");
     let mut lat = Vec::with_capacity(ops as usize);
