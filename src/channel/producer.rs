@@ -229,8 +229,7 @@ impl Producer {
         let h = ring.header();
         let mut spin = self.spin.start();
         loop {
-            let now = crate::clock::now_ms();
-            match ring.try_claim(self.me(), now, &mut |x| self.ack(x)) {
+            match ring.try_claim(self.me(), &crate::clock::now_ms, &mut |x| self.ack(x)) {
                 Claim::Claimed(seq) => {
                     self.spin.settle(&spin);
                     if h.full_since_ms.load(Ordering::Relaxed) != 0 {
@@ -248,7 +247,7 @@ impl Producer {
                     // that found the ring full.
                     let _ = h.full_since_ms.compare_exchange(
                         0,
-                        now.max(1),
+                        crate::clock::now_ms(),
                         Ordering::Relaxed,
                         Ordering::Relaxed,
                     );
@@ -769,7 +768,7 @@ macro_rules! producer_endpoint {
                 matches!(
                     self.inner.chan.ring.try_claim(
                         self.inner.me(),
-                        crate::clock::now_ms(),
+                        &crate::clock::now_ms,
                         &mut |_| {}
                     ),
                     Claim::Claimed(_)

@@ -503,8 +503,15 @@ impl Ring {
     // ---- producers ----
 
     /// Claims the next entry for producer `me`. Under `DropOldest` it frees
-    /// the oldest entry if that is what stands in the way.
-    pub(crate) fn try_claim(&self, me: u32, now_ms: u64, ack: &mut dyn FnMut([u8; 24])) -> Claim {
+    /// the oldest entry if that is what stands in the way. `now_ms` is the
+    /// clock, read only when the claim has to release (the stall timeout's
+    /// bound needs it): a claim that finds its entry free reads no clock.
+    pub(crate) fn try_claim(
+        &self,
+        me: u32,
+        now_ms: &dyn Fn() -> u64,
+        ack: &mut dyn FnMut([u8; 24]),
+    ) -> Claim {
         let h = self.header();
         let slots = self.geo.slots as u64;
         // Bounded: only a scribbled ring can keep every attempt failing.
@@ -589,7 +596,7 @@ impl Ring {
                 {
                     continue;
                 }
-                if self.release(now_ms, ack) > 0 {
+                if self.release(now_ms(), ack) > 0 {
                     continue;
                 }
             }
@@ -1284,7 +1291,7 @@ mod tests {
 
     /// Claims, takes a slot and publishes a one-byte message.
     fn send(r: &Ring, me: u32, byte: u8) -> bool {
-        match r.try_claim(me, 0, &mut no_ack()) {
+        match r.try_claim(me, &|| 0, &mut no_ack()) {
             Claim::Claimed(s) => {
                 let b = r.alloc(me, &[r.previous_slot(s)], 1, &AllBacked).unwrap();
                 // SAFETY: we are the slot's writer; 1 byte fits.
@@ -1474,7 +1481,7 @@ mod tests {
         let r = &m.ring;
         join(r, 0);
         join(r, 1);
-        let Claim::Claimed(s) = r.try_claim(0, 0, &mut no_ack()) else {
+        let Claim::Claimed(s) = r.try_claim(0, &|| 0, &mut no_ack()) else {
             panic!()
         };
         let b = r.alloc(0, &[], 1, &AllBacked).unwrap();
@@ -1651,7 +1658,7 @@ mod tests {
         let m = mem(4, false, false);
         let r = &m.ring;
         join(r, 0);
-        let Claim::Claimed(s) = r.try_claim(7, 0, &mut no_ack()) else {
+        let Claim::Claimed(s) = r.try_claim(7, &|| 0, &mut no_ack()) else {
             panic!()
         };
         let b = r.alloc(7, &[r.previous_slot(s)], 1, &AllBacked).unwrap();
@@ -1669,7 +1676,7 @@ mod tests {
     fn a_producer_that_died_between_in_ring_and_ready_leaves_no_slot_behind() {
         let m = mem(2, false, false);
         let r = &m.ring;
-        let Claim::Claimed(s) = r.try_claim(4, 0, &mut no_ack()) else {
+        let Claim::Claimed(s) = r.try_claim(4, &|| 0, &mut no_ack()) else {
             panic!()
         };
         let b = r.alloc(4, &[], 1, &AllBacked).unwrap();
@@ -1796,7 +1803,7 @@ mod tests {
                     r.slot(b).owners.store(v.rotate_right(b), Ordering::SeqCst);
                     r.slot(b).len.store(u32::MAX, Ordering::SeqCst);
                 }
-                let _ = r.try_claim(0, 0, &mut |_| {});
+                let _ = r.try_claim(0, &|| 0, &mut |_| {});
                 let _ = r.take(0);
                 let _ = r.next(0, v, &mut |_| {});
                 let _ = r.release(0, &mut |_| {});
@@ -1861,7 +1868,7 @@ mod tests {
         assert_eq!((b.slot, b.delivered), (a.slot, 1));
         r.unhold(b.slot, 1, &mut no_ack());
         assert_eq!(r.slot(a.slot).owners.load(Ordering::SeqCst), 0);
-        let Claim::Claimed(s) = r.try_claim(0, 0, &mut no_ack()) else {
+        let Claim::Claimed(s) = r.try_claim(0, &|| 0, &mut no_ack()) else {
             panic!()
         };
         assert_eq!(r.alloc(0, &[a.slot], 1, &AllBacked), Ok(a.slot));
@@ -1915,7 +1922,7 @@ mod loom_tests {
     /// body and publishes. Returns the sequence.
     fn send(r: &Ring, me: u32) -> u64 {
         loop {
-            if let Claim::Claimed(s) = r.try_claim(me, 0, &mut |_| {}) {
+            if let Claim::Claimed(s) = r.try_claim(me, &|| 0, &mut |_| {}) {
                 let b = loop {
                     match r.alloc(me, &[r.previous_slot(s)], 1, &AllBacked) {
                         Ok(b) => break b,
