@@ -101,6 +101,10 @@ pub use channel::{
     ChannelConfig, Delivery, Loan, Message, Overflow, Publisher, Receiver, RecvError,
     RecvTimeoutError, SendError, SendTimeoutError, Sender, Subscriber, TryRecvError, TrySendError,
 };
+#[cfg(all(feature = "async", not(loom)))]
+pub use channel::{RecvFuture, RecvStream, SendFuture};
+#[cfg(not(loom))]
+pub use channel::{Select, Selectable};
 pub use config::{BackendMode, Config};
 pub use error::{BlobError, Result};
 pub use handle::{BlobHandle, OverflowHandle};

@@ -414,6 +414,99 @@ pub fn futex_wait(
     }
 }
 
+/// Most words one `futex_waitv` call waits on (the kernel's
+/// `FUTEX_WAITV_MAX`).
+pub const FUTEX_WAITV_MAX: usize = 128;
+
+/// How a wait on several words ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitvEnd {
+    /// A word was woken, or held another value than expected when the call
+    /// began (the caller looks at them all again either way).
+    Woken,
+    /// The timeout passed.
+    TimedOut,
+    /// A signal interrupted the wait.
+    Interrupted,
+    /// The kernel has no `futex_waitv` (Linux before 5.16): the caller
+    /// falls back to waiting in short slices.
+    Unsupported,
+}
+
+/// The kernel's `struct futex_waitv`.
+#[repr(C)]
+struct FutexWaitv {
+    val: u64,
+    uaddr: u64,
+    flags: u32,
+    reserved: u32,
+}
+
+/// `FUTEX_32`: the words are 32 bits (`FUTEX2_SIZE_U32`); no private flag,
+/// so wakers in other processes reach a word of a shared mapping.
+const FUTEX2_SIZE_U32: u32 = 2;
+
+/// Sleeps while every word of `words` still holds its expected value (at
+/// most [`FUTEX_WAITV_MAX`] of them; more are an error of the caller and
+/// only the first ones are waited on), for at most `timeout`
+/// (`futex_waitv`, Linux 5.16).
+pub fn futex_waitv(
+    words: &[(&std::sync::atomic::AtomicU32, u32)],
+    timeout: std::time::Duration,
+) -> WaitvEnd {
+    let waitv: Vec<FutexWaitv> = words
+        .iter()
+        .take(FUTEX_WAITV_MAX)
+        .map(|(w, v)| FutexWaitv {
+            val: *v as u64,
+            uaddr: w.as_ptr() as u64,
+            flags: FUTEX2_SIZE_U32,
+            reserved: 0,
+        })
+        .collect();
+    if waitv.is_empty() {
+        std::thread::sleep(timeout);
+        return WaitvEnd::TimedOut;
+    }
+    // futex_waitv takes an absolute deadline on the given clock.
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let ns = (now.tv_nsec as u64).saturating_add(timeout.subsec_nanos() as u64);
+    let deadline = libc::timespec {
+        tv_sec: (now.tv_sec as u64)
+            .saturating_add(timeout.as_secs().min(u32::MAX as u64))
+            .saturating_add(ns / 1_000_000_000)
+            .min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: `waitv` is a valid array of `waitv.len()` entries, each naming
+    // an aligned u32 that the caller keeps mapped for the call (borrowed in
+    // `words`); `deadline` is a valid timespec. The kernel only reads them.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_futex_waitv,
+            waitv.as_ptr(),
+            waitv.len() as libc::c_uint,
+            0 as libc::c_uint,
+            &deadline as *const libc::timespec,
+            libc::CLOCK_MONOTONIC,
+        )
+    };
+    if rc >= 0 {
+        return WaitvEnd::Woken;
+    }
+    match io::Error::last_os_error().raw_os_error() {
+        Some(libc::EAGAIN) => WaitvEnd::Woken,
+        Some(libc::ETIMEDOUT) => WaitvEnd::TimedOut,
+        Some(libc::EINTR) => WaitvEnd::Interrupted,
+        _ => WaitvEnd::Unsupported,
+    }
+}
+
 /// Wakes every waiter sleeping on the shared word at `word` (`FUTEX_WAKE`).
 pub fn futex_wake_all(word: &std::sync::atomic::AtomicU32) {
     // SAFETY: `word` is a valid, aligned u32; FUTEX_WAKE does not touch memory.

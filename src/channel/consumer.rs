@@ -6,10 +6,10 @@ use super::error::{RecvError, RecvTimeoutError, TryRecvError};
 use super::file::{ChanFile, Role};
 use super::layout::*;
 use super::ring::{Next, Read, Take};
-use super::wait::{self, Sleeper, Throttle};
+use super::wait::{self, Sleeper, Source, Throttle, WordKey};
 use crate::backend::shared::StoreLink;
 use crate::handle::OverflowHandle;
-use crate::sync::Ordering;
+use crate::sync::{AtomicU32, Ordering};
 use crate::view::BlobView;
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -253,7 +253,27 @@ impl Consumer {
         } else {
             self.lock().cursor
         };
-        !matches!(ring.read(seq), Read::Empty | Read::Pending { .. })
+        // Entries whose producer died unpublished are passed over by a
+        // receive: what decides is the first entry after them.
+        let mut seq = seq;
+        for _ in 0..ring.geometry().slots {
+            match ring.read(seq) {
+                Read::Skipped => seq = seq.wrapping_add(1),
+                Read::Empty | Read::Pending { .. } => return false,
+                Read::Ready { .. } | Read::Gone => return true,
+            }
+        }
+        false
+    }
+
+    /// Whether `try_recv` would return something other than `Empty` now
+    /// (a message, or an error to report): loads only, no system call.
+    fn would_not_wait(&self) -> bool {
+        self.chan.inherited()
+            || self.lock().held >= self.max_held
+            || self.ready()
+            || self.no_producer()
+            || self.store.is_closed()
     }
 
     pub(crate) fn try_recv(self: &Arc<Self>) -> Result<Message, TryRecvError> {
@@ -354,6 +374,54 @@ impl Consumer {
 
     pub(crate) fn name(&self) -> &str {
         &self.chan.name
+    }
+}
+
+impl Source for Consumer {
+    fn announce(&self) -> u32 {
+        let h = self.chan.ring.header();
+        self.sleeper.announce(&h.data_seq, &h.data_waiters)
+    }
+
+    fn withdraw(&self) {
+        self.sleeper.withdraw(&self.chan.ring.header().data_waiters);
+    }
+
+    fn word(&self) -> &AtomicU32 {
+        &self.chan.ring.header().data_seq
+    }
+
+    fn key(&self) -> WordKey {
+        (self.chan.identity.0, self.chan.identity.1, false)
+    }
+
+    fn ready(&self) -> bool {
+        self.would_not_wait()
+    }
+
+    /// A waiting consumer needs dead producers found (their unpublished
+    /// entries skipped, the last one's death a disconnection) and, on a
+    /// queue that redelivers, dead receivers (their jobs come back). Other
+    /// dead consumers only hold producers back, which producers see to:
+    /// many idle async subscribers of one channel do not each look at all
+    /// the others every tick.
+    ///
+    /// Waiters look again only if someone was evicted or the namespace was
+    /// closed: nothing else makes a receive ready without the data word
+    /// moving.
+    fn tick(&self) -> bool {
+        let mut n = 0;
+        if self.liveness.due() {
+            let ack = |h: [u8; 24]| self.ack(h);
+            n = self.chan.evict_dead(Role::Producer, None, &ack);
+            if self.chan.redelivers() {
+                n += self.chan.evict_dead(Role::Consumer, Some(self.index), &ack);
+            }
+            if n > 0 {
+                self.chan.release(&ack);
+            }
+        }
+        n > 0 || self.store.is_closed()
     }
 }
 
@@ -468,7 +536,7 @@ impl std::fmt::Debug for Message {
 }
 
 macro_rules! consumer_endpoint {
-    ($name:ident, $what:literal) => {
+    ($name:ident, $what:literal, $open_pair:literal) => {
         #[doc = concat!("The consuming end of a ", $what, " (see the [module docs](crate::channel)).")]
         ///
         /// `Send + Sync`; dropping it (or the process dying) leaves the
@@ -476,11 +544,21 @@ macro_rules! consumer_endpoint {
         #[derive(Debug)]
         pub struct $name {
             inner: Arc<Consumer>,
+            #[cfg(all(feature = "async", not(loom)))]
+            async_part: super::future::AsyncPart,
         }
 
         impl $name {
             pub(crate) fn new(inner: Arc<Consumer>) -> Self {
-                Self { inner }
+                Self {
+                    inner,
+                    #[cfg(all(feature = "async", not(loom)))]
+                    async_part: Default::default(),
+                }
+            }
+
+            pub(crate) fn inner(&self) -> &Arc<Consumer> {
+                &self.inner
             }
 
             /// Waits for the next message. [`RecvError::Disconnected`] once
@@ -545,6 +623,57 @@ macro_rules! consumer_endpoint {
             pub fn name(&self) -> &str {
                 self.inner.name()
             }
+
+            /// Waits for the next message without blocking the thread: the
+            /// async form of [`recv`](Self::recv), for any executor (feature
+            /// `async`). One helper thread per process sleeps on the futex
+            /// words of every async endpoint waiting, and wakes their tasks.
+            ///
+            /// Cancel-safe: a future dropped before it is ready has received
+            /// nothing, so no message is lost.
+            ///
+            /// ```
+            /// # use stable_fragmented_buffer::*;
+            #[doc = concat!("# let ns = format!(\"sfbdoc-ra-", stringify!($name), "-{}\", std::process::id());")]
+            /// let store = PinnedBlobStore::new_shared(Config::default(), &ns, 1 << 20)?;
+            #[doc = $open_pair]
+            /// let waiter = std::thread::spawn(move || {
+            ///     smol::block_on(async { rx.recv_async().await.map(|m| m.to_vec()) })
+            /// });
+            /// tx.send(b"hello")?;
+            /// assert_eq!(waiter.join().unwrap()?, b"hello");
+            /// # Ok::<(), Box<dyn std::error::Error>>(())
+            /// ```
+            #[cfg(all(feature = "async", not(loom)))]
+            pub fn recv_async(&self) -> super::future::RecvFuture<'_> {
+                super::future::RecvFuture::new(&self.inner, &self.async_part)
+            }
+
+            /// The messages as an async [`Stream`](futures_core::Stream)
+            /// (feature `async`): each message as it comes; `Lagged`,
+            /// `Expired` and `TooManyHeld` as `Err` items; the end once no
+            /// producer is alive and everything sent was received.
+            ///
+            /// ```
+            /// # use stable_fragmented_buffer::*;
+            /// use smol::stream::StreamExt;
+            #[doc = concat!("# let ns = format!(\"sfbdoc-st-", stringify!($name), "-{}\", std::process::id());")]
+            /// let store = PinnedBlobStore::new_shared(Config::default(), &ns, 1 << 20)?;
+            #[doc = $open_pair]
+            /// for word in [&b"one"[..], b"two"] {
+            ///     tx.send(word)?;
+            /// }
+            /// drop(tx); // the end of the stream, once drained
+            /// let got: Vec<Vec<u8>> = smol::block_on(async {
+            ///     rx.stream().map(|m| m.unwrap().to_vec()).collect().await
+            /// });
+            /// assert_eq!(got, [b"one".to_vec(), b"two".to_vec()]);
+            /// # Ok::<(), Box<dyn std::error::Error>>(())
+            /// ```
+            #[cfg(all(feature = "async", not(loom)))]
+            pub fn stream(&self) -> super::future::RecvStream<'_> {
+                super::future::RecvStream::new(&self.inner, &self.async_part)
+            }
         }
 
         impl<'a> IntoIterator for &'a $name {
@@ -557,8 +686,16 @@ macro_rules! consumer_endpoint {
     };
 }
 
-consumer_endpoint!(Subscriber, "broadcast channel");
-consumer_endpoint!(Receiver, "work queue");
+consumer_endpoint!(
+    Subscriber,
+    "broadcast channel",
+    "let (rx, tx) = (store.subscriber(\"news\")?, store.publisher(\"news\")?);"
+);
+consumer_endpoint!(
+    Receiver,
+    "work queue",
+    "let (rx, tx) = (store.receiver(\"jobs\")?, store.sender(\"jobs\")?);"
+);
 
 /// Blocking iterator over the messages of a [`Subscriber`] or [`Receiver`].
 #[derive(Debug)]

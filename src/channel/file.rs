@@ -72,6 +72,10 @@ pub(crate) struct ChanFile {
     pub policy: Policy,
     /// The fork epoch this process was in when it opened the file.
     fork_epoch: u32,
+    /// Device and inode of the file: endpoints of one channel in one
+    /// process map it apart, and a waiter on many of them waits on its
+    /// futex words once.
+    pub identity: (u64, u64),
     // Declared before `file`: unregistered before the descriptor closes.
     _fork: fork::ForkGuard,
     /// The description that carries this endpoint's record lock; nothing
@@ -151,6 +155,13 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
     }
 }
 
+/// A channel file's identity (see [`ChanFile::identity`]); if the file
+/// cannot be looked at, the mapping's address, which is this endpoint's
+/// own (it then shares no wait with other endpoints).
+fn identity(file: &File, ring: &Ring) -> (u64, u64) {
+    os::file_identity(file).unwrap_or((u64::MAX, ring.header() as *const _ as u64))
+}
+
 impl ChanFile {
     /// Opens channel `name` of namespace `ns` (incarnation `key`) as `kind`,
     /// creating it with geometry `geo` and `policy` if it does not exist.
@@ -197,6 +208,7 @@ impl ChanFile {
                         path,
                         policy,
                         fork_epoch: fork::epoch(),
+                        identity: identity(&file, &ring),
                         _fork: guard,
                         file,
                         _map: map,
@@ -240,6 +252,7 @@ impl ChanFile {
             )
         };
         Ok(Self {
+            identity: identity(&file, &ring),
             ring,
             name: name.to_owned(),
             path,

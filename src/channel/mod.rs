@@ -57,10 +57,16 @@
 mod consumer;
 mod error;
 mod file;
+#[cfg(all(feature = "async", not(loom)))]
+mod future;
 mod inspect;
 pub(crate) mod layout;
 mod producer;
+#[cfg(all(feature = "async", not(loom)))]
+mod reactor;
 mod ring;
+#[cfg(not(loom))]
+mod select;
 mod wait;
 
 pub use consumer::{Iter, Message, Receiver, Subscriber};
@@ -68,8 +74,12 @@ pub use error::{
     RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
 // `Overflow`, `Delivery` and `ChannelConfig` are defined below.
+#[cfg(all(feature = "async", not(loom)))]
+pub use future::{RecvFuture, RecvStream, SendFuture};
 pub use layout::{channel_file_name, parse_channel_file_name};
 pub use producer::{Loan, Publisher, Sender};
+#[cfg(not(loom))]
+pub use select::{Select, Selectable};
 
 pub use inspect::{ChannelReport, Eviction, HeldBack, ParticipantReport};
 pub(crate) use {file::remove_channel_files, inspect::inspect_channel};

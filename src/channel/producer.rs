@@ -5,7 +5,7 @@ use super::error::{SendError, SendTimeoutError, TrySendError};
 use super::file::{ChanFile, Role};
 use super::layout::*;
 use super::ring::{Claim, NoSlot};
-use super::wait::{self, Sleeper, Throttle};
+use super::wait::{self, Sleeper, Source, Throttle, WordKey};
 use crate::backend::shared::{SharedReservation, StoreLink};
 use crate::error::BlobError;
 use crate::handle::OverflowHandle;
@@ -626,6 +626,40 @@ impl Producer {
     }
 }
 
+impl Source for Producer {
+    fn announce(&self) -> u32 {
+        let h = self.chan.ring.header();
+        self.sleeper.announce(&h.space_seq, &h.space_waiters)
+    }
+
+    fn withdraw(&self) {
+        self.sleeper
+            .withdraw(&self.chan.ring.header().space_waiters);
+    }
+
+    fn word(&self) -> &AtomicU32 {
+        &self.chan.ring.header().space_seq
+    }
+
+    fn key(&self) -> WordKey {
+        (self.chan.identity.0, self.chan.identity.1, true)
+    }
+
+    fn ready(&self) -> bool {
+        let ring = &self.chan.ring;
+        self.chan.inherited()
+            || self.store.is_closed()
+            || (ring.has_space() && ring.any_free_slot())
+    }
+
+    /// Waiting producers look again every tick: a full store and a stall
+    /// timeout free room without the space word moving.
+    fn tick(&self) -> bool {
+        self.look_for_dead();
+        true
+    }
+}
+
 impl Drop for Producer {
     fn drop(&mut self) {
         if self.chan.inherited() {
@@ -639,7 +673,7 @@ impl Drop for Producer {
 }
 
 macro_rules! producer_endpoint {
-    ($name:ident, $what:literal, $peer:literal) => {
+    ($name:ident, $what:literal, $peer:literal, $open_pair:literal) => {
         #[doc = concat!("The producing end of a ", $what, " (see the [module docs](crate::channel)).")]
         ///
         /// Cheap to share between threads (`Send + Sync`); dropping it (or
@@ -647,13 +681,39 @@ macro_rules! producer_endpoint {
         #[derive(Debug)]
         pub struct $name {
             inner: Arc<Producer>,
+            #[cfg(all(feature = "async", not(loom)))]
+            async_part: super::future::AsyncPart,
         }
 
         impl $name {
             pub(crate) fn new(inner: Producer) -> Self {
                 Self {
                     inner: Arc::new(inner),
+                    #[cfg(all(feature = "async", not(loom)))]
+                    async_part: Default::default(),
                 }
+            }
+
+            /// Sends `data`, waiting for room without blocking the thread:
+            /// the async form of [`send`](Self::send), for any executor
+            /// (feature `async`). The data is copied when the message is
+            /// placed.
+            ///
+            /// Cancel-safe: a future dropped before it is ready has sent
+            /// nothing; one that returned `Ok` has sent.
+            ///
+            /// ```
+            /// # use stable_fragmented_buffer::*;
+            #[doc = concat!("# let ns = format!(\"sfbdoc-sa-", stringify!($name), "-{}\", std::process::id());")]
+            /// let store = PinnedBlobStore::new_shared(Config::default(), &ns, 1 << 20)?;
+            #[doc = $open_pair]
+            /// smol::block_on(tx.send_async(b"hello"))?;
+            /// assert_eq!(&*rx.recv()?, b"hello");
+            /// # Ok::<(), Box<dyn std::error::Error>>(())
+            /// ```
+            #[cfg(all(feature = "async", not(loom)))]
+            pub fn send_async<'a>(&'a self, data: &'a [u8]) -> super::future::SendFuture<'a> {
+                super::future::SendFuture::new(&self.inner, data, &self.async_part)
             }
 
             /// Sends `data`, blocking while the channel is full. Messages up
@@ -783,8 +843,18 @@ macro_rules! producer_endpoint {
     };
 }
 
-producer_endpoint!(Publisher, "broadcast channel", "subscriber");
-producer_endpoint!(Sender, "work queue", "receiver");
+producer_endpoint!(
+    Publisher,
+    "broadcast channel",
+    "subscriber",
+    "let (rx, tx) = (store.subscriber(\"news\")?, store.publisher(\"news\")?);"
+);
+producer_endpoint!(
+    Sender,
+    "work queue",
+    "receiver",
+    "let (rx, tx) = (store.receiver(\"jobs\")?, store.sender(\"jobs\")?);"
+);
 
 /// A message being written in place, in shared memory
 /// (`DerefMut<Target = [u8]>`); see [`Publisher::loan`].

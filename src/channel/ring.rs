@@ -2105,4 +2105,38 @@ mod loom_tests {
             }
         });
     }
+
+    /// The async wait (`future.rs`, `reactor.rs`): the future announces
+    /// itself, looks, and registers the word's value it read with the
+    /// helper thread, which waits (elsewhere, later) until the word moves
+    /// from it. A message published between the look and the registration
+    /// is never slept through.
+    #[test]
+    fn loom_an_async_waiter_registered_after_its_look_is_always_woken() {
+        loom::model(|| {
+            let r = ring(2, false, false);
+            join(&r, 0);
+            let producer = thread::spawn(move || {
+                send(&r, 0);
+                let h = r.header();
+                wait::wake(&h.data_seq, &h.data_waiters, false);
+            });
+            let h = r.header();
+            let sleeper = Sleeper::new(0);
+            let seen = sleeper.announce(&h.data_seq, &h.data_waiters);
+            if r.read(0) == Read::Empty {
+                // Registered: the helper waits on the word from `seen`.
+                let helper = thread::spawn(move || {
+                    while r.header().data_seq.load(Ordering::SeqCst) == seen {
+                        thread::yield_now();
+                    }
+                });
+                helper.join().unwrap();
+                // Woken: the poll that follows finds the message.
+                assert_ne!(r.read(0), Read::Empty);
+            }
+            sleeper.withdraw(&h.data_waiters);
+            producer.join().unwrap();
+        });
+    }
 }

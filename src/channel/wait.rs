@@ -163,26 +163,92 @@ impl Sleeper {
         timeout: Duration,
         ready: impl FnOnce() -> bool,
     ) -> Option<u32> {
-        if self.threads.fetch_add(1, Ordering::SeqCst) == 0 {
-            mask.fetch_or(self.bit, Ordering::SeqCst);
-        }
-        // Pairs with the waker's SeqCst fence before it reads `mask`:
-        // either it sees our bit, or we see its publication in `ready`.
-        fence(Ordering::SeqCst);
+        let seen = self.announce(word, mask);
         crate::hooks::at(crate::hooks::Point::Parking);
-        let seen = word.load(Ordering::SeqCst);
         let slept = (!ready()).then(|| {
             sleep_on(word, seen, timeout);
             seen
         });
+        self.withdraw(mask);
+        slept
+    }
+
+    /// Announces a waiter of this endpoint in `mask` (from now on a waker
+    /// bumps `word` and makes the wake call) and returns the value of
+    /// `word` to sleep on. The caller checks its condition after this, and
+    /// sleeps only if it does not hold; [`withdraw`](Self::withdraw) ends
+    /// the announcement. A blocking wait, a [`Select`](crate::Select) and
+    /// an async wait all go through here.
+    pub(crate) fn announce(&self, word: &AtomicU32, mask: &AtomicU32) -> u32 {
+        if self.threads.fetch_add(1, Ordering::SeqCst) == 0 {
+            mask.fetch_or(self.bit, Ordering::SeqCst);
+        }
+        // Pairs with the waker's SeqCst fence before it reads `mask`:
+        // either it sees our bit, or we see its publication in the check
+        // the caller makes after this.
+        fence(Ordering::SeqCst);
+        word.load(Ordering::SeqCst)
+    }
+
+    /// Ends an announcement of [`announce`](Self::announce).
+    pub(crate) fn withdraw(&self, mask: &AtomicU32) {
         // Two threads of one endpoint racing here can clear the bit while
         // one still sleeps: that one then waits for its timeout (a tick).
         if self.threads.fetch_sub(1, Ordering::SeqCst) == 1 {
             mask.fetch_and(!self.bit, Ordering::SeqCst);
         }
-        slept
     }
 }
+
+/// Something a thread or a task can wait on without its own futex wait:
+/// a consumer waiting for a message, or a producer for space. A
+/// [`Select`](crate::Select) and the async helper wait on many of them at
+/// once, through their words.
+pub(crate) trait Source: Send + Sync + std::fmt::Debug {
+    /// Announces a waiter (see [`Sleeper::announce`]); returns the value of
+    /// the futex word to sleep on.
+    fn announce(&self) -> u32;
+    /// Ends an announcement.
+    fn withdraw(&self);
+    /// The futex word the other side bumps.
+    fn word(&self) -> &AtomicU32;
+    /// Which word that is: endpoints of one channel in one process map its
+    /// file apart, so their words have different addresses; equal keys
+    /// are one word, waited on once.
+    fn key(&self) -> WordKey;
+    /// Whether the operation waited for would not wait now (a message, an
+    /// error to report, or room). Cheap: loads only.
+    fn ready(&self) -> bool;
+    /// Liveness work, at most once per [`LIVENESS_TICK`]: dead
+    /// participants evicted (what a killed peer held comes back, a killed
+    /// last producer disconnects), which no word announces. Returns whether
+    /// waiters on this word should look whether they are ready now.
+    fn tick(&self) -> bool;
+}
+
+/// A futex word's identity: the channel file's device and inode, and
+/// whether it is the space word (producers wait) or the data word.
+pub(crate) type WordKey = (u64, u64, bool);
+
+/// Waits until a word of `words` moves from the value given, or `timeout`
+/// passes. More words than one `futex_waitv` takes (or a kernel without
+/// it) shorten the wait to [`POLL_SLICE`]: those words are looked at
+/// again after each slice instead of waking the waiter.
+#[cfg(not(loom))]
+pub(crate) fn wait_any(words: &[(&AtomicU32, u32)], timeout: Duration) {
+    use crate::os::{futex_waitv, WaitvEnd, FUTEX_WAITV_MAX};
+    let slice = if words.len() > FUTEX_WAITV_MAX {
+        timeout.min(POLL_SLICE)
+    } else {
+        timeout
+    };
+    if futex_waitv(words, slice) == WaitvEnd::Unsupported {
+        std::thread::sleep(timeout.min(POLL_SLICE));
+    }
+}
+
+/// How often words a `futex_waitv` cannot take are looked at.
+pub(crate) const POLL_SLICE: Duration = Duration::from_millis(1);
 
 /// `FUTEX_WAIT` on a shared word. Under loom, a wait with no timeout:
 /// it returns only once the word differs from `seen`, so a lost wake-up

@@ -1,0 +1,225 @@
+//! Futures and streams of the endpoints (feature `async`): receive, send
+//! and a `Stream`, for any executor.
+//!
+//! A future tries its operation; if it would wait, it announces itself in
+//! the channel's waiter mask (as a blocking waiter does), checks once
+//! more, and registers with the process's async helper (`reactor.rs`),
+//! which wakes it when the channel's futex word moves or its liveness tick
+//! finds it ready. A wake-up only makes the future try again, so a
+//! dropped future has taken nothing: a receive that returned `Pending`
+//! received nothing, and a send either returned `Ready` having sent, or
+//! sent nothing.
+
+use super::error::{RecvError, TryRecvError, TrySendError};
+use super::reactor::{Registration, User};
+use super::wait::Source;
+use super::{Message, SendError};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+/// An endpoint's part in async: its token for the helper, taken on first
+/// use.
+#[derive(Debug, Default)]
+pub(crate) struct AsyncPart {
+    user: OnceLock<User>,
+}
+
+impl AsyncPart {
+    pub(crate) fn enter(&self) {
+        self.user.get_or_init(User::new);
+    }
+}
+
+/// A future's wait: announced in the mask, and registered with the helper.
+#[derive(Debug)]
+struct Waiting {
+    src: Arc<dyn Source>,
+    reg: Option<Registration>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        // Out of the helper first, then out of the mask.
+        self.reg = None;
+        self.src.withdraw();
+    }
+}
+
+/// One poll of an operation that may wait: `op` is tried; if it would
+/// wait, the task is announced and registered (after one more look, so a
+/// message or room that came meanwhile is not slept through).
+fn poll_op<T>(
+    waiting: &mut Option<Waiting>,
+    src: &Arc<dyn Source>,
+    cx: &mut Context<'_>,
+    mut op: impl FnMut() -> Option<T>,
+) -> Poll<T> {
+    // Polled while still registered (by a `select!`, or a join that polls
+    // everything it holds): the helper will wake the task when the word
+    // moves, so there is nothing to look at yet.
+    if let Some(Waiting { reg: Some(r), .. }) = waiting.as_ref() {
+        if r.renew(cx.waker()) {
+            return Poll::Pending;
+        }
+    }
+    // The wait is over (woken): look afresh.
+    *waiting = None;
+    for look in 0..2 {
+        if let Some(x) = op() {
+            return Poll::Ready(x);
+        }
+        let seen = src.announce();
+        let mut w = Waiting {
+            src: Arc::clone(src),
+            reg: None,
+        };
+        // Ready after announcing: something came between the try and the
+        // announcement; try again (once: a source that says ready while
+        // its operation still waits, such as a full store, is then left to
+        // the tick).
+        if look == 0 && src.ready() {
+            continue;
+        }
+        match Registration::new(Arc::clone(src), seen, cx.waker()) {
+            Some(r) => w.reg = Some(r),
+            // No helper thread could be started: poll again later.
+            None => cx.waker().wake_by_ref(),
+        }
+        *waiting = Some(w);
+        return Poll::Pending;
+    }
+    Poll::Pending
+}
+
+/// Maps what a receive found to the async result (`None`: wait).
+fn received(r: Result<Message, TryRecvError>) -> Option<Result<Message, RecvError>> {
+    match r {
+        Ok(m) => Some(Ok(m)),
+        Err(TryRecvError::Empty) => None,
+        Err(TryRecvError::Expired) => Some(Err(RecvError::Expired)),
+        Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+        Err(TryRecvError::TooManyHeld) => Some(Err(RecvError::TooManyHeld)),
+        Err(_) => Some(Err(RecvError::Disconnected)),
+    }
+}
+
+/// The future of `recv_async` on a [`Subscriber`](super::Subscriber) or a
+/// [`Receiver`](super::Receiver). Cancel-safe: dropped before it is ready,
+/// it has received nothing.
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct RecvFuture<'a> {
+    consumer: &'a Arc<super::consumer::Consumer>,
+    waiting: Option<Waiting>,
+}
+
+impl<'a> RecvFuture<'a> {
+    pub(crate) fn new(consumer: &'a Arc<super::consumer::Consumer>, part: &AsyncPart) -> Self {
+        part.enter();
+        Self {
+            consumer,
+            waiting: None,
+        }
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Message, RecvError>> {
+        let src: Arc<dyn Source> = Arc::clone(self.consumer) as Arc<dyn Source>;
+        let c = self.consumer;
+        poll_op(&mut self.waiting, &src, cx, || received(c.try_recv()))
+    }
+}
+
+impl Future for RecvFuture<'_> {
+    type Output = Result<Message, RecvError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.get_mut().poll_recv(cx)
+    }
+}
+
+/// The stream of `stream()` on a [`Subscriber`](super::Subscriber) or a
+/// [`Receiver`](super::Receiver): each message as it comes, the errors
+/// that do not end a receive (`Lagged`, `Expired`, `TooManyHeld`) as `Err`
+/// items, and the end when the channel is disconnected and drained.
+#[derive(Debug)]
+#[must_use = "streams do nothing unless polled"]
+pub struct RecvStream<'a> {
+    fut: RecvFuture<'a>,
+    done: bool,
+}
+
+impl<'a> RecvStream<'a> {
+    pub(crate) fn new(consumer: &'a Arc<super::consumer::Consumer>, part: &AsyncPart) -> Self {
+        Self {
+            fut: RecvFuture::new(consumer, part),
+            done: false,
+        }
+    }
+}
+
+impl futures_core::Stream for RecvStream<'_> {
+    type Item = Result<Message, RecvError>;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match this.fut.poll_recv(cx) {
+            Poll::Ready(Err(RecvError::Disconnected)) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(r) => Poll::Ready(Some(r)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl futures_core::FusedStream for RecvStream<'_> {
+    fn is_terminated(&self) -> bool {
+        self.done
+    }
+}
+
+/// The future of `send_async` on a [`Publisher`](super::Publisher) or a
+/// [`Sender`](super::Sender). Cancel-safe: dropped before it is ready, it
+/// has sent nothing.
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct SendFuture<'a> {
+    producer: &'a Arc<super::producer::Producer>,
+    data: &'a [u8],
+    waiting: Option<Waiting>,
+}
+
+impl<'a> SendFuture<'a> {
+    pub(crate) fn new(
+        producer: &'a Arc<super::producer::Producer>,
+        data: &'a [u8],
+        part: &AsyncPart,
+    ) -> Self {
+        part.enter();
+        Self {
+            producer,
+            data,
+            waiting: None,
+        }
+    }
+}
+
+impl Future for SendFuture<'_> {
+    type Output = Result<(), SendError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let src: Arc<dyn Source> = Arc::clone(this.producer) as Arc<dyn Source>;
+        let (p, data) = (this.producer, this.data);
+        poll_op(&mut this.waiting, &src, cx, || {
+            match p.send(data, super::producer::Wait::Never) {
+                Ok(()) => Some(Ok(())),
+                Err(TrySendError::Full) => None,
+                Err(TrySendError::Send(e)) => Some(Err(e)),
+            }
+        })
+    }
+}
