@@ -1,6 +1,7 @@
 """Zero-copy byte blobs and channels between Python processes, in POSIX
 shared memory (/dev/shm)."""
 
+import asyncio
 from types import TracebackType
 from typing import Any, Final, Literal, Protocol, TypeAlias, final
 
@@ -251,6 +252,11 @@ class Publisher:
         contiguous or not), waiting while the channel is full."""
     def try_send(self, obj: _BufferLike) -> bool:
         """Sends if the channel has room now; `False` if it is full."""
+    def send_async(self, obj: _BufferLike) -> asyncio.Future[None]:
+        """Sends the bytes of `obj` from a coroutine: awaitable, done when
+        the message is sent. A message that fits now is sent at once;
+        otherwise it is copied, and the wait for room leaves the event loop
+        and the GIL free. Cancelled, it sent nothing."""
     def send_timeout(self, obj: _BufferLike, timeout: float) -> None:
         """Sends, waiting at most `timeout` seconds for room; then raises
         `ChannelTimeout` (nothing was sent)."""
@@ -309,6 +315,15 @@ class Subscriber:
 
     def recv(self, timeout: float | None = None) -> Message: ...
     def try_recv(self) -> Message | None: ...
+    def recv_async(self) -> asyncio.Future[Message]:
+        """The next message, from a coroutine: awaitable; raises as
+        `recv` does (without a timeout: wrap it in `asyncio.wait_for`). The
+        wait leaves the event loop and the GIL free; cancelled, it received
+        nothing."""
+    def __aiter__(self) -> Self: ...
+    def __anext__(self) -> asyncio.Future[Message]:
+        """`async for`: the next message, passing over expired and lagged
+        ones as iteration does; the end at disconnection."""
     @property
     def expired(self) -> int: ...
     @property
@@ -337,6 +352,11 @@ class Sender:
 
     def send(self, obj: _BufferLike) -> None: ...
     def try_send(self, obj: _BufferLike) -> bool: ...
+    def send_async(self, obj: _BufferLike) -> asyncio.Future[None]:
+        """Sends the bytes of `obj` from a coroutine: awaitable, done when
+        the message is sent. A message that fits now is sent at once;
+        otherwise it is copied, and the wait for room leaves the event loop
+        and the GIL free. Cancelled, it sent nothing."""
     def send_timeout(self, obj: _BufferLike, timeout: float) -> None: ...
     def send_array(self, arr: npt.NDArray[Any], timeout: float | None = None) -> None: ...
     def loan(self, nbytes: int, timeout: float | None = None) -> Loan: ...
@@ -362,6 +382,15 @@ class Receiver:
 
     def recv(self, timeout: float | None = None) -> Message: ...
     def try_recv(self) -> Message | None: ...
+    def recv_async(self) -> asyncio.Future[Message]:
+        """The next message, from a coroutine: awaitable; raises as
+        `recv` does (without a timeout: wrap it in `asyncio.wait_for`). The
+        wait leaves the event loop and the GIL free; cancelled, it received
+        nothing."""
+    def __aiter__(self) -> Self: ...
+    def __anext__(self) -> asyncio.Future[Message]:
+        """`async for`: the next message, passing over expired and lagged
+        ones as iteration does; the end at disconnection."""
     @property
     def expired(self) -> int: ...
     @property

@@ -573,7 +573,7 @@ fn recv_msg(
     }
 }
 
-fn disconnected(py: Python<'_>) -> PyErr {
+pub(crate) fn disconnected(py: Python<'_>) -> PyErr {
     errors::new(
         py,
         Exc::Disconnected,
@@ -634,6 +634,28 @@ macro_rules! producer_class {
                 let input = Input::new(obj)?;
                 send_payload(py, &*p, &self.open.name, &Payload::of(&input), wait)?;
                 Ok(())
+            }
+
+            /// Sends the bytes of `obj` from a coroutine: awaitable, done
+            /// when the message is sent. A message that fits now is sent at
+            /// once; otherwise it is copied, and the wait for room leaves
+            /// the event loop and the GIL free. Cancelled, it sent nothing.
+            fn send_async<'py>(
+                &self,
+                py: Python<'py>,
+                obj: &Bound<'py, PyAny>,
+            ) -> PyResult<Bound<'py, PyAny>> {
+                let p = self.open.get(py)?;
+                let input = Input::new(obj)?;
+                let msg = Payload::of(&input);
+                if send_payload(py, &*p, &self.open.name, &msg, Wait::Never)? {
+                    return crate::aio::done(py, py.None());
+                }
+                let mut data = vec![0u8; msg.len()];
+                // SAFETY: `input` holds the export for the whole call.
+                unsafe { msg.write(&mut data) };
+                let fut = p.send_async_owned(data);
+                crate::aio::drive(py, crate::aio::Op::Send(fut, self.open.name.clone()))
             }
 
             /// Sends numpy array `arr` with its dtype and shape, for
@@ -751,6 +773,26 @@ macro_rules! consumer_class {
                 recv_msg(py, &*c, timeout, false)?.ok_or_else(|| disconnected(py))
             }
 
+            /// The next message, from a coroutine: awaitable; raises as
+            /// `recv` does (without a timeout: wrap it in
+            /// `asyncio.wait_for`). The wait leaves the event loop and the
+            /// GIL free; cancelled, it received nothing.
+            fn recv_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+                let c = self.open.get(py)?;
+                crate::aio::drive(py, crate::aio::Op::Recv(c.recv_async()))
+            }
+
+            fn __aiter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+                slf
+            }
+
+            /// `async for`: the next message, passing over expired and
+            /// lagged ones as iteration does; the end at disconnection.
+            fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+                let c = self.open.get(py)?;
+                crate::aio::drive(py, crate::aio::Op::Next(c.recv_async()))
+            }
+
             /// The next message if one is ready now, else `None`; raises as
             /// `recv` does (but never `ChannelTimeout`).
             fn try_recv(&self, py: Python<'_>) -> PyResult<Option<Message>> {
@@ -854,7 +896,7 @@ pub(crate) struct Message {
 }
 
 impl Message {
-    fn new(m: sfb::Message) -> Self {
+    pub(crate) fn new(m: sfb::Message) -> Self {
         Message {
             sequence: m.sequence(),
             overflow: m.is_overflow(),

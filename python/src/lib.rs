@@ -15,6 +15,7 @@
 
 use pyo3::prelude::*;
 
+mod aio;
 mod array;
 mod buffer;
 mod channel;

@@ -477,3 +477,28 @@ def use_after_removal(ns: str, channel: str, ready: Event, go: Event, results: "
     rx.close()
     store.close()
     results.put(out)
+
+
+def produce_paced(ns: str, channel: str, kind: str, source: int, count: int, start: Event) -> None:
+    """Producer `source`: sends `count` payloads on `channel`, 2 ms apart
+    (so the receiving coroutines wait in between)."""
+    store = sfb.Store.attach(ns)
+    tx = store.publisher(channel, overflow="block") if kind == "broadcast" else store.sender(channel)
+    start.wait(30)
+    for seq in range(count):
+        tx.send(payload(source, seq))
+        time.sleep(0.002)
+    tx.close()
+    store.close()
+
+
+def drain_slowly(ns: str, channel: str, count: int, ready: Event, go: Event, results: "Queue[Any]") -> None:
+    """Receiver: after `go`, receives `count` messages and reports them."""
+    store = sfb.Store.attach(ns)
+    rx = store.receiver(channel, max_message=64, in_flight=4)
+    ready.set()
+    go.wait(30)
+    got = [parse(bytes(rx.recv(timeout=30))) for _ in range(count)]
+    results.put(got)
+    rx.close()
+    store.close()

@@ -645,7 +645,7 @@ macro_rules! consumer_endpoint {
             /// # Ok::<(), Box<dyn std::error::Error>>(())
             /// ```
             #[cfg(all(feature = "async", not(loom)))]
-            pub fn recv_async(&self) -> super::future::RecvFuture<'_> {
+            pub fn recv_async(&self) -> super::future::RecvFuture {
                 super::future::RecvFuture::new(&self.inner, &self.async_part)
             }
 
@@ -671,7 +671,7 @@ macro_rules! consumer_endpoint {
             /// # Ok::<(), Box<dyn std::error::Error>>(())
             /// ```
             #[cfg(all(feature = "async", not(loom)))]
-            pub fn stream(&self) -> super::future::RecvStream<'_> {
+            pub fn stream(&self) -> super::future::RecvStream {
                 super::future::RecvStream::new(&self.inner, &self.async_part)
             }
         }

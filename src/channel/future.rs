@@ -110,28 +110,31 @@ fn received(r: Result<Message, TryRecvError>) -> Option<Result<Message, RecvErro
 /// it has received nothing.
 #[derive(Debug)]
 #[must_use = "futures do nothing unless polled"]
-pub struct RecvFuture<'a> {
-    consumer: &'a Arc<super::consumer::Consumer>,
+///
+/// It holds its own reference to the endpoint's state (it does not borrow
+/// the endpoint), so it can be moved to another task or kept in a struct.
+pub struct RecvFuture {
+    consumer: Arc<super::consumer::Consumer>,
     waiting: Option<Waiting>,
 }
 
-impl<'a> RecvFuture<'a> {
-    pub(crate) fn new(consumer: &'a Arc<super::consumer::Consumer>, part: &AsyncPart) -> Self {
+impl RecvFuture {
+    pub(crate) fn new(consumer: &Arc<super::consumer::Consumer>, part: &AsyncPart) -> Self {
         part.enter();
         Self {
-            consumer,
+            consumer: Arc::clone(consumer),
             waiting: None,
         }
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Message, RecvError>> {
-        let src: Arc<dyn Source> = Arc::clone(self.consumer) as Arc<dyn Source>;
-        let c = self.consumer;
+        let src: Arc<dyn Source> = Arc::clone(&self.consumer) as Arc<dyn Source>;
+        let c = &self.consumer;
         poll_op(&mut self.waiting, &src, cx, || received(c.try_recv()))
     }
 }
 
-impl Future for RecvFuture<'_> {
+impl Future for RecvFuture {
     type Output = Result<Message, RecvError>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.get_mut().poll_recv(cx)
@@ -144,13 +147,13 @@ impl Future for RecvFuture<'_> {
 /// items, and the end when the channel is disconnected and drained.
 #[derive(Debug)]
 #[must_use = "streams do nothing unless polled"]
-pub struct RecvStream<'a> {
-    fut: RecvFuture<'a>,
+pub struct RecvStream {
+    fut: RecvFuture,
     done: bool,
 }
 
-impl<'a> RecvStream<'a> {
-    pub(crate) fn new(consumer: &'a Arc<super::consumer::Consumer>, part: &AsyncPart) -> Self {
+impl RecvStream {
+    pub(crate) fn new(consumer: &Arc<super::consumer::Consumer>, part: &AsyncPart) -> Self {
         Self {
             fut: RecvFuture::new(consumer, part),
             done: false,
@@ -158,7 +161,7 @@ impl<'a> RecvStream<'a> {
     }
 }
 
-impl futures_core::Stream for RecvStream<'_> {
+impl futures_core::Stream for RecvStream {
     type Item = Result<Message, RecvError>;
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
@@ -176,7 +179,7 @@ impl futures_core::Stream for RecvStream<'_> {
     }
 }
 
-impl futures_core::FusedStream for RecvStream<'_> {
+impl futures_core::FusedStream for RecvStream {
     fn is_terminated(&self) -> bool {
         self.done
     }
@@ -188,20 +191,20 @@ impl futures_core::FusedStream for RecvStream<'_> {
 #[derive(Debug)]
 #[must_use = "futures do nothing unless polled"]
 pub struct SendFuture<'a> {
-    producer: &'a Arc<super::producer::Producer>,
-    data: &'a [u8],
+    producer: Arc<super::producer::Producer>,
+    data: std::borrow::Cow<'a, [u8]>,
     waiting: Option<Waiting>,
 }
 
 impl<'a> SendFuture<'a> {
     pub(crate) fn new(
-        producer: &'a Arc<super::producer::Producer>,
-        data: &'a [u8],
+        producer: &Arc<super::producer::Producer>,
+        data: std::borrow::Cow<'a, [u8]>,
         part: &AsyncPart,
     ) -> Self {
         part.enter();
         Self {
-            producer,
+            producer: Arc::clone(producer),
             data,
             waiting: None,
         }
@@ -212,8 +215,8 @@ impl Future for SendFuture<'_> {
     type Output = Result<(), SendError>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let src: Arc<dyn Source> = Arc::clone(this.producer) as Arc<dyn Source>;
-        let (p, data) = (this.producer, this.data);
+        let src: Arc<dyn Source> = Arc::clone(&this.producer) as Arc<dyn Source>;
+        let (p, data) = (&this.producer, &this.data);
         poll_op(&mut this.waiting, &src, cx, || {
             match p.send(data, super::producer::Wait::Never) {
                 Ok(()) => Some(Ok(())),

@@ -712,8 +712,17 @@ macro_rules! producer_endpoint {
             /// # Ok::<(), Box<dyn std::error::Error>>(())
             /// ```
             #[cfg(all(feature = "async", not(loom)))]
-            pub fn send_async<'a>(&'a self, data: &'a [u8]) -> super::future::SendFuture<'a> {
-                super::future::SendFuture::new(&self.inner, data, &self.async_part)
+            pub fn send_async<'a>(&self, data: &'a [u8]) -> super::future::SendFuture<'a> {
+                super::future::SendFuture::new(&self.inner, data.into(), &self.async_part)
+            }
+
+            /// [`send_async`](Self::send_async) of a buffer the future owns
+            /// (for bindings whose buffers cannot be borrowed across a
+            /// wait).
+            #[doc(hidden)]
+            #[cfg(all(feature = "async", not(loom)))]
+            pub fn send_async_owned(&self, data: Vec<u8>) -> super::future::SendFuture<'static> {
+                super::future::SendFuture::new(&self.inner, data.into(), &self.async_part)
             }
 
             /// Sends `data`, blocking while the channel is full. Messages up
