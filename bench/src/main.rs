@@ -3,16 +3,21 @@
 //! `--scenario fanout [--seconds N]`, or `--scenario jobs [--jobs N]`, or
 //! `--scenario wait [--repeat N] [--rates 1000,10000] [--seconds 3,2]
 //! [--spins 0,2,5,20,100]`, or `--scenario chunks [--rounds N] [--counts 100,1000,4000]`,
-//! or `--scenario curve [--rounds N]`): the performance table of stable-fragmented-buffer with its baselines (memcpy
+//! or `--scenario curve [--rounds N]`, or `--scenario async [--rounds N]`): the performance table of stable-fragmented-buffer with its baselines (memcpy
 //! into faulted memory, a Unix-domain socket, iceoryx2), in one run.
 
+mod asyncwait;
 mod curve;
 mod iceoryx;
 
 use sfb_bench::{self as bench, Options, PAYLOADS};
 
 fn main() {
-    if bench::run_peer_if_asked() || iceoryx::run_peer_if_asked() || curve::run_peer_if_asked() {
+    if bench::run_peer_if_asked()
+        || iceoryx::run_peer_if_asked()
+        || curve::run_peer_if_asked()
+        || asyncwait::run_peer_if_asked()
+    {
         return;
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -280,9 +285,38 @@ fn scenario(name: Option<&str>, args: &[String]) -> i32 {
                 }
             }
         }
+        Some("async") => {
+            let rounds: usize = bench::flag_value(args, "--rounds").unwrap_or(3);
+            if rounds == 0 {
+                eprintln!("--rounds: a positive number of rounds");
+                return 2;
+            }
+            println!("Command: sfb-bench {}\n", args.join(" "));
+            println!(
+                "Scenario async: {} B messages, one per ms, 1000 per run, from the parent to a receiver process on a work queue (ChannelConfig::default()); the receiver waits in recv(), in recv_async() under tokio current-thread, and under tokio multi-thread (2 workers), taking turns, then iceoryx2's pub/sub cell of the same size; {rounds} rounds\n",
+                asyncwait::SIZE
+            );
+            let before = shm_names();
+            let result = asyncwait::run(rounds);
+            for name in shm_names().difference(&before) {
+                if name.starts_with("iox2_") {
+                    let _ = std::fs::remove_file(std::path::Path::new("/dev/shm").join(name));
+                }
+            }
+            match result {
+                Ok(rows) => {
+                    println!("{}", asyncwait::markdown(&rows));
+                    0
+                }
+                Err(e) => {
+                    eprintln!("async failed: {e}");
+                    1
+                }
+            }
+        }
         other => {
             eprintln!(
-                "--scenario {}: expected fanout, jobs, wait, chunks or curve",
+                "--scenario {}: expected fanout, jobs, wait, chunks, curve or async",
                 other.unwrap_or("")
             );
             return 2;

@@ -14,7 +14,7 @@
 use crate::errors::{self, Exc};
 use pyo3::exceptions::PyStopAsyncIteration;
 use pyo3::prelude::*;
-use stable_fragmented_buffer::{RecvError, RecvFuture, SendError, SendFuture};
+use stable_fragmented_buffer::{RecvError, RecvStream, SendError, SendFuture};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -22,11 +22,12 @@ use std::task::{Context, Poll, Wake, Waker};
 
 /// A Rust future an asyncio future waits on.
 pub(crate) enum Op {
-    /// `recv_async`: the message, or the receive's error.
-    Recv(RecvFuture),
-    /// `__anext__`: like `Recv`, but expired and lagged messages are passed
-    /// over (as iteration does) and disconnection ends the iteration.
-    Next(RecvFuture),
+    /// `recv_async`: the message, or the receive's error (expired
+    /// messages passed over, as `recv` does).
+    Recv(RecvStream),
+    /// `__anext__`: like `Recv`, but lagged messages are passed over too
+    /// (as iteration does) and disconnection ends the iteration.
+    Next(RecvStream),
     /// `send_async` of a message that did not fit at once.
     Send(SendFuture<'static>, String),
 }
@@ -36,21 +37,21 @@ impl Op {
         let iterating = matches!(self, Op::Next(_));
         match self {
             Op::Recv(f) | Op::Next(f) => loop {
-                let r = match Pin::new(&mut *f).poll(cx) {
+                let r = match futures_core::Stream::poll_next(Pin::new(&mut *f), cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(r) => r,
                 };
                 return Poll::Ready(match r {
-                    Ok(m) => Py::new(py, crate::channel::Message::new(m)).map(Py::into_any),
-                    Err(RecvError::Expired) => continue,
-                    Err(RecvError::Lagged(_)) if iterating => continue,
-                    Err(RecvError::Lagged(n)) => Err(errors::lagged(py, n)),
-                    Err(RecvError::TooManyHeld) => Err(errors::too_many_held(py)),
-                    Err(RecvError::Disconnected) if iterating => {
-                        Err(PyStopAsyncIteration::new_err(()))
+                    Some(Ok(m)) => Py::new(py, crate::channel::Message::new(m)).map(Py::into_any),
+                    Some(Err(RecvError::Expired)) => continue,
+                    Some(Err(RecvError::Lagged(_))) if iterating => continue,
+                    Some(Err(RecvError::Lagged(n))) => Err(errors::lagged(py, n)),
+                    Some(Err(RecvError::TooManyHeld)) => Err(errors::too_many_held(py)),
+                    None if iterating => Err(PyStopAsyncIteration::new_err(())),
+                    Some(Err(RecvError::Disconnected)) | None => {
+                        Err(crate::channel::disconnected(py))
                     }
-                    Err(RecvError::Disconnected) => Err(crate::channel::disconnected(py)),
-                    Err(e) => Err(errors::new(py, Exc::Blob, e.to_string())),
+                    Some(Err(e)) => Err(errors::new(py, Exc::Blob, e.to_string())),
                 });
             },
             Op::Send(f, channel) => match Pin::new(f).poll(cx) {

@@ -779,7 +779,7 @@ macro_rules! consumer_class {
             /// GIL free; cancelled, it received nothing.
             fn recv_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
                 let c = self.open.get(py)?;
-                crate::aio::drive(py, crate::aio::Op::Recv(c.recv_async()))
+                crate::aio::drive(py, crate::aio::Op::Recv(c.stream()))
             }
 
             fn __aiter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
@@ -790,7 +790,7 @@ macro_rules! consumer_class {
             /// lagged ones as iteration does; the end at disconnection.
             fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
                 let c = self.open.get(py)?;
-                crate::aio::drive(py, crate::aio::Op::Next(c.recv_async()))
+                crate::aio::drive(py, crate::aio::Op::Next(c.stream()))
             }
 
             /// The next message if one is ready now, else `None`; raises as

@@ -377,14 +377,21 @@ impl Consumer {
     }
 }
 
+/// A consumer inherited through fork announces nothing: the mask bit is
+/// the parent's (and its wait ends at once: `ready` holds).
 impl Source for Consumer {
     fn announce(&self) -> u32 {
         let h = self.chan.ring.header();
+        if self.chan.inherited() {
+            return h.data_seq.load(Ordering::SeqCst);
+        }
         self.sleeper.announce(&h.data_seq, &h.data_waiters)
     }
 
     fn withdraw(&self) {
-        self.sleeper.withdraw(&self.chan.ring.header().data_waiters);
+        if !self.chan.inherited() {
+            self.sleeper.withdraw(&self.chan.ring.header().data_waiters);
+        }
     }
 
     fn word(&self) -> &AtomicU32 {
@@ -405,15 +412,10 @@ impl Source for Consumer {
     /// dead consumers only hold producers back, which producers see to:
     /// many idle async subscribers of one channel do not each look at all
     /// the others every tick.
-    ///
-    /// Waiters look again only if someone was evicted or the namespace was
-    /// closed: nothing else makes a receive ready without the data word
-    /// moving.
-    fn tick(&self) -> bool {
-        let mut n = 0;
+    fn tick(&self) {
         if self.liveness.due() {
             let ack = |h: [u8; 24]| self.ack(h);
-            n = self.chan.evict_dead(Role::Producer, None, &ack);
+            let mut n = self.chan.evict_dead(Role::Producer, None, &ack);
             if self.chan.redelivers() {
                 n += self.chan.evict_dead(Role::Consumer, Some(self.index), &ack);
             }
@@ -421,7 +423,6 @@ impl Source for Consumer {
                 self.chan.release(&ack);
             }
         }
-        n > 0 || self.store.is_closed()
     }
 }
 

@@ -107,7 +107,8 @@ fn received(r: Result<Message, TryRecvError>) -> Option<Result<Message, RecvErro
 
 /// The future of `recv_async` on a [`Subscriber`](super::Subscriber) or a
 /// [`Receiver`](super::Receiver). Cancel-safe: dropped before it is ready,
-/// it has received nothing.
+/// it has received nothing. Once it returned `Ready`, polling it again
+/// returns `Pending` (it never receives twice).
 #[derive(Debug)]
 #[must_use = "futures do nothing unless polled"]
 ///
@@ -116,6 +117,8 @@ fn received(r: Result<Message, TryRecvError>) -> Option<Result<Message, RecvErro
 pub struct RecvFuture {
     consumer: Arc<super::consumer::Consumer>,
     waiting: Option<Waiting>,
+    /// Returned `Ready` (as a future: a stream goes on).
+    done: bool,
 }
 
 impl RecvFuture {
@@ -124,6 +127,7 @@ impl RecvFuture {
         Self {
             consumer: Arc::clone(consumer),
             waiting: None,
+            done: false,
         }
     }
 
@@ -137,7 +141,15 @@ impl RecvFuture {
 impl Future for RecvFuture {
     type Output = Result<Message, RecvError>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.get_mut().poll_recv(cx)
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Pending;
+        }
+        let r = this.poll_recv(cx);
+        if r.is_ready() {
+            this.done = true;
+        }
+        r
     }
 }
 
@@ -187,13 +199,21 @@ impl futures_core::FusedStream for RecvStream {
 
 /// The future of `send_async` on a [`Publisher`](super::Publisher) or a
 /// [`Sender`](super::Sender). Cancel-safe: dropped before it is ready, it
-/// has sent nothing.
+/// has sent nothing. A message larger than the ring's inline capacity is
+/// appended to the store once, on the first try; if the future is dropped
+/// before it is placed, the store entry is given back.
+///
+/// Once it returned `Ready`, polling it again returns `Pending` (it never
+/// sends twice).
 #[derive(Debug)]
 #[must_use = "futures do nothing unless polled"]
 pub struct SendFuture<'a> {
     producer: Arc<super::producer::Producer>,
     data: std::borrow::Cow<'a, [u8]>,
     waiting: Option<Waiting>,
+    /// The message in the store, not yet placed in the ring.
+    staged: Option<crate::handle::OverflowHandle>,
+    done: bool,
 }
 
 impl<'a> SendFuture<'a> {
@@ -207,6 +227,8 @@ impl<'a> SendFuture<'a> {
             producer: Arc::clone(producer),
             data,
             waiting: None,
+            staged: None,
+            done: false,
         }
     }
 }
@@ -215,14 +237,35 @@ impl Future for SendFuture<'_> {
     type Output = Result<(), SendError>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        if this.done {
+            return Poll::Pending;
+        }
         let src: Arc<dyn Source> = Arc::clone(&this.producer) as Arc<dyn Source>;
-        let (p, data) = (&this.producer, &this.data);
-        poll_op(&mut this.waiting, &src, cx, || {
-            match p.send(data, super::producer::Wait::Never) {
+        let (p, data, staged) = (&this.producer, &this.data, &mut this.staged);
+        let r = poll_op(&mut this.waiting, &src, cx, || {
+            match p.try_send_staged(data, staged) {
                 Ok(()) => Some(Ok(())),
                 Err(TrySendError::Full) => None,
-                Err(TrySendError::Send(e)) => Some(Err(e)),
+                Err(TrySendError::Send(e)) => {
+                    if let Some(h) = staged.take() {
+                        p.unstage(h);
+                    }
+                    Some(Err(e))
+                }
             }
-        })
+        });
+        if r.is_ready() {
+            this.done = true;
+            this.waiting = None;
+        }
+        r
+    }
+}
+
+impl Drop for SendFuture<'_> {
+    fn drop(&mut self) {
+        if let Some(h) = self.staged.take() {
+            self.producer.unstage(h);
+        }
     }
 }

@@ -419,21 +419,26 @@ impl Producer {
         len: usize,
         wait: Wait,
     ) -> Result<(), TrySendError> {
+        self.place_handle(handle, len, wait).inspect_err(|_| {
+            // Not sent: the entry is nobody's, give it back.
+            self.store.acknowledge(handle);
+        })
+    }
+
+    /// Publishes the handle of a message of `len` bytes in the store; on an
+    /// error the store entry is still the caller's.
+    fn place_handle(
+        &self,
+        handle: &OverflowHandle,
+        len: usize,
+        wait: Wait,
+    ) -> Result<(), TrySendError> {
         let ring = &self.chan.ring;
-        let placed = self
-            .claim(wait)
-            .and_then(|seq| match self.alloc(seq, HANDLE_LEN, wait) {
-                Ok(b) => Ok((seq, b)),
-                Err(e) => {
-                    ring.skip(seq, self.me());
-                    Err(e)
-                }
-            });
-        let (seq, b) = match placed {
-            Ok(x) => x,
+        let seq = self.claim(wait)?;
+        let b = match self.alloc(seq, HANDLE_LEN, wait) {
+            Ok(b) => b,
             Err(e) => {
-                // Not sent: the entry is nobody's, give it back.
-                self.store.acknowledge(handle);
+                ring.skip(seq, self.me());
                 return Err(e);
             }
         };
@@ -441,6 +446,39 @@ impl Producer {
         ring.publish(seq, self.me(), b, len as u32, FLAG_OVERFLOW);
         self.sent();
         Ok(())
+    }
+
+    /// One attempt of an async send, waiting for nothing. A message over
+    /// the inline capacity is appended to the store on the first attempt
+    /// only, into `staged`; later attempts place just its handle (so a
+    /// wait for room does not copy the message again at each wake-up). A
+    /// caller that gives up hands `staged` to [`unstage`](Self::unstage).
+    pub(crate) fn try_send_staged(
+        &self,
+        data: &[u8],
+        staged: &mut Option<OverflowHandle>,
+    ) -> Result<(), TrySendError> {
+        if data.len() <= self.chan.ring.geometry().inline_capacity() {
+            return self.send(data, Wait::Never);
+        }
+        self.usable()?;
+        let handle = match *staged {
+            Some(h) => h,
+            None => {
+                let h = self.in_store(Wait::Never, || self.store.append(data))?;
+                *staged = Some(h);
+                h
+            }
+        };
+        self.place_handle(&handle, data.len(), Wait::Never)?;
+        *staged = None;
+        Ok(())
+    }
+
+    /// Gives back a message [`try_send_staged`](Self::try_send_staged)
+    /// appended and never sent.
+    pub(crate) fn unstage(&self, handle: OverflowHandle) {
+        self.store.acknowledge(&handle);
     }
 
     fn sent(&self) {
@@ -626,15 +664,22 @@ impl Producer {
     }
 }
 
+/// A producer inherited through fork announces nothing: the mask bit is
+/// the parent's (and its wait ends at once: `ready` holds).
 impl Source for Producer {
     fn announce(&self) -> u32 {
         let h = self.chan.ring.header();
+        if self.chan.inherited() {
+            return h.space_seq.load(Ordering::SeqCst);
+        }
         self.sleeper.announce(&h.space_seq, &h.space_waiters)
     }
 
     fn withdraw(&self) {
-        self.sleeper
-            .withdraw(&self.chan.ring.header().space_waiters);
+        if !self.chan.inherited() {
+            self.sleeper
+                .withdraw(&self.chan.ring.header().space_waiters);
+        }
     }
 
     fn word(&self) -> &AtomicU32 {
@@ -652,11 +697,12 @@ impl Source for Producer {
             || (ring.has_space() && ring.any_free_slot())
     }
 
-    /// Waiting producers look again every tick: a full store and a stall
-    /// timeout free room without the space word moving.
-    fn tick(&self) -> bool {
+    /// Dead participants evicted, and a release: a stall timeout lets a
+    /// subscriber go only in a release, and nothing else would run one
+    /// while every producer waits.
+    fn tick(&self) {
         self.look_for_dead();
-        true
+        self.help_release();
     }
 }
 

@@ -21,7 +21,8 @@
 use super::wait::{self, Source, WordKey, LIVENESS_TICK};
 use crate::sync::{AtomicU32, Ordering};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicPtr, Ordering as SyncOrdering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,8 @@ struct Reactor {
     state: Mutex<State>,
     /// Bumped (and woken) when the registrations or users change.
     control: AtomicU32,
+    /// The fork epoch it belongs to (see [`reactor`]).
+    epoch: u32,
 }
 
 #[derive(Default)]
@@ -39,18 +42,15 @@ struct State {
     next_id: u64,
     /// Endpoints that used async and live.
     users: usize,
-    /// Whether the helper thread runs (for this process: see `epoch`).
+    /// Whether the helper thread runs.
     running: bool,
-    /// Fork epoch the state belongs to: a fork child has no helper thread,
-    /// whatever the state it inherited says.
-    epoch: u32,
 }
 
 /// The registrations on one channel word (at most one per endpoint, so
 /// few: a channel has at most 32 consumers and 32 producers).
 struct Group {
     /// Whose mapping of the word the helper waits on, and whose liveness
-    /// work it runs once per tick for the whole group.
+    /// work it runs once per tick for the whole group: a registered one's.
     src: Arc<dyn Source>,
     regs: Vec<Reg>,
 }
@@ -62,29 +62,51 @@ struct Reg {
     waker: Waker,
 }
 
+/// This process's reactor. A fork child gets a fresh one: it has no helper
+/// thread, the parent's registrations are the parent's, and the parent's
+/// lock may have been held by another thread at the fork (so the child
+/// never touches it).
 fn reactor() -> &'static Reactor {
-    static R: OnceLock<Reactor> = OnceLock::new();
-    R.get_or_init(|| Reactor {
+    static CURRENT: AtomicPtr<Reactor> = AtomicPtr::new(std::ptr::null_mut());
+    let epoch = crate::fork::epoch();
+    let p = CURRENT.load(SyncOrdering::Acquire);
+    // SAFETY: a non-null pointer in CURRENT came from `Box::leak` below
+    // and is never freed.
+    if let Some(r) = unsafe { p.as_ref() } {
+        if r.epoch == epoch {
+            return r;
+        }
+    }
+    let fresh: &'static Reactor = Box::leak(Box::new(Reactor {
         state: Mutex::new(State::default()),
         control: AtomicU32::new(0),
-    })
+        epoch,
+    }));
+    // AcqRel: publishes the fresh reactor (Release) and sees a winner's
+    // (Acquire); pairs with the Acquire load above.
+    match CURRENT.compare_exchange(
+        p,
+        fresh as *const Reactor as *mut Reactor,
+        SyncOrdering::AcqRel,
+        SyncOrdering::Acquire,
+    ) {
+        Ok(_) => fresh,
+        // SAFETY: as above; another thread installed it first (and of this
+        // epoch: fork leaves one thread, so both ran after the fork).
+        Err(winner) => unsafe { &*winner },
+    }
 }
 
 impl Reactor {
     fn lock(&self) -> MutexGuard<'_, State> {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let epoch = crate::fork::epoch();
-        if st.epoch != epoch {
-            // Inherited through fork: the parent's registrations are its
-            // own (their wakers belong to its runtimes), and no helper runs
-            // here.
-            std::mem::forget(std::mem::take(&mut st.groups));
-            *st = State {
-                epoch,
-                ..State::default()
-            };
-        }
-        st
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this is the reactor of the running process (a fork child
+    /// inherits its parent's tokens and registrations: those leave the
+    /// parent's reactor alone).
+    fn current(&self) -> bool {
+        self.epoch == crate::fork::epoch()
     }
 
     /// Lets the helper look again (a registration or a user changed).
@@ -96,19 +118,28 @@ impl Reactor {
 
 /// Held by an endpoint that used async: while any lives, the helper may
 /// keep running (asleep when nothing waits).
-#[derive(Debug)]
-pub(crate) struct User(());
+pub(crate) struct User(&'static Reactor);
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("User")
+    }
+}
 
 impl User {
     pub(crate) fn new() -> Self {
-        reactor().lock().users += 1;
-        User(())
+        let r = reactor();
+        r.lock().users += 1;
+        User(r)
     }
 }
 
 impl Drop for User {
     fn drop(&mut self) {
-        let r = reactor();
+        let r = self.0;
+        if !r.current() {
+            return; // Inherited through fork: the parent's count.
+        }
         let mut st = r.lock();
         st.users = st.users.saturating_sub(1);
         let last = st.users == 0;
@@ -121,24 +152,31 @@ impl Drop for User {
 
 /// A registration: dropping it removes it (the future was cancelled or
 /// has been woken and polls again).
-#[derive(Debug)]
 pub(crate) struct Registration {
+    reactor: &'static Reactor,
     id: u64,
     key: WordKey,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("id", &self.id)
+            .finish()
+    }
 }
 
 impl Registration {
     /// Registers `src`, whose word read `seen` when it was announced, to
     /// wake `waker` when the word moves or the tick finds it ready. Starts
-    /// the helper if it does not run. `None` if no thread could be started
-    /// (the caller then wakes itself after a tick).
+    /// the helper if it does not run. `None` if no thread could be started.
     pub(crate) fn new(src: Arc<dyn Source>, seen: u32, waker: &Waker) -> Option<Self> {
         let r = reactor();
         let mut st = r.lock();
         if !st.running {
             let spawned = std::thread::Builder::new()
                 .name("sfb-async".into())
-                .spawn(run)
+                .spawn(move || run(r))
                 .is_ok();
             if !spawned {
                 return None;
@@ -163,57 +201,73 @@ impl Registration {
             });
         drop(st);
         r.poke();
-        Some(Self { id, key })
+        Some(Self {
+            reactor: r,
+            id,
+            key,
+        })
     }
-}
 
-impl Registration {
     /// Whether the registration still waits (the helper has not woken it);
     /// if so, `waker` is now the one it wakes.
     pub(crate) fn renew(&self, waker: &Waker) -> bool {
-        let mut st = reactor().lock();
+        if !self.reactor.current() {
+            return false;
+        }
+        let mut st = self.reactor.lock();
         let reg = st
             .groups
             .get_mut(&self.key)
             .and_then(|g| g.regs.iter_mut().find(|r| r.id == self.id));
-        match reg {
-            Some(r) => {
-                if !r.waker.will_wake(waker) {
-                    r.waker = waker.clone();
-                }
-                true
-            }
-            None => false,
-        }
+        let old = match reg {
+            None => return false,
+            Some(r) if r.waker.will_wake(waker) => None,
+            Some(r) => Some(std::mem::replace(&mut r.waker, waker.clone())),
+        };
+        drop(st);
+        drop(old); // outside the lock: a waker's drop may take other locks
+        true
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        // Not poked: a registration the helper still waits on only makes
-        // it look once more when its word moves.
-        let mut st = reactor().lock();
-        let mut gone = None;
+        if !self.reactor.current() {
+            return; // Inherited through fork: the parent's.
+        }
+        // What leaves is dropped after the lock: it may hold the last
+        // reference to an endpoint.
+        let mut st = self.reactor.lock();
+        let mut gone: (Option<Reg>, Option<Group>) = (None, None);
+        // Whether the helper's wait holds the leaving endpoint (as its
+        // group's source): then it must look again and let go of it, or
+        // the endpoint would live on until the word next moves.
+        let mut held = false;
         if let Some(g) = st.groups.get_mut(&self.key) {
             if let Some(i) = g.regs.iter().position(|r| r.id == self.id) {
-                gone = Some(g.regs.swap_remove(i));
+                let reg = g.regs.swap_remove(i);
+                held = Arc::ptr_eq(&g.src, &reg.src);
+                if let (true, Some(next)) = (held, g.regs.first()) {
+                    // The group's source must be a registered one: the
+                    // leaving endpoint may be dropped next.
+                    g.src = Arc::clone(&next.src);
+                }
+                gone.0 = Some(reg);
             }
             if g.regs.is_empty() {
-                let g = st.groups.remove(&self.key);
-                drop(st);
-                drop(g); // outside the lock: it may hold the last reference
-                drop(gone);
-                return;
+                gone.1 = st.groups.remove(&self.key);
             }
         }
         drop(st);
         drop(gone);
+        if held {
+            self.reactor.poke();
+        }
     }
 }
 
-/// The helper thread.
-fn run() {
-    let r = reactor();
+/// The helper thread of reactor `r`.
+fn run(r: &'static Reactor) {
     let mut next_tick = Instant::now() + LIVENESS_TICK;
     let mut woken: Vec<Reg> = Vec::new();
     let mut emptied: Vec<Group> = Vec::new();
@@ -233,14 +287,17 @@ fn run() {
         let mut keep: Vec<Arc<dyn Source>> = Vec::with_capacity(st.groups.len());
         let mut empty: Vec<WordKey> = Vec::new();
         for (key, g) in st.groups.iter_mut() {
-            // Once per channel word and tick: its liveness work, and if
-            // that says so, a look at who is ready without the word having
-            // moved.
-            let look = tick && g.src.tick();
+            // Once per channel word and tick: its liveness work; then (every
+            // tick, whatever it found) a look at who is ready without the
+            // word having moved, so that a wait that missed its wake-up in
+            // some race ends within a tick all the same.
+            if tick {
+                g.src.tick();
+            }
             let mut i = 0;
             while i < g.regs.len() {
                 let reg = &g.regs[i];
-                if reg.src.word().load(Ordering::SeqCst) != reg.seen || (look && reg.src.ready()) {
+                if reg.src.word().load(Ordering::SeqCst) != reg.seen || (tick && reg.src.ready()) {
                     woken.push(g.regs.swap_remove(i));
                 } else {
                     i += 1;

@@ -96,7 +96,7 @@ impl<'a> Select<'a> {
     pub fn try_ready(&mut self) -> Option<usize> {
         self.first_ready().or_else(|| {
             for s in &self.sources {
-                let _ = s.tick();
+                s.tick();
             }
             self.first_ready()
         })

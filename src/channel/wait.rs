@@ -138,18 +138,22 @@ impl Throttle {
 }
 
 /// One endpoint's place in a waiter mask: its bit, and how many of its
-/// threads sleep (the bit stays set while any does).
+/// waits (threads, a `Select`, async tasks) are announced (the bit stays
+/// set while any is). The count and the bit change together under a lock
+/// of this process: with two atomics, a wait ending (count to 0) and one
+/// beginning (count from 0) could interleave so that the bit is cleared
+/// under the new wait, which a waker would then never see.
 #[derive(Debug)]
 pub(crate) struct Sleeper {
     bit: u32,
-    threads: AtomicU32,
+    waits: std::sync::Mutex<u32>,
 }
 
 impl Sleeper {
     pub(crate) fn new(index: usize) -> Self {
         Self {
             bit: 1u32 << (index as u32 & 31),
-            threads: AtomicU32::new(0),
+            waits: std::sync::Mutex::new(0),
         }
     }
 
@@ -180,8 +184,12 @@ impl Sleeper {
     /// the announcement. A blocking wait, a [`Select`](crate::Select) and
     /// an async wait all go through here.
     pub(crate) fn announce(&self, word: &AtomicU32, mask: &AtomicU32) -> u32 {
-        if self.threads.fetch_add(1, Ordering::SeqCst) == 0 {
-            mask.fetch_or(self.bit, Ordering::SeqCst);
+        {
+            let mut n = self.waits.lock().unwrap_or_else(|e| e.into_inner());
+            if *n == 0 {
+                mask.fetch_or(self.bit, Ordering::SeqCst);
+            }
+            *n = n.saturating_add(1);
         }
         // Pairs with the waker's SeqCst fence before it reads `mask`:
         // either it sees our bit, or we see its publication in the check
@@ -192,9 +200,9 @@ impl Sleeper {
 
     /// Ends an announcement of [`announce`](Self::announce).
     pub(crate) fn withdraw(&self, mask: &AtomicU32) {
-        // Two threads of one endpoint racing here can clear the bit while
-        // one still sleeps: that one then waits for its timeout (a tick).
-        if self.threads.fetch_sub(1, Ordering::SeqCst) == 1 {
+        let mut n = self.waits.lock().unwrap_or_else(|e| e.into_inner());
+        *n = n.saturating_sub(1);
+        if *n == 0 {
             mask.fetch_and(!self.bit, Ordering::SeqCst);
         }
     }
@@ -221,9 +229,8 @@ pub(crate) trait Source: Send + Sync + std::fmt::Debug {
     fn ready(&self) -> bool;
     /// Liveness work, at most once per [`LIVENESS_TICK`]: dead
     /// participants evicted (what a killed peer held comes back, a killed
-    /// last producer disconnects), which no word announces. Returns whether
-    /// waiters on this word should look whether they are ready now.
-    fn tick(&self) -> bool;
+    /// last producer disconnects), which no word announces.
+    fn tick(&self);
 }
 
 /// A futex word's identity: the channel file's device and inode, and
