@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 
 ctx = mp.get_context("spawn")
 SIZES = [4 << 10, 1 << 20, 64 << 20]
-TRANSPORTS = ["sfb", "queue", "shm", "iceoryx2"]
+TRANSPORTS = ["sfb", "sfb-recv", "queue", "shm", "iceoryx2"]
 
 
 def depth_for(size: int) -> int:
@@ -115,9 +115,17 @@ class Sfb:
 
     @staticmethod
     def receive(state: Any) -> tuple[Any, np.ndarray]:
+        # Busy-polling, as the iceoryx2 consumer below does (its Python
+        # package's subscriber polls `receive()`): the same way of waiting
+        # on both sides. `SfbRecv` is the blocking `recv` a user would call.
         _, rx = state
-        msg = rx.recv(timeout=60)
-        return msg, np.frombuffer(msg, dtype=np.uint8)
+        deadline = time.monotonic() + 60
+        while True:
+            msg = rx.try_recv()
+            if msg is not None:
+                return msg, np.frombuffer(msg, dtype=np.uint8)
+            if time.monotonic() > deadline:
+                raise TimeoutError("sfb: nothing received for 60 s")
 
     @staticmethod
     def done(state: Any, token: Any) -> None:
@@ -133,6 +141,18 @@ class Sfb:
     def close(self, tx: Any) -> None:
         tx.close()
         self.store.close()
+
+
+class SfbRecv(Sfb):
+    """This package with a blocking consumer (`recv`: a short spin, then a
+    futex; the producer then makes a wake-up system call per message the
+    consumer sleeps through)."""
+
+    @staticmethod
+    def receive(state: Any) -> tuple[Any, np.ndarray]:
+        _, rx = state
+        msg = rx.recv(timeout=60)
+        return msg, np.frombuffer(msg, dtype=np.uint8)
 
 
 class Queue:
@@ -298,7 +318,7 @@ class Iceoryx2:
         del state
 
 
-KINDS: dict[str, Any] = {"sfb": Sfb, "queue": Queue, "shm": Shm, "iceoryx2": Iceoryx2}
+KINDS: dict[str, Any] = {"sfb": Sfb, "sfb-recv": SfbRecv, "queue": Queue, "shm": Shm, "iceoryx2": Iceoryx2}
 
 
 # ---------------------------------------------------------------- processes
