@@ -7,19 +7,10 @@
 use crate::chunk::{ChunkRegion, Deactivate, Reserve, Unlocated, Verdict, SEALED_ACTIVATING};
 use crate::clock;
 use crate::error::{BlobError, Result};
+pub(crate) use crate::handle::Loc;
 use crate::hooks::{self, Point};
 use crate::layout::*;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
-
-/// Where an entry is: exactly what a handle carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct Loc {
-    pub id: u32,
-    pub generation: u32,
-    pub offset: u32,
-    pub size: u32,
-    pub timestamp: u64,
-}
 
 /// Fixed parameters of a store, read once when it is opened.
 #[derive(Debug, Clone, Copy)]

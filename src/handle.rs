@@ -1,7 +1,16 @@
 //! The 24-byte handle of a blob in shared mode.
 
 use crate::clock;
-use crate::engine::Loc;
+
+/// Where an entry is: exactly what a handle carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Loc {
+    pub id: u32,
+    pub generation: u32,
+    pub offset: u32,
+    pub size: u32,
+    pub timestamp: u64,
+}
 
 /// Where a blob lives in a shared store: 24 plain bytes that can travel over
 /// any channel (ring buffer, pipe, socket) to any attached process.

@@ -50,11 +50,13 @@
 // The module tree, top-down.
 
 // The facade: the store, its lifecycle thread, statistics, views, writers, handles.
+mod compat;
 mod config;
 mod error;
 mod handle;
-pub mod lifecycle;
-pub mod profiling;
+pub use compat::{lifecycle, profiling};
+mod maintain;
+mod profiler;
 mod stats;
 mod store;
 mod view;
@@ -80,6 +82,7 @@ mod clock;
 pub(crate) mod fork;
 pub mod namespace;
 mod os;
+mod removal;
 mod sync;
 
 // Tools beside the store: read-only inspection, and test and fuzzing aids.

@@ -6,8 +6,8 @@ use crate::channel::{self, ChannelConfig, Publisher, Receiver, Sender, Subscribe
 use crate::config::{BackendMode, Config};
 use crate::error::{BlobError, Result};
 use crate::handle::{BlobHandle, OverflowHandle};
-use crate::lifecycle::Maintain;
-use crate::profiling::Profiler;
+use crate::maintain::Maintain;
+use crate::profiler::Profiler;
 use crate::stats::BlobStats;
 use crate::view::BlobView;
 use crate::writer::Writer;

@@ -5,7 +5,7 @@ use crate::backend::shared::{HeldChunk, SharedBackend};
 use crate::engine::Loc;
 use crate::error::Result;
 use crate::handle::OverflowHandle;
-use crate::profiling::Profiler;
+use crate::profiler::Profiler;
 
 /// One thread's context for appends and acknowledgements in a shared store
 /// (from [`PinnedBlobStore::writer`](crate::PinnedBlobStore::writer)).

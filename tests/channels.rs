@@ -1053,9 +1053,16 @@ fn a_receiver_killed_while_asleep_leaves_no_waiter_bit_behind() {
     let tx = store.sender("w").unwrap();
     let mut rx = peer("idle-receiver", &ns, "w", &[]);
     rx.expect("ready");
+    // The header word only (the file is the default ring's, hundreds of
+    // MiB of address space: reading it whole took seconds under load).
     let waiters = || {
-        let b = std::fs::read(&path).unwrap();
-        u32::from_le_bytes(b[260..264].try_into().unwrap())
+        use std::os::unix::fs::FileExt;
+        let mut b = [0u8; 4];
+        std::fs::File::open(&path)
+            .unwrap()
+            .read_exact_at(&mut b, 260)
+            .unwrap();
+        u32::from_le_bytes(b)
     };
     let t = Instant::now();
     while waiters() == 0 {

@@ -13,11 +13,12 @@ use crate::fork;
 use crate::handle::OverflowHandle;
 use crate::hooks::{self, Point};
 use crate::layout::*;
-use crate::lifecycle::Maintain;
+use crate::maintain::ChunkTotals;
+use crate::maintain::Maintain;
 use crate::namespace;
 use crate::os::{self, Mapping};
-use crate::profiling::ChunkTotals;
 use crate::registry::{self, Claim, Registry};
+use crate::removal::remove_data_files;
 use crate::stats::BlobStats;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::table::{ChunkTable, Keyed};
@@ -1436,98 +1437,6 @@ fn remove_namespace(dir: &Path, ns: &str, force: bool) -> Result<usize> {
         file: path,
         detail: "the control block keeps being replaced during cleanup".into(),
     })
-}
-
-/// The incarnation recorded in a chunk file's header, or `None` if the file
-/// is too short or has no chunk magic (junk, or a file still being made).
-fn chunk_file_incarnation(path: &Path) -> Option<u64> {
-    let file = os::open_rw(path).ok()?;
-    let mut head = [0u8; 88];
-    if os::read_prefix(&file, &mut head, path).ok()? < 88 {
-        return None;
-    }
-    if u64::from_le_bytes(head[0..8].try_into().ok()?) != CHUNK_MAGIC {
-        return None;
-    }
-    Some(u64::from_le_bytes(head[80..88].try_into().ok()?))
-}
-
-/// The tag key of the control block `ns` has now, if it has a readable one.
-fn current_key(dir: &Path, ns: &str) -> Option<u64> {
-    let path = dir.join(ctrl_file_name(ns));
-    let file = os::open_rw(&path).ok()?;
-    let mut head = [0u8; 48];
-    if os::read_prefix(&file, &mut head, &path).ok()? < 48
-        || u64::from_le_bytes(head[0..8].try_into().ok()?) != CTRL_MAGIC
-    {
-        return None;
-    }
-    Some(u64::from_le_bytes(head[40..48].try_into().ok()?))
-}
-
-/// Unlinks the chunk files and the channel files of `ns` (selection as in
-/// [`remove_chunk_files`]); returns how many.
-fn remove_data_files(dir: &Path, ns: &str, key: Option<u64>, keep_key: bool) -> Result<usize> {
-    Ok(remove_chunk_files(dir, ns, key, keep_key)?
-        + crate::channel::remove_channel_files(dir, ns, key, keep_key)?)
-}
-
-/// Unlinks chunk files of `ns`. With `key` and `!keep_key`: the files of
-/// that incarnation. With `key` and `keep_key`: every other incarnation's
-/// (a new creator clearing orphans). Without `key`: every file no current
-/// control block claims. Unrecognisable files go only while no control
-/// block exists (with one, they may be chunk files still being made).
-fn remove_chunk_files(dir: &Path, ns: &str, key: Option<u64>, keep_key: bool) -> Result<usize> {
-    let ctrl_exists = dir.join(ctrl_file_name(ns)).exists();
-    remove_files_of(
-        dir,
-        ns,
-        key,
-        keep_key,
-        |name| match parse_file_name(name) {
-            Some(FileKind::Chunk { ns, .. }) => Some(ns),
-            _ => None,
-        },
-        chunk_file_incarnation,
-        |regular| regular && !ctrl_exists,
-    )
-}
-
-/// Unlinks files of namespace `ns` of one kind: `ns_of` says whether a name
-/// is of that kind (and its namespace), `key_of` reads the incarnation a
-/// file records, `unreadable` decides for a file without one (given whether
-/// it is a regular file). Selection by `key` and `keep_key` as in
-/// [`remove_chunk_files`]. Every unlink checks that the name still names the
-/// file judged.
-pub(crate) fn remove_files_of(
-    dir: &Path,
-    ns: &str,
-    key: Option<u64>,
-    keep_key: bool,
-    ns_of: impl Fn(&str) -> Option<String>,
-    key_of: impl Fn(&Path) -> Option<u64>,
-    unreadable: impl Fn(bool) -> bool,
-) -> Result<usize> {
-    let mut removed = 0;
-    for name in os::list_dir(dir)? {
-        if ns_of(&name).as_deref() != Some(ns) {
-            continue;
-        }
-        let path = dir.join(&name);
-        let Some((ident, regular)) = os::path_identity(&path) else {
-            continue;
-        };
-        let remove = match (key_of(&path), key) {
-            (None, _) => unreadable(regular),
-            (Some(inc), Some(k)) => (inc == k) != keep_key,
-            (Some(inc), None) => current_key(dir, ns) != Some(inc),
-        };
-        // Unlink only if the name still names the file we judged.
-        if remove && os::path_identity(&path).map(|(i, _)| i) == Some(ident) && os::unlink(&path)? {
-            removed += 1;
-        }
-    }
-    Ok(removed)
 }
 
 #[cfg(all(test, not(loom)))]

@@ -268,6 +268,7 @@ impl Consumer {
 
     /// Whether `try_recv` would return something other than `Empty` now
     /// (a message, or an error to report): loads only, no system call.
+    #[cfg_attr(loom, allow(dead_code))]
     fn would_not_wait(&self) -> bool {
         self.chan.inherited()
             || self.lock().held >= self.max_held
@@ -537,7 +538,7 @@ impl std::fmt::Debug for Message {
 }
 
 macro_rules! consumer_endpoint {
-    ($name:ident, $what:literal, $open_pair:literal) => {
+    ($name:ident, $what:literal) => {
         #[doc = concat!("The consuming end of a ", $what, " (see the [module docs](crate::channel)).")]
         ///
         /// `Send + Sync`; dropping it (or the process dying) leaves the
@@ -546,7 +547,7 @@ macro_rules! consumer_endpoint {
         pub struct $name {
             inner: Arc<Consumer>,
             #[cfg(all(feature = "async", not(loom)))]
-            async_part: super::future::AsyncPart,
+            async_part: super::reactor::AsyncPart,
         }
 
         impl $name {
@@ -558,8 +559,14 @@ macro_rules! consumer_endpoint {
                 }
             }
 
+            #[cfg_attr(loom, allow(dead_code))]
             pub(crate) fn inner(&self) -> &Arc<Consumer> {
                 &self.inner
+            }
+
+            #[cfg(all(feature = "async", not(loom)))]
+            pub(crate) fn async_part(&self) -> &super::reactor::AsyncPart {
+                &self.async_part
             }
 
             /// Waits for the next message. [`RecvError::Disconnected`] once
@@ -624,57 +631,6 @@ macro_rules! consumer_endpoint {
             pub fn name(&self) -> &str {
                 self.inner.name()
             }
-
-            /// Waits for the next message without blocking the thread: the
-            /// async form of [`recv`](Self::recv), for any executor (feature
-            /// `async`). One helper thread per process sleeps on the futex
-            /// words of every async endpoint waiting, and wakes their tasks.
-            ///
-            /// Cancel-safe: a future dropped before it is ready has received
-            /// nothing, so no message is lost.
-            ///
-            /// ```
-            /// # use stable_fragmented_buffer::*;
-            #[doc = concat!("# let ns = format!(\"sfbdoc-ra-", stringify!($name), "-{}\", std::process::id());")]
-            /// let store = PinnedBlobStore::new_shared(Config::default(), &ns, 1 << 20)?;
-            #[doc = $open_pair]
-            /// let waiter = std::thread::spawn(move || {
-            ///     smol::block_on(async { rx.recv_async().await.map(|m| m.to_vec()) })
-            /// });
-            /// tx.send(b"hello")?;
-            /// assert_eq!(waiter.join().unwrap()?, b"hello");
-            /// # Ok::<(), Box<dyn std::error::Error>>(())
-            /// ```
-            #[cfg(all(feature = "async", not(loom)))]
-            pub fn recv_async(&self) -> super::future::RecvFuture {
-                super::future::RecvFuture::new(&self.inner, &self.async_part)
-            }
-
-            /// The messages as an async [`Stream`](futures_core::Stream)
-            /// (feature `async`): each message as it comes; `Lagged`,
-            /// `Expired` and `TooManyHeld` as `Err` items; the end once no
-            /// producer is alive and everything sent was received.
-            ///
-            /// ```
-            /// # use stable_fragmented_buffer::*;
-            /// use smol::stream::StreamExt;
-            #[doc = concat!("# let ns = format!(\"sfbdoc-st-", stringify!($name), "-{}\", std::process::id());")]
-            /// let store = PinnedBlobStore::new_shared(Config::default(), &ns, 1 << 20)?;
-            #[doc = $open_pair]
-            /// for word in [&b"one"[..], b"two"] {
-            ///     tx.send(word)?;
-            /// }
-            /// drop(tx); // the end of the stream, once drained
-            /// let got: Vec<Vec<u8>> = smol::block_on(async {
-            ///     rx.stream().map(|m| m.unwrap().to_vec()).collect().await
-            /// });
-            /// assert_eq!(got, [b"one".to_vec(), b"two".to_vec()]);
-            /// # Ok::<(), Box<dyn std::error::Error>>(())
-            /// ```
-            #[cfg(all(feature = "async", not(loom)))]
-            pub fn stream(&self) -> super::future::RecvStream {
-                super::future::RecvStream::new(&self.inner, &self.async_part)
-            }
         }
 
         impl<'a> IntoIterator for &'a $name {
@@ -687,16 +643,8 @@ macro_rules! consumer_endpoint {
     };
 }
 
-consumer_endpoint!(
-    Subscriber,
-    "broadcast channel",
-    "let (rx, tx) = (store.subscriber(\"news\")?, store.publisher(\"news\")?);"
-);
-consumer_endpoint!(
-    Receiver,
-    "work queue",
-    "let (rx, tx) = (store.receiver(\"jobs\")?, store.sender(\"jobs\")?);"
-);
+consumer_endpoint!(Subscriber, "broadcast channel");
+consumer_endpoint!(Receiver, "work queue");
 
 /// Blocking iterator over the messages of a [`Subscriber`] or [`Receiver`].
 #[derive(Debug)]

@@ -75,6 +75,7 @@ pub(crate) struct ChanFile {
     /// Device and inode of the file: endpoints of one channel in one
     /// process map it apart, and a waiter on many of them waits on its
     /// futex words once.
+    #[cfg_attr(loom, allow(dead_code))]
     pub identity: (u64, u64),
     // Declared before `file`: unregistered before the descriptor closes.
     _fork: fork::ForkGuard,
@@ -533,43 +534,4 @@ pub(crate) fn read_identity(
         });
     }
     Ok((kind, geo, policy))
-}
-
-/// The store incarnation recorded in a channel file, if readable.
-fn channel_file_key(path: &Path) -> Option<u64> {
-    let file = os::open_ro(path).ok()?;
-    let mut head = [0u8; 32];
-    if os::read_prefix(&file, &mut head, path).ok()? < 32 {
-        return None;
-    }
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&head[0..8]);
-    if u64::from_le_bytes(b) != CHAN_MAGIC {
-        return None;
-    }
-    b.copy_from_slice(&head[24..32]);
-    Some(u64::from_le_bytes(b))
-}
-
-/// Unlinks channel files of `ns`, with the same selection as the chunk
-/// files: with `key` and `!keep_key` that incarnation's; with `key` and
-/// `keep_key` every other incarnation's; without `key` every file that no
-/// current control block claims. A channel file is never visible half-made
-/// (it is linked complete), so one without a readable identity is junk.
-/// Returns how many were removed.
-pub(crate) fn remove_channel_files(
-    dir: &Path,
-    ns: &str,
-    key: Option<u64>,
-    keep_key: bool,
-) -> Result<usize> {
-    crate::backend::shared::remove_files_of(
-        dir,
-        ns,
-        key,
-        keep_key,
-        |name| parse_channel_file_name(name).map(|(ns, _)| ns),
-        channel_file_key,
-        |regular| regular,
-    )
 }

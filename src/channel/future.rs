@@ -10,27 +10,16 @@
 //! received nothing, and a send either returned `Ready` having sent, or
 //! sent nothing.
 
+use super::consumer::{Message, Receiver, Subscriber};
+use super::error::SendError;
 use super::error::{RecvError, TryRecvError, TrySendError};
-use super::reactor::{Registration, User};
+use super::producer::{Publisher, Sender};
+use super::reactor::{AsyncPart, Registration};
 use super::wait::Source;
-use super::{Message, SendError};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-
-/// An endpoint's part in async: its token for the helper, taken on first
-/// use.
-#[derive(Debug, Default)]
-pub(crate) struct AsyncPart {
-    user: OnceLock<User>,
-}
-
-impl AsyncPart {
-    pub(crate) fn enter(&self) {
-        self.user.get_or_init(User::new);
-    }
-}
 
 /// A future's wait: announced in the mask, and registered with the helper.
 #[derive(Debug)]
@@ -105,8 +94,8 @@ fn received(r: Result<Message, TryRecvError>) -> Option<Result<Message, RecvErro
     }
 }
 
-/// The future of `recv_async` on a [`Subscriber`](super::Subscriber) or a
-/// [`Receiver`](super::Receiver). Cancel-safe: dropped before it is ready,
+/// The future of `recv_async` on a [`Subscriber`] or a
+/// [`Receiver`]. Cancel-safe: dropped before it is ready,
 /// it has received nothing. Once it returned `Ready`, polling it again
 /// returns `Pending` (it never receives twice).
 #[derive(Debug)]
@@ -153,8 +142,8 @@ impl Future for RecvFuture {
     }
 }
 
-/// The stream of `stream()` on a [`Subscriber`](super::Subscriber) or a
-/// [`Receiver`](super::Receiver): each message as it comes, the errors
+/// The stream of `stream()` on a [`Subscriber`] or a
+/// [`Receiver`]: each message as it comes, the errors
 /// that do not end a receive (`Lagged`, `Expired`, `TooManyHeld`) as `Err`
 /// items, and the end when the channel is disconnected and drained.
 #[derive(Debug)]
@@ -197,8 +186,8 @@ impl futures_core::FusedStream for RecvStream {
     }
 }
 
-/// The future of `send_async` on a [`Publisher`](super::Publisher) or a
-/// [`Sender`](super::Sender). Cancel-safe: dropped before it is ready, it
+/// The future of `send_async` on a [`Publisher`] or a
+/// [`Sender`]. Cancel-safe: dropped before it is ready, it
 /// has sent nothing. A message larger than the ring's inline capacity is
 /// appended to the store once, on the first try; if the future is dropped
 /// before it is placed, the store entry is given back.
@@ -269,3 +258,120 @@ impl Drop for SendFuture<'_> {
         }
     }
 }
+
+// The endpoints' async methods (here, so that the endpoints' files know
+// nothing of futures).
+
+macro_rules! consumer_async {
+    ($name:ident, $open_pair:literal) => {
+        impl $name {
+            /// Waits for the next message without blocking the thread: the
+            /// async form of [`recv`](Self::recv), for any executor (feature
+            /// `async`). One helper thread per process sleeps on the futex
+            /// words of every async endpoint waiting, and wakes their tasks.
+            ///
+            /// Cancel-safe: a future dropped before it is ready has received
+            /// nothing, so no message is lost.
+            ///
+            /// ```
+            /// # use stable_fragmented_buffer::*;
+            #[doc = concat!("# let ns = format!(\"sfbdoc-ra-", stringify!($name), "-{}\", std::process::id());")]
+            /// let store = PinnedBlobStore::new_shared(Config::default(), &ns, 1 << 20)?;
+            #[doc = $open_pair]
+            /// let waiter = std::thread::spawn(move || {
+            ///     smol::block_on(async { rx.recv_async().await.map(|m| m.to_vec()) })
+            /// });
+            /// tx.send(b"hello")?;
+            /// assert_eq!(waiter.join().unwrap()?, b"hello");
+            /// # Ok::<(), Box<dyn std::error::Error>>(())
+            /// ```
+            pub fn recv_async(&self) -> RecvFuture {
+                RecvFuture::new(self.inner(), self.async_part())
+            }
+
+            /// The messages as an async [`Stream`](futures_core::Stream)
+            /// (feature `async`): each message as it comes; `Lagged`,
+            /// `Expired` and `TooManyHeld` as `Err` items; the end once no
+            /// producer is alive and everything sent was received.
+            ///
+            /// ```
+            /// # use stable_fragmented_buffer::*;
+            /// use smol::stream::StreamExt;
+            #[doc = concat!("# let ns = format!(\"sfbdoc-st-", stringify!($name), "-{}\", std::process::id());")]
+            /// let store = PinnedBlobStore::new_shared(Config::default(), &ns, 1 << 20)?;
+            #[doc = $open_pair]
+            /// for word in [&b"one"[..], b"two"] {
+            ///     tx.send(word)?;
+            /// }
+            /// drop(tx); // the end of the stream, once drained
+            /// let got: Vec<Vec<u8>> = smol::block_on(async {
+            ///     rx.stream().map(|m| m.unwrap().to_vec()).collect().await
+            /// });
+            /// assert_eq!(got, [b"one".to_vec(), b"two".to_vec()]);
+            /// # Ok::<(), Box<dyn std::error::Error>>(())
+            /// ```
+            pub fn stream(&self) -> RecvStream {
+                RecvStream::new(self.inner(), self.async_part())
+            }
+        }
+    };
+}
+
+consumer_async!(
+    Subscriber,
+    "let (rx, tx) = (store.subscriber(\"news\")?, store.publisher(\"news\")?);"
+);
+consumer_async!(
+    Receiver,
+    "let (rx, tx) = (store.receiver(\"jobs\")?, store.sender(\"jobs\")?);"
+);
+
+macro_rules! producer_async {
+    ($name:ident, $open_pair:literal) => {
+        impl $name {
+            /// Sends `data`, waiting for room without blocking the thread:
+            /// the async form of [`send`](Self::send), for any executor
+            /// (feature `async`). The data is copied when the message is
+            /// placed.
+            ///
+            /// Cancel-safe: a future dropped before it is ready has sent
+            /// nothing; one that returned `Ok` has sent.
+            ///
+            /// ```
+            /// # use stable_fragmented_buffer::*;
+            #[doc = concat!("# let ns = format!(\"sfbdoc-sa-", stringify!($name), "-{}\", std::process::id());")]
+            /// let store = PinnedBlobStore::new_shared(Config::default(), &ns, 1 << 20)?;
+            #[doc = $open_pair]
+            /// smol::block_on(tx.send_async(b"hello"))?;
+            /// assert_eq!(&*rx.recv()?, b"hello");
+            /// # Ok::<(), Box<dyn std::error::Error>>(())
+            /// ```
+            pub fn send_async<'a>(&self, data: &'a [u8]) -> SendFuture<'a> {
+                {
+                    let (p, part) = self.async_parts();
+                    SendFuture::new(p, data.into(), part)
+                }
+            }
+
+            /// [`send_async`](Self::send_async) of a buffer the future owns
+            /// (for bindings whose buffers cannot be borrowed across a
+            /// wait).
+            #[doc(hidden)]
+            pub fn send_async_owned(&self, data: Vec<u8>) -> SendFuture<'static> {
+                {
+                    let (p, part) = self.async_parts();
+                    SendFuture::new(p, data.into(), part)
+                }
+            }
+        }
+    };
+}
+
+producer_async!(
+    Publisher,
+    "let (rx, tx) = (store.subscriber(\"news\")?, store.publisher(\"news\")?);"
+);
+producer_async!(
+    Sender,
+    "let (rx, tx) = (store.receiver(\"jobs\")?, store.sender(\"jobs\")?);"
+);

@@ -81,8 +81,8 @@ pub use producer::{Loan, Publisher, Sender};
 #[cfg(not(loom))]
 pub use select::{Select, Selectable};
 
+pub(crate) use inspect::inspect_channel;
 pub use inspect::{ChannelReport, Eviction, HeldBack, ParticipantReport};
-pub(crate) use {file::remove_channel_files, inspect::inspect_channel};
 
 use crate::backend::shared::StoreLink;
 use crate::error::{BlobError, Result};

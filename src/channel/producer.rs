@@ -453,6 +453,7 @@ impl Producer {
     /// only, into `staged`; later attempts place just its handle (so a
     /// wait for room does not copy the message again at each wake-up). A
     /// caller that gives up hands `staged` to [`unstage`](Self::unstage).
+    #[cfg(all(feature = "async", not(loom)))]
     pub(crate) fn try_send_staged(
         &self,
         data: &[u8],
@@ -477,6 +478,7 @@ impl Producer {
 
     /// Gives back a message [`try_send_staged`](Self::try_send_staged)
     /// appended and never sent.
+    #[cfg(all(feature = "async", not(loom)))]
     pub(crate) fn unstage(&self, handle: OverflowHandle) {
         self.store.acknowledge(&handle);
     }
@@ -719,7 +721,7 @@ impl Drop for Producer {
 }
 
 macro_rules! producer_endpoint {
-    ($name:ident, $what:literal, $peer:literal, $open_pair:literal) => {
+    ($name:ident, $what:literal, $peer:literal) => {
         #[doc = concat!("The producing end of a ", $what, " (see the [module docs](crate::channel)).")]
         ///
         /// Cheap to share between threads (`Send + Sync`); dropping it (or
@@ -728,7 +730,7 @@ macro_rules! producer_endpoint {
         pub struct $name {
             inner: Arc<Producer>,
             #[cfg(all(feature = "async", not(loom)))]
-            async_part: super::future::AsyncPart,
+            async_part: super::reactor::AsyncPart,
         }
 
         impl $name {
@@ -740,36 +742,11 @@ macro_rules! producer_endpoint {
                 }
             }
 
-            /// Sends `data`, waiting for room without blocking the thread:
-            /// the async form of [`send`](Self::send), for any executor
-            /// (feature `async`). The data is copied when the message is
-            /// placed.
-            ///
-            /// Cancel-safe: a future dropped before it is ready has sent
-            /// nothing; one that returned `Ok` has sent.
-            ///
-            /// ```
-            /// # use stable_fragmented_buffer::*;
-            #[doc = concat!("# let ns = format!(\"sfbdoc-sa-", stringify!($name), "-{}\", std::process::id());")]
-            /// let store = PinnedBlobStore::new_shared(Config::default(), &ns, 1 << 20)?;
-            #[doc = $open_pair]
-            /// smol::block_on(tx.send_async(b"hello"))?;
-            /// assert_eq!(&*rx.recv()?, b"hello");
-            /// # Ok::<(), Box<dyn std::error::Error>>(())
-            /// ```
             #[cfg(all(feature = "async", not(loom)))]
-            pub fn send_async<'a>(&self, data: &'a [u8]) -> super::future::SendFuture<'a> {
-                super::future::SendFuture::new(&self.inner, data.into(), &self.async_part)
+            pub(crate) fn async_parts(&self) -> (&Arc<Producer>, &super::reactor::AsyncPart) {
+                (&self.inner, &self.async_part)
             }
 
-            /// [`send_async`](Self::send_async) of a buffer the future owns
-            /// (for bindings whose buffers cannot be borrowed across a
-            /// wait).
-            #[doc(hidden)]
-            #[cfg(all(feature = "async", not(loom)))]
-            pub fn send_async_owned(&self, data: Vec<u8>) -> super::future::SendFuture<'static> {
-                super::future::SendFuture::new(&self.inner, data.into(), &self.async_part)
-            }
 
             /// Sends `data`, blocking while the channel is full. Messages up
             /// to [`inline_capacity`](Self::inline_capacity) bytes travel in
@@ -898,18 +875,8 @@ macro_rules! producer_endpoint {
     };
 }
 
-producer_endpoint!(
-    Publisher,
-    "broadcast channel",
-    "subscriber",
-    "let (rx, tx) = (store.subscriber(\"news\")?, store.publisher(\"news\")?);"
-);
-producer_endpoint!(
-    Sender,
-    "work queue",
-    "receiver",
-    "let (rx, tx) = (store.receiver(\"jobs\")?, store.sender(\"jobs\")?);"
-);
+producer_endpoint!(Publisher, "broadcast channel", "subscriber");
+producer_endpoint!(Sender, "work queue", "receiver");
 
 /// A message being written in place, in shared memory
 /// (`DerefMut<Target = [u8]>`); see [`Publisher::loan`].

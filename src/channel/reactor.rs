@@ -22,7 +22,7 @@ use super::wait::{self, Source, WordKey, LIVENESS_TICK};
 use crate::sync::{AtomicU32, Ordering};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicPtr, Ordering as SyncOrdering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
@@ -113,6 +113,19 @@ impl Reactor {
     fn poke(&self) {
         self.control.fetch_add(1, Ordering::SeqCst);
         crate::os::futex_wake_all(&self.control);
+    }
+}
+
+/// An endpoint's part in async: its token for the helper, taken on first
+/// use.
+#[derive(Debug, Default)]
+pub(crate) struct AsyncPart {
+    user: OnceLock<User>,
+}
+
+impl AsyncPart {
+    pub(crate) fn enter(&self) {
+        self.user.get_or_init(User::new);
     }
 }
 

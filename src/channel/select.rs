@@ -7,8 +7,8 @@
 //! a blocking receive has too (a killed producer announces nothing).
 
 use super::consumer::Consumer;
+use super::consumer::{Receiver, Subscriber};
 use super::wait::{self, Source, WordKey, LIVENESS_TICK};
-use super::{Receiver, Subscriber};
 use crate::sync::AtomicU32;
 use std::time::{Duration, Instant};
 
@@ -26,8 +26,8 @@ pub struct Waitable<'a>(&'a Consumer);
 
 mod sealed {
     pub trait Sealed {}
-    impl Sealed for super::Subscriber {}
-    impl Sealed for super::Receiver {}
+    impl Sealed for crate::channel::consumer::Subscriber {}
+    impl Sealed for crate::channel::consumer::Receiver {}
 }
 
 impl Selectable for Subscriber {

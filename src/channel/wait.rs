@@ -212,6 +212,7 @@ impl Sleeper {
 /// a consumer waiting for a message, or a producer for space. A
 /// [`Select`](crate::Select) and the async helper wait on many of them at
 /// once, through their words.
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) trait Source: Send + Sync + std::fmt::Debug {
     /// Announces a waiter (see [`Sleeper::announce`]); returns the value of
     /// the futex word to sleep on.
@@ -255,6 +256,7 @@ pub(crate) fn wait_any(words: &[(&AtomicU32, u32)], timeout: Duration) {
 }
 
 /// How often words a `futex_waitv` cannot take are looked at.
+#[cfg(not(loom))]
 pub(crate) const POLL_SLICE: Duration = Duration::from_millis(1);
 
 /// `FUTEX_WAIT` on a shared word. Under loom, a wait with no timeout:

@@ -2,22 +2,12 @@
 //! target weakly (so it never keeps a store alive), stops by itself when the
 //! store is dropped, and can be stopped and joined explicitly.
 
-use crate::profiling::ChunkTotals;
+pub use crate::maintain::Maintain;
 use crate::store::PinnedBlobStore;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
-
-/// Something whose chunks a lifecycle thread can reclaim.
-pub trait Maintain: Send + Sync {
-    /// One reclamation pass; returns the number of chunks reclaimed.
-    fn maintain(&self) -> usize;
-    /// Its chunk totals (for the profiler's report).
-    fn totals(&self) -> ChunkTotals {
-        ChunkTotals::default()
-    }
-}
 
 /// Runs reclamation passes on one store (held weakly) and counts them.
 pub struct LifecycleManager {

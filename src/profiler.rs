@@ -1,7 +1,8 @@
 //! The profiler: operation counters (opt-in), chunk totals, and the
-//! original crate's `ProfileStats` report.
+//! original crate's `ProfileStats` report. The public module `profiling`
+//! (the original crate's path) re-exports it.
 
-use crate::lifecycle::Maintain;
+use crate::maintain::Maintain;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{OnceLock, Weak};
 use std::time::Instant;
@@ -95,17 +96,6 @@ impl ProfileStats {
             .checked_div(self.total_reads)
             .unwrap_or(0)
     }
-}
-
-/// A store's chunk totals, as its profiler reads them.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ChunkTotals {
-    /// Chunks in existence now.
-    pub live: u64,
-    /// Chunks released so far.
-    pub released: u64,
-    /// Size of a standard chunk.
-    pub chunk_size: u64,
 }
 
 /// What a [`Profiler`] counted.
