@@ -1186,3 +1186,22 @@ fn endpoints_are_send_and_sync_and_messages_are_send() {
     firsts.sort_unstable();
     assert_eq!(firsts, (0..8).collect::<Vec<u8>>());
 }
+
+/// A message names the producer record that published it: two publishers
+/// of one channel are told apart (a bridge drops what its own imports put
+/// in), and `record()` is what the message says.
+#[test]
+fn a_message_names_the_producer_record_that_published_it() {
+    let ns = Ns::new("chrecord");
+    let store = shared(&ns);
+    let sub = store.subscriber("r").unwrap();
+    let (a, b) = (store.publisher("r").unwrap(), store.publisher("r").unwrap());
+    assert_ne!(a.record(), b.record());
+    a.send(b"a").unwrap();
+    b.send(b"b").unwrap();
+    a.send(b"a").unwrap();
+    for want in [&a, &b, &a] {
+        let m = sub.recv().unwrap();
+        assert_eq!(m.producer_record(), Some(want.record()), "{:?}", &*m);
+    }
+}

@@ -197,6 +197,7 @@ impl Consumer {
                 seq: held.seq,
                 slot: held.slot,
                 delivered: held.delivered,
+                producer: held.producer,
             },
         })
     }
@@ -453,6 +454,8 @@ struct Release {
     slot: u32,
     /// Times the message was handed out before.
     delivered: u32,
+    /// Producer record that published it (`NO_PRODUCER`: not known).
+    producer: u32,
 }
 
 impl Drop for Release {
@@ -511,6 +514,16 @@ impl Message {
     /// earlier receivers died holding it). 0 for a first delivery.
     pub fn redelivered(&self) -> u32 {
         self.release.delivered
+    }
+
+    /// The participant record of the producer that published it, as
+    /// [`Publisher::record`](crate::Publisher::record) and `sfb stat` number
+    /// them (0 to 31); `None` for a job redelivered after its receiver
+    /// died (its publisher is no longer recorded). A process that both
+    /// produces and consumes on one channel (a bridge to another host)
+    /// tells its own messages from others' with it.
+    pub fn producer_record(&self) -> Option<u32> {
+        (self.release.producer != super::ring::NO_PRODUCER).then_some(self.release.producer)
     }
 }
 

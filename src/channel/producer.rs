@@ -748,6 +748,13 @@ macro_rules! producer_endpoint {
             }
 
 
+            /// This producer's participant record in the channel (0 to 31):
+            /// what [`Message::producer_record`](crate::Message::producer_record)
+            /// says of the messages it sent.
+            pub fn record(&self) -> u32 {
+                self.inner.me()
+            }
+
             /// Sends `data`, blocking while the channel is full. Messages up
             /// to [`inline_capacity`](Self::inline_capacity) bytes travel in
             /// the ring slot; larger ones are appended to the store and

@@ -71,8 +71,8 @@ pub(crate) enum NoSlot {
 /// What a consumer finds at a sequence number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Read {
-    /// A message, in pool slot `slot`.
-    Ready { slot: u32 },
+    /// A message, in pool slot `slot`, published by producer record `owner`.
+    Ready { slot: u32, owner: u32 },
     /// An entry its dead producer never published; pass over it.
     Skipped,
     /// Claimed by producer `owner`, not yet published.
@@ -96,7 +96,13 @@ pub(crate) struct Held {
     pub flags: u32,
     /// Times handed out before.
     pub delivered: u32,
+    /// Producer record that published it ([`NO_PRODUCER`] if not known).
+    pub producer: u32,
 }
+
+/// `Held::producer` of a message whose publisher is not known (a requeued
+/// job: its entry was freed long ago).
+pub(crate) const NO_PRODUCER: u32 = u32::MAX;
 
 /// What a queue receiver's take found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -714,7 +720,10 @@ impl Ring {
             TAG_READY => {
                 let slot = entry.slot.load(Ordering::Relaxed);
                 if self.in_pool(slot) {
-                    Read::Ready { slot }
+                    Read::Ready {
+                        slot,
+                        owner: state_owner(w),
+                    }
                 } else {
                     Read::Skipped
                 }
@@ -727,11 +736,12 @@ impl Ring {
         }
     }
 
-    fn held(&self, seq: u64, b: u32) -> Held {
+    fn held(&self, seq: u64, b: u32, producer: u32) -> Held {
         let slot = self.slot(b);
         Held {
             seq,
             slot: b,
+            producer,
             len: slot.len.load(Ordering::Relaxed),
             flags: slot.flags.load(Ordering::Relaxed),
             delivered: slot.delivered.load(Ordering::Relaxed),
@@ -759,7 +769,7 @@ impl Ring {
                 at: frontier().max(seq.wrapping_add(1)),
             },
             Read::Skipped => Next::Pass,
-            Read::Ready { slot: b } => {
+            Read::Ready { slot: b, owner } => {
                 let bit = owners_holder(me);
                 // AcqRel: Acquire pairs with the publisher's Release store
                 // of the owners word; our bit keeps the slot from being freed.
@@ -768,7 +778,7 @@ impl Ring {
                 if before & OWNER_RING_MASK == owners_in_ring(seq)
                     && self.slot(b).seq.load(Ordering::Relaxed) == seq
                 {
-                    return Next::Got(self.held(seq, b));
+                    return Next::Got(self.held(seq, b, owner));
                 }
                 // The entry was passed (and maybe the slot reused) between
                 // our read and our bit: undo the bit. If the slot had owners
@@ -824,7 +834,7 @@ impl Ring {
                     .compare_exchange(t, to, Ordering::SeqCst, Ordering::Relaxed);
             };
             match self.read(t) {
-                Read::Ready { slot: b } => {
+                Read::Ready { slot: b, owner } => {
                     let slot = self.slot(b);
                     // Acquire: pairs with the publisher's Release store.
                     let w = slot.owners.load(Ordering::Acquire);
@@ -844,7 +854,7 @@ impl Ring {
                             .is_ok()
                         {
                             step(t.wrapping_add(1));
-                            return Take::Taken(self.held(t, b));
+                            return Take::Taken(self.held(t, b, owner));
                         }
                     } else {
                         // Taken by another receiver that has not moved the
@@ -899,7 +909,8 @@ impl Ring {
                     .requeued
                     .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
                 let seq = slot.seq.load(Ordering::Relaxed);
-                return Some(self.held(seq, b));
+                // Requeued: its entry (and who published it) is long gone.
+                return Some(self.held(seq, b, NO_PRODUCER));
             }
         }
         // None left: a requeue that lands after this scan counts itself
@@ -1834,7 +1845,7 @@ mod tests {
         // Seq 0: out of the ring and free, entry still READY.
         r.out_of_ring(b0, 0, &mut no_ack());
         assert_eq!(r.slot(b0).owners.load(Ordering::SeqCst), 0);
-        assert_eq!(r.read(0), Read::Ready { slot: b0 });
+        assert_eq!(r.read(0), Read::Ready { slot: b0, owner: 0 });
         assert_eq!(r.next(0, 0, &mut no_ack()), Next::Lagged { at: 1 });
         assert_eq!(
             r.slot(b0).owners.load(Ordering::SeqCst),
