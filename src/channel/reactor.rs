@@ -329,12 +329,22 @@ fn run(r: &'static Reactor) {
         }
         emptied.extend(empty.iter().filter_map(|k| st.groups.remove(k)));
         let idle = st.groups.is_empty();
+        // The scan may have emptied the last group after the last endpoint
+        // left: then nothing will poke the helper again, so it ends now
+        // (the registrations it woke drop nothing of it).
+        let end = idle && st.users == 0;
+        if end {
+            st.running = false;
+        }
         drop(st);
         // Wakers and the last references of sources outside the lock: a
         // waker may take another lock, and a source may be the last
         // reference to its endpoint's state.
         for reg in woken.drain(..) {
             reg.waker.wake();
+        }
+        if end {
+            return;
         }
         emptied.clear();
         let mut list: Vec<(&AtomicU32, u32)> = Vec::with_capacity(words.len() + 1);
